@@ -1,0 +1,146 @@
+import {
+  coerceRawInput,
+  isOverlayError,
+  kebab,
+  OverlayError,
+  parseTaskInput,
+  TASKS,
+  type TaskContext,
+  type TaskDef,
+  taskFields,
+} from '@overlay-action/core';
+import { Command, CommanderError, Option } from 'commander';
+
+declare const OVERLAYCTL_VERSION: string | undefined;
+const version = typeof OVERLAYCTL_VERSION === 'string' ? OVERLAYCTL_VERSION : '0.0.0-dev';
+
+interface Outcome {
+  json: boolean;
+}
+
+function printError(e: unknown, outcome: Outcome): void {
+  const err = isOverlayError(e)
+    ? e
+    : new OverlayError('E_INTERNAL', e instanceof Error ? e.message : String(e), { cause: e });
+  if (process.env.OVERLAYCTL_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+  if (outcome.json) {
+    const { code, message, hint, details } = err.toJSON();
+    process.stdout.write(`${JSON.stringify({ error: { code, message, hint, details } })}\n`);
+  } else {
+    const oneLine = `${err.code}: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ''}`.replace(
+      /\s*\n\s*/g,
+      ' | ',
+    );
+    process.stderr.write(`${oneLine}\n`);
+  }
+}
+
+function contextFor(json: boolean): TaskContext {
+  const write = (prefix: string) => (m: string) => process.stderr.write(`${prefix}${m}\n`);
+  const quiet = process.env.OVERLAYCTL_QUIET === '1';
+  return {
+    info: quiet ? () => {} : write(''),
+    warn: write('warning: '),
+    progress: quiet || (json && !process.stderr.isTTY) ? () => {} : write('  … '),
+  };
+}
+
+function addTaskCommand(program: Command, task: TaskDef, outcome: Outcome): void {
+  const words = task.name.split(' ');
+  let parent = program;
+  for (const word of words.slice(0, -1)) {
+    parent =
+      parent.commands.find((c) => c.name() === word) ?? parent.command(word).description(`${word} commands`);
+  }
+  const cmd = parent.command(words.at(-1)!).description(task.summary);
+  const fields = taskFields(task);
+  const positional = task.positional ?? [];
+  for (const name of positional) {
+    const f = fields.find((x) => x.name === name)!;
+    const label = f.kind === 'array' ? `${name}...` : name;
+    cmd.argument(f.required ? `<${label}>` : `[${label}]`, f.description);
+  }
+  for (const f of fields) {
+    if (positional.includes(f.name)) continue;
+    if (f.kind === 'boolean') {
+      cmd.addOption(new Option(`--${f.kebab}`, f.description));
+      cmd.addOption(new Option(`--no-${f.kebab}`, `Negate --${f.kebab}`).hideHelp(f.defaultValue !== true));
+    } else if (f.kind === 'array') {
+      cmd.addOption(
+        new Option(`--${f.kebab} <value>`, `${f.description}`).argParser((v: string, prev: string[] = []) => [
+          ...prev,
+          v,
+        ]),
+      );
+    } else {
+      const opt = new Option(`--${f.kebab} <value>`, f.description);
+      if (f.choices) opt.choices(f.choices);
+      if (f.defaultValue !== undefined) opt.default(f.defaultValue);
+      cmd.addOption(opt);
+    }
+  }
+  for (const [alias, spec] of Object.entries(task.cliAliases ?? {}))
+    cmd.option(`--${alias}`, spec.description);
+  cmd.option('--json', 'Print exactly one JSON object on stdout');
+  cmd.action(async (...args: unknown[]) => {
+    const opts = (args[positional.length] ?? {}) as Record<string, unknown>;
+    outcome.json = Boolean(opts.json);
+    const raw: Record<string, unknown> = {};
+    positional.forEach((name, i) => {
+      raw[name] = args[i];
+    });
+    for (const f of fields) {
+      if (positional.includes(f.name)) continue;
+      const v = opts[f.name];
+      // commander fills declared defaults; pass only what the user gave so zod applies defaults once
+      if (v !== undefined && cmd.getOptionValueSource(f.name) !== 'default') raw[f.name] = v;
+    }
+    for (const [alias, spec] of Object.entries(task.cliAliases ?? {})) {
+      if (opts[alias]) Object.assign(raw, spec.sets);
+    }
+    const input = parseTaskInput(task, coerceRawInput(task, raw));
+    const output = (await task.run(input, contextFor(outcome.json))) as Record<string, unknown> | undefined;
+    if (outcome.json) process.stdout.write(`${JSON.stringify(output ?? {})}\n`);
+    else if (task.render) process.stdout.write(`${task.render(output)}\n`);
+    else process.stdout.write(`${JSON.stringify(output ?? {}, null, 2)}\n`);
+    if (output && typeof output.exitCode === 'number') process.exitCode = output.exitCode;
+  });
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const outcome: Outcome = {
+    json: argv.includes('--json') && !argv.slice(0, argv.indexOf('--json')).includes('--'),
+  };
+  const program = new Command('overlayctl')
+    .description('Apptainer overlay images: create, build, resize, check, commit to SquashFS, cache.')
+    .version(version)
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({ writeErr: () => {} });
+  for (const task of TASKS) addTaskCommand(program, task, outcome);
+  program.commands.forEach(function override(c: Command) {
+    c.exitOverride().configureOutput({ writeErr: () => {} });
+    c.commands.forEach(override);
+  });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) return;
+      printError(new OverlayError('E_INVALID_INPUT', e.message.replace(/^error: /, '')), outcome);
+      process.exitCode = 2;
+      return;
+    }
+    printError(e, outcome);
+    process.exitCode = exitCodeFor(e);
+  }
+}
+
+/** Exit statuses: 2 bad input, 3 locked, 1 anything else. */
+function exitCodeFor(e: unknown): number {
+  if (isOverlayError(e, 'E_INVALID_INPUT')) return 2;
+  if (isOverlayError(e, 'E_LOCKED')) return 3;
+  return 1;
+}
+
+export { kebab };

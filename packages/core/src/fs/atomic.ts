@@ -1,0 +1,101 @@
+import { randomBytes } from 'node:crypto';
+import { constants, promises as fsp } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fromFsError } from '../errors';
+
+const TEMP_MARK = '.ovtmp-';
+
+/** `dir/.NAME.ovtmp-PID-RANDOM`: hidden, same directory (same filesystem, so rename is atomic). */
+export function tempPathFor(target: string): string {
+  return join(
+    dirname(target),
+    `.${basename(target)}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`,
+  );
+}
+
+/**
+ * Create an empty file exclusively (O_CREAT|O_EXCL|O_NOFOLLOW): never follows a symlink that
+ * someone planted in a shared directory, never reuses an existing file.
+ */
+export async function createExclusive(path: string, mode = 0o644): Promise<void> {
+  const fh = await fsp
+    .open(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, mode)
+    .catch((e) => {
+      throw fromFsError(e, path);
+    });
+  await fh.close();
+}
+
+export async function fsyncPath(path: string): Promise<void> {
+  const fh = await fsp.open(path, constants.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * The crash-safety primitive: `build` fills a fresh temp file next to `target`, which is then
+ * fsynced and renamed over `target` (fsync of the directory makes the rename durable). On any
+ * failure the temp file is removed and `target` is untouched. A SIGKILL leaves at most a stale
+ * temp file, which `removeStaleTemps` clears on the next operation.
+ */
+export async function replaceAtomically<T>(
+  target: string,
+  build: (tmpPath: string) => Promise<T>,
+  opts: { mode?: number; precreate?: boolean } = {},
+): Promise<T> {
+  await removeStaleTemps(target);
+  const tmp = tempPathFor(target);
+  if (opts.precreate !== false) await createExclusive(tmp, opts.mode ?? 0o644);
+  try {
+    const result = await build(tmp);
+    await fsyncPath(tmp);
+    await fsp.rename(tmp, target).catch((e) => {
+      throw fromFsError(e, target);
+    });
+    await fsyncPath(dirname(target)).catch(() => {});
+    return result;
+  } catch (e) {
+    await fsp.rm(tmp, { force: true, recursive: true }).catch(() => {});
+    throw fromFsError(e, target);
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove temp files of `target` left by processes that no longer exist (killed mid-operation). */
+export async function removeStaleTemps(target: string): Promise<string[]> {
+  const dir = dirname(target);
+  const prefix = `.${basename(target)}${TEMP_MARK}`;
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isInteger(pid) || pidAlive(pid)) continue;
+    await fsp.rm(join(dir, name), { force: true, recursive: true }).catch(() => {});
+    removed.push(join(dir, name));
+  }
+  return removed;
+}
+
+export async function exists(path: string): Promise<boolean> {
+  return fsp.lstat(path).then(
+    () => true,
+    () => false,
+  );
+}

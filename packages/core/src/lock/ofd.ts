@@ -1,0 +1,150 @@
+import { closeSync, constants, existsSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { OverlayError, fromFsError } from '../errors';
+
+/**
+ * fcntl open-file-description locks (F_OFD_SETLK), the kind Apptainer takes on overlay images:
+ * a write lock for writers, a read lock for readers, released by the kernel when the holder dies
+ * (no stale lock files). Node has no fcntl, so we call libc through koffi.
+ */
+
+const F_OFD_SETLK = 37;
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const EAGAIN = 11;
+const EACCES = 13;
+
+export type LockMode = 'shared' | 'exclusive';
+export type LockState = 'free' | 'read' | 'write';
+
+interface Ffi {
+  fcntl: (fd: number, cmd: number, type: string, lock: Record<string, number>) => number;
+  errno: () => number;
+}
+let ffi: Ffi | undefined;
+
+// In a bundled action or CLI the native koffi.node ships next to the bundle; in the source tree
+// the koffi package is resolved normally.
+function loadKoffi(): any {
+  const require = createRequire(import.meta.url);
+  const here = dirname(fileURLToPath(import.meta.url));
+  const beside = join(here, 'koffi.node');
+  if (existsSync(beside)) return require(beside);
+  return require('koffi');
+}
+
+function getFfi(): Ffi {
+  if (ffi) return ffi;
+  const koffi = loadKoffi();
+  const libc = koffi.load('libc.so.6');
+  // struct flock on Linux x86_64/aarch64: short, short, off_t, off_t, pid_t
+  koffi.struct('ov_flock', {
+    l_type: 'short',
+    l_whence: 'short',
+    l_start: 'int64',
+    l_len: 'int64',
+    l_pid: 'int',
+  });
+  const fcntl = libc.func('int fcntl(int fd, int cmd, ...)');
+  ffi = { fcntl, errno: () => koffi.errno() };
+  return ffi;
+}
+
+export interface Lock {
+  readonly path: string;
+  readonly mode: LockMode;
+  release(): void;
+}
+
+function trySetLock(fd: number, type: number): boolean {
+  const { fcntl, errno } = getFfi();
+  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  if (fcntl(fd, F_OFD_SETLK, 'ov_flock *', lock) === 0) return true;
+  const e = errno();
+  if (e === EAGAIN || e === EACCES) return false;
+  throw new OverlayError('E_TOOL_FAILED', `fcntl(F_OFD_SETLK) failed with errno ${e}`);
+}
+
+/**
+ * Lock the whole image. Fails at once with E_LOCKED when someone else holds a conflicting lock,
+ * unless `waitSeconds` is given (then it polls, so the event loop never blocks).
+ */
+export async function acquireLock(
+  path: string,
+  mode: LockMode,
+  opts: { waitSeconds?: number } = {},
+): Promise<Lock> {
+  let fd: number;
+  try {
+    fd = openSync(path, mode === 'exclusive' ? constants.O_RDWR : constants.O_RDONLY);
+  } catch (e) {
+    throw fromFsError(e, path);
+  }
+  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1000;
+  try {
+    for (;;) {
+      if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK)) break;
+      if (Date.now() >= deadline) {
+        throw new OverlayError(
+          'E_LOCKED',
+          `${path} is in use${mode === 'exclusive' ? '' : ' for writing'} by another process (Apptainer or overlayctl)`,
+          { hint: 'wait for the other job to finish, or pass --wait SECONDS', details: { path, mode } },
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  let released = false;
+  return {
+    path,
+    mode,
+    release() {
+      if (released) return;
+      released = true;
+      closeSync(fd); // closing the description drops the OFD lock
+    },
+  };
+}
+
+export async function withLock<T>(
+  path: string,
+  mode: LockMode,
+  fn: () => Promise<T>,
+  opts: { waitSeconds?: number } = {},
+): Promise<T> {
+  const lock = await acquireLock(path, mode, opts);
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+
+/**
+ * What lock, if any, another process holds on the image: try a read lock (fails under a writer),
+ * then a write lock (fails under readers); both are dropped at once.
+ */
+export function probeLock(path: string): LockState {
+  const attempt = (flags: number, type: number): boolean | null => {
+    let fd: number;
+    try {
+      fd = openSync(path, flags);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EACCES') return null;
+      throw fromFsError(e, path);
+    }
+    try {
+      return trySetLock(fd, type);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  if (attempt(constants.O_RDONLY, F_RDLCK) === false) return 'write';
+  if (attempt(constants.O_RDWR, F_WRLCK) === false) return 'read';
+  return 'free';
+}

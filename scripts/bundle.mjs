@@ -1,0 +1,55 @@
+// Bundle the CLI and every action into self-contained ESM files (committed, checked by check-dist).
+// koffi's native module (fcntl locks) cannot be inlined: it is copied next to each bundle, where
+// packages/core/src/lock/ofd.ts looks for it first.
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { build } from 'esbuild';
+
+const root = join(dirname(new URL(import.meta.url).pathname), '..');
+const require = createRequire(join(root, 'packages/core/package.json'));
+const koffiNative = join(dirname(require.resolve('@koromix/koffi-linux-x64/package.json')), 'linux_x64/koffi.node');
+const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  external: ['koffi'],
+  legalComments: 'none',
+  logLevel: 'warning',
+  define: { OVERLAYCTL_VERSION: JSON.stringify(version) },
+  // CommonJS dependencies call require(); give the ESM bundle one.
+  banner: {
+    js: "import { createRequire as __ovCreateRequire } from 'node:module'; const require = __ovCreateRequire(import.meta.url);",
+  },
+};
+
+const targets = [
+  {
+    entry: 'packages/cli/src/bin.ts',
+    out: 'packages/cli/dist/overlayctl.mjs',
+    banner: '#!/usr/bin/env node',
+  },
+];
+const actionSrc = join(root, 'packages/actions/src/entries');
+if (existsSync(actionSrc)) {
+  for (const file of readdirSync(actionSrc).filter((f) => f.endsWith('.ts')).sort()) {
+    const name = file.replace(/\.ts$/, '');
+    targets.push({ entry: `packages/actions/src/entries/${file}`, out: `actions/${name}/dist/index.mjs` });
+  }
+}
+
+for (const t of targets) {
+  const outfile = join(root, t.out);
+  mkdirSync(dirname(outfile), { recursive: true });
+  await build({
+    ...common,
+    entryPoints: [join(root, t.entry)],
+    outfile,
+    banner: { js: [t.banner, common.banner.js].filter(Boolean).join('\n') },
+  });
+  copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));
+  console.log(`bundled ${t.out}`);
+}
