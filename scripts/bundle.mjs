@@ -31,6 +31,8 @@ const targets = [
     entry: 'packages/cli/src/bin.ts',
     out: 'packages/cli/dist/overlayctl.mjs',
     banner: '#!/usr/bin/env node',
+    // one self-contained file for clusters: the native module travels inside it
+    embedKoffi: true,
   },
 ];
 const actionSrc = join(root, 'packages/actions/src/entries');
@@ -49,7 +51,11 @@ for (const t of targets) {
     entryPoints: [join(root, t.entry)],
     outfile,
     banner: { js: [t.banner, common.banner.js].filter(Boolean).join('\n') },
+    define: {
+      ...common.define,
+      ...(t.embedKoffi ? { __OVERLAY_KOFFI_B64__: JSON.stringify(readFileSync(koffiNative).toString('base64')) } : {}),
+    },
   });
-  copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));
+  if (!t.embedKoffi) copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));
   console.log(`bundled ${t.out}`);
 }
