@@ -153,9 +153,11 @@ install_runtime() {
     apt-get install "${APT_OPTS[@]}" apptainer >/dev/null
     return
   fi
+  # shellcheck source=/dev/null
   . /etc/os-release
-  [ "${ID:-}" = debian ] && [ "$(dpkg --print-architecture)" = amd64 ] ||
+  if [ "${ID:-}" != debian ] || [ "$(dpkg --print-architecture)" != amd64 ]; then
     die "no apptainer package in the apt repositories of ${PRETTY_NAME:-this system}; install Apptainer (https://apptainer.org/docs/admin/main/installation.html) and rerun"
+  fi
   log "installing host dependencies"
   apt-get install "${APT_OPTS[@]}" ca-certificates containernetworking-plugins squashfs-tools uidmap \
     e2fsprogs fuse2fs squashfuse fuse-overlayfs fuse3 libcap2-bin patchelf >/dev/null
@@ -238,7 +240,9 @@ fix_root_capabilities() {
     return 0
   fi
   if [ -n "$missing" ]; then
-    "$BIN" capability add --user root "$(tr ' ' ',' <<<"$caps")" >/dev/null
+    # (it warns once per capability that root may escalate: expected, root is root)
+    local out
+    out=$("$BIN" capability add --user root "$(tr ' ' ',' <<<"$caps")" 2>&1) || die "capability add failed: $out"
   fi
   sed -i 's/^root default capabilities = .*/root default capabilities = file/' "$conf"
   log "fixed: CapBnd $bnd is not $full; $conf uses 'root default capabilities = file', root granted its bounding set"
