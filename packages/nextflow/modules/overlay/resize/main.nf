@@ -1,0 +1,56 @@
+process OVERLAY_RESIZE {
+    tag "$meta.id"
+    label 'process_single'
+
+    // Runs on the host with overlayctl and e2fsprogs (no container needed; docs/nextflow.md).
+
+    input:
+    tuple val(meta), path(image)
+    val size
+
+    output:
+    tuple val(meta), path("*.img")        , emit: image
+    tuple val(meta), path("*.resize.json"), emit: json
+    path "versions.yml"                   , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args   = task.ext.args   ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}.resized"
+    """
+    if [ "${image}" = "${prefix}.img" ]; then
+        echo "OVERLAY_RESIZE: input and output are both named ${prefix}.img; set task.ext.prefix" >&2
+        exit 1
+    fi
+
+    # The input is a link to the output of the task that made it: resize a copy, so that task's
+    # output (and -resume) stay valid. GNU cp keeps the holes of a sparse image.
+    cp -- "${image}" "${prefix}.img"
+    if ! overlayctl resize "${prefix}.img" --size "${size}" ${args} --json > "${prefix}.resize.json"; then
+        echo "OVERLAY_RESIZE: resize failed:" >&2
+        cat -- "${prefix}.resize.json" >&2
+        exit 1
+    fi
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        overlayctl: \$(overlayctl --version)
+        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
+    END_VERSIONS
+    """
+
+    stub:
+    def prefix = task.ext.prefix ?: "${meta.id}.resized"
+    """
+    touch "${prefix}.img"
+    echo '{"stub":true}' > "${prefix}.resize.json"
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        overlayctl: \$(overlayctl --version)
+        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,101 @@
+process OVERLAY_SETUP {
+    tag "$meta.id"
+    label 'process_low'
+
+    // overlayctl starts Apptainer itself: give this process no `container`, and run it where
+    // overlayctl, Apptainer and e2fsprogs are installed (docs/nextflow.md).
+
+    input:
+    tuple val(meta), path(env_script)
+    val base
+    val cache_store
+
+    output:
+    tuple val(meta), path("*.img")       , emit: image
+    tuple val(meta), path("*.setup.json"), emit: json
+    path "versions.yml"                  , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args   = task.ext.args   ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    def store  = cache_store     ?: ''
+    """
+    image="${prefix}.img"
+    store="${store}"
+
+    # The cache key: everything that decides the image's content (base, create/build options,
+    # build script). The same inputs give the same key on every node, so one build serves all.
+    cat <<'OVERLAY_KEY_INPUTS' > key-inputs.txt
+    overlay-setup v1
+    base: ${base}
+    args: ${args}
+    OVERLAY_KEY_INPUTS
+    cat -- "${env_script}" >> key-inputs.txt
+    key_name="\$(printf '%s' "${prefix}" | tr -c 'A-Za-z0-9._-' '_' | cut -c1-100)"
+    key="\$key_name-\$(sha256sum key-inputs.txt | cut -c1-32)"
+
+    origin=build
+    if [ -n "\$store" ]; then
+        mkdir -p -- "\$store"
+        # A miss, a damaged entry or an unreadable store leaves no image behind: then we build.
+        if ! overlayctl cache restore "\$image" --key "\$key" --store "\$store" --json > restore.json; then
+            echo "OVERLAY_SETUP: cache restore failed, building instead:" >&2
+            cat restore.json >&2
+        fi
+        if [ -f "\$image" ]; then
+            origin=cache
+        fi
+    fi
+
+    if [ "\$origin" = build ]; then
+        if ! overlayctl build "\$image" --base "${base}" --script "${env_script}" ${args} --json > build.json; then
+            echo "OVERLAY_SETUP: build failed:" >&2
+            cat build.json >&2
+            exit 1
+        fi
+        if [ -n "\$store" ]; then
+            if ! overlayctl cache save "\$image" --key "\$key" --store "\$store" --json > save.json; then
+                echo "OVERLAY_SETUP: cache save failed (the image is fine; other tasks will build it again):" >&2
+                cat save.json >&2
+            fi
+        fi
+    fi
+
+    overlayctl info "\$image" --json > info.json
+
+    json_or_null() { if [ -s "\$1" ]; then cat -- "\$1"; else printf 'null'; fi; }
+    {
+        printf '{"key":"%s","source":"%s","restore":' "\$key" "\$origin"
+        json_or_null restore.json
+        printf ',"build":'
+        json_or_null build.json
+        printf ',"save":'
+        json_or_null save.json
+        printf ',"info":'
+        cat info.json
+        printf '}\\n'
+    } > "${prefix}.setup.json"
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        overlayctl: \$(overlayctl --version)
+        apptainer: \$( { apptainer --version 2>/dev/null || singularity --version; } | awk '{print \$NF}')
+    END_VERSIONS
+    """
+
+    stub:
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch "${prefix}.img"
+    echo '{"key":"stub","source":"stub","restore":null,"build":null,"save":null,"info":null}' > "${prefix}.setup.json"
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        overlayctl: \$(overlayctl --version)
+        apptainer: \$( { apptainer --version 2>/dev/null || singularity --version; } | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,197 @@
+// setup-overlay as the runner runs it, against a real cache backend: the GitHub Actions cache
+// (the v2 cache service from test/cache-server, through @actions/cache) and a local `store:`.
+// miss → build → post saves; exact hit → no build, no save; changed key-files → restore-key
+// partial hit, the build runs again on the restored image, post saves the new key.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startCacheServer } from '../cache-server/server';
+import { ensureBaseImage } from '../helpers/base-image';
+import { hasApptainer } from '../helpers/tools';
+import { zeroInodeTable } from './corrupt';
+import { type ActionRun, type Job, newJob, runAction } from './harness';
+
+/** Text of a file inside the image's upper/ (debugfs, no mount), '' when absent. */
+async function readInImage(image: string, path: string): Promise<string> {
+  const r = await execa('debugfs', ['-R', `cat /upper${path}`, image], {
+    reject: false,
+    stripFinalNewline: false,
+  });
+  return r.exitCode === 0 ? String(r.stdout) : '';
+}
+
+const BUILD = 'mkdir -p /opt/app && echo run >> /opt/app/log';
+
+interface Backend {
+  name: string;
+  start(): Promise<{ inputs: Record<string, string>; env: Record<string, string>; stop(): Promise<void> }>;
+}
+
+const backends: Backend[] = [
+  {
+    name: 'the Actions cache (v2 cache service)',
+    async start() {
+      const server = await startCacheServer();
+      return { inputs: {}, env: server.env, stop: async () => server.stop() };
+    },
+  },
+  {
+    name: 'a local store',
+    async start() {
+      const dir = mkdtempSync(join(tmpdir(), 'ov-store-'));
+      return {
+        inputs: { store: join(dir, 'store') },
+        env: {},
+        stop: async () => rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  },
+];
+
+describe.skipIf(!hasApptainer())('setup-overlay', () => {
+  let base: string;
+  beforeAll(async () => {
+    base = await ensureBaseImage();
+  });
+
+  for (const backend of backends) {
+    describe(`with ${backend.name}`, () => {
+      let backendEnv: Record<string, string>;
+      let backendInputs: Record<string, string>;
+      let stop: () => Promise<void>;
+      const jobs: Job[] = [];
+      const prefix = `ovtest-${randomBytes(4).toString('hex')}`;
+      let firstKey = '';
+
+      beforeAll(async () => {
+        const b = await backend.start();
+        backendEnv = b.env;
+        backendInputs = b.inputs;
+        stop = b.stop;
+      });
+      afterAll(async () => {
+        await stop?.();
+        for (const j of jobs) rmSync(j.root, { recursive: true, force: true });
+      });
+
+      async function job(environment: string): Promise<Job> {
+        const j = await newJob();
+        jobs.push(j);
+        writeFileSync(join(j.workspace, 'environment.yml'), environment);
+        return j;
+      }
+
+      const run = (
+        j: Job,
+        extra: Record<string, string> = {},
+        between?: (j: Job) => Promise<void>,
+      ): Promise<ActionRun> =>
+        runAction(
+          'setup-overlay',
+          j,
+          {
+            path: 'env.img',
+            size: '96M',
+            profile: 'small',
+            'create-dirs': '/opt/app',
+            base,
+            build: BUILD,
+            'key-files': 'environment.yml',
+            'cache-key': prefix,
+            'restore-keys': `${prefix}-`,
+            ...backendInputs,
+            ...extra,
+          },
+          { env: backendEnv, between },
+        );
+
+      it('first run: a miss, the build runs, the post step saves', async () => {
+        const j = await job('name: test\ndependencies: [python=3.12]\n');
+        const { main, post } = await run(j);
+        expect(main.exitCode, main.stdout + main.stderr).toBe(0);
+        expect(main.outputs['cache-hit']).toBe('false');
+        expect(main.outputs['cache-matched-key']).toBe('');
+        expect(main.outputs['cache-key']).toMatch(new RegExp(`^${prefix}-`));
+        expect(main.outputs.path).toBe('env.img');
+        expect(Number(main.outputs['size-bytes'])).toBe(96 * 1024 * 1024);
+        expect(Number(main.outputs['used-bytes'])).toBeGreaterThan(0);
+        expect(Number(main.outputs['inodes-used-percent'])).toBeGreaterThan(0);
+        expect(main.groups.some((g) => g.startsWith('Build'))).toBe(true);
+        expect(main.state.isPost).toBe('true');
+        expect(main.state.CACHE_KEY).toBe(main.outputs['cache-key']);
+        expect(main.summary).toContain('<table>');
+        expect(main.summary).toMatch(/created, built/);
+        expect(await readInImage(join(j.workspace, 'env.img'), '/opt/app/log')).toBe('run\n');
+
+        expect(post, 'post step').toBeDefined();
+        expect(post!.exitCode, post!.stdout + post!.stderr).toBe(0);
+        expect(post!.stdout).not.toMatch(/^::error/m);
+        expect(post!.summary).toMatch(/saved/);
+        firstKey = main.outputs['cache-key']!;
+      });
+
+      it('second run: an exact hit, no build, no save', async () => {
+        expect(firstKey).not.toBe('');
+        const j = await job('name: test\ndependencies: [python=3.12]\n');
+        const { main, post } = await run(j);
+        expect(main.exitCode, main.stdout + main.stderr).toBe(0);
+        expect(main.outputs['cache-hit']).toBe('true');
+        expect(main.outputs['cache-key']).toBe(firstKey);
+        expect(main.outputs['cache-matched-key']).toBe(firstKey);
+        expect(main.groups.some((g) => g.startsWith('Build'))).toBe(false);
+        expect(main.groups.some((g) => g.startsWith('Check'))).toBe(true);
+        expect(main.summary).toMatch(/restored \(exact key\)/);
+        expect(await readInImage(join(j.workspace, 'env.img'), '/opt/app/log')).toBe('run\n');
+        expect(post!.exitCode).toBe(0);
+        expect(post!.stdout).toMatch(/exact cache hit/);
+        expect(post!.groups.some((g) => g.startsWith('Save'))).toBe(false);
+      });
+
+      it('changed key-files: a restore-key partial hit, the build runs on the restored image, post saves', async () => {
+        const j = await job('name: test\ndependencies: [python=3.13]\n');
+        const { main, post } = await run(j);
+        expect(main.exitCode, main.stdout + main.stderr).toBe(0);
+        expect(main.outputs['cache-hit']).toBe('false');
+        expect(main.outputs['cache-key']).not.toBe(firstKey);
+        expect(main.outputs['cache-matched-key']).toBe(firstKey);
+        expect(main.groups.some((g) => g.startsWith('Build'))).toBe(true);
+        // the second build appended to what the first one left
+        expect(await readInImage(join(j.workspace, 'env.img'), '/opt/app/log')).toBe('run\nrun\n');
+        expect(post!.exitCode, post!.stdout + post!.stderr).toBe(0);
+        expect(post!.summary).toMatch(/saved/);
+
+        // the new key is now an exact hit
+        const again = await run(await job('name: test\ndependencies: [python=3.13]\n'));
+        expect(again.main.outputs['cache-hit']).toBe('true');
+        expect(again.main.outputs['cache-key']).toBe(main.outputs['cache-key']);
+      });
+
+      it('a corrupt cached image is discarded (error annotation naming the file) and rebuilt', async () => {
+        // a job that damages its image after setup and saves it unchecked (check: false) ...
+        const env = 'name: corrupt\n';
+        const first = await run(await job(env), { check: 'false' }, (j) =>
+          zeroInodeTable(join(j.workspace, 'env.img')),
+        );
+        expect(first.main.exitCode).toBe(0);
+        expect(first.post?.exitCode, first.post?.stdout).toBe(0);
+        expect(first.post!.summary).toMatch(/saved/);
+        // ... and the next job restores it: the check finds it corrupt, it is discarded and rebuilt
+        const j = await job(env);
+        const { main } = await run(j);
+        expect(main.exitCode, main.stdout + main.stderr).toBe(0);
+        const error = main.annotations.find((a) => a.level === 'error');
+        expect(error?.props.file).toBe('env.img');
+        expect(error?.message).toMatch(/corrupt/);
+        expect(main.outputs['cache-hit']).toBe('false');
+        expect(main.outputs['cache-matched-key']).toBe('');
+        expect(main.summary).toMatch(/cached copy corrupt: created, built/);
+        expect(await readInImage(join(j.workspace, 'env.img'), '/opt/app/log')).toBe('run\n');
+        const fsck = await execa('e2fsck', ['-fn', join(j.workspace, 'env.img')], { reject: false });
+        expect(fsck.exitCode, fsck.stdout).toBe(0);
+      });
+    });
+  }
+});
