@@ -181,11 +181,21 @@ async function runStep(
   };
   // as another user: runuser + env -i, so nothing of root's environment leaks in
   const [cmd, ...args] = job.user
-    ? ['runuser', '-u', job.user.name, '--', 'env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), NODE, file]
+    ? [
+        'runuser',
+        '-u',
+        job.user.name,
+        '--',
+        'env',
+        '-i',
+        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        NODE,
+        file,
+      ]
     : [NODE, file];
   const result = await execa(cmd!, args, {
     cwd: job.workspace,
-    env: job.user ? {} : env,
+    env: job.user ? { PATH: env.PATH! } : env,
     extendEnv: false,
     reject: false,
     timeout: 900_000,

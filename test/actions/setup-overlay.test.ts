@@ -3,14 +3,15 @@
 // miss → build → post saves; exact hit → no build, no save; changed key-files → restore-key
 // partial hit, the build runs again on the restored image, post saves the new key.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCacheServer } from '../cache-server/server';
 import { ensureBaseImage } from '../helpers/base-image';
-import { hasApptainer } from '../helpers/tools';
+import { hasApptainer, isRoot } from '../helpers/tools';
+import { ensureTestUser, type TestUser } from '../helpers/users';
 import { zeroInodeTable } from './corrupt';
 import { type ActionRun, type Job, newJob, runAction } from './harness';
 
@@ -194,4 +195,53 @@ describe.skipIf(!hasApptainer())('setup-overlay', () => {
       });
     });
   }
+
+  describe.skipIf(!isRoot())('as an unprivileged user (the hosted runner) with a local store', () => {
+    let user: TestUser;
+    let dir: string;
+    const jobs: Job[] = [];
+    beforeAll(async () => {
+      user = await ensureTestUser();
+      dir = mkdtempSync(join(tmpdir(), 'ov-store-user-'));
+      chownSync(dir, user.uid, user.gid);
+    });
+    afterAll(() => {
+      for (const j of jobs) rmSync(j.root, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    const run = async () => {
+      const j = await newJob('ov-action-user-', user);
+      jobs.push(j);
+      writeFileSync(join(j.workspace, 'environment.yml'), 'name: user\n');
+      chownSync(join(j.workspace, 'environment.yml'), user.uid, user.gid);
+      const r = await runAction('setup-overlay', j, {
+        path: 'env.img',
+        size: '96M',
+        'create-dirs': '/opt/app',
+        base,
+        build: BUILD,
+        'key-files': 'environment.yml',
+        store: join(dir, 'store'),
+      });
+      return { j, ...r };
+    };
+
+    it('miss → build → save, then an exact hit; upper/ belongs to the user', async () => {
+      const first = await run();
+      expect(first.main.exitCode, first.main.stdout + first.main.stderr).toBe(0);
+      expect(first.main.outputs['cache-hit']).toBe('false');
+      expect(first.post?.exitCode, first.post?.stdout).toBe(0);
+      expect(first.post!.summary).toMatch(/saved/);
+      expect(await readInImage(join(first.j.workspace, 'env.img'), '/opt/app/log')).toBe('run\n');
+      const stat = await execa('debugfs', ['-R', 'stat /upper', join(first.j.workspace, 'env.img')]);
+      expect(stat.stdout).toMatch(new RegExp(`User:\\s+${user.uid}\\s`));
+
+      const second = await run();
+      expect(second.main.exitCode, second.main.stdout).toBe(0);
+      expect(second.main.outputs['cache-hit']).toBe('true');
+      expect(second.main.groups.some((g) => g.startsWith('Build'))).toBe(false);
+      expect(second.post!.stdout).toMatch(/exact cache hit/);
+    });
+  });
 });

@@ -66,7 +66,8 @@ process OVERLAY_SETUP {
 
     overlayctl info "\$image" --json > info.json
 
-    json_or_null() { if [ -s "\$1" ]; then cat -- "\$1"; else printf 'null'; fi; }
+    # one line: overlayctl's JSON never holds a raw newline inside a string
+    json_or_null() { if [ -s "\$1" ]; then tr -d '\\n' < "\$1"; else printf 'null'; fi; }
     {
         printf '{"key":"%s","source":"%s","restore":' "\$key" "\$origin"
         json_or_null restore.json
@@ -75,7 +76,7 @@ process OVERLAY_SETUP {
         printf ',"save":'
         json_or_null save.json
         printf ',"info":'
-        cat info.json
+        json_or_null info.json
         printf '}\\n'
     } > "${prefix}.setup.json"
 

@@ -1,0 +1,180 @@
+import { resolve } from 'node:path';
+import { OverlayError } from '../errors';
+import { statInImage } from '../image/debugfs';
+import { detectFormat, requireExt3 } from '../image/format';
+import { probeLock } from '../lock/ofd';
+import { runTool } from '../tools/run';
+import { resolveBase } from './base';
+import { diagnoseRuntimeFailure } from './diagnose';
+import { findRuntime } from './find';
+
+export type FakerootMode = 'auto' | boolean;
+
+export interface RunOptions {
+  /** The ext3 overlay (writable unless `ro`); it goes last, on top of every layer. */
+  image: string;
+  ro?: boolean;
+  /** Read-only layers (SquashFS or ext3), bottom first: a later layer covers an earlier one. */
+  layers?: string[];
+  fakeroot?: FakerootMode;
+  /** `SRC[:DST[:OPTS]]`, passed to --bind as given. */
+  binds?: string[];
+  env?: Record<string, string>;
+  /** Working directory inside the container. */
+  pwd?: string;
+  /** SIF file, sandbox directory or reference (docker://, oras://, library://, https://). */
+  base: string;
+  command: string[];
+  /**
+   * The command's stdout: passed through (default), sent line by line to `onLine` with stderr
+   * (builds: keeps the caller's stdout clean), or captured and returned (stderr then is not
+   * streamed, only returned).
+   */
+  stdout?: 'inherit' | 'lines' | 'capture';
+  /** stdin: passed through (default) or /dev/null (builds). */
+  stdin?: 'inherit' | 'ignore';
+  /** Each output line (stderr; also stdout when it is not passed through). Default: printed to stderr. */
+  onLine?: (line: string) => void;
+  onProgress?: (line: string) => void;
+  /** Seconds; none by default. */
+  timeoutSeconds?: number;
+}
+
+export interface RunResult {
+  exitCode: number;
+  fakeroot: boolean;
+  /** The runtime's argv (for logs and --json). */
+  argv: string[];
+  durationMs: number;
+  stdout?: string;
+  stderr: string;
+}
+
+const UNSAFE_OVERLAY_PATH = /[:,\0\n\r]/;
+
+/**
+ * condatainer's rule: an unprivileged caller needs --fakeroot when upper/ belongs to root or to
+ * another user; root never does. Read from the image without mounting it (debugfs).
+ */
+export async function chooseFakeroot(
+  image: string,
+  opts: { ro?: boolean; uid?: number } = {},
+): Promise<{ fakeroot: boolean; upperUid: number | null }> {
+  const uid = opts.uid ?? process.getuid?.() ?? 0;
+  if (uid === 0 || opts.ro) return { fakeroot: false, upperUid: null };
+  const upper = await statInImage(image, '/upper');
+  if (!upper) return { fakeroot: false, upperUid: null };
+  return { fakeroot: upper.uid === 0 || upper.uid !== uid, upperUid: upper.uid };
+}
+
+function checkOverlayPath(path: string, what: string): string {
+  if (UNSAFE_OVERLAY_PATH.test(path)) {
+    throw new OverlayError(
+      'E_INVALID_INPUT',
+      `${what} ${JSON.stringify(path)}: ':' and ',' are not allowed`,
+      {
+        hint: 'Apptainer splits --overlay values at those characters; rename or link the file',
+      },
+    );
+  }
+  return resolve(path);
+}
+
+/** The argv of `apptainer exec` for these options (base already resolved to a local path). */
+export function execArgs(o: {
+  image: string;
+  ro: boolean;
+  layers: string[];
+  fakeroot: boolean;
+  binds: string[];
+  env: Record<string, string>;
+  pwd?: string;
+  base: string;
+  command: string[];
+}): string[] {
+  const args = ['exec'];
+  for (const layer of o.layers) args.push('--overlay', `${layer}:ro`);
+  args.push('--overlay', o.ro ? `${o.image}:ro` : o.image);
+  if (o.fakeroot) args.push('--fakeroot');
+  for (const bind of o.binds) args.push('--bind', bind);
+  for (const [k, v] of Object.entries(o.env)) args.push('--env', `${k}=${v}`);
+  if (o.pwd) args.push('--pwd', o.pwd);
+  args.push(o.base, ...o.command);
+  return args;
+}
+
+/**
+ * Run a command in a container with the overlay mounted (writable unless `ro`) over the base and
+ * the read-only layers. Output streams live; stderr is also kept, so a runtime failure becomes
+ * E_LOCKED / E_RUNTIME_FAILED with a hint. Returns the command's exit status.
+ */
+export async function runInContainer(o: RunOptions): Promise<RunResult> {
+  if (!o.command.length) throw new OverlayError('E_INVALID_INPUT', 'no command given (put it after --)');
+  for (const [k] of Object.entries(o.env ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+      throw new OverlayError('E_INVALID_INPUT', `--env: ${JSON.stringify(k)} is not a variable name`);
+  }
+  const image = checkOverlayPath(o.image, 'image');
+  const layers = (o.layers ?? []).map((l) => checkOverlayPath(l, 'layer'));
+  const runtime = findRuntime();
+  const ro = o.ro ?? false;
+  if (ro) await detectFormat(image);
+  else await requireExt3(image);
+  for (const layer of layers) await detectFormat(layer);
+  const lock = probeLock(image);
+  if (lock === 'write' || (lock === 'read' && !ro)) {
+    throw new OverlayError(
+      'E_LOCKED',
+      `${image} is in use${lock === 'write' ? ' for writing' : ''} by another process`,
+      {
+        hint: 'wait for the other container or overlayctl job to finish, then retry',
+        details: { path: image, held: lock },
+      },
+    );
+  }
+  const fakeroot =
+    o.fakeroot === undefined || o.fakeroot === 'auto'
+      ? (await chooseFakeroot(image, { ro })).fakeroot
+      : o.fakeroot;
+  const base = await resolveBase(o.base, { onProgress: o.onProgress });
+  const args = execArgs({
+    image,
+    ro,
+    layers,
+    fakeroot,
+    binds: o.binds ?? [],
+    env: o.env ?? {},
+    pwd: o.pwd,
+    base: base.path,
+    command: o.command,
+  });
+  const stdout = o.stdout ?? 'inherit';
+  const onLine = o.onLine ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const started = Date.now();
+  // Ctrl-C reaches the container through the terminal: wait for it to exit instead of dying first
+  const waitForChild = () => {};
+  process.on('SIGINT', waitForChild);
+  const result = await runTool(runtime.name, args, {
+    timeoutSeconds: o.timeoutSeconds ?? 0,
+    okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
+    stdin: o.stdin ?? 'inherit',
+    stdout: stdout === 'inherit' ? 'inherit' : 'pipe',
+    onLine: stdout === 'capture' ? undefined : onLine,
+  }).finally(() => process.off('SIGINT', waitForChild));
+  const durationMs = Date.now() - started;
+  if (result.exitCode === 255) {
+    const err = diagnoseRuntimeFailure(result.stderr, { image, runtime: runtime.name });
+    if (err) {
+      if (err.details) err.details.argv = [runtime.name, ...args];
+      throw err;
+    }
+  }
+  return {
+    exitCode: result.exitCode,
+    fakeroot,
+    argv: [runtime.name, ...args],
+    durationMs,
+    stdout: stdout === 'capture' ? result.stdout : undefined,
+    stderr: result.stderr,
+  };
+}
