@@ -28,6 +28,7 @@ TOOLS=(
   busybox-static:busybox      # static busybox for the offline test base image
   libcap2-bin:capsh           # capsh, getpcaps: host capability diagnostics
   attr:getfattr               # getfattr/setfattr: overlay whiteout/opaque xattrs
+  debootstrap:debootstrap     # the demo's Debian minbase base image (offline from the apt mirror)
 )
 
 PKGS=()

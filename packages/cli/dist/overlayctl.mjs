@@ -42,8 +42,8 @@ var __toESM = (mod, isNodeMode, target) => (target = mod != null ? __create(__ge
 
 // node_modules/isexe/windows.js
 var require_windows = __commonJS({
-  "node_modules/isexe/windows.js"(exports, module) {
-    module.exports = isexe;
+  "node_modules/isexe/windows.js"(exports, module2) {
+    module2.exports = isexe;
     isexe.sync = sync;
     var fs2 = __require("fs");
     function checkPathExt(path7, options) {
@@ -82,8 +82,8 @@ var require_windows = __commonJS({
 
 // node_modules/isexe/mode.js
 var require_mode = __commonJS({
-  "node_modules/isexe/mode.js"(exports, module) {
-    module.exports = isexe;
+  "node_modules/isexe/mode.js"(exports, module2) {
+    module2.exports = isexe;
     isexe.sync = sync;
     var fs2 = __require("fs");
     function isexe(path7, options, cb) {
@@ -115,7 +115,7 @@ var require_mode = __commonJS({
 
 // node_modules/isexe/index.js
 var require_isexe = __commonJS({
-  "node_modules/isexe/index.js"(exports, module) {
+  "node_modules/isexe/index.js"(exports, module2) {
     var fs2 = __require("fs");
     var core;
     if (process.platform === "win32" || global.TESTING_WINDOWS) {
@@ -123,7 +123,7 @@ var require_isexe = __commonJS({
     } else {
       core = require_mode();
     }
-    module.exports = isexe;
+    module2.exports = isexe;
     isexe.sync = sync;
     function isexe(path7, options, cb) {
       if (typeof options === "function") {
@@ -170,7 +170,7 @@ var require_isexe = __commonJS({
 
 // node_modules/which/which.js
 var require_which = __commonJS({
-  "node_modules/which/which.js"(exports, module) {
+  "node_modules/which/which.js"(exports, module2) {
     var isWindows = process.platform === "win32" || process.env.OSTYPE === "cygwin" || process.env.OSTYPE === "msys";
     var path7 = __require("path");
     var COLON = isWindows ? ";" : ":";
@@ -259,14 +259,14 @@ var require_which = __commonJS({
         return null;
       throw getNotFoundError(cmd);
     };
-    module.exports = which;
+    module2.exports = which;
     which.sync = whichSync;
   }
 });
 
 // node_modules/cross-spawn/node_modules/path-key/index.js
 var require_path_key = __commonJS({
-  "node_modules/cross-spawn/node_modules/path-key/index.js"(exports, module) {
+  "node_modules/cross-spawn/node_modules/path-key/index.js"(exports, module2) {
     "use strict";
     var pathKey2 = (options = {}) => {
       const environment = options.env || process.env;
@@ -276,14 +276,14 @@ var require_path_key = __commonJS({
       }
       return Object.keys(environment).reverse().find((key) => key.toUpperCase() === "PATH") || "Path";
     };
-    module.exports = pathKey2;
-    module.exports.default = pathKey2;
+    module2.exports = pathKey2;
+    module2.exports.default = pathKey2;
   }
 });
 
 // node_modules/cross-spawn/lib/util/resolveCommand.js
 var require_resolveCommand = __commonJS({
-  "node_modules/cross-spawn/lib/util/resolveCommand.js"(exports, module) {
+  "node_modules/cross-spawn/lib/util/resolveCommand.js"(exports, module2) {
     "use strict";
     var path7 = __require("path");
     var which = require_which();
@@ -319,13 +319,13 @@ var require_resolveCommand = __commonJS({
     function resolveCommand(parsed) {
       return resolveCommandAttempt(parsed) || resolveCommandAttempt(parsed, true);
     }
-    module.exports = resolveCommand;
+    module2.exports = resolveCommand;
   }
 });
 
 // node_modules/cross-spawn/lib/util/escape.js
 var require_escape = __commonJS({
-  "node_modules/cross-spawn/lib/util/escape.js"(exports, module) {
+  "node_modules/cross-spawn/lib/util/escape.js"(exports, module2) {
     "use strict";
     var metaCharsRegExp = /([()\][%!^"`<>&|;, *?])/g;
     function escapeCommand(arg) {
@@ -343,25 +343,25 @@ var require_escape = __commonJS({
       }
       return arg;
     }
-    module.exports.command = escapeCommand;
-    module.exports.argument = escapeArgument;
+    module2.exports.command = escapeCommand;
+    module2.exports.argument = escapeArgument;
   }
 });
 
 // node_modules/shebang-regex/index.js
 var require_shebang_regex = __commonJS({
-  "node_modules/shebang-regex/index.js"(exports, module) {
+  "node_modules/shebang-regex/index.js"(exports, module2) {
     "use strict";
-    module.exports = /^#!(.*)/;
+    module2.exports = /^#!(.*)/;
   }
 });
 
 // node_modules/shebang-command/index.js
 var require_shebang_command = __commonJS({
-  "node_modules/shebang-command/index.js"(exports, module) {
+  "node_modules/shebang-command/index.js"(exports, module2) {
     "use strict";
     var shebangRegex = require_shebang_regex();
-    module.exports = (string4 = "") => {
+    module2.exports = (string4 = "") => {
       const match = string4.match(shebangRegex);
       if (!match) {
         return null;
@@ -378,7 +378,7 @@ var require_shebang_command = __commonJS({
 
 // node_modules/cross-spawn/lib/util/readShebang.js
 var require_readShebang = __commonJS({
-  "node_modules/cross-spawn/lib/util/readShebang.js"(exports, module) {
+  "node_modules/cross-spawn/lib/util/readShebang.js"(exports, module2) {
     "use strict";
     var fs2 = __require("fs");
     var shebangCommand = require_shebang_command();
@@ -394,13 +394,13 @@ var require_readShebang = __commonJS({
       }
       return shebangCommand(buffer.toString());
     }
-    module.exports = readShebang;
+    module2.exports = readShebang;
   }
 });
 
 // node_modules/cross-spawn/lib/parse.js
 var require_parse = __commonJS({
-  "node_modules/cross-spawn/lib/parse.js"(exports, module) {
+  "node_modules/cross-spawn/lib/parse.js"(exports, module2) {
     "use strict";
     var path7 = __require("path");
     var resolveCommand = require_resolveCommand();
@@ -456,13 +456,13 @@ var require_parse = __commonJS({
       };
       return options.shell ? parsed : parseNonShell(parsed);
     }
-    module.exports = parse3;
+    module2.exports = parse3;
   }
 });
 
 // node_modules/cross-spawn/lib/enoent.js
 var require_enoent = __commonJS({
-  "node_modules/cross-spawn/lib/enoent.js"(exports, module) {
+  "node_modules/cross-spawn/lib/enoent.js"(exports, module2) {
     "use strict";
     var isWin = process.platform === "win32";
     function notFoundError(original, syscall) {
@@ -501,7 +501,7 @@ var require_enoent = __commonJS({
       }
       return null;
     }
-    module.exports = {
+    module2.exports = {
       hookChildProcess,
       verifyENOENT,
       verifyENOENTSync,
@@ -512,7 +512,7 @@ var require_enoent = __commonJS({
 
 // node_modules/cross-spawn/index.js
 var require_cross_spawn = __commonJS({
-  "node_modules/cross-spawn/index.js"(exports, module) {
+  "node_modules/cross-spawn/index.js"(exports, module2) {
     "use strict";
     var cp = __require("child_process");
     var parse3 = require_parse();
@@ -529,13 +529,16 @@ var require_cross_spawn = __commonJS({
       result.error = result.error || enoent.verifyENOENTSync(result.status, parsed);
       return result;
     }
-    module.exports = spawn2;
-    module.exports.spawn = spawn2;
-    module.exports.sync = spawnSync2;
-    module.exports._parse = parse3;
-    module.exports._enoent = enoent;
+    module2.exports = spawn2;
+    module2.exports.spawn = spawn2;
+    module2.exports.sync = spawnSync2;
+    module2.exports._parse = parse3;
+    module2.exports._enoent = enoent;
   }
 });
+
+// packages/cli/src/bin.ts
+import module from "node:module";
 
 // packages/core/src/errors.ts
 var OverlayError = class extends Error {
@@ -27789,10 +27792,14 @@ function diagnoseRuntimeFailure(stderr, opts = {}) {
     );
   }
   if (/upper dir.*not writable/i.test(text)) {
-    return new OverlayError("E_RUNTIME_FAILED", `the upper/ directory of ${opts.image ?? "the overlay"} is not writable by you`, {
-      hint: "let overlayctl choose --fakeroot (omit --no-fakeroot), mount it read-only (--ro), or give upper/ to your user",
-      details
-    });
+    return new OverlayError(
+      "E_RUNTIME_FAILED",
+      `the upper/ directory of ${opts.image ?? "the overlay"} is not writable by you`,
+      {
+        hint: "let overlayctl choose --fakeroot (omit --no-fakeroot), mount it read-only (--ro), or give upper/ to your user",
+        details
+      }
+    );
   }
   if (/executable file not found|no such file or directory: .*exec/i.test(text)) return null;
   const host = opts.host ?? probeHost();
@@ -27969,18 +27976,21 @@ async function runInContainer(o2) {
   const onLine = o2.onLine ?? ((line) => process.stderr.write(`${line}
 `));
   const started = Date.now();
+  const waitForChild = () => {
+  };
+  process.on("SIGINT", waitForChild);
   const result = await runTool(runtime.name, args, {
     timeoutSeconds: o2.timeoutSeconds ?? 0,
     okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
     stdin: o2.stdin ?? "inherit",
     stdout: stdout === "inherit" ? "inherit" : "pipe",
     onLine: stdout === "capture" ? void 0 : onLine
-  });
+  }).finally(() => process.off("SIGINT", waitForChild));
   const durationMs = Date.now() - started;
   if (result.exitCode === 255) {
     const err = diagnoseRuntimeFailure(result.stderr, { image, runtime: runtime.name });
     if (err) {
-      err.details && Object.assign(err.details, { argv: [runtime.name, ...args] });
+      if (err.details) err.details.argv = [runtime.name, ...args];
       throw err;
     }
   }
@@ -28055,24 +28065,16 @@ async function buildInOverlay(o2) {
     fakeroot = r.fakeroot;
     if (r.exitCode !== 0) {
       const tail2 = r.stderr.trim().split("\n").slice(-5).join("\n");
-      throw new OverlayError(
-        "E_BUILD_FAILED",
-        `the build exited ${r.exitCode}; ${o2.image} was left as it was`,
-        {
-          details: { exitCode: r.exitCode, stderrTail: tail2 }
-        }
-      );
+      throw new OverlayError("E_BUILD_FAILED", `the build exited ${r.exitCode}; ${unchanged}`, {
+        details: { exitCode: r.exitCode, stderrTail: tail2 }
+      });
     }
     progress(`checking the built filesystem`);
     check2 = await checkBuilt(path7);
     if (check2.status !== "clean") {
-      throw new OverlayError(
-        "E_INTEGRITY",
-        `the built image is ${check2.status}; ${o2.image} was left as it was`,
-        {
-          details: { problems: check2.problems }
-        }
-      );
+      throw new OverlayError("E_INTEGRITY", `the built image is ${check2.status}; ${unchanged}`, {
+        details: { problems: check2.problems }
+      });
     }
   };
   try {
@@ -28148,7 +28150,7 @@ async function hostMirror() {
   }
   return "http://deb.debian.org/debian";
 }
-var seconds = (ms) => Math.round(ms / 100) / 10;
+var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log) {
   const sif = join6(dir, "base.sif");
   const def = join6(dir, "base.def");
@@ -28513,7 +28515,7 @@ function render(d) {
   return [
     `overlayctl demo: artefacts in ${d.dir}`,
     `  base     base.sif ${formatBytes(d.base.sizeBytes)}, Debian bookworm minbase (${d.base.built ? `built in ${d.base.seconds} s` : "reused"})`,
-    `  overlay  env.img ${formatBytes(i2.sizeBytes)} sparse ext3, small profile: ${formatBytes(i2.allocatedBytes)} on disk, ${formatBytes(i2.usedBytes ?? 0)} used`,
+    `  overlay  env.img ${formatBytes(i2.sizeBytes)} sparse ext3, small profile: ${formatBytes(i2.allocatedBytes)} on disk, ${formatBytes(i2.usedBytes ?? 0)} used (inode tables and journal included)`,
     `  install  ${d.packagesInstalled} Debian packages (${d.packages.join(" ")}) by apt in the container, ${d.buildSeconds} s`,
     `  files    ${i2.inodesUsed} files and directories in the overlay (${i2.inodesUsedPercent}% of its inodes)`,
     `  check    ${d.check.status} (${d.check.seconds} s)`,
@@ -31993,9 +31995,11 @@ function addTaskCommand(program2, task, outcome) {
     const output2 = await task.run(input2, contextFor(outcome.json));
     if (outcome.json) process.stdout.write(`${JSON.stringify(output2 ?? {})}
 `);
-    else if (task.render) process.stdout.write(`${task.render(output2)}
+    else if (task.render) {
+      const text = task.render(output2);
+      if (text) process.stdout.write(`${text}
 `);
-    else process.stdout.write(`${JSON.stringify(output2 ?? {}, null, 2)}
+    } else process.stdout.write(`${JSON.stringify(output2 ?? {}, null, 2)}
 `);
     if (output2 && typeof output2.exitCode === "number") process.exitCode = output2.exitCode;
   });
@@ -32032,4 +32036,5 @@ function exitCodeFor(e) {
 }
 
 // packages/cli/src/bin.ts
+module.enableCompileCache?.();
 await main(process.argv.slice(2));

@@ -101,7 +101,10 @@ function addTaskCommand(program: Command, task: TaskDef, outcome: Outcome): void
     const input = parseTaskInput(task, coerceRawInput(task, raw));
     const output = (await task.run(input, contextFor(outcome.json))) as Record<string, unknown> | undefined;
     if (outcome.json) process.stdout.write(`${JSON.stringify(output ?? {})}\n`);
-    else if (task.render) process.stdout.write(`${task.render(output)}\n`);
+    else if (task.render) {
+      const text = task.render(output);
+      if (text) process.stdout.write(`${text}\n`);
+    }
     else process.stdout.write(`${JSON.stringify(output ?? {}, null, 2)}\n`);
     if (output && typeof output.exitCode === 'number') process.exitCode = output.exitCode;
   });
