@@ -59,7 +59,7 @@ interface Scenario {
 }
 
 const img = (d: string) => join(d, 'env.img');
-const snapImg = (d: string) => (existsSync(img(d)) ? { img: fileSum(img(d)) } : {});
+const snapImg = (d: string): Record<string, string> => (existsSync(img(d)) ? { img: fileSum(img(d)) } : {});
 const sameImg = async (d: string, b: Record<string, string>) =>
   b.img === undefined ? !existsSync(img(d)) : existsSync(img(d)) && fileSum(img(d)) === b.img;
 

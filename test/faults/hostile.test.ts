@@ -50,7 +50,7 @@ const cases: Case[] = [
   },
   { name: 'directory loop', make: (p) => debugfsWrite(p, ['link /upper /upper/loop', 'link /upper /work/back']) },
   { name: 'huge file size in metadata', make: (p) => debugfsWrite(p, ['write /dev/null /upper/f', 'sif /upper/f size 0xfffffffffff0']) },
-  { name: 'inode count absurd', make: (p) => patch(p, 1024, Buffer.from([0xff, 0xff, 0xff, 0x7f])) },
+  { name: 'inode count absurd', make: async (p) => patch(p, 1024, Buffer.from([0xff, 0xff, 0xff, 0x7f])) },
   { name: 'truncated to 1 MiB', make: async (p) => execa('truncate', ['-s', '1M', p]).then(() => {}) },
   { name: 'empty file', make: async (p) => execa('truncate', ['-s', '0', p]).then(() => {}) },
   ...Array.from({ length: FUZZ_SEEDS }, (_, i) => ({

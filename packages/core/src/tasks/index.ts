@@ -1,15 +1,29 @@
 import { buildTask } from './build';
+import { checkTask } from './check';
+import { chownTask } from './chown';
 import { createTask } from './create';
 import { demoTask } from './demo';
 import { execTask } from './exec';
 import type { TaskDef } from './define';
 import { infoTask } from './info';
+import { lockTask } from './lock';
+import { resizeTask } from './resize';
 
 /**
  * Every user-facing operation, in the order the CLI help lists them. A front end (CLI, action,
  * docs generator) iterates this list; adding a task here is all it takes to expose it.
  */
-export const TASKS: TaskDef[] = [createTask, infoTask, execTask, buildTask, demoTask] as unknown as TaskDef[];
+export const TASKS: TaskDef[] = [
+  createTask,
+  infoTask,
+  checkTask,
+  resizeTask,
+  chownTask,
+  lockTask,
+  execTask,
+  buildTask,
+  demoTask,
+] as unknown as TaskDef[];
 
 export function findTask(name: string): TaskDef | undefined {
   return TASKS.find((t) => t.name === name);
