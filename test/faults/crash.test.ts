@@ -34,7 +34,11 @@ async function fsckClean(image: string): Promise<boolean> {
 }
 
 async function payloadIntact(image: string): Promise<boolean> {
-  const r = await execa('debugfs', ['-R', 'cat /upper/data', image], { reject: false, encoding: 'buffer' });
+  const r = await execa('debugfs', ['-R', 'cat /upper/data', image], {
+    reject: false,
+    encoding: 'buffer',
+    stripFinalNewline: false,
+  });
   return sha(Buffer.from(r.stdout)) === payloadSum;
 }
 

@@ -63,15 +63,15 @@ var require_windows = __commonJS({
       }
       return false;
     }
-    function checkStat(stat, path7, options) {
-      if (!stat.isSymbolicLink() && !stat.isFile()) {
+    function checkStat(stat3, path7, options) {
+      if (!stat3.isSymbolicLink() && !stat3.isFile()) {
         return false;
       }
       return checkPathExt(path7, options);
     }
     function isexe(path7, options, cb) {
-      fs2.stat(path7, function(er, stat) {
-        cb(er, er ? false : checkStat(stat, path7, options));
+      fs2.stat(path7, function(er, stat3) {
+        cb(er, er ? false : checkStat(stat3, path7, options));
       });
     }
     function sync(path7, options) {
@@ -87,20 +87,20 @@ var require_mode = __commonJS({
     isexe.sync = sync;
     var fs2 = __require("fs");
     function isexe(path7, options, cb) {
-      fs2.stat(path7, function(er, stat) {
-        cb(er, er ? false : checkStat(stat, options));
+      fs2.stat(path7, function(er, stat3) {
+        cb(er, er ? false : checkStat(stat3, options));
       });
     }
     function sync(path7, options) {
       return checkStat(fs2.statSync(path7), options);
     }
-    function checkStat(stat, options) {
-      return stat.isFile() && checkMode(stat, options);
+    function checkStat(stat3, options) {
+      return stat3.isFile() && checkMode(stat3, options);
     }
-    function checkMode(stat, options) {
-      var mod = stat.mode;
-      var uid = stat.uid;
-      var gid = stat.gid;
+    function checkMode(stat3, options) {
+      var mod = stat3.mode;
+      var uid = stat3.uid;
+      var gid = stat3.gid;
       var myUid = options.uid !== void 0 ? options.uid : process.getuid && process.getuid();
       var myGid = options.gid !== void 0 ? options.gid : process.getgid && process.getgid();
       var u2 = parseInt("100", 8);
@@ -3394,9 +3394,9 @@ var asciiTabOrNewline = /[\t\n\r]/g;
 function stripTabAndNewline(value) {
   return value.replace(asciiTabOrNewline, "");
 }
-function urlHostnameOk(url2, hostname3) {
-  hostname3.lastIndex = 0;
-  return hostname3.test(url2.hostname);
+function urlHostnameOk(url2, hostname4) {
+  hostname4.lastIndex = 0;
+  return hostname4.test(url2.hostname);
 }
 function urlProtocolOk(url2, protocol) {
   protocol.lastIndex = 0;
@@ -27272,13 +27272,13 @@ async function runTool(name, args, opts = {}) {
 // packages/core/src/fs/atomic.ts
 import { randomBytes } from "node:crypto";
 import { constants as constants5, promises as fsp } from "node:fs";
+import { hostname as hostname3 } from "node:os";
 import { basename, dirname, join as join2 } from "node:path";
 var TEMP_MARK = ".ovtmp-";
+var HOST = hostname3().replace(/[^A-Za-z0-9_.]/g, "_");
 function tempPathFor(target) {
-  return join2(
-    dirname(target),
-    `.${basename(target)}${TEMP_MARK}${process.pid}-${randomBytes(4).toString("hex")}`
-  );
+  const suffix = `${process.pid}-${HOST}-${randomBytes(4).toString("hex")}`;
+  return join2(dirname(target), `.${basename(target)}${TEMP_MARK}${suffix}`);
 }
 async function createExclusive(path7, mode = 420) {
   const fh = await fsp.open(path7, constants5.O_CREAT | constants5.O_EXCL | constants5.O_WRONLY | constants5.O_NOFOLLOW, mode).catch((e) => {
@@ -27333,8 +27333,9 @@ async function removeStaleTemps(target) {
   }
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
-    const pid = Number(name.slice(prefix.length).split("-")[0]);
-    if (!Number.isInteger(pid) || pidAlive(pid)) continue;
+    const [pidText, host] = name.slice(prefix.length).split("-");
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
     await fsp.rm(join2(dir, name), { force: true, recursive: true }).catch(() => {
     });
     removed.push(join2(dir, name));
@@ -27603,6 +27604,7 @@ async function statInImage(image, path7) {
 // packages/core/src/image/info.ts
 import { promises as fsp3 } from "node:fs";
 async function imageInfo(path7) {
+  await removeStaleTemps(path7);
   const st = await fsp3.stat(path7).catch((e) => {
     throw fromFsError(e, path7);
   });
@@ -27738,6 +27740,209 @@ async function createImage(opts) {
   return imageInfo(opts.path);
 }
 
+// packages/core/src/image/copy.ts
+import { chmod, chown, stat } from "node:fs/promises";
+async function copyImageFile(src, dst) {
+  const st = await stat(src);
+  const sparse = st.blocks * 512 < st.size;
+  await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], { timeoutSeconds: 3600 });
+  await chmod(dst, st.mode & 4095);
+  if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
+}
+async function isSparseFile(path7) {
+  const st = await stat(path7);
+  return st.blocks * 512 < st.size;
+}
+
+// packages/core/src/image/check.ts
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir as tmpdir2 } from "node:os";
+import { join as join4 } from "node:path";
+var PROBLEM_LINE = /(error|illegal|invalid|wrong|differences|unattached|deleted|bad|corrupt|fix|clear|count|inode \d+)/i;
+function summarize(output2) {
+  return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
+}
+async function fsckOnCopy(image) {
+  const dir = await mkdtemp(join4(tmpdir2(), "overlay-check-"));
+  const copy = join4(dir, "copy.img");
+  try {
+    let method = "metadata-copy";
+    try {
+      await runTool("e2image", ["-r", image, copy], { timeoutSeconds: 600 });
+    } catch (e) {
+      if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
+      method = "full-copy";
+      await rm(copy, { force: true });
+      await runTool("cp", ["--sparse=always", image, copy], { timeoutSeconds: 1800 });
+    }
+    const r = await runTool("e2fsck", ["-fy", copy], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
+    return { exit: r.exitCode, output: `${r.stdout}
+${r.stderr}`, method };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+function statusFromExit(exit) {
+  if (exit === 0) return "clean";
+  if (exit === 1 || exit === 2 || exit === 4) return "corrupt";
+  return "error";
+}
+async function checkImage(path7, opts = {}) {
+  const started = Date.now();
+  const result = (r) => ({
+    path: path7,
+    problems: [],
+    e2fsckExit: null,
+    method: null,
+    warnings: [],
+    ...r,
+    seconds: Math.round((Date.now() - started) / 100) / 10
+  });
+  let lock;
+  try {
+    await removeStaleTemps(path7);
+    await requireExt3(path7);
+    try {
+      lock = await acquireLock(path7, opts.repair ? "exclusive" : "shared");
+    } catch (e) {
+      if (isOverlayError(e, "E_LOCKED")) return result({ status: "locked", error: { code: e.code, message: e.message } });
+      throw e;
+    }
+    const first = await fsckOnCopy(path7);
+    const status = statusFromExit(first.exit);
+    const problems = summarize(first.output);
+    if (status !== "corrupt" || !opts.repair) {
+      return result({
+        status,
+        problems,
+        e2fsckExit: first.exit,
+        method: first.method,
+        error: status === "error" ? { code: "E_INTEGRITY", message: `e2fsck could not check the image (exit ${first.exit})` } : void 0
+      });
+    }
+    await replaceAtomically(path7, async (tmp) => {
+      await copyImageFile(path7, tmp);
+      await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+      const again = await runTool("e2fsck", ["-fn", tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
+      if (again.exitCode !== 0) {
+        throw new OverlayError("E_INTEGRITY", `e2fsck could not repair ${path7} (exit ${again.exitCode})`);
+      }
+    });
+    return result({ status: "repaired", problems, e2fsckExit: first.exit, method: first.method });
+  } catch (e) {
+    const err = isOverlayError(e) ? e : new OverlayError("E_TOOL_FAILED", e.message);
+    const status = err.code === "E_INTEGRITY" ? "corrupt" : "error";
+    return result({ status, error: { code: err.code, message: err.message } });
+  } finally {
+    lock?.release();
+  }
+}
+
+// packages/core/src/image/resize.ts
+import { stat as stat2, truncate } from "node:fs/promises";
+async function minimumSizeBytes(path7) {
+  const sb = await readSuperblock(path7);
+  const { stdout } = await runTool("resize2fs", ["-P", path7], { timeoutSeconds: 600 });
+  const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
+  if (!Number.isFinite(blocks)) throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path7}`);
+  return blocks * sb.blockSize;
+}
+async function resizeImage(path7, sizeBytes, opts = {}) {
+  await requireExt3(path7);
+  const previousSizeBytes = await withLock(path7, "exclusive", async () => {
+    const before = (await stat2(path7)).size;
+    if (before === sizeBytes) return before;
+    if (sizeBytes < before) {
+      const min = await minimumSizeBytes(path7);
+      if (sizeBytes < min) {
+        throw new OverlayError(
+          "E_SHRINK_TOO_SMALL",
+          `${path7} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
+          { details: { minimumBytes: min, requestedBytes: sizeBytes } }
+        );
+      }
+    }
+    const sparse = await isSparseFile(path7);
+    await replaceAtomically(path7, async (tmp) => {
+      opts.onProgress?.("copying the image");
+      await copyImageFile(path7, tmp);
+      opts.onProgress?.("e2fsck -fy (resize2fs needs a checked filesystem)");
+      const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+      if (fsck.exitCode === 4) throw new OverlayError("E_INTEGRITY", `${path7} has errors e2fsck cannot fix; run check --repair`);
+      const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
+      try {
+        if (sizeBytes > before) {
+          if (sparse) await truncate(tmp, sizeBytes);
+          else await runTool("fallocate", ["-l", String(sizeBytes), tmp]);
+          opts.onProgress?.(`resize2fs ${sizeArg}`);
+          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+        } else {
+          opts.onProgress?.(`resize2fs ${sizeArg}`);
+          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+          await truncate(tmp, sizeBytes);
+        }
+      } catch (e) {
+        if (isOverlayError(e, "E_TOOL_FAILED") && /smaller than minimum|No space left on device/i.test(e.message)) {
+          throw new OverlayError("E_SHRINK_TOO_SMALL", `${path7} cannot shrink to ${sizeArg}: ${e.message}`);
+        }
+        throw e;
+      }
+      const check2 = await runTool("e2fsck", ["-fn", tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
+      if (check2.exitCode !== 0) throw new OverlayError("E_INTEGRITY", `resized copy of ${path7} did not check clean`);
+    });
+    return before;
+  });
+  const info = await imageInfo(path7);
+  return { ...info, previousSizeBytes, changed: previousSizeBytes !== sizeBytes };
+}
+
+// packages/core/src/image/chown.ts
+var LS_LINE = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+async function listInodesUnder(image, roots) {
+  const seen = new Set(roots);
+  let level = roots;
+  while (level.length) {
+    const out = await runDebugfs(image, level.map((ino) => `ls -p <${ino}>`));
+    const next = [];
+    for (const line of out.split("\n")) {
+      const m = LS_LINE.exec(line);
+      if (!m) continue;
+      const ino = Number(m[1]);
+      const name = m[3];
+      if (name === "." || name === ".." || ino === 0 || seen.has(ino)) continue;
+      seen.add(ino);
+      const mode = Number.parseInt(m[2], 8);
+      if ((mode & 61440) === 16384) next.push(ino);
+    }
+    level = next;
+  }
+  return [...seen];
+}
+async function inodeOf(image, path7) {
+  const out = await runDebugfs(image, [`stat ${path7}`], { allowErrors: /not found/i }).catch(() => "");
+  const m = /Inode:\s*(\d+)/.exec(out);
+  return m ? Number(m[1]) : null;
+}
+async function chownImage(path7, owner) {
+  await requireExt3(path7);
+  let count2 = 0;
+  await withLock(
+    path7,
+    "exclusive",
+    () => replaceAtomically(path7, async (tmp) => {
+      await copyImageFile(path7, tmp);
+      const roots = (await Promise.all(["/upper", "/work"].map((p) => inodeOf(tmp, p)))).filter(
+        (x) => x !== null
+      );
+      const inodes = await listInodesUnder(tmp, roots);
+      count2 = inodes.length;
+      const cmds = inodes.flatMap((ino) => [`sif <${ino}> uid ${owner.uid}`, `sif <${ino}> gid ${owner.gid}`]);
+      for (let i2 = 0; i2 < cmds.length; i2 += 2e4) await runDebugfs(tmp, cmds.slice(i2, i2 + 2e4), { write: true });
+    })
+  );
+  return { ...await imageInfo(path7), inodesChanged: count2 };
+}
+
 // packages/core/src/runtime/find.ts
 function findRuntime(env = process.env) {
   for (const name of ["apptainer", "singularity"]) {
@@ -27846,14 +28051,14 @@ function diagnoseRuntimeFailure(stderr, opts = {}) {
 import { createHash as createHash2 } from "node:crypto";
 import { promises as fsp5 } from "node:fs";
 import { homedir as homedir2 } from "node:os";
-import { join as join4, resolve } from "node:path";
+import { join as join5, resolve } from "node:path";
 var PULL_SCHEMES = ["docker", "oras", "library", "https", "http", "shub"];
 function isReference(base) {
   return /^[a-z][a-z0-9+.-]*:\/\//i.test(base);
 }
 function imageCacheDir(env = process.env) {
   if (env.OVERLAY_CACHE_DIR) return resolve(env.OVERLAY_CACHE_DIR);
-  return join4(env.XDG_CACHE_HOME || join4(homedir2(), ".cache"), "overlay-action", "images");
+  return join5(env.XDG_CACHE_HOME || join5(homedir2(), ".cache"), "overlay-action", "images");
 }
 function baseCacheKey(reference) {
   return createHash2("sha256").update(reference).digest("hex");
@@ -27876,7 +28081,7 @@ async function resolveBase(base, opts = {}) {
     });
   }
   const dir = opts.cacheDir ?? imageCacheDir();
-  const path7 = join4(dir, `${baseCacheKey(base)}.sif`);
+  const path7 = join5(dir, `${baseCacheKey(base)}.sif`);
   if (await exists(path7)) return { path: path7, reference: base, pulled: false };
   const runtime = findRuntime();
   await fsp5.mkdir(dir, { recursive: true, mode: 448 });
@@ -28006,8 +28211,8 @@ async function runInContainer(o2) {
 
 // packages/core/src/runtime/build.ts
 import { promises as fsp6 } from "node:fs";
-import { tmpdir as tmpdir2 } from "node:os";
-import { join as join5, resolve as resolve3 } from "node:path";
+import { tmpdir as tmpdir3 } from "node:os";
+import { join as join6, resolve as resolve3 } from "node:path";
 var SCRIPT_IN_CONTAINER = "/.overlayctl/build.sh";
 async function checkBuilt(path7) {
   const r = await runTool("e2fsck", ["-fn", path7], { okExitCodes: [1, 2, 4, 8] });
@@ -28035,8 +28240,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join5(tmpdir2(), "overlayctl-build-"));
-    scriptFile = join5(tempDir, "build.sh");
+    tempDir = await fsp6.mkdtemp(join6(tmpdir3(), "overlayctl-build-"));
+    scriptFile = join6(tempDir, "build.sh");
     await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -28118,7 +28323,7 @@ async function buildInOverlay(o2) {
 
 // packages/core/src/runtime/demo.ts
 import { promises as fsp7 } from "node:fs";
-import { join as join6, resolve as resolve4 } from "node:path";
+import { join as join7, resolve as resolve4 } from "node:path";
 var PACKAGES = ["python3", "python3-yaml", "python3-jinja2", "python3-requests", "python3-numpy"];
 var INSTALL_SH = `# The demo's build: a Python environment from Debian packages, installed into the overlay.
 # apt's package lists and downloaded .debs are bind-mounted from the demo directory, and its
@@ -28140,7 +28345,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join6(dir, f))
+    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join7(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp7.readFile(file2, "utf8").catch(() => "");
@@ -28152,8 +28357,8 @@ async function hostMirror() {
 }
 var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log) {
-  const sif = join6(dir, "base.sif");
-  const def = join6(dir, "base.def");
+  const sif = join7(dir, "base.sif");
+  const def = join7(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -28180,16 +28385,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve4(o2.dir);
-  await fsp7.mkdir(join6(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join6(dir, "apt/lists/partial"), { recursive: true });
+  await fsp7.mkdir(join7(dir, "apt/archives/partial"), { recursive: true });
+  await fsp7.mkdir(join7(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join6(dir, "env.img");
+  const image = join7(dir, "env.img");
   await fsp7.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join6(dir, "install.sh");
+  const script = join7(dir, "install.sh");
   await fsp7.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -28404,6 +28609,101 @@ var infoTask = defineTask({
   render: renderImageSummary
 });
 
+// packages/core/src/tasks/check.ts
+async function checkImages(paths, opts) {
+  const images = [];
+  for (const path7 of paths) {
+    const r = await checkImage(path7, { repair: opts.repair });
+    opts.onResult?.(r);
+    images.push(r);
+  }
+  const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
+  for (const r of images) counts[r.status]++;
+  const exitCode = images.every((r) => r.status === "clean" || r.status === "repaired") ? 0 : 1;
+  return { images, counts, exitCode };
+}
+var checkTask = defineTask({
+  name: "check",
+  summary: "Check (and with --repair, crash-safely repair) ext3 overlays with e2fsck; lock-aware, never waits",
+  positional: ["images"],
+  input: external_exports.object({
+    images: external_exports.array(pathSchema).min(1, "give at least one image").describe("Images to check"),
+    repair: external_exports.boolean().default(false).describe("Repair corrupt images (on a copy, renamed into place)")
+  }),
+  run: (input2, ctx) => checkImages(input2.images, {
+    repair: input2.repair,
+    onResult: (r) => {
+      ctx.progress(`${r.path}: ${r.status}`);
+      for (const w of r.warnings) ctx.warn(`${r.path}: ${w}`);
+    }
+  }),
+  render: (report) => report.images.map((r) => {
+    const detail = r.error ? ` (${r.error.code}: ${r.error.message})` : r.problems.length ? ` (${r.problems.slice(0, 3).join("; ")})` : "";
+    return `${r.status.padEnd(8)} ${r.path}${detail}`;
+  }).join("\n")
+});
+
+// packages/core/src/tasks/resize.ts
+var resizeTask = defineTask({
+  name: "resize",
+  summary: "Grow or shrink an ext3 overlay crash-safely; refuses to shrink below what is used",
+  positional: ["image"],
+  input: external_exports.object({
+    image: pathSchema.describe("The ext3 overlay image"),
+    size: sizeSchema.describe("New size: MiB (256) or with a unit (512M, 4G)")
+  }),
+  run: (input2, ctx) => resizeImage(input2.image, input2.size, { onProgress: ctx.progress }),
+  render: (r) => `${r.changed ? `resized from ${formatBytes(r.previousSizeBytes)}` : "size unchanged"}
+${renderImageSummary(r)}`
+});
+
+// packages/core/src/tasks/chown.ts
+var chownTask = defineTask({
+  name: "chown",
+  summary: "Give every inode of upper/ (and work/) a new owner: unprivileged, no mount, no Apptainer",
+  positional: ["image"],
+  input: external_exports.object({ image: pathSchema.describe("The ext3 overlay image"), ...ownerFields }).superRefine((v, ctx) => {
+    checkOwner(v, ctx);
+    if (!v.fakeroot && v.uid === void 0) {
+      ctx.addIssue({ code: "custom", path: ["fakeroot"], message: "give --fakeroot or --uid N --gid N" });
+    }
+  }),
+  run: (input2) => chownImage(input2.image, ownerFrom(input2)),
+  render: (r) => `${r.inodesChanged} inodes changed
+${renderImageSummary(r)}`
+});
+
+// packages/core/src/tasks/lock.ts
+var lockTask = defineTask({
+  name: "lock",
+  summary: "Run a command while holding the image lock Apptainer honours (write lock, or --shared)",
+  positional: ["image", "command"],
+  input: external_exports.object({
+    image: pathSchema.describe("The image to lock"),
+    command: external_exports.array(external_exports.string()).min(1, "give a command after --").describe("Command to run while locked"),
+    shared: external_exports.boolean().default(false).describe("Take a read (shared) lock instead of a write lock"),
+    wait: external_exports.number().min(0).max(86400).optional().describe("Seconds to wait for the lock (default: fail at once)")
+  }),
+  async run(input2) {
+    return withLock(
+      input2.image,
+      input2.shared ? "shared" : "exclusive",
+      async () => {
+        const [cmd, ...args] = input2.command;
+        try {
+          const r = await runTool(cmd, args, { inherit: true, timeoutSeconds: 0, okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1) });
+          return { exitCode: r.exitCode };
+        } catch (e) {
+          if (e instanceof OverlayError && e.code === "E_TOOL_MISSING") throw new OverlayError("E_NOT_FOUND", `command not found: ${cmd}`);
+          throw e;
+        }
+      },
+      { waitSeconds: input2.wait }
+    );
+  },
+  render: () => ""
+});
+
 // packages/core/src/tasks/exec.ts
 var textSchema = external_exports.string().min(1).refine((s) => !/[\0\n\r]/.test(s), "may not contain NUL or newline characters");
 var envListSchema = external_exports.array(external_exports.string().regex(/^[A-Za-z_][A-Za-z0-9_]*=/, "must be NAME=VALUE")).default([]).describe("Environment variable NAME=VALUE in the container (repeatable)");
@@ -28535,7 +28835,17 @@ var demoTask = defineTask({
 });
 
 // packages/core/src/tasks/index.ts
-var TASKS = [createTask, infoTask, execTask, buildTask, demoTask];
+var TASKS = [
+  createTask,
+  infoTask,
+  checkTask,
+  resizeTask,
+  chownTask,
+  lockTask,
+  execTask,
+  buildTask,
+  demoTask
+];
 
 // node_modules/commander/lib/error.js
 var CommanderError = class extends Error {

@@ -1,16 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
+import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fromFsError } from '../errors';
 
 const TEMP_MARK = '.ovtmp-';
 
-/** `dir/.NAME.ovtmp-PID-RANDOM`: hidden, same directory (same filesystem, so rename is atomic). */
+// Host names go into temp names: on a shared filesystem only this host can tell whether a pid is dead.
+const HOST = hostname().replace(/[^A-Za-z0-9_.]/g, '_');
+
+/** `dir/.NAME.ovtmp-PID-HOST-RANDOM`: hidden, same directory (same filesystem, so rename is atomic). */
 export function tempPathFor(target: string): string {
-  return join(
-    dirname(target),
-    `.${basename(target)}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`,
-  );
+  const suffix = `${process.pid}-${HOST}-${randomBytes(4).toString('hex')}`;
+  return join(dirname(target), `.${basename(target)}${TEMP_MARK}${suffix}`);
 }
 
 /**
@@ -85,8 +87,9 @@ export async function removeStaleTemps(target: string): Promise<string[]> {
   }
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
-    const pid = Number(name.slice(prefix.length).split('-')[0]);
-    if (!Number.isInteger(pid) || pidAlive(pid)) continue;
+    const [pidText, host] = name.slice(prefix.length).split('-');
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
     await fsp.rm(join(dir, name), { force: true, recursive: true }).catch(() => {});
     removed.push(join(dir, name));
   }

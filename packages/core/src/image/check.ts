@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
-import { replaceAtomically } from '../fs/atomic';
+import { removeStaleTemps, replaceAtomically } from '../fs/atomic';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { copyImageFile } from './copy';
@@ -85,6 +85,7 @@ export async function checkImage(path: string, opts: { repair?: boolean } = {}):
   });
   let lock: Lock | undefined;
   try {
+    await removeStaleTemps(path); // what a killed operation left behind
     await requireExt3(path);
     try {
       lock = await acquireLock(path, opts.repair ? 'exclusive' : 'shared');
