@@ -1,4 +1,5 @@
 import { buildTask } from './build';
+import { cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
 import { checkTask } from './check';
 import { chownTask } from './chown';
 import { createTask } from './create';
@@ -22,6 +23,10 @@ export const TASKS: TaskDef[] = [
   lockTask,
   execTask,
   buildTask,
+  cacheSaveTask,
+  cacheRestoreTask,
+  cacheKeyTask,
+  cachePruneTask,
   demoTask,
 ] as unknown as TaskDef[];
 
