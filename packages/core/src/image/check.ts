@@ -72,7 +72,10 @@ function statusFromExit(exit: number): CheckStatus {
  * place only when it then checks clean). Never waits on a lock: an image in use is `locked`.
  * Never throws: every outcome is a status, so a nightly batch always reports every image.
  */
-export async function checkImage(path: string, opts: { repair?: boolean } = {}): Promise<CheckResult> {
+export async function checkImage(
+  path: string,
+  opts: { repair?: boolean; /** the caller already holds a lock on the image */ lockHeld?: boolean } = {},
+): Promise<CheckResult> {
   const started = Date.now();
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
     path,
@@ -88,7 +91,7 @@ export async function checkImage(path: string, opts: { repair?: boolean } = {}):
     await removeStaleTemps(path); // what a killed operation left behind
     await requireExt3(path);
     try {
-      lock = await acquireLock(path, opts.repair ? 'exclusive' : 'shared');
+      if (!opts.lockHeld) lock = await acquireLock(path, opts.repair ? 'exclusive' : 'shared');
     } catch (e) {
       if (isOverlayError(e, 'E_LOCKED')) return result({ status: 'locked', error: { code: e.code, message: e.message } });
       throw e;

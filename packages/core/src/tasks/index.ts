@@ -2,6 +2,7 @@ import { buildTask } from './build';
 import { cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
 import { checkTask } from './check';
 import { chownTask } from './chown';
+import { commitTask } from './commit';
 import { createTask } from './create';
 import { demoTask } from './demo';
 import { execTask } from './exec';
@@ -23,6 +24,7 @@ export const TASKS: TaskDef[] = [
   lockTask,
   execTask,
   buildTask,
+  commitTask,
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,

@@ -26,6 +26,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   losetup: 'mount',
   zstd: 'zstd',
   fallocate: 'util-linux',
+  getfattr: 'attr',
+  setpriv: 'util-linux',
   cp: 'coreutils',
   tar: 'tar',
   apptainer: 'apptainer (see scripts/setup-host.sh)',
