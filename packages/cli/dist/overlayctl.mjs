@@ -917,7 +917,7 @@ var require_scan = __commonJS({
         token.depth = token.isGlobstar ? Infinity : 1;
       }
     };
-    var scan = (input2, options) => {
+    var scan2 = (input2, options) => {
       const opts = options || {};
       const length = input2.length - 1;
       const scanToEnd = opts.parts === true || opts.tokens === true || opts.scanToEnd === true;
@@ -1206,7 +1206,7 @@ var require_scan = __commonJS({
       }
       return state;
     };
-    module2.exports = scan;
+    module2.exports = scan2;
   }
 });
 
@@ -2229,7 +2229,7 @@ var require_parse2 = __commonJS({
 var require_picomatch = __commonJS({
   "node_modules/picomatch/lib/picomatch.js"(exports, module2) {
     "use strict";
-    var scan = require_scan();
+    var scan2 = require_scan();
     var parse3 = require_parse2();
     var utils = require_utils();
     var constants8 = require_constants();
@@ -2320,7 +2320,7 @@ var require_picomatch = __commonJS({
       if (Array.isArray(pattern)) return pattern.map((p) => picomatch2.parse(p, options));
       return parse3(pattern, { ...options, fastpaths: false });
     };
-    picomatch2.scan = (input2, options) => scan(input2, options);
+    picomatch2.scan = (input2, options) => scan2(input2, options);
     picomatch2.compileRe = (state, options, returnOutput = false, returnState = false) => {
       if (returnOutput === true) {
         return state.output;
@@ -29685,9 +29685,9 @@ import { stat as stat2, truncate } from "node:fs/promises";
 async function minimumSizeBytes(path7) {
   const sb = await readSuperblock(path7);
   const { stdout } = await runTool("resize2fs", ["-P", path7], { timeoutSeconds: 600 });
-  const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
-  if (!Number.isFinite(blocks)) throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path7}`);
-  return blocks * sb.blockSize;
+  const blocks2 = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
+  if (!Number.isFinite(blocks2)) throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path7}`);
+  return blocks2 * sb.blockSize;
 }
 async function resizeImage(path7, sizeBytes, opts = {}) {
   await requireExt3(path7);
@@ -31064,8 +31064,8 @@ var escapeWin32Path = (path7) => path7.replace(WIN32_UNESCAPED_GLOB_SYMBOLS, "\\
 var escapePath = isWin ? escapeWin32Path : escapePosixPath;
 function isDynamicPattern(pattern, options) {
   if ((options === null || options === void 0 ? void 0 : options.caseSensitiveMatch) === false) return true;
-  const scan = import_picomatch.default.scan(pattern);
-  return scan.isGlob || scan.negated;
+  const scan2 = import_picomatch.default.scan(pattern);
+  return scan2.isGlob || scan2.negated;
 }
 function log(...tasks) {
   console.log(`[tinyglobby ${(/* @__PURE__ */ new Date()).toLocaleTimeString("es")}]`, ...tasks);
@@ -31431,6 +31431,7 @@ var WH_PREFIX = ".wh.";
 var FUSE_OPAQUE_FILE = ".wh..wh..opq";
 var STRAY_OPAQUE_DEVICE = ".wh..opq";
 var OPAQUE_XATTRS = ["trusted.overlay.opaque", "user.fuseoverlayfs.opaque"];
+var STRIP_XATTR_PREFIXES = ["trusted.overlay.", "user.fuseoverlayfs."];
 function classify(entry) {
   if (entry.name === FUSE_OPAQUE_FILE) return { role: "opaque-marker" };
   if (entry.name === STRAY_OPAQUE_DEVICE && entry.kind === "chardev") return { role: "opaque-marker" };
@@ -31702,6 +31703,139 @@ async function commitLayer(o2) {
   } finally {
     lock.release();
   }
+}
+
+// packages/core/src/layer/normalize.ts
+var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+var S_IFMT = 61440;
+function blocks(out) {
+  return out.split(/^debugfs: .*$/m).slice(1);
+}
+async function walkUpper(image) {
+  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ["stat /upper"]))?.[1];
+  const rootNode = { ino: Number(root), path: "", name: "upper", mode: 16877 };
+  const dirs = [rootNode];
+  const all = [rootNode];
+  const children = /* @__PURE__ */ new Map();
+  let level = [rootNode];
+  while (level.length) {
+    const out = blocks(await runDebugfs(image, level.map((d) => `ls -p <${d.ino}>`)));
+    const next = [];
+    level.forEach((dir, i2) => {
+      const kids = [];
+      for (const line of (out[i2] ?? "").split("\n")) {
+        const m = LS_LINE2.exec(line);
+        if (!m || m[3] === "." || m[3] === ".." || m[1] === "0") continue;
+        const node2 = { ino: Number(m[1]), name: m[3], path: dir.path ? `${dir.path}/${m[3]}` : m[3], mode: Number.parseInt(m[2], 8) };
+        kids.push(node2);
+        all.push(node2);
+        if ((node2.mode & S_IFMT) === 16384) next.push(node2);
+      }
+      children.set(dir.path, kids);
+    });
+    dirs.push(...next);
+    level = next;
+  }
+  return { dirs, all, children };
+}
+async function scan(image, lower) {
+  const { dirs, all, children } = await walkUpper(image);
+  const chardevs = all.filter((n2) => (n2.mode & S_IFMT) === 8192);
+  const devOut = chardevs.length ? blocks(await runDebugfs(image, chardevs.map((n2) => `stat <${n2.ino}>`))) : [];
+  const zeroDev = new Set(chardevs.filter((_, i2) => /major\/minor number:\s*00:00/.test(devOut[i2] ?? "")).map((n2) => n2.ino));
+  const eaOut = blocks(await runDebugfs(image, all.map((n2) => `ea_list <${n2.ino}>`)));
+  const xattrs = /* @__PURE__ */ new Map();
+  all.forEach((n2, i2) => {
+    const names = [...(eaOut[i2] ?? "").matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]);
+    if (names.length) xattrs.set(n2.ino, names);
+  });
+  const cmds = [];
+  const warnings = [];
+  const examples = [];
+  let deletions = 0;
+  let opaqueDirs = 0;
+  let explicit = 0;
+  let stripped = 0;
+  for (const dir of dirs) {
+    const kids = children.get(dir.path) ?? [];
+    const entries = kids.map((k) => {
+      const t = k.mode & S_IFMT;
+      const kind = t === 16384 ? "dir" : t === 32768 ? "file" : t === 40960 ? "symlink" : t === 8192 ? "chardev" : "other";
+      return { name: k.name, kind, whiteoutDevice: zeroDev.has(k.ino) };
+    });
+    const dirXattrs = xattrs.get(dir.ino) ?? [];
+    const opaque = dirXattrs.some((x) => OPAQUE_XATTRS.includes(x));
+    const plan = planDirectory(entries, opaque, lower ? lower.get(dir.path) ?? /* @__PURE__ */ new Set() : void 0);
+    const at = `/upper${dir.path ? `/${dir.path}` : ""}`;
+    const existing = new Set(entries.filter((e) => e.kind === "chardev" && e.whiteoutDevice).map((e) => e.name));
+    const markerFound = plan.drop.length > 0 || opaque;
+    if (plan.drop.length || plan.whiteouts.some((w) => !existing.has(w)) || markerFound) {
+      cmds.push(`cd ${debugfsQuote(at)}`);
+      for (const name of plan.drop) {
+        cmds.push(`rm ${debugfsQuote(name)}`);
+        if (name.startsWith(".wh.") && !name.startsWith(".wh..")) deletions++;
+        if (examples.length < 5) examples.push(`${at}/${name}`);
+      }
+      for (const name of plan.whiteouts) {
+        if (existing.has(name)) continue;
+        if (!plan.drop.includes(`.wh.${name}`)) explicit++;
+        cmds.push(`mknod ${debugfsQuote(name)} c 0 0`, `sif ${debugfsQuote(name)} mode 020000`);
+      }
+    }
+    if (plan.needsOpaqueXattr) {
+      warnings.push(`${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`);
+      if (!dirXattrs.includes("trusted.overlay.opaque")) cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
+    }
+    if (opaque || plan.drop.some((d) => d.startsWith(".wh.."))) opaqueDirs++;
+    for (const x of dirXattrs) {
+      if (plan.needsOpaqueXattr && x === "trusted.overlay.opaque") continue;
+      if (OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const n2 of all) {
+    if (dirs.includes(n2)) continue;
+    for (const x of xattrs.get(n2.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p))) {
+        cmds.push(`ea_rm <${n2.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const dir of dirs) {
+    for (const x of xattrs.get(dir.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p)) && !OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
+}
+async function normalizeImage(image, opts = {}) {
+  await requireExt3(image);
+  const lower = opts.base || opts.layers?.length ? await lowerListing(opts.base, opts.layers ?? []) : void 0;
+  const work = async () => {
+    const plan = await scan(image, lower);
+    if (plan.cmds.length) {
+      await replaceAtomically(image, async (tmp) => {
+        await copyImageFile(image, tmp);
+        await runDebugfs(tmp, plan.cmds, { write: true });
+      });
+    }
+    return {
+      path: image,
+      deletionsRewritten: plan.deletions,
+      opaqueDirs: plan.opaqueDirs,
+      explicitWhiteouts: plan.explicit,
+      xattrsStripped: plan.stripped,
+      changed: plan.cmds.length > 0,
+      warnings: plan.warnings
+    };
+  };
+  return opts.lockHeld ? work() : withLock(image, "exclusive", work);
 }
 
 // packages/core/src/tasks/define.ts
@@ -32078,6 +32212,24 @@ var commitTask = defineTask({
 sha256 ${r.sha256}${r.reset ? "\noverlay reset: upper/ is empty" : ""}`
 });
 
+// packages/core/src/tasks/normalize.ts
+var normalizeTask = defineTask({
+  name: "normalize",
+  summary: "Rewrite writer-specific deletion markers in upper/ so every reader (root or not, rw or :ro) sees the same files",
+  positional: ["image"],
+  input: external_exports.object({
+    image: pathSchema.describe("The ext3 overlay image"),
+    base: external_exports.string().optional().describe("Base image below the overlay (to hide replaced directories exactly)"),
+    layer: external_exports.array(pathSchema).default([]).describe("Lower SquashFS layer, in stacking order (repeatable)")
+  }),
+  async run(input2, ctx) {
+    const r = await normalizeImage(input2.image, { base: input2.base, layers: input2.layer });
+    for (const w of r.warnings) ctx.warn(w);
+    return r;
+  },
+  render: (r) => r.changed ? `${r.path}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped` : `${r.path}: already portable`
+});
+
 // packages/core/src/tasks/exec.ts
 var textSchema = external_exports.string().min(1).refine((s) => !/[\0\n\r]/.test(s), "may not contain NUL or newline characters");
 var envListSchema = external_exports.array(external_exports.string().regex(/^[A-Za-z_][A-Za-z0-9_]*=/, "must be NAME=VALUE")).default([]).describe("Environment variable NAME=VALUE in the container (repeatable)");
@@ -32219,6 +32371,7 @@ var TASKS = [
   execTask,
   buildTask,
   commitTask,
+  normalizeTask,
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,

@@ -9,6 +9,7 @@ import { execTask } from './exec';
 import type { TaskDef } from './define';
 import { infoTask } from './info';
 import { lockTask } from './lock';
+import { normalizeTask } from './normalize';
 import { resizeTask } from './resize';
 
 /**
@@ -25,6 +26,7 @@ export const TASKS: TaskDef[] = [
   execTask,
   buildTask,
   commitTask,
+  normalizeTask,
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,

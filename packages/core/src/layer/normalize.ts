@@ -1,0 +1,183 @@
+import { replaceAtomically } from '../fs/atomic';
+import { copyImageFile } from '../image/copy';
+import { debugfsQuote, runDebugfs } from '../image/debugfs';
+import { requireExt3 } from '../image/format';
+import { withLock } from '../lock/ofd';
+import { type LowerListing, lowerListing } from './lower';
+import { OPAQUE_XATTRS, planDirectory, STRIP_XATTR_PREFIXES, type UpperEntry } from './whiteouts';
+
+interface Node {
+  ino: number;
+  path: string; // '' for upper/ itself, else 'etc/x'
+  name: string;
+  mode: number;
+}
+
+const LS_LINE = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+const S_IFMT = 0o170000;
+
+/** Split `debugfs -f` output into one block per command (it echoes each as `debugfs: CMD`). */
+function blocks(out: string): string[] {
+  return out.split(/^debugfs: .*$/m).slice(1);
+}
+
+/** Every entry under upper/ with its path, breadth-first, one debugfs run per depth. */
+async function walkUpper(image: string): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
+  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ['stat /upper']))?.[1];
+  const rootNode: Node = { ino: Number(root), path: '', name: 'upper', mode: 0o040755 };
+  const dirs: Node[] = [rootNode];
+  const all: Node[] = [rootNode];
+  const children = new Map<string, Node[]>();
+  let level = [rootNode];
+  while (level.length) {
+    const out = blocks(await runDebugfs(image, level.map((d) => `ls -p <${d.ino}>`)));
+    const next: Node[] = [];
+    level.forEach((dir, i) => {
+      const kids: Node[] = [];
+      for (const line of (out[i] ?? '').split('\n')) {
+        const m = LS_LINE.exec(line);
+        if (!m || m[3] === '.' || m[3] === '..' || m[1] === '0') continue;
+        const node = { ino: Number(m[1]), name: m[3]!, path: dir.path ? `${dir.path}/${m[3]}` : m[3]!, mode: Number.parseInt(m[2]!, 8) };
+        kids.push(node);
+        all.push(node);
+        if ((node.mode & S_IFMT) === 0o040000) next.push(node);
+      }
+      children.set(dir.path, kids);
+    });
+    dirs.push(...next);
+    level = next;
+  }
+  return { dirs, all, children };
+}
+
+export interface NormalizeResult {
+  path: string;
+  deletionsRewritten: number;
+  opaqueDirs: number;
+  explicitWhiteouts: number;
+  xattrsStripped: number;
+  changed: boolean;
+  warnings: string[];
+}
+
+export interface NonPortableMarkers {
+  count: number;
+  examples: string[];
+}
+
+async function scan(image: string, lower: LowerListing | undefined) {
+  const { dirs, all, children } = await walkUpper(image);
+  const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
+  const devOut = chardevs.length ? blocks(await runDebugfs(image, chardevs.map((n) => `stat <${n.ino}>`))) : [];
+  const zeroDev = new Set(chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino));
+  const eaOut = blocks(await runDebugfs(image, all.map((n) => `ea_list <${n.ino}>`)));
+  const xattrs = new Map<number, string[]>();
+  all.forEach((n, i) => {
+    const names = [...(eaOut[i] ?? '').matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]!);
+    if (names.length) xattrs.set(n.ino, names);
+  });
+  const cmds: string[] = [];
+  const warnings: string[] = [];
+  const examples: string[] = [];
+  let deletions = 0;
+  let opaqueDirs = 0;
+  let explicit = 0;
+  let stripped = 0;
+  for (const dir of dirs) {
+    const kids = children.get(dir.path) ?? [];
+    const entries: UpperEntry[] = kids.map((k) => {
+      const t = k.mode & S_IFMT;
+      const kind = t === 0o040000 ? 'dir' : t === 0o100000 ? 'file' : t === 0o120000 ? 'symlink' : t === 0o020000 ? 'chardev' : 'other';
+      return { name: k.name, kind, whiteoutDevice: zeroDev.has(k.ino) };
+    });
+    const dirXattrs = xattrs.get(dir.ino) ?? [];
+    const opaque = dirXattrs.some((x) => OPAQUE_XATTRS.includes(x));
+    const plan = planDirectory(entries, opaque, lower ? (lower.get(dir.path) ?? new Set()) : undefined);
+    const at = `/upper${dir.path ? `/${dir.path}` : ''}`;
+    const existing = new Set(entries.filter((e) => e.kind === 'chardev' && e.whiteoutDevice).map((e) => e.name));
+    const markerFound = plan.drop.length > 0 || opaque;
+    if (plan.drop.length || plan.whiteouts.some((w) => !existing.has(w)) || markerFound) {
+      cmds.push(`cd ${debugfsQuote(at)}`);
+      for (const name of plan.drop) {
+        cmds.push(`rm ${debugfsQuote(name)}`);
+        if (name.startsWith('.wh.') && !name.startsWith('.wh..')) deletions++;
+        if (examples.length < 5) examples.push(`${at}/${name}`);
+      }
+      for (const name of plan.whiteouts) {
+        if (existing.has(name)) continue;
+        if (!plan.drop.includes(`.wh.${name}`)) explicit++;
+        cmds.push(`mknod ${debugfsQuote(name)} c 0 0`, `sif ${debugfsQuote(name)} mode 020000`);
+      }
+    }
+    if (plan.needsOpaqueXattr) {
+      warnings.push(`${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`);
+      if (!dirXattrs.includes('trusted.overlay.opaque')) cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
+    }
+    if (opaque || plan.drop.some((d) => d.startsWith('.wh..'))) opaqueDirs++;
+    for (const x of dirXattrs) {
+      if (plan.needsOpaqueXattr && x === 'trusted.overlay.opaque') continue;
+      if (OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const n of all) {
+    if (dirs.includes(n)) continue;
+    for (const x of xattrs.get(n.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p))) {
+        cmds.push(`ea_rm <${n.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const dir of dirs) {
+    for (const x of xattrs.get(dir.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p)) && !OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
+}
+
+/** Writer-specific markers (fuse-overlayfs `.wh.*` files, opaque markers) that read-only readers ignore. */
+export async function findNonPortableMarkers(image: string): Promise<NonPortableMarkers> {
+  const { all } = await walkUpper(image);
+  const markers = all.filter((n) => n.name.startsWith('.wh.'));
+  return { count: markers.length, examples: markers.slice(0, 5).map((n) => `/upper/${n.path}`) };
+}
+
+/**
+ * Rewrite upper/'s deletion markers into the form every reader honours (0:0 devices; explicit
+ * whiteouts for replaced directories when the lower stack is known), strip overlay bookkeeping
+ * xattrs. On the image file with debugfs: unprivileged, no mount; on a copy, renamed into place;
+ * idempotent (a second run finds nothing to do and leaves the file alone).
+ */
+export async function normalizeImage(
+  image: string,
+  opts: { base?: string; layers?: string[]; lockHeld?: boolean } = {},
+): Promise<NormalizeResult> {
+  await requireExt3(image);
+  const lower = opts.base || opts.layers?.length ? await lowerListing(opts.base, opts.layers ?? []) : undefined;
+  const work = async () => {
+    const plan = await scan(image, lower);
+    if (plan.cmds.length) {
+      await replaceAtomically(image, async (tmp) => {
+        await copyImageFile(image, tmp);
+        await runDebugfs(tmp, plan.cmds, { write: true });
+      });
+    }
+    return {
+      path: image,
+      deletionsRewritten: plan.deletions,
+      opaqueDirs: plan.opaqueDirs,
+      explicitWhiteouts: plan.explicit,
+      xattrsStripped: plan.stripped,
+      changed: plan.cmds.length > 0,
+      warnings: plan.warnings,
+    };
+  };
+  return opts.lockHeld ? work() : withLock(image, 'exclusive', work);
+}
