@@ -57,7 +57,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl build (root)', () => {
       '/opt/env/f200',
       '/opt/env/shell',
     ]);
-    expect(cat.stdout).toContain('200\n/bin/sh\n');
+    expect(cat.stdout).toBe('200\n/bin/sh');
     expect(await files()).toEqual(['new.img']);
   });
 
@@ -101,7 +101,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl build (root)', () => {
     const r = await overlayctl(['build', img, '--base', base, '--size', '64', '--script', script]);
     expect(r.exitCode, r.stderr).toBe(0);
     const out = await overlayctl(['exec', img, '--ro', '--base', base, '--', 'cat', '/opt/one', '/opt/how']);
-    expect(out.stdout).toContain('one\n/.overlayctl/build.sh\n');
+    expect(out.stdout).toBe('one\n/.overlayctl/build.sh');
     const ls = await execa('debugfs', ['-R', 'ls /upper', img]);
     expect(ls.stdout).not.toContain('.overlayctl');
     // -e: a failing command in the middle fails the build

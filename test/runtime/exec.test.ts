@@ -50,7 +50,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec (root)', () => {
     expect(w.exitCode, w.stderr).toBe(0);
     const r = await overlayctl(['exec', img, '--base', base, '--', 'cat', '/opt/p', '/opt/lower/file.txt']);
     expect(r.exitCode, r.stderr).toBe(0);
-    expect(r.stdout).toContain('persisted\nlower file\n');
+    expect(r.stdout).toBe('persisted\nlower file');
     const dbg = await execa('debugfs', ['-R', 'cat /upper/opt/p', img]);
     expect(dbg.stdout.trim()).toBe('persisted');
   });

@@ -30056,17 +30056,258 @@ async function runInContainer(o2) {
 }
 
 // packages/core/src/runtime/build.ts
-init_errors();
 import { promises as fsp6 } from "node:fs";
+import { tmpdir as tmpdir4 } from "node:os";
+import { join as join7, resolve as resolve3 } from "node:path";
+
+// packages/core/src/layer/lower.ts
+init_errors();
+import { mkdtemp as mkdtemp2, readdir, rm as rm2 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
-import { join as join6, resolve as resolve3 } from "node:path";
+import { join as join6 } from "node:path";
+var LLN = /^([dlcbps-])\S*\s+\S+\s+(?:\d+,\s*\d+|\d+)\s+\S+\s+\S+\s+squashfs-root\/(.*?)(?: -> .*)?$/;
+async function squashEntries(file2) {
+  const { stdout } = await runTool("unsquashfs", ["-lln", file2], { timeoutSeconds: 600 });
+  const out = [];
+  for (const line of stdout.split("\n")) {
+    const m = LLN.exec(line);
+    if (!m || !m[2]) continue;
+    out.push({ path: m[2], whiteout: m[1] === "c" && /\s0,\s*0\s/.test(line) });
+  }
+  return out;
+}
+async function sifEntries(sif) {
+  const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
+  const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
+  if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
+  const dir = await mkdtemp2(join6(tmpdir3(), "overlay-sif-"));
+  try {
+    const part = join6(dir, "rootfs.sqf");
+    await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
+    return await squashEntries(part);
+  } finally {
+    await rm2(dir, { recursive: true, force: true });
+  }
+}
+async function dirEntries(root) {
+  const out = [];
+  for (const e of await readdir(root, { recursive: true, withFileTypes: true })) {
+    const rel = join6(e.parentPath, e.name).slice(root.length + 1);
+    out.push({ path: rel, whiteout: e.isCharacterDevice() });
+  }
+  return out;
+}
+function add(listing, path7) {
+  const i2 = path7.lastIndexOf("/");
+  const dir = i2 < 0 ? "" : path7.slice(0, i2);
+  const name = path7.slice(i2 + 1);
+  if (!listing.has(dir)) listing.set(dir, /* @__PURE__ */ new Set());
+  listing.get(dir).add(name);
+}
+function remove(listing, path7) {
+  const i2 = path7.lastIndexOf("/");
+  listing.get(i2 < 0 ? "" : path7.slice(0, i2))?.delete(path7.slice(i2 + 1));
+  for (const dir of [...listing.keys()]) if (dir === path7 || dir.startsWith(`${path7}/`)) listing.delete(dir);
+}
+async function lowerListing(base, layers) {
+  const listing = /* @__PURE__ */ new Map();
+  const sources = [];
+  if (base) {
+    const { path: path7 } = await resolveBase(base);
+    const isDir = await readdir(path7).then(() => true).catch(() => false);
+    sources.push(isDir ? await dirEntries(path7) : await sifEntries(path7));
+  }
+  for (const layer of layers) sources.push(await squashEntries(layer));
+  for (const entries of sources) {
+    for (const e of entries) {
+      if (e.whiteout) remove(listing, e.path);
+      else add(listing, e.path);
+    }
+  }
+  return listing;
+}
+
+// packages/core/src/layer/whiteouts.ts
+var WH_PREFIX = ".wh.";
+var FUSE_OPAQUE_FILE = ".wh..wh..opq";
+var STRAY_OPAQUE_DEVICE = ".wh..opq";
+var OPAQUE_XATTRS = ["trusted.overlay.opaque", "user.fuseoverlayfs.opaque"];
+var STRIP_XATTR_PREFIXES = ["trusted.overlay.", "user.fuseoverlayfs."];
+function classify(entry) {
+  if (entry.name === FUSE_OPAQUE_FILE) return { role: "opaque-marker" };
+  if (entry.name === STRAY_OPAQUE_DEVICE && entry.kind === "chardev") return { role: "opaque-marker" };
+  if (entry.kind === "chardev" && entry.whiteoutDevice) return { role: "whiteout", hides: entry.name, form: "kernel" };
+  if (entry.name.startsWith(WH_PREFIX) && entry.name.length > WH_PREFIX.length && entry.kind === "file") {
+    return { role: "whiteout", hides: entry.name.slice(WH_PREFIX.length), form: "fuse" };
+  }
+  return { role: "content" };
+}
+function planDirectory(entries, opaque, lowerNames) {
+  const whiteouts = /* @__PURE__ */ new Set();
+  const drop = [];
+  const present = /* @__PURE__ */ new Set();
+  let isOpaque = opaque;
+  for (const e of entries) {
+    const c3 = classify(e);
+    if (c3.role === "opaque-marker") {
+      isOpaque = true;
+      drop.push(e.name);
+    } else if (c3.role === "whiteout") {
+      whiteouts.add(c3.hides);
+      if (c3.form === "fuse") drop.push(e.name);
+    } else present.add(e.name);
+  }
+  for (const name of present) whiteouts.delete(name);
+  let needsOpaqueXattr = false;
+  if (isOpaque) {
+    if (lowerNames) {
+      for (const name of lowerNames) if (!present.has(name)) whiteouts.add(name);
+    } else needsOpaqueXattr = true;
+  }
+  return { whiteouts: [...whiteouts].sort(), drop: drop.sort(), needsOpaqueXattr };
+}
+
+// packages/core/src/layer/normalize.ts
+var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+var S_IFMT = 61440;
+function blocks(out) {
+  return out.split(/^debugfs: .*$/m).slice(1);
+}
+async function walkUpper(image) {
+  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ["stat /upper"]))?.[1];
+  const rootNode = { ino: Number(root), path: "", name: "upper", mode: 16877 };
+  const dirs = [rootNode];
+  const all = [rootNode];
+  const children = /* @__PURE__ */ new Map();
+  let level = [rootNode];
+  while (level.length) {
+    const out = blocks(await runDebugfs(image, level.map((d) => `ls -p <${d.ino}>`)));
+    const next = [];
+    level.forEach((dir, i2) => {
+      const kids = [];
+      for (const line of (out[i2] ?? "").split("\n")) {
+        const m = LS_LINE2.exec(line);
+        if (!m || m[3] === "." || m[3] === ".." || m[1] === "0") continue;
+        const node2 = { ino: Number(m[1]), name: m[3], path: dir.path ? `${dir.path}/${m[3]}` : m[3], mode: Number.parseInt(m[2], 8) };
+        kids.push(node2);
+        all.push(node2);
+        if ((node2.mode & S_IFMT) === 16384) next.push(node2);
+      }
+      children.set(dir.path, kids);
+    });
+    dirs.push(...next);
+    level = next;
+  }
+  return { dirs, all, children };
+}
+async function scan(image, lower) {
+  const { dirs, all, children } = await walkUpper(image);
+  const chardevs = all.filter((n2) => (n2.mode & S_IFMT) === 8192);
+  const devOut = chardevs.length ? blocks(await runDebugfs(image, chardevs.map((n2) => `stat <${n2.ino}>`))) : [];
+  const zeroDev = new Set(chardevs.filter((_, i2) => /major\/minor number:\s*00:00/.test(devOut[i2] ?? "")).map((n2) => n2.ino));
+  const eaOut = blocks(await runDebugfs(image, all.map((n2) => `ea_list <${n2.ino}>`)));
+  const xattrs = /* @__PURE__ */ new Map();
+  all.forEach((n2, i2) => {
+    const names = [...(eaOut[i2] ?? "").matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]);
+    if (names.length) xattrs.set(n2.ino, names);
+  });
+  const cmds = [];
+  const warnings = [];
+  const examples = [];
+  let deletions = 0;
+  let opaqueDirs = 0;
+  let explicit = 0;
+  let stripped = 0;
+  for (const dir of dirs) {
+    const kids = children.get(dir.path) ?? [];
+    const entries = kids.map((k) => {
+      const t = k.mode & S_IFMT;
+      const kind = t === 16384 ? "dir" : t === 32768 ? "file" : t === 40960 ? "symlink" : t === 8192 ? "chardev" : "other";
+      return { name: k.name, kind, whiteoutDevice: zeroDev.has(k.ino) };
+    });
+    const dirXattrs = xattrs.get(dir.ino) ?? [];
+    const opaque = dirXattrs.some((x) => OPAQUE_XATTRS.includes(x));
+    const plan = planDirectory(entries, opaque, lower ? lower.get(dir.path) ?? /* @__PURE__ */ new Set() : void 0);
+    const at = `/upper${dir.path ? `/${dir.path}` : ""}`;
+    const existing = new Set(entries.filter((e) => e.kind === "chardev" && e.whiteoutDevice).map((e) => e.name));
+    const markerFound = plan.drop.length > 0 || opaque;
+    if (plan.drop.length || plan.whiteouts.some((w) => !existing.has(w)) || markerFound) {
+      cmds.push(`cd ${debugfsQuote(at)}`);
+      for (const name of plan.drop) {
+        cmds.push(`rm ${debugfsQuote(name)}`);
+        if (name.startsWith(".wh.") && !name.startsWith(".wh..")) deletions++;
+        if (examples.length < 5) examples.push(`${at}/${name}`);
+      }
+      for (const name of plan.whiteouts) {
+        if (existing.has(name)) continue;
+        if (!plan.drop.includes(`.wh.${name}`)) explicit++;
+        cmds.push(`mknod ${debugfsQuote(name)} c 0 0`, `sif ${debugfsQuote(name)} mode 020000`);
+      }
+    }
+    if (plan.needsOpaqueXattr) {
+      warnings.push(`${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`);
+      if (!dirXattrs.includes("trusted.overlay.opaque")) cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
+    }
+    if (opaque || plan.drop.some((d) => d.startsWith(".wh.."))) opaqueDirs++;
+    for (const x of dirXattrs) {
+      if (plan.needsOpaqueXattr && x === "trusted.overlay.opaque") continue;
+      if (OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const n2 of all) {
+    if (dirs.includes(n2)) continue;
+    for (const x of xattrs.get(n2.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p))) {
+        cmds.push(`ea_rm <${n2.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  for (const dir of dirs) {
+    for (const x of xattrs.get(dir.ino) ?? []) {
+      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p)) && !OPAQUE_XATTRS.includes(x)) {
+        cmds.push(`ea_rm <${dir.ino}> ${x}`);
+        stripped++;
+      }
+    }
+  }
+  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
+}
+async function normalizeImage(image, opts = {}) {
+  await requireExt3(image);
+  const work = async () => {
+    let plan = await scan(image, void 0);
+    if (plan.opaqueDirs > 0 && (opts.base || opts.layers?.length)) {
+      plan = await scan(image, await lowerListing(opts.base, opts.layers ?? []));
+    }
+    if (plan.cmds.length) {
+      await replaceAtomically(image, async (tmp) => {
+        await copyImageFile(image, tmp);
+        await runDebugfs(tmp, plan.cmds, { write: true });
+      });
+    }
+    return {
+      path: image,
+      deletionsRewritten: plan.deletions,
+      opaqueDirs: plan.opaqueDirs,
+      explicitWhiteouts: plan.explicit,
+      xattrsStripped: plan.stripped,
+      changed: plan.cmds.length > 0,
+      warnings: plan.warnings
+    };
+  };
+  return opts.lockHeld ? work() : withLock(image, "exclusive", work);
+}
+
+// packages/core/src/runtime/build.ts
+init_errors();
 var SCRIPT_IN_CONTAINER = "/.overlayctl/build.sh";
 async function checkBuilt(path7) {
-  const r = await runTool("e2fsck", ["-fn", path7], { okExitCodes: [1, 2, 4, 8] });
-  if (r.exitCode === 0) return { status: "clean", problems: [] };
-  const problems = `${r.stdout}
-${r.stderr}`.split("\n").map((l) => l.trim()).filter((l) => l && !/^(Pass \d|e2fsck \d|\S+: \d+\/\d+ files)/.test(l));
-  return { status: "corrupt", problems: problems.slice(0, 10) };
+  const r = await checkImage(path7);
+  return { status: r.status, problems: r.problems };
 }
 async function buildInOverlay(o2) {
   const given = [o2.script, o2.scriptFile, o2.run].filter((x) => x !== void 0);
@@ -30087,8 +30328,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join6(tmpdir3(), "overlayctl-build-"));
-    scriptFile = join6(tempDir, "build.sh");
+    tempDir = await fsp6.mkdtemp(join7(tmpdir4(), "overlayctl-build-"));
+    scriptFile = join7(tempDir, "build.sh");
     await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -30120,6 +30361,11 @@ async function buildInOverlay(o2) {
       throw new OverlayError("E_BUILD_FAILED", `the build exited ${r.exitCode}; ${unchanged}`, {
         details: { exitCode: r.exitCode, stderrTail: tail2 }
       });
+    }
+    if (o2.normalize !== false) {
+      progress("normalizing deletion markers (portable for every reader)");
+      const n2 = await normalizeImage(path7, { base: base.path, layers: o2.layers });
+      for (const w of n2.warnings) progress(`warning: ${w}`);
     }
     progress(`checking the built filesystem`);
     check2 = await checkBuilt(path7);
@@ -30171,7 +30417,7 @@ async function buildInOverlay(o2) {
 // packages/core/src/runtime/demo.ts
 init_errors();
 import { promises as fsp7 } from "node:fs";
-import { join as join7, resolve as resolve4 } from "node:path";
+import { join as join8, resolve as resolve4 } from "node:path";
 var PACKAGES = ["python3", "python3-yaml", "python3-jinja2", "python3-requests", "python3-numpy"];
 var INSTALL_SH = `# The demo's build: a Python environment from Debian packages, installed into the overlay.
 # apt's package lists and downloaded .debs are bind-mounted from the demo directory, and its
@@ -30193,7 +30439,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join7(dir, f))
+    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join8(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp7.readFile(file2, "utf8").catch(() => "");
@@ -30205,8 +30451,8 @@ async function hostMirror() {
 }
 var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log2) {
-  const sif = join7(dir, "base.sif");
-  const def = join7(dir, "base.def");
+  const sif = join8(dir, "base.sif");
+  const def = join8(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -30233,16 +30479,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve4(o2.dir);
-  await fsp7.mkdir(join7(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join7(dir, "apt/lists/partial"), { recursive: true });
+  await fsp7.mkdir(join8(dir, "apt/archives/partial"), { recursive: true });
+  await fsp7.mkdir(join8(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join7(dir, "env.img");
+  const image = join8(dir, "env.img");
   await fsp7.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join7(dir, "install.sh");
+  const script = join8(dir, "install.sh");
   await fsp7.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -30348,8 +30594,8 @@ async function contentDigest(path7) {
 
 // packages/core/src/cache/pack.ts
 init_errors();
-import { mkdir, readFile, rename, rm as rm2, stat as stat3, writeFile } from "node:fs/promises";
-import { basename as basename2, dirname as dirname4, join as join8, resolve as resolve5 } from "node:path";
+import { mkdir, readFile, rename, rm as rm3, stat as stat3, writeFile } from "node:fs/promises";
+import { basename as basename2, dirname as dirname4, join as join9, resolve as resolve5 } from "node:path";
 var CACHE_FORMAT_VERSION = 1;
 var MANIFEST = "manifest.json";
 var IMAGE_MEMBER = "image.img";
@@ -30376,7 +30622,7 @@ async function packImage(imagePath, archivePath) {
       created: (/* @__PURE__ */ new Date()).toISOString()
     };
     await mkdir(stage, { mode: 448 });
-    await writeFile(join8(stage, MANIFEST), `${JSON.stringify(manifest, null, 2)}
+    await writeFile(join9(stage, MANIFEST), `${JSON.stringify(manifest, null, 2)}
 `);
     const escaped = basename2(image).replace(/[\\^$.*[\]/&,]/g, "\\$&");
     await runTool(
@@ -30401,7 +30647,7 @@ async function packImage(imagePath, archivePath) {
     return manifest;
   } finally {
     lock.release();
-    await rm2(stage, { recursive: true, force: true });
+    await rm3(stage, { recursive: true, force: true });
   }
 }
 async function unpackImage(archivePath, targetPath) {
@@ -30433,14 +30679,14 @@ async function unpackImage(archivePath, targetPath) {
     }
     let manifest;
     try {
-      manifest = JSON.parse(await readFile(join8(stage, MANIFEST), "utf8"));
+      manifest = JSON.parse(await readFile(join9(stage, MANIFEST), "utf8"));
     } catch {
       return { ok: false, reason: "unreadable manifest" };
     }
     if (manifest.formatVersion !== CACHE_FORMAT_VERSION) {
       return { ok: false, reason: `cache format ${manifest.formatVersion}, expected ${CACHE_FORMAT_VERSION}` };
     }
-    const restored = join8(stage, IMAGE_MEMBER);
+    const restored = join9(stage, IMAGE_MEMBER);
     if ((await stat3(restored)).size !== manifest.sizeBytes || await contentDigest(restored) !== manifest.sha256) {
       return { ok: false, reason: "content digest mismatch" };
     }
@@ -30454,7 +30700,7 @@ async function unpackImage(archivePath, targetPath) {
     return { ok: true, manifest };
   } finally {
     lock?.release();
-    await rm2(stage, { recursive: true, force: true });
+    await rm3(stage, { recursive: true, force: true });
   }
 }
 
@@ -30465,7 +30711,7 @@ import { arch, platform as platform2 } from "node:os";
 import { resolve as resolve8 } from "node:path";
 
 // node_modules/tinyglobby/dist/index.mjs
-import { readdir, readdirSync, realpath, realpathSync, stat as stat4, statSync as statSync2 } from "fs";
+import { readdir as readdir2, readdirSync, realpath, realpathSync, stat as stat4, statSync as statSync2 } from "fs";
 import { isAbsolute, posix, resolve as resolve7 } from "path";
 import { fileURLToPath as fileURLToPath4 } from "url";
 
@@ -31215,7 +31461,7 @@ function getOptions(options) {
   opts.cwd = (opts.cwd instanceof URL ? fileURLToPath4(opts.cwd) : resolve7(opts.cwd || process.cwd())).replace(BACKSLASHES, "/");
   opts.ignore = ensureStringArray(opts.ignore);
   opts.fs && (opts.fs = {
-    readdir: opts.fs.readdir || readdir,
+    readdir: opts.fs.readdir || readdir2,
     readdirSync: opts.fs.readdirSync || readdirSync,
     realpath: opts.fs.realpath || realpath,
     realpathSync: opts.fs.realpathSync || realpathSync,
@@ -31272,11 +31518,11 @@ function validateKey(key) {
 // packages/core/src/cache/local-store.ts
 init_errors();
 import { createHash as createHash5 } from "node:crypto";
-import { link, lstat, mkdir as mkdir2, readdir as readdir2, readFile as readFile3, rm as rm3, stat as stat5, utimes, writeFile as writeFile2 } from "node:fs/promises";
+import { link, lstat, mkdir as mkdir2, readdir as readdir3, readFile as readFile3, rm as rm4, stat as stat5, utimes, writeFile as writeFile2 } from "node:fs/promises";
 import { homedir as homedir3 } from "node:os";
-import { join as join9 } from "node:path";
+import { join as join10 } from "node:path";
 function defaultStoreDir() {
-  return process.env.OVERLAY_CACHE_STORE || join9(process.env.XDG_CACHE_HOME || join9(homedir3(), ".cache"), "overlay-action", "store");
+  return process.env.OVERLAY_CACHE_STORE || join10(process.env.XDG_CACHE_HOME || join10(homedir3(), ".cache"), "overlay-action", "store");
 }
 async function publishOnce(tmp, final) {
   try {
@@ -31286,7 +31532,7 @@ async function publishOnce(tmp, final) {
     if (e.code === "EEXIST") return false;
     throw fromFsError(e, final);
   } finally {
-    await rm3(tmp, { force: true });
+    await rm4(tmp, { force: true });
   }
 }
 var LocalStore = class {
@@ -31296,7 +31542,7 @@ var LocalStore = class {
   dir;
   kind = "local";
   paths(key) {
-    const base = join9(this.dir, createHash5("sha256").update(key).digest("hex").slice(0, 40));
+    const base = join10(this.dir, createHash5("sha256").update(key).digest("hex").slice(0, 40));
     return { archive: `${base}.tar.zst`, meta: `${base}.json` };
   }
   /** Refuse a directory others can plant files in (world-writable without the sticky bit). */
@@ -31315,13 +31561,13 @@ var LocalStore = class {
   async entries() {
     let names;
     try {
-      names = await readdir2(this.dir);
+      names = await readdir3(this.dir);
     } catch {
       return [];
     }
     const out = [];
     for (const name of names.filter((n2) => n2.endsWith(".json") && !n2.startsWith("."))) {
-      const meta3 = join9(this.dir, name);
+      const meta3 = join10(this.dir, name);
       try {
         const m = JSON.parse(await readFile3(meta3, "utf8"));
         out.push({ ...m, lastUsed: (await stat5(meta3)).mtimeMs, meta: meta3, archive: meta3.replace(/\.json$/, ".tar.zst") });
@@ -31340,7 +31586,7 @@ var LocalStore = class {
     try {
       manifest = await packImage(image, tmp);
     } catch (e) {
-      await rm3(tmp, { force: true });
+      await rm4(tmp, { force: true });
       throw isOverlayError(e) ? e : new OverlayError("E_CACHE", `cannot write to ${this.dir}: ${e.message}`);
     }
     const bytes = (await stat5(tmp)).size;
@@ -31350,8 +31596,8 @@ var LocalStore = class {
     try {
       await writeFile2(metaTmp, JSON.stringify(entry), { flag: "wx" });
     } catch (e) {
-      await rm3(metaTmp, { force: true });
-      await rm3(archive, { force: true });
+      await rm4(metaTmp, { force: true });
+      await rm4(archive, { force: true });
       throw fromFsError(e, metaTmp);
     }
     if (!await publishOnce(metaTmp, meta3)) return { saved: false, key, reason: "exists" };
@@ -31388,8 +31634,8 @@ var LocalStore = class {
     const removed = [];
     for (const e of all) {
       if (total <= maxBytes) break;
-      await rm3(e.meta, { force: true });
-      await rm3(e.archive, { force: true });
+      await rm4(e.meta, { force: true });
+      await rm4(e.archive, { force: true });
       total -= e.bytes;
       removed.push(e.key);
     }
@@ -31398,10 +31644,10 @@ var LocalStore = class {
 };
 
 // packages/core/src/cache/state.ts
-import { readFile as readFile4, rm as rm4, writeFile as writeFile3 } from "node:fs/promises";
-import { basename as basename4, dirname as dirname6, join as join10 } from "node:path";
+import { readFile as readFile4, rm as rm5, writeFile as writeFile3 } from "node:fs/promises";
+import { basename as basename4, dirname as dirname6, join as join11 } from "node:path";
 function statePath(image) {
-  return join10(dirname6(image), `.${basename4(image)}.overlay-cache.json`);
+  return join11(dirname6(image), `.${basename4(image)}.overlay-cache.json`);
 }
 async function readRestoreState(image) {
   try {
@@ -31424,113 +31670,6 @@ async function saveImage(store, key, image) {
   if (r.saved) await writeFile3(statePath(image), JSON.stringify({ key, sha256 })).catch(() => {
   });
   return { ...r, sha256 };
-}
-
-// packages/core/src/layer/whiteouts.ts
-var WH_PREFIX = ".wh.";
-var FUSE_OPAQUE_FILE = ".wh..wh..opq";
-var STRAY_OPAQUE_DEVICE = ".wh..opq";
-var OPAQUE_XATTRS = ["trusted.overlay.opaque", "user.fuseoverlayfs.opaque"];
-var STRIP_XATTR_PREFIXES = ["trusted.overlay.", "user.fuseoverlayfs."];
-function classify(entry) {
-  if (entry.name === FUSE_OPAQUE_FILE) return { role: "opaque-marker" };
-  if (entry.name === STRAY_OPAQUE_DEVICE && entry.kind === "chardev") return { role: "opaque-marker" };
-  if (entry.kind === "chardev" && entry.whiteoutDevice) return { role: "whiteout", hides: entry.name, form: "kernel" };
-  if (entry.name.startsWith(WH_PREFIX) && entry.name.length > WH_PREFIX.length && entry.kind === "file") {
-    return { role: "whiteout", hides: entry.name.slice(WH_PREFIX.length), form: "fuse" };
-  }
-  return { role: "content" };
-}
-function planDirectory(entries, opaque, lowerNames) {
-  const whiteouts = /* @__PURE__ */ new Set();
-  const drop = [];
-  const present = /* @__PURE__ */ new Set();
-  let isOpaque = opaque;
-  for (const e of entries) {
-    const c3 = classify(e);
-    if (c3.role === "opaque-marker") {
-      isOpaque = true;
-      drop.push(e.name);
-    } else if (c3.role === "whiteout") {
-      whiteouts.add(c3.hides);
-      if (c3.form === "fuse") drop.push(e.name);
-    } else present.add(e.name);
-  }
-  for (const name of present) whiteouts.delete(name);
-  let needsOpaqueXattr = false;
-  if (isOpaque) {
-    if (lowerNames) {
-      for (const name of lowerNames) if (!present.has(name)) whiteouts.add(name);
-    } else needsOpaqueXattr = true;
-  }
-  return { whiteouts: [...whiteouts].sort(), drop: drop.sort(), needsOpaqueXattr };
-}
-
-// packages/core/src/layer/lower.ts
-init_errors();
-import { mkdtemp as mkdtemp2, readdir as readdir3, rm as rm5 } from "node:fs/promises";
-import { tmpdir as tmpdir4 } from "node:os";
-import { join as join11 } from "node:path";
-var LLN = /^([dlcbps-])\S*\s+\S+\s+(?:\d+,\s*\d+|\d+)\s+\S+\s+\S+\s+squashfs-root\/(.*?)(?: -> .*)?$/;
-async function squashEntries(file2) {
-  const { stdout } = await runTool("unsquashfs", ["-lln", file2], { timeoutSeconds: 600 });
-  const out = [];
-  for (const line of stdout.split("\n")) {
-    const m = LLN.exec(line);
-    if (!m || !m[2]) continue;
-    out.push({ path: m[2], whiteout: m[1] === "c" && /\s0,\s*0\s/.test(line) });
-  }
-  return out;
-}
-async function sifEntries(sif) {
-  const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
-  const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
-  if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp2(join11(tmpdir4(), "overlay-sif-"));
-  try {
-    const part = join11(dir, "rootfs.sqf");
-    await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
-    return await squashEntries(part);
-  } finally {
-    await rm5(dir, { recursive: true, force: true });
-  }
-}
-async function dirEntries(root) {
-  const out = [];
-  for (const e of await readdir3(root, { recursive: true, withFileTypes: true })) {
-    const rel = join11(e.parentPath, e.name).slice(root.length + 1);
-    out.push({ path: rel, whiteout: e.isCharacterDevice() });
-  }
-  return out;
-}
-function add(listing, path7) {
-  const i2 = path7.lastIndexOf("/");
-  const dir = i2 < 0 ? "" : path7.slice(0, i2);
-  const name = path7.slice(i2 + 1);
-  if (!listing.has(dir)) listing.set(dir, /* @__PURE__ */ new Set());
-  listing.get(dir).add(name);
-}
-function remove(listing, path7) {
-  const i2 = path7.lastIndexOf("/");
-  listing.get(i2 < 0 ? "" : path7.slice(0, i2))?.delete(path7.slice(i2 + 1));
-  for (const dir of [...listing.keys()]) if (dir === path7 || dir.startsWith(`${path7}/`)) listing.delete(dir);
-}
-async function lowerListing(base, layers) {
-  const listing = /* @__PURE__ */ new Map();
-  const sources = [];
-  if (base) {
-    const { path: path7 } = await resolveBase(base);
-    const isDir = await readdir3(path7).then(() => true).catch(() => false);
-    sources.push(isDir ? await dirEntries(path7) : await sifEntries(path7));
-  }
-  for (const layer of layers) sources.push(await squashEntries(layer));
-  for (const entries of sources) {
-    for (const e of entries) {
-      if (e.whiteout) remove(listing, e.path);
-      else add(listing, e.path);
-    }
-  }
-  return listing;
 }
 
 // packages/core/src/layer/fuse.ts
@@ -31703,139 +31842,6 @@ async function commitLayer(o2) {
   } finally {
     lock.release();
   }
-}
-
-// packages/core/src/layer/normalize.ts
-var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
-var S_IFMT = 61440;
-function blocks(out) {
-  return out.split(/^debugfs: .*$/m).slice(1);
-}
-async function walkUpper(image) {
-  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ["stat /upper"]))?.[1];
-  const rootNode = { ino: Number(root), path: "", name: "upper", mode: 16877 };
-  const dirs = [rootNode];
-  const all = [rootNode];
-  const children = /* @__PURE__ */ new Map();
-  let level = [rootNode];
-  while (level.length) {
-    const out = blocks(await runDebugfs(image, level.map((d) => `ls -p <${d.ino}>`)));
-    const next = [];
-    level.forEach((dir, i2) => {
-      const kids = [];
-      for (const line of (out[i2] ?? "").split("\n")) {
-        const m = LS_LINE2.exec(line);
-        if (!m || m[3] === "." || m[3] === ".." || m[1] === "0") continue;
-        const node2 = { ino: Number(m[1]), name: m[3], path: dir.path ? `${dir.path}/${m[3]}` : m[3], mode: Number.parseInt(m[2], 8) };
-        kids.push(node2);
-        all.push(node2);
-        if ((node2.mode & S_IFMT) === 16384) next.push(node2);
-      }
-      children.set(dir.path, kids);
-    });
-    dirs.push(...next);
-    level = next;
-  }
-  return { dirs, all, children };
-}
-async function scan(image, lower) {
-  const { dirs, all, children } = await walkUpper(image);
-  const chardevs = all.filter((n2) => (n2.mode & S_IFMT) === 8192);
-  const devOut = chardevs.length ? blocks(await runDebugfs(image, chardevs.map((n2) => `stat <${n2.ino}>`))) : [];
-  const zeroDev = new Set(chardevs.filter((_, i2) => /major\/minor number:\s*00:00/.test(devOut[i2] ?? "")).map((n2) => n2.ino));
-  const eaOut = blocks(await runDebugfs(image, all.map((n2) => `ea_list <${n2.ino}>`)));
-  const xattrs = /* @__PURE__ */ new Map();
-  all.forEach((n2, i2) => {
-    const names = [...(eaOut[i2] ?? "").matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]);
-    if (names.length) xattrs.set(n2.ino, names);
-  });
-  const cmds = [];
-  const warnings = [];
-  const examples = [];
-  let deletions = 0;
-  let opaqueDirs = 0;
-  let explicit = 0;
-  let stripped = 0;
-  for (const dir of dirs) {
-    const kids = children.get(dir.path) ?? [];
-    const entries = kids.map((k) => {
-      const t = k.mode & S_IFMT;
-      const kind = t === 16384 ? "dir" : t === 32768 ? "file" : t === 40960 ? "symlink" : t === 8192 ? "chardev" : "other";
-      return { name: k.name, kind, whiteoutDevice: zeroDev.has(k.ino) };
-    });
-    const dirXattrs = xattrs.get(dir.ino) ?? [];
-    const opaque = dirXattrs.some((x) => OPAQUE_XATTRS.includes(x));
-    const plan = planDirectory(entries, opaque, lower ? lower.get(dir.path) ?? /* @__PURE__ */ new Set() : void 0);
-    const at = `/upper${dir.path ? `/${dir.path}` : ""}`;
-    const existing = new Set(entries.filter((e) => e.kind === "chardev" && e.whiteoutDevice).map((e) => e.name));
-    const markerFound = plan.drop.length > 0 || opaque;
-    if (plan.drop.length || plan.whiteouts.some((w) => !existing.has(w)) || markerFound) {
-      cmds.push(`cd ${debugfsQuote(at)}`);
-      for (const name of plan.drop) {
-        cmds.push(`rm ${debugfsQuote(name)}`);
-        if (name.startsWith(".wh.") && !name.startsWith(".wh..")) deletions++;
-        if (examples.length < 5) examples.push(`${at}/${name}`);
-      }
-      for (const name of plan.whiteouts) {
-        if (existing.has(name)) continue;
-        if (!plan.drop.includes(`.wh.${name}`)) explicit++;
-        cmds.push(`mknod ${debugfsQuote(name)} c 0 0`, `sif ${debugfsQuote(name)} mode 020000`);
-      }
-    }
-    if (plan.needsOpaqueXattr) {
-      warnings.push(`${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`);
-      if (!dirXattrs.includes("trusted.overlay.opaque")) cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
-    }
-    if (opaque || plan.drop.some((d) => d.startsWith(".wh.."))) opaqueDirs++;
-    for (const x of dirXattrs) {
-      if (plan.needsOpaqueXattr && x === "trusted.overlay.opaque") continue;
-      if (OPAQUE_XATTRS.includes(x)) {
-        cmds.push(`ea_rm <${dir.ino}> ${x}`);
-        stripped++;
-      }
-    }
-  }
-  for (const n2 of all) {
-    if (dirs.includes(n2)) continue;
-    for (const x of xattrs.get(n2.ino) ?? []) {
-      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p))) {
-        cmds.push(`ea_rm <${n2.ino}> ${x}`);
-        stripped++;
-      }
-    }
-  }
-  for (const dir of dirs) {
-    for (const x of xattrs.get(dir.ino) ?? []) {
-      if (STRIP_XATTR_PREFIXES.some((p) => x.startsWith(p)) && !OPAQUE_XATTRS.includes(x)) {
-        cmds.push(`ea_rm <${dir.ino}> ${x}`);
-        stripped++;
-      }
-    }
-  }
-  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
-}
-async function normalizeImage(image, opts = {}) {
-  await requireExt3(image);
-  const lower = opts.base || opts.layers?.length ? await lowerListing(opts.base, opts.layers ?? []) : void 0;
-  const work = async () => {
-    const plan = await scan(image, lower);
-    if (plan.cmds.length) {
-      await replaceAtomically(image, async (tmp) => {
-        await copyImageFile(image, tmp);
-        await runDebugfs(tmp, plan.cmds, { write: true });
-      });
-    }
-    return {
-      path: image,
-      deletionsRewritten: plan.deletions,
-      opaqueDirs: plan.opaqueDirs,
-      explicitWhiteouts: plan.explicit,
-      xattrsStripped: plan.stripped,
-      changed: plan.cmds.length > 0,
-      warnings: plan.warnings
-    };
-  };
-  return opts.lockHeld ? work() : withLock(image, "exclusive", work);
 }
 
 // packages/core/src/tasks/define.ts
@@ -32256,9 +32262,10 @@ var execTask = defineTask({
     command: external_exports.array(external_exports.string()).min(1, "give the command after --").describe("Command and arguments, after --"),
     ...containerFields,
     ro: external_exports.boolean().default(false).describe("Mount the overlay read-only (several readers may share it)"),
+    normalize: external_exports.boolean().default(true).describe("After a writable session, make deletion markers portable (--no-normalize to keep them)"),
     fakeroot: external_exports.boolean().optional().describe("Force --fakeroot on or off (default: on when upper/ belongs to root or another user)")
   }),
-  async run(input2) {
+  async run(input2, ctx) {
     const r = await runInContainer({
       image: input2.image,
       ro: input2.ro,
@@ -32270,7 +32277,15 @@ var execTask = defineTask({
       base: input2.base,
       command: input2.command
     });
-    return { exitCode: r.exitCode, fakeroot: r.fakeroot, durationMs: r.durationMs, argv: r.argv };
+    let normalized;
+    if (!input2.ro && input2.normalize) {
+      normalized = await normalizeImage(input2.image, { base: input2.base, layers: input2.layer }).catch((e) => {
+        ctx.warn(`could not normalize ${input2.image}: ${e.message}`);
+        return void 0;
+      });
+      for (const w of normalized?.warnings ?? []) ctx.warn(w);
+    }
+    return { exitCode: r.exitCode, fakeroot: r.fakeroot, durationMs: r.durationMs, argv: r.argv, normalized };
   },
   // the command's own output is the output
   render: () => ""
@@ -32287,6 +32302,7 @@ var buildTask = defineTask({
     script: pathSchema.optional().describe("Shell script on the host, run with /bin/sh -e in the container"),
     run: external_exports.string().min(1).optional().describe("Shell command line run with /bin/sh -e -c (e.g. 'make install')"),
     ...createFields,
+    normalize: external_exports.boolean().default(true).describe("Make deletion markers portable after the build (--no-normalize to keep them)"),
     size: external_exports.union([external_exports.string(), external_exports.number().int()]).default("1G").pipe(sizeSchema).describe("Size of a new image: MiB (256) or with a unit (512M, 4G); default 1G")
   }).superRefine(checkOwner).superRefine((v, ctx) => {
     if (v.script === void 0 === (v.run === void 0))
@@ -32308,6 +32324,7 @@ var buildTask = defineTask({
       pwd: input2.pwd,
       // the run follows the owner of upper/ (an image made with --fakeroot is built with it)
       fakeroot: "auto",
+      normalize: input2.normalize,
       create: {
         sizeBytes: input2.size,
         inodeRatio: input2.inodeRatio ?? PROFILES[input2.profile].inodeRatio,

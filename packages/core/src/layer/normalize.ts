@@ -160,9 +160,12 @@ export async function normalizeImage(
   opts: { base?: string; layers?: string[]; lockHeld?: boolean } = {},
 ): Promise<NormalizeResult> {
   await requireExt3(image);
-  const lower = opts.base || opts.layers?.length ? await lowerListing(opts.base, opts.layers ?? []) : undefined;
   const work = async () => {
-    const plan = await scan(image, lower);
+    let plan = await scan(image, undefined);
+    // the lower stack is listed only when a replaced directory needs it (listing a base costs)
+    if (plan.opaqueDirs > 0 && (opts.base || opts.layers?.length)) {
+      plan = await scan(image, await lowerListing(opts.base, opts.layers ?? []));
+    }
     if (plan.cmds.length) {
       await replaceAtomically(image, async (tmp) => {
         await copyImageFile(image, tmp);

@@ -1,6 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { checkImage } from '../image/check';
+import { normalizeImage } from '../layer/normalize';
 import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { type CreateOptions, createImage } from '../image/create';
@@ -25,6 +27,8 @@ export interface BuildOptions {
   env?: Record<string, string>;
   pwd?: string;
   fakeroot?: FakerootMode;
+  /** Rewrite deletion markers into the portable form after the build (default true). */
+  normalize?: boolean;
   /** How to create the image when it is missing. */
   create?: Omit<CreateOptions, 'path' | 'force' | 'onProgress'>;
   /** Phases and every line the build prints (stdout and stderr). */
@@ -42,16 +46,10 @@ export interface BuildResult {
   info: ImageInfo;
 }
 
-/** `e2fsck -fn` on the built copy: a fresh ext3 just unmounted by Apptainer should be clean. */
-// TODO(issue 3): switch to checkImage() from image/check.ts once it lands.
+/** The check after a build: the same metadata-copy e2fsck as `overlayctl check`. */
 export async function checkBuilt(path: string): Promise<{ status: string; problems: string[] }> {
-  const r = await runTool('e2fsck', ['-fn', path], { okExitCodes: [1, 2, 4, 8] });
-  if (r.exitCode === 0) return { status: 'clean', problems: [] };
-  const problems = `${r.stdout}\n${r.stderr}`
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && !/^(Pass \d|e2fsck \d|\S+: \d+\/\d+ files)/.test(l));
-  return { status: 'corrupt', problems: problems.slice(0, 10) };
+  const r = await checkImage(path);
+  return { status: r.status, problems: r.problems };
 }
 
 /**
@@ -115,6 +113,11 @@ export async function buildInOverlay(o: BuildOptions): Promise<BuildResult> {
       throw new OverlayError('E_BUILD_FAILED', `the build exited ${r.exitCode}; ${unchanged}`, {
         details: { exitCode: r.exitCode, stderrTail: tail },
       });
+    }
+    if (o.normalize !== false) {
+      progress('normalizing deletion markers (portable for every reader)');
+      const n = await normalizeImage(path, { base: base.path, layers: o.layers });
+      for (const w of n.warnings) progress(`warning: ${w}`);
     }
     progress(`checking the built filesystem`);
     check = await checkBuilt(path);

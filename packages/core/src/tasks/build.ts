@@ -25,6 +25,7 @@ export const buildTask = defineTask({
         .optional()
         .describe("Shell command line run with /bin/sh -e -c (e.g. 'make install')"),
       ...createFields,
+      normalize: z.boolean().default(true).describe('Make deletion markers portable after the build (--no-normalize to keep them)'),
       size: z
         .union([z.string(), z.number().int()])
         .default('1G')
@@ -52,6 +53,7 @@ export const buildTask = defineTask({
       pwd: input.pwd,
       // the run follows the owner of upper/ (an image made with --fakeroot is built with it)
       fakeroot: 'auto',
+      normalize: input.normalize,
       create: {
         sizeBytes: input.size,
         inodeRatio: input.inodeRatio ?? PROFILES[input.profile].inodeRatio,

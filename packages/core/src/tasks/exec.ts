@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { type NormalizeResult, normalizeImage } from '../layer/normalize';
 import { runInContainer } from '../runtime/exec';
 import { pathSchema } from './common';
 import { defineTask } from './define';
@@ -46,12 +47,16 @@ export const execTask = defineTask({
       .describe('Command and arguments, after --'),
     ...containerFields,
     ro: z.boolean().default(false).describe('Mount the overlay read-only (several readers may share it)'),
+    normalize: z
+      .boolean()
+      .default(true)
+      .describe('After a writable session, make deletion markers portable (--no-normalize to keep them)'),
     fakeroot: z
       .boolean()
       .optional()
       .describe('Force --fakeroot on or off (default: on when upper/ belongs to root or another user)'),
   }),
-  async run(input) {
+  async run(input, ctx) {
     const r = await runInContainer({
       image: input.image,
       ro: input.ro,
@@ -63,7 +68,15 @@ export const execTask = defineTask({
       base: input.base,
       command: input.command,
     });
-    return { exitCode: r.exitCode, fakeroot: r.fakeroot, durationMs: r.durationMs, argv: r.argv };
+    let normalized: NormalizeResult | undefined;
+    if (!input.ro && input.normalize) {
+      normalized = await normalizeImage(input.image, { base: input.base, layers: input.layer }).catch((e) => {
+        ctx.warn(`could not normalize ${input.image}: ${(e as Error).message}`);
+        return undefined;
+      });
+      for (const w of normalized?.warnings ?? []) ctx.warn(w);
+    }
+    return { exitCode: r.exitCode, fakeroot: r.fakeroot, durationMs: r.durationMs, argv: r.argv, normalized };
   },
   // the command's own output is the output
   render: () => '',
