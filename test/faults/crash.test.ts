@@ -1,5 +1,14 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -74,7 +83,8 @@ const scenarios: Scenario[] = [
     argv: (d) => ['create', img(d), '--size', '128', '--allocated'],
     snapshot: snapImg,
     isOriginal: sameImg,
-    isComplete: async (d) => existsSync(img(d)) && statSync(img(d)).size === 128 * 2 ** 20 && (await fsckClean(img(d))),
+    isComplete: async (d) =>
+      existsSync(img(d)) && statSync(img(d)).size === 128 * 2 ** 20 && (await fsckClean(img(d))),
   },
   {
     name: 'resize grow',
@@ -114,7 +124,11 @@ const scenarios: Scenario[] = [
     isOriginal: sameImg,
     isComplete: async (d) => {
       const r = await execa('debugfs', ['-R', 'stat /upper/data', img(d)]);
-      return /User:\s+4321\s+Group:\s+4321/.test(r.stdout) && (await fsckClean(img(d))) && (await payloadIntact(img(d)));
+      return (
+        /User:\s+4321\s+Group:\s+4321/.test(r.stdout) &&
+        (await fsckClean(img(d))) &&
+        (await payloadIntact(img(d)))
+      );
     },
   },
   {
@@ -123,7 +137,8 @@ const scenarios: Scenario[] = [
     argv: (d) => ['commit', img(d), '--output', join(d, 'layer.sqf'), '--reset'],
     snapshot: (d) => ({ ...snapImg(d), layer: existsSync(join(d, 'layer.sqf')) ? 'yes' : 'no' }),
     // original: image untouched (a complete layer may already be published before the reset)
-    isOriginal: async (d, b) => (await sameImg(d, b)) && (!existsSync(join(d, 'layer.sqf')) || (await layerOk(d))),
+    isOriginal: async (d, b) =>
+      (await sameImg(d, b)) && (!existsSync(join(d, 'layer.sqf')) || (await layerOk(d))),
     isComplete: async (d) => {
       if (!(await layerOk(d)) || !(await fsckClean(img(d)))) return false;
       const ls = await execa('debugfs', ['-R', 'ls /upper', img(d)]);
@@ -168,9 +183,13 @@ async function layerOk(d: string): Promise<boolean> {
 async function restoreProbe(d: string): Promise<string> {
   const probe = join(d, 'probe.img');
   rmSync(probe, { force: true });
-  const r = await execa(CLI, ['cache', 'restore', probe, '--key', 'k1', '--store', join(d, 'store'), '--json'], {
-    reject: false,
-  });
+  const r = await execa(
+    CLI,
+    ['cache', 'restore', probe, '--key', 'k1', '--store', join(d, 'store'), '--json'],
+    {
+      reject: false,
+    },
+  );
   const out = JSON.parse(r.stdout || '{}');
   if (out.outcome !== 'hit') return 'miss';
   return fileSum(probe) === fileSum(img(d)) && (await fsckClean(probe)) ? 'hit' : 'corrupt';
@@ -181,12 +200,15 @@ async function assertInvariant(s: Scenario, d: string, before: Record<string, st
   const complete = original ? false : await s.isComplete(d);
   expect(original || complete, `${s.name} ${label}: neither the original nor the complete result`).toBe(true);
   if (existsSync(img(d))) {
-    expect(await fsckClean(img(d)) || s.name === 'check --repair', `${s.name} ${label}: e2fsck -fn`).toBe(true);
+    expect((await fsckClean(img(d))) || s.name === 'check --repair', `${s.name} ${label}: e2fsck -fn`).toBe(
+      true,
+    );
     expect(probeLock(img(d)), `${s.name} ${label}: lock released`).toBe('free');
   }
   // the next operation clears what the killed one left behind
   if (existsSync(img(d))) await overlayctl(['info', img(d)]);
   else await overlayctl(['create', img(d), '--size', '64']);
+  await overlayctl(['info', join(d, 'layer.sqf')]); // the layer's own leftovers, if any
   expect(strayTemps(d), `${s.name} ${label}: stray temp files`).toEqual([]);
   stats.invariantsChecked++;
 }

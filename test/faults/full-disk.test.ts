@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
 /**
  * A real full disk: a small ext4 filesystem on a loop device, filled to the brim. Every operation
@@ -20,11 +20,10 @@ async function cli(args: string[]) {
   return { exitCode: r.exitCode, out: JSON.parse(r.stdout.trim().split('\n').at(-1) || '{}') };
 }
 
+/** Fill the filesystem to the last block: dd writes zeros until ENOSPC. */
 async function fill() {
-  const free = statfsSync(mnt).bavail * statfsSync(mnt).bsize;
-  await execa('fallocate', ['-l', String(Math.max(free - 256 * 1024, 4096)), join(mnt, `filler-${Date.now()}`)], {
-    reject: false,
-  });
+  await execa('dd', ['if=/dev/zero', `of=${join(mnt, `filler-${Date.now()}`)}`, 'bs=64k'], { reject: false });
+  await execa('sync', [], { reject: false });
 }
 
 const temps = () => readdirSync(mnt, { recursive: true }).filter((n) => String(n).includes('.ovtmp-'));
@@ -35,7 +34,7 @@ describe.runIf(isRoot)('full disk', () => {
     mnt = join(root, 'mnt');
     mkdirSync(mnt);
     await execa('truncate', ['-s', '160M', join(root, 'fs.img')]);
-    await execa('mkfs.ext4', ['-q', '-F', join(root, 'fs.img')]);
+    await execa('mkfs.ext4', ['-q', '-F', '-m', '0', join(root, 'fs.img')]); // no root reserve: full is full
     await execa('mount', ['-o', 'loop', join(root, 'fs.img'), mnt]);
     await execa(CLI, ['create', join(mnt, 'env.img'), '--size', '64']);
     await execa('debugfs', ['-w', '-R', 'write /etc/services /upper/data', join(mnt, 'env.img')]);
@@ -44,7 +43,9 @@ describe.runIf(isRoot)('full disk', () => {
     await execa('debugfs', ['-w', '-R', `write ${join(root, 'rand')} /upper/rand`, join(mnt, 'env.img')]);
     // a repairable inconsistency for check --repair
     await execa(CLI, ['create', join(mnt, 'bad.img'), '--size', '64']);
-    await execa('debugfs', ['-w', '-f', '-', join(mnt, 'bad.img')], { input: 'freeb 300 20\n' });
+    await execa('debugfs', ['-w', '-f', '-', join(mnt, 'bad.img')], {
+      input: `write ${join(root, 'rand')} /upper/rand\nwrite /etc/services /upper/data\nfreei /upper/data\n`,
+    });
     mkdirSync(join(mnt, 'store'));
     await fill();
   });
@@ -52,6 +53,8 @@ describe.runIf(isRoot)('full disk', () => {
     await execa('umount', [mnt], { reject: false });
     rmSync(root, { recursive: true, force: true });
   });
+
+  beforeEach(fill);
 
   it('create fails with E_NO_SPACE and leaves nothing', async () => {
     const r = await cli(['create', join(mnt, 'new.img'), '--size', '256', '--allocated']);
@@ -64,7 +67,7 @@ describe.runIf(isRoot)('full disk', () => {
   it('resize fails clearly and the image is byte-identical', async () => {
     const before = sum(join(mnt, 'env.img'));
     const r = await cli(['resize', join(mnt, 'env.img'), '--size', '512']);
-    expect(r.exitCode).not.toBe(0);
+    expect(r.exitCode, JSON.stringify(r.out)).not.toBe(0);
     expect(r.out.error.code).toBe('E_NO_SPACE');
     expect(sum(join(mnt, 'env.img'))).toBe(before);
     expect(temps()).toEqual([]);
@@ -73,7 +76,7 @@ describe.runIf(isRoot)('full disk', () => {
   it('check --repair reports an error and leaves the image as it was', async () => {
     const before = sum(join(mnt, 'bad.img'));
     const r = await cli(['check', join(mnt, 'bad.img'), '--repair']);
-    expect(r.exitCode).not.toBe(0);
+    expect(r.exitCode, JSON.stringify(r.out)).not.toBe(0);
     expect(['error', 'corrupt']).toContain(r.out.images[0].status);
     expect(sum(join(mnt, 'bad.img'))).toBe(before);
     expect(temps()).toEqual([]);
@@ -82,7 +85,7 @@ describe.runIf(isRoot)('full disk', () => {
   it('commit fails clearly, no partial layer, image untouched', async () => {
     const withRand = sum(join(mnt, 'env.img'));
     const r = await cli(['commit', join(mnt, 'env.img'), '--output', join(mnt, 'layer.sqf')]);
-    expect(r.exitCode).not.toBe(0);
+    expect(r.exitCode, JSON.stringify(r.out)).not.toBe(0);
     expect(r.out.error.code).toBe('E_NO_SPACE');
     expect(readdirSync(mnt)).not.toContain('layer.sqf');
     expect(sum(join(mnt, 'env.img'))).toBe(withRand);

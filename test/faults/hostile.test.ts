@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, openSync, closeSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -48,8 +48,14 @@ const cases: Case[] = [
     name: 'zeroed inode table start',
     make: async (p) => patch(p, (await inodeTableBlock(p)) * 4096, Buffer.alloc(16 * 256)),
   },
-  { name: 'directory loop', make: (p) => debugfsWrite(p, ['link /upper /upper/loop', 'link /upper /work/back']) },
-  { name: 'huge file size in metadata', make: (p) => debugfsWrite(p, ['write /dev/null /upper/f', 'sif /upper/f size 0xfffffffffff0']) },
+  {
+    name: 'directory loop',
+    make: (p) => debugfsWrite(p, ['link /upper /upper/loop', 'link /upper /work/back']),
+  },
+  {
+    name: 'huge file size in metadata',
+    make: (p) => debugfsWrite(p, ['write /dev/null /upper/f', 'sif /upper/f size 0xfffffffffff0']),
+  },
   { name: 'inode count absurd', make: async (p) => patch(p, 1024, Buffer.from([0xff, 0xff, 0xff, 0x7f])) },
   { name: 'truncated to 1 MiB', make: async (p) => execa('truncate', ['-s', '1M', p]).then(() => {}) },
   { name: 'empty file', make: async (p) => execa('truncate', ['-s', '0', p]).then(() => {}) },
@@ -57,13 +63,18 @@ const cases: Case[] = [
     name: `fuzzed metadata #${i}`,
     make: async (p: string) => {
       // flip random bytes in the first 256 KiB (superblock, descriptors, bitmaps, inode tables)
-      for (let k = 0; k < 64; k++) patch(p, 1024 + Math.floor(Math.random() * 256 * 1024), randomBytes(1 + (k % 8)));
+      for (let k = 0; k < 64; k++)
+        patch(p, 1024 + Math.floor(Math.random() * 256 * 1024), randomBytes(1 + (k % 8)));
     },
   })),
 ];
 
 async function cli(args: string[]) {
-  const r = await execa(CLI, [...args, '--json'], { reject: false, timeout: HANG_BOUND_MS, killSignal: 'SIGKILL' });
+  const r = await execa(CLI, [...args, '--json'], {
+    reject: false,
+    timeout: HANG_BOUND_MS,
+    killSignal: 'SIGKILL',
+  });
   expect(r.timedOut, `${args.join(' ')} hung`).toBe(false);
   expect(r.stderr).not.toMatch(/^\s+at .+:\d+:\d+\)?$/m);
   const lines = r.stdout.trim().split('\n');
@@ -86,7 +97,8 @@ describe('hostile and damaged images', () => {
     await c.make(img);
 
     const info = await cli(['info', img]);
-    if (info.exitCode !== 0) expect(info.out.error.code).toMatch(/^E_(UNKNOWN_FORMAT|TOOL_FAILED|NOT_EXT3|INTEGRITY)$/);
+    if (info.exitCode !== 0)
+      expect(info.out.error.code).toMatch(/^E_(UNKNOWN_FORMAT|TOOL_FAILED|NOT_EXT3|INTEGRITY)$/);
 
     const check = await cli(['check', img]);
     const status = check.out.images?.[0]?.status;

@@ -13,7 +13,23 @@ const FILE_COMMANDS = ['create', 'info', 'check', 'resize', 'chown', 'normalize'
 
 const text = fc.oneof(
   fc.string({ maxLength: 12 }),
-  fc.constantFrom('', '0', '-1', '64', '4G', '1e9', 'true', 'no', '../x', '/', 'img', ' ', 'ünï', 'a b', '--'),
+  fc.constantFrom(
+    '',
+    '0',
+    '-1',
+    '64',
+    '4G',
+    '1e9',
+    'true',
+    'no',
+    '../x',
+    '/',
+    'img',
+    ' ',
+    'ünï',
+    'a b',
+    '--',
+  ),
 );
 
 describe('any input to any task schema', () => {
@@ -44,7 +60,12 @@ describe('any argv to the CLI', () => {
   const snapshot = () =>
     readdirSync(dir)
       .sort()
-      .map((n) => `${n}:${createHash('sha256').update(readFileSync(join(dir, n))).digest('hex')}`)
+      .map(
+        (n) =>
+          `${n}:${createHash('sha256')
+            .update(readFileSync(join(dir, n)))
+            .digest('hex')}`,
+      )
       .join('\n');
 
   beforeAll(async () => {
@@ -55,12 +76,17 @@ describe('any argv to the CLI', () => {
 
   it('prints one JSON object, no stack trace, and touches nothing when it fails', async () => {
     const commands = FILE_COMMANDS.filter((c) => TASKS.some((t) => t.name === c));
-    const flagsOf = (name: string) => taskFields(TASKS.find((t) => t.name === name)!).map((f) => `--${f.kebab}`);
-    const argv = fc.constantFrom(...commands).chain((cmd) =>
-      fc
-        .array(fc.oneof(fc.constantFrom(...flagsOf(cmd), 'img', '--force', '--nope'), text), { maxLength: 6 })
-        .map((rest) => [cmd, '--json', ...rest.filter((a) => !a.includes('\0'))]),
-    );
+    const flagsOf = (name: string) =>
+      taskFields(TASKS.find((t) => t.name === name)!).map((f) => `--${f.kebab}`);
+    const argv = fc
+      .constantFrom(...commands)
+      .chain((cmd) =>
+        fc
+          .array(fc.oneof(fc.constantFrom(...flagsOf(cmd), 'img', '--force', '--nope'), text), {
+            maxLength: 6,
+          })
+          .map((rest) => [cmd, '--json', ...rest.filter((a) => !a.includes('\0'))]),
+      );
     await fc.assert(
       fc.asyncProperty(argv, async (args) => {
         const before = snapshot();

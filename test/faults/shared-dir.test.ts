@@ -1,4 +1,13 @@
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -56,7 +65,9 @@ describe('the CLI in a shared directory', () => {
     const store = join(dir, 'open-store');
     mkdirSync(store);
     chmodSync(store, 0o777);
-    const r = await execa(CLI, ['cache', 'save', img, '--key', 'k', '--store', store, '--json'], { reject: false });
+    const r = await execa(CLI, ['cache', 'save', img, '--key', 'k', '--store', store, '--json'], {
+      reject: false,
+    });
     expect(r.exitCode).not.toBe(0);
     expect(JSON.parse(r.stdout).error.code).toBe('E_UNSAFE_PATH');
   });

@@ -31,7 +31,11 @@ function tally(op: string, outcome: 'ok' | 'locked') {
 }
 
 async function run(op: string, args: string[]) {
-  const r = await execa(CLI, [...args, '--json'], { reject: false, timeout: OP_BOUND_MS, killSignal: 'SIGKILL' });
+  const r = await execa(CLI, [...args, '--json'], {
+    reject: false,
+    timeout: OP_BOUND_MS,
+    killSignal: 'SIGKILL',
+  });
   expect(r.timedOut, `${op} waited forever: ${args.join(' ')}`).toBe(false);
   const last = r.stdout.trim().split('\n').at(-1) ?? '{}';
   let out: Record<string, any> = {};
@@ -50,7 +54,16 @@ async function worker(id: number, deadline: number) {
     const token = `w${id}-${n++}`;
     const op = pick(['write', 'write', 'read', 'resize', 'check', 'info', 'save', 'restore']);
     if (op === 'write') {
-      const { r } = await run(op, ['exec', image, '--base', base, '--', 'sh', '-c', `mkdir -p /opt/stress && echo ${token} > /opt/stress/${token}`]);
+      const { r } = await run(op, [
+        'exec',
+        image,
+        '--base',
+        base,
+        '--',
+        'sh',
+        '-c',
+        `mkdir -p /opt/stress && echo ${token} > /opt/stress/${token}`,
+      ]);
       if (r.exitCode === 0) {
         completedWrites.get(image)!.add(token);
         tally(op, 'ok');
@@ -85,7 +98,15 @@ async function worker(id: number, deadline: number) {
       expect(r.exitCode).toBe(0);
       tally(op, 'ok');
     } else if (op === 'save') {
-      const { r, out } = await run(op, ['cache', 'save', image, '--key', `k-${pick([0, 1, 2])}`, '--store', store()]);
+      const { r, out } = await run(op, [
+        'cache',
+        'save',
+        image,
+        '--key',
+        `k-${pick([0, 1, 2])}`,
+        '--store',
+        store(),
+      ]);
       if (r.exitCode === 0) tally(op, 'ok');
       else {
         expect(out.error?.code).toBe('E_LOCKED');
@@ -93,7 +114,15 @@ async function worker(id: number, deadline: number) {
       }
     } else {
       const target = join(dir, `restore-${token}.img`);
-      const { r, out } = await run(op, ['cache', 'restore', target, '--key', `k-${pick([0, 1, 2])}`, '--store', store()]);
+      const { r, out } = await run(op, [
+        'cache',
+        'restore',
+        target,
+        '--key',
+        `k-${pick([0, 1, 2])}`,
+        '--store',
+        store(),
+      ]);
       expect(r.exitCode).toBe(0);
       if (out.outcome === 'hit') {
         const fsck = await execa('e2fsck', ['-fn', target], { reject: false });
@@ -128,7 +157,8 @@ describe('concurrency stress', () => {
       expect(fsck.exitCode, fsck.stdout).toBe(0);
       const ls = await execa('debugfs', ['-R', 'ls -p /upper/opt/stress', image], { reject: false });
       const present = new Set([...ls.stdout.matchAll(/\/\d+\/\d+\/\d+\/\d+\/([^/]+)\//g)].map((m) => m[1]));
-      for (const token of completedWrites.get(image)!) expect(present.has(token), `${token} lost in ${image}`).toBe(true);
+      for (const token of completedWrites.get(image)!)
+        expect(present.has(token), `${token} lost in ${image}`).toBe(true);
       const resized = completedResizes.get(image);
       if (resized) expect(statSync(image).size).toBe(resized.bytes);
       expect(existsSync(image)).toBe(true);
