@@ -31,7 +31,9 @@ function tally(op: string, outcome: 'ok' | 'locked') {
 }
 
 async function run(op: string, args: string[]) {
-  const r = await execa(CLI, [...args, '--json'], {
+  const sep = args.indexOf('--'); // --json must come before the container command
+  const argv = sep < 0 ? [...args, '--json'] : [...args.slice(0, sep), '--json', ...args.slice(sep)];
+  const r = await execa(CLI, argv, {
     reject: false,
     timeout: OP_BOUND_MS,
     killSignal: 'SIGKILL',
