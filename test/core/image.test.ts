@@ -49,7 +49,18 @@ describe('create and info', () => {
     expect(a.out.allocatedBytes).toBeGreaterThanOrEqual(64 * 2 ** 20);
     const f = await ctl(['create', join(dir, 'fr.img'), '--size', '64', '--fakeroot']);
     expect(f.out.upper).toEqual({ uid: 0, gid: 0 });
-    const u = await ctl(['create', join(dir, 'u.img'), '--size', '64', '--uid', '1234', '--gid', '99', '--create-dir', '/opt/env']);
+    const u = await ctl([
+      'create',
+      join(dir, 'u.img'),
+      '--size',
+      '64',
+      '--uid',
+      '1234',
+      '--gid',
+      '99',
+      '--create-dir',
+      '/opt/env',
+    ]);
     expect(u.out.upper).toEqual({ uid: 1234, gid: 99 });
     const st = await execa('debugfs', ['-R', 'stat /upper/opt/env', join(dir, 'u.img')]);
     expect(st.stdout).toMatch(/User:\s+1234\s+Group:\s+99/);
@@ -60,12 +71,19 @@ describe('create and info', () => {
     await ctl(['create', img, '--size', '64']);
     const before = sum(img);
     expect((await ctl(['create', img, '--size', '64'])).out.error.code).toBe('E_EXISTS');
-    expect((await ctl(['create', join(dir, 'x.img'), '--size', '10'])).out.error.code).toBe('E_INVALID_INPUT');
-    expect((await ctl(['create', join(dir, 'x.img'), '--size', '1.5G'])).out.error.code).toBe('E_INVALID_INPUT');
-    expect((await ctl(['create', join(dir, 'x.img'), '--size', '64', '--create-dir', 'rel'])).out.error.code).toBe('E_INVALID_INPUT');
-    expect((await ctl(['create', join(dir, 'x.img'), '--size', '64', '--fakeroot', '--uid', '1', '--gid', '1'])).out.error.code).toBe(
+    expect((await ctl(['create', join(dir, 'x.img'), '--size', '10'])).out.error.code).toBe(
       'E_INVALID_INPUT',
     );
+    expect((await ctl(['create', join(dir, 'x.img'), '--size', '1.5G'])).out.error.code).toBe(
+      'E_INVALID_INPUT',
+    );
+    expect(
+      (await ctl(['create', join(dir, 'x.img'), '--size', '64', '--create-dir', 'rel'])).out.error.code,
+    ).toBe('E_INVALID_INPUT');
+    expect(
+      (await ctl(['create', join(dir, 'x.img'), '--size', '64', '--fakeroot', '--uid', '1', '--gid', '1']))
+        .out.error.code,
+    ).toBe('E_INVALID_INPUT');
     expect(existsSync(join(dir, 'x.img'))).toBe(false);
     expect(sum(img)).toBe(before);
     expect((await ctl(['info', join(dir, 'missing.img')])).out.error.code).toBe('E_NOT_FOUND');
@@ -113,7 +131,10 @@ describe('resize, check, chown, lock', () => {
     const r = await ctl(['resize', img, '--size', '64']);
     expect(r.out.error.code).toBe('E_SHRINK_TOO_SMALL');
     expect(sum(img)).toBe(before);
-    const cat = await execa('debugfs', ['-R', 'cat /upper/rand', img], { encoding: 'buffer', stripFinalNewline: false });
+    const cat = await execa('debugfs', ['-R', 'cat /upper/rand', img], {
+      encoding: 'buffer',
+      stripFinalNewline: false,
+    });
     expect(createHash('sha256').update(cat.stdout).digest('hex')).toBe(sum(join(dir, 'rand')));
     expect((await execa('e2fsck', ['-fn', img], { reject: false })).exitCode).toBe(0);
   });
@@ -179,19 +200,44 @@ describe('Apptainer interop', () => {
     const img = join(dir, 'a.img');
     await ctl(['create', img, '--size', '64']);
     await execa('apptainer', ['exec', '--overlay', img, base, 'sh', '-c', 'echo root-wrote > /opt/x']);
-    expect((await execa('apptainer', ['exec', '--overlay', `${img}:ro`, base, 'cat', '/opt/x'])).stdout).toBe('root-wrote');
+    expect((await execa('apptainer', ['exec', '--overlay', `${img}:ro`, base, 'cat', '/opt/x'])).stdout).toBe(
+      'root-wrote',
+    );
 
     const user = await ensureTestUser();
     const udir = mkdtempSync(join(tmpdir(), 'ov-core-user-'));
     await execa('chown', [`${user.uid}:${user.gid}`, udir]);
     const fr = join(udir, 'fr.img');
     expect((await runAs(user, [CLI, 'create', fr, '--size', '64', '--fakeroot'])).exitCode).toBe(0);
-    expect((await runAs(user, ['apptainer', 'exec', '--fakeroot', '--overlay', fr, base, 'sh', '-c', 'echo u > /opt/u'])).exitCode).toBe(0);
-    expect((await runAs(user, ['apptainer', 'exec', '--fakeroot', '--overlay', fr, base, 'cat', '/opt/u'])).stdout).toBe('u');
+    expect(
+      (
+        await runAs(user, [
+          'apptainer',
+          'exec',
+          '--fakeroot',
+          '--overlay',
+          fr,
+          base,
+          'sh',
+          '-c',
+          'echo u > /opt/u',
+        ])
+      ).exitCode,
+    ).toBe(0);
+    expect(
+      (await runAs(user, ['apptainer', 'exec', '--fakeroot', '--overlay', fr, base, 'cat', '/opt/u'])).stdout,
+    ).toBe('u');
     const own = join(udir, 'own.img');
-    expect((await runAs(user, [CLI, 'create', own, '--size', '64', '--create-dir', '/opt/work'])).exitCode).toBe(0);
-    expect((await runAs(user, ['apptainer', 'exec', '--overlay', own, base, 'sh', '-c', 'echo w > /opt/work/w'])).exitCode).toBe(0);
-    expect((await runAs(user, ['apptainer', 'exec', '--overlay', `${own}:ro`, base, 'cat', '/opt/work/w'])).stdout).toBe('w');
+    expect(
+      (await runAs(user, [CLI, 'create', own, '--size', '64', '--create-dir', '/opt/work'])).exitCode,
+    ).toBe(0);
+    expect(
+      (await runAs(user, ['apptainer', 'exec', '--overlay', own, base, 'sh', '-c', 'echo w > /opt/work/w']))
+        .exitCode,
+    ).toBe(0);
+    expect(
+      (await runAs(user, ['apptainer', 'exec', '--overlay', `${own}:ro`, base, 'cat', '/opt/work/w'])).stdout,
+    ).toBe('w');
     rmSync(udir, { recursive: true, force: true });
   });
 
@@ -204,6 +250,8 @@ describe('Apptainer interop', () => {
     expect((await ctl(['resize', img, '--size', '128'])).code).toBe(0);
     expect((await ctl(['chown', img, '--fakeroot'])).out.upper).toEqual({ uid: 0, gid: 0 });
     await execa('apptainer', ['exec', '--overlay', img, base, 'sh', '-c', 'echo ok > /opt/y']);
-    expect((await execa('apptainer', ['exec', '--overlay', `${img}:ro`, base, 'cat', '/opt/y'])).stdout).toBe('ok');
+    expect((await execa('apptainer', ['exec', '--overlay', `${img}:ro`, base, 'cat', '/opt/y'])).stdout).toBe(
+      'ok',
+    );
   });
 });

@@ -78,15 +78,13 @@ describe('any argv to the CLI', () => {
     const commands = FILE_COMMANDS.filter((c) => TASKS.some((t) => t.name === c));
     const flagsOf = (name: string) =>
       taskFields(TASKS.find((t) => t.name === name)!).map((f) => `--${f.kebab}`);
-    const argv = fc
-      .constantFrom(...commands)
-      .chain((cmd) =>
-        fc
-          .array(fc.oneof(fc.constantFrom(...flagsOf(cmd), 'img', '--force', '--nope'), text), {
-            maxLength: 6,
-          })
-          .map((rest) => [cmd, '--json', ...rest.filter((a) => !a.includes('\0'))]),
-      );
+    const argv = fc.constantFrom(...commands).chain((cmd) =>
+      fc
+        .array(fc.oneof(fc.constantFrom(...flagsOf(cmd), 'img', '--force', '--nope'), text), {
+          maxLength: 6,
+        })
+        .map((rest) => [cmd, '--json', ...rest.filter((a) => !a.includes('\0'))]),
+    );
     await fc.assert(
       fc.asyncProperty(argv, async (args) => {
         const before = snapshot();

@@ -36,8 +36,19 @@ const LIST =
   'cat /etc/group 2>&1 | head -1; ls /etc/lowerdir';
 
 async function view(who: 'root' | 'user', overlays: string[], fakeroot = false): Promise<string> {
-  const args = ['exec', ...(fakeroot ? ['--fakeroot'] : []), ...overlays.flatMap((o) => ['--overlay', o]), base, 'sh', '-c', LIST];
-  const r = who === 'root' ? await execa('apptainer', args, { reject: false }) : await runAs(user, ['apptainer', ...args]);
+  const args = [
+    'exec',
+    ...(fakeroot ? ['--fakeroot'] : []),
+    ...overlays.flatMap((o) => ['--overlay', o]),
+    base,
+    'sh',
+    '-c',
+    LIST,
+  ];
+  const r =
+    who === 'root'
+      ? await execa('apptainer', args, { reject: false })
+      : await runAs(user, ['apptainer', ...args]);
   return r.stdout;
 }
 
@@ -66,7 +77,15 @@ describe('whiteout planning', () => {
     expect(p.drop).toEqual(['.wh..opq', '.wh..wh..opq', '.wh.group']);
     expect(p.needsOpaqueXattr).toBe(false);
     expect(planDirectory([{ name: 'x', kind: 'file' }], true, undefined).needsOpaqueXattr).toBe(true);
-    expect(planDirectory([{ name: '.wh.x', kind: 'file' }, { name: 'x', kind: 'file' }], false).whiteouts).toEqual([]);
+    expect(
+      planDirectory(
+        [
+          { name: '.wh.x', kind: 'file' },
+          { name: 'x', kind: 'file' },
+        ],
+        false,
+      ).whiteouts,
+    ).toEqual([]);
   });
 });
 
@@ -102,7 +121,9 @@ describe('commit (root writer, kernel whiteouts)', () => {
     await execa(CLI, ['create', img, '--size', '64']);
     const w = execa('apptainer', ['exec', '--overlay', img, base, 'sleep', '4'], { reject: false });
     await new Promise((r) => setTimeout(r, 1500));
-    const r = await execa(CLI, ['commit', img, '--output', join(dir, 'busy.sqf'), '--json'], { reject: false });
+    const r = await execa(CLI, ['commit', img, '--output', join(dir, 'busy.sqf'), '--json'], {
+      reject: false,
+    });
     expect(JSON.parse(r.stdout).error.code).toBe('E_LOCKED');
     await w;
     expect((await execa('ls', ['-a', dir])).stdout).not.toMatch(/busy\.sqf/);
@@ -115,7 +136,17 @@ describe('portable overlays (fakeroot writer through fuse-overlayfs)', () => {
     chownSync(udir, user.uid, user.gid);
     const img = join(udir, 'fr.img');
     expect((await runAs(user, [CLI, 'create', img, '--size', '128', '--fakeroot'])).exitCode).toBe(0);
-    const w = await runAs(user, ['apptainer', 'exec', '--fakeroot', '--overlay', img, base, 'sh', '-c', CHANGES]);
+    const w = await runAs(user, [
+      'apptainer',
+      'exec',
+      '--fakeroot',
+      '--overlay',
+      img,
+      base,
+      'sh',
+      '-c',
+      CHANGES,
+    ]);
     expect(w.exitCode, w.stderr).toBe(0);
     const writer = await view('user', [img], true);
     expect(writer).toContain("can't open '/etc/group'");
@@ -141,8 +172,16 @@ describe('portable overlays (fakeroot writer through fuse-overlayfs)', () => {
       const v = await view(who, [ov], fr);
       expect(deleted(v), `${who} ${ov}`).toBe(true);
       expect(newOnly(v), `${who} ${ov}`).toBe(true);
-      expect(v.split('\n').filter((l) => l.startsWith('/opt/new')).join('\n')).toBe(
-        writer.split('\n').filter((l) => l.startsWith('/opt/new')).join('\n'),
+      expect(
+        v
+          .split('\n')
+          .filter((l) => l.startsWith('/opt/new'))
+          .join('\n'),
+      ).toBe(
+        writer
+          .split('\n')
+          .filter((l) => l.startsWith('/opt/new'))
+          .join('\n'),
       );
     }
     // commit of a fakeroot image gives a layer every reader honours too

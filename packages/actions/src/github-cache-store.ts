@@ -1,7 +1,13 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as cache from '@actions/cache';
-import { type CacheStore, packImage, type RestoreResult, type SaveResult, unpackImage } from '@overlay-action/core';
+import {
+  type CacheStore,
+  packImage,
+  type RestoreResult,
+  type SaveResult,
+  unpackImage,
+} from '@overlay-action/core';
 
 /**
  * The GitHub Actions cache as a CacheStore. The image is packed by the core (sparse-aware,
@@ -28,8 +34,14 @@ export class GitHubCacheStore implements CacheStore {
     if (!matched) return { outcome: 'miss', warnings };
     const r = await unpackImage(this.archive, target);
     await rm(this.archive, { force: true });
-    if (!r.ok) return { outcome: 'miss', warnings: [...warnings, `cache entry ${matched} not usable: ${r.reason}`] };
-    return { outcome: matched === keys.primary ? 'hit' : 'partial', matchedKey: matched, sha256: r.manifest.sha256, warnings };
+    if (!r.ok)
+      return { outcome: 'miss', warnings: [...warnings, `cache entry ${matched} not usable: ${r.reason}`] };
+    return {
+      outcome: matched === keys.primary ? 'hit' : 'partial',
+      matchedKey: matched,
+      sha256: r.manifest.sha256,
+      warnings,
+    };
   }
 
   async save(key: string, image: string): Promise<SaveResult> {

@@ -31666,10 +31666,7 @@ async function restoreImage(store, keys, image) {
 async function saveImage(store, key, image) {
   const [state, sha256] = await Promise.all([readRestoreState(image), contentDigest(image)]);
   if (state && state.sha256 === sha256) return { saved: false, key, reason: "unchanged", sha256 };
-  const r = await store.save(key, image);
-  if (r.saved) await writeFile3(statePath(image), JSON.stringify({ key, sha256 })).catch(() => {
-  });
-  return { ...r, sha256 };
+  return { ...await store.save(key, image), sha256 };
 }
 
 // packages/core/src/layer/fuse.ts

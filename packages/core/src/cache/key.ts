@@ -41,9 +41,12 @@ function stable(value: unknown): string {
  */
 export async function deriveKey(inputs: KeyInputs): Promise<DerivedKey> {
   const prefix = inputs.prefix.trim().replace(/[,\s]+/g, '-') || 'overlay';
-  if (prefix.length > 400) throw new OverlayError('E_INVALID_INPUT', 'cache key prefix is longer than 400 characters');
+  if (prefix.length > 400)
+    throw new OverlayError('E_INVALID_INPUT', 'cache key prefix is longer than 400 characters');
   const cwd = inputs.cwd ?? process.cwd();
-  const files = inputs.files.length ? (await glob(inputs.files, { cwd, dot: true, onlyFiles: true })).sort() : [];
+  const files = inputs.files.length
+    ? (await glob(inputs.files, { cwd, dot: true, onlyFiles: true })).sort()
+    : [];
   if (inputs.files.length && files.length === 0) {
     throw new OverlayError('E_NOT_FOUND', `no file matches ${inputs.files.join(', ')}`);
   }

@@ -4,8 +4,8 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, tempPathFor } from '../fs/atomic';
-import { packImage, unpackImage } from './pack';
 import { validateKey } from './key';
+import { packImage, unpackImage } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
 
 interface EntryMeta {
@@ -57,9 +57,13 @@ export class LocalStore implements CacheStore {
     const st = await lstat(this.dir);
     if (!st.isDirectory()) throw new OverlayError('E_UNSAFE_PATH', `${this.dir} is not a directory`);
     if (st.mode & 0o002 && !(st.mode & 0o1000)) {
-      throw new OverlayError('E_UNSAFE_PATH', `cache store ${this.dir} is writable by everyone (mode ${(st.mode & 0o7777).toString(8)})`, {
-        hint: `chmod o-w ${this.dir} (or +t)`,
-      });
+      throw new OverlayError(
+        'E_UNSAFE_PATH',
+        `cache store ${this.dir} is writable by everyone (mode ${(st.mode & 0o7777).toString(8)})`,
+        {
+          hint: `chmod o-w ${this.dir} (or +t)`,
+        },
+      );
     }
   }
 
@@ -75,7 +79,12 @@ export class LocalStore implements CacheStore {
       const meta = join(this.dir, name);
       try {
         const m = JSON.parse(await readFile(meta, 'utf8')) as EntryMeta;
-        out.push({ ...m, lastUsed: (await stat(meta)).mtimeMs, meta, archive: meta.replace(/\.json$/, '.tar.zst') });
+        out.push({
+          ...m,
+          lastUsed: (await stat(meta)).mtimeMs,
+          meta,
+          archive: meta.replace(/\.json$/, '.tar.zst'),
+        });
       } catch {}
     }
     return out;
@@ -92,7 +101,9 @@ export class LocalStore implements CacheStore {
       manifest = await packImage(image, tmp);
     } catch (e) {
       await rm(tmp, { force: true });
-      throw isOverlayError(e) ? e : new OverlayError('E_CACHE', `cannot write to ${this.dir}: ${(e as Error).message}`);
+      throw isOverlayError(e)
+        ? e
+        : new OverlayError('E_CACHE', `cannot write to ${this.dir}: ${(e as Error).message}`);
     }
     const bytes = (await stat(tmp)).size;
     if (!(await publishOnce(tmp, archive))) return { saved: false, key, reason: 'exists' };
@@ -115,7 +126,8 @@ export class LocalStore implements CacheStore {
     const exact = all.find((e) => e.key === keys.primary);
     if (exact) candidates.push({ entry: exact, outcome: 'hit' });
     for (const prefix of keys.restoreKeys) {
-      for (const e of all) if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: 'partial' });
+      for (const e of all)
+        if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: 'partial' });
     }
     const warnings: string[] = [];
     const tried = new Set<string>();

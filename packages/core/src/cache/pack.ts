@@ -1,8 +1,8 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
-import { contentDigest } from '../fs/sparse';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
+import { contentDigest } from '../fs/sparse';
 import { requireExt3 } from '../image/format';
 import { readSuperblock } from '../image/superblock';
 import { acquireLock, type Lock } from '../lock/ofd';
@@ -45,7 +45,11 @@ export async function packImage(imagePath: string, archivePath: string): Promise
   const lock = await acquireLock(image, 'shared'); // no writer while we read
   const stage = tempPathFor(archive);
   try {
-    const [sb, sha256, tools] = await Promise.all([readSuperblock(image), contentDigest(image), toolVersions()]);
+    const [sb, sha256, tools] = await Promise.all([
+      readSuperblock(image),
+      contentDigest(image),
+      toolVersions(),
+    ]);
     const manifest: CacheManifest = {
       formatVersion: CACHE_FORMAT_VERSION,
       imageName: basename(image),
@@ -96,9 +100,10 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
   const archive = resolve(archivePath);
   const target = resolve(targetPath);
   await removeStaleTemps(target);
-  const listing = await runTool('tar', ['--zstd', '-tf', archive], { env: ZSTD_ENV, timeoutSeconds: 600 }).catch(
-    (e) => e as OverlayError,
-  );
+  const listing = await runTool('tar', ['--zstd', '-tf', archive], {
+    env: ZSTD_ENV,
+    timeoutSeconds: 600,
+  }).catch((e) => e as OverlayError);
   if (listing instanceof OverlayError) return { ok: false, reason: `unreadable archive: ${listing.message}` };
   const members = listing.stdout.split('\n').filter(Boolean);
   if (members.length !== 2 || members[0] !== MANIFEST || members[1] !== IMAGE_MEMBER) {
@@ -106,15 +111,21 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
   }
   const stage = tempPathFor(target);
   await mkdir(stage, { mode: 0o700 }).catch((e) => {
-    throw isOverlayError(e) ? e : new OverlayError('E_CACHE', `cannot create ${stage}: ${(e as Error).message}`);
+    throw isOverlayError(e)
+      ? e
+      : new OverlayError('E_CACHE', `cannot create ${stage}: ${(e as Error).message}`);
   });
   let lock: Lock | undefined;
   try {
     try {
-      await runTool('tar', ['--sparse', '--zstd', '--no-same-owner', '-xf', archive, '-C', stage, '--', ...members], {
-        env: ZSTD_ENV,
-        timeoutSeconds: 3600,
-      });
+      await runTool(
+        'tar',
+        ['--sparse', '--zstd', '--no-same-owner', '-xf', archive, '-C', stage, '--', ...members],
+        {
+          env: ZSTD_ENV,
+          timeoutSeconds: 3600,
+        },
+      );
     } catch (e) {
       if (isOverlayError(e, 'E_NO_SPACE')) throw e;
       return { ok: false, reason: `corrupt archive: ${(e as Error).message}` };
@@ -126,14 +137,24 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
       return { ok: false, reason: 'unreadable manifest' };
     }
     if (manifest.formatVersion !== CACHE_FORMAT_VERSION) {
-      return { ok: false, reason: `cache format ${manifest.formatVersion}, expected ${CACHE_FORMAT_VERSION}` };
+      return {
+        ok: false,
+        reason: `cache format ${manifest.formatVersion}, expected ${CACHE_FORMAT_VERSION}`,
+      };
     }
     const restored = join(stage, IMAGE_MEMBER);
-    if ((await stat(restored)).size !== manifest.sizeBytes || (await contentDigest(restored)) !== manifest.sha256) {
+    if (
+      (await stat(restored)).size !== manifest.sizeBytes ||
+      (await contentDigest(restored)) !== manifest.sha256
+    ) {
       return { ok: false, reason: 'content digest mismatch' };
     }
-    const fsck = await runTool('e2fsck', ['-fn', restored], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
-    if (fsck.exitCode !== 0) return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
+    const fsck = await runTool('e2fsck', ['-fn', restored], {
+      okExitCodes: [1, 2, 4, 8],
+      timeoutSeconds: 1800,
+    });
+    if (fsck.exitCode !== 0)
+      return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
     if (await exists(target)) lock = await acquireLock(target, 'exclusive'); // not while Apptainer uses it
     await fsyncPath(restored);
     await rename(restored, target);

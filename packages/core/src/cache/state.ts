@@ -29,12 +29,15 @@ export async function restoreImage(
 }
 
 /** Save unless the image is byte-for-byte what was restored (then it is a no-op). */
-export async function saveImage(store: CacheStore, key: string, image: string): Promise<SaveResult & { sha256: string }> {
+export async function saveImage(
+  store: CacheStore,
+  key: string,
+  image: string,
+): Promise<SaveResult & { sha256: string }> {
   const [state, sha256] = await Promise.all([readRestoreState(image), contentDigest(image)]);
   if (state && state.sha256 === sha256) return { saved: false, key, reason: 'unchanged', sha256 };
-  const r = await store.save(key, image);
-  if (r.saved) await writeFile(statePath(image), JSON.stringify({ key, sha256 })).catch(() => {});
-  return { ...r, sha256 };
+  // only a restore records state: saving the same image to another store or key still saves
+  return { ...(await store.save(key, image)), sha256 };
 }
 
 export async function forgetRestoreState(image: string): Promise<void> {

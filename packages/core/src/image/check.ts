@@ -25,7 +25,8 @@ export interface CheckResult {
   seconds: number;
 }
 
-const PROBLEM_LINE = /(error|illegal|invalid|wrong|differences|unattached|deleted|bad|corrupt|fix|clear|count|inode \d+)/i;
+const PROBLEM_LINE =
+  /(error|illegal|invalid|wrong|differences|unattached|deleted|bad|corrupt|fix|clear|count|inode \d+)/i;
 
 function summarize(output: string): string[] {
   return output
@@ -41,7 +42,9 @@ function summarize(output: string): string[] {
  * (e2image -r, sparse); when e2image cannot read the image (a destroyed primary superblock) the
  * fallback is a full sparse copy.
  */
-async function fsckOnCopy(image: string): Promise<{ exit: number; output: string; method: CheckResult['method'] }> {
+async function fsckOnCopy(
+  image: string,
+): Promise<{ exit: number; output: string; method: CheckResult['method'] }> {
   const dir = await mkdtemp(join(tmpdir(), 'overlay-check-'));
   const copy = join(dir, 'copy.img');
   try {
@@ -74,7 +77,7 @@ function statusFromExit(exit: number): CheckStatus {
  */
 export async function checkImage(
   path: string,
-  opts: { repair?: boolean; /** the caller already holds a lock on the image */ lockHeld?: boolean } = {},
+  opts: { repair?: boolean /** the caller already holds a lock on the image */; lockHeld?: boolean } = {},
 ): Promise<CheckResult> {
   const started = Date.now();
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
@@ -93,7 +96,8 @@ export async function checkImage(
     try {
       if (!opts.lockHeld) lock = await acquireLock(path, opts.repair ? 'exclusive' : 'shared');
     } catch (e) {
-      if (isOverlayError(e, 'E_LOCKED')) return result({ status: 'locked', error: { code: e.code, message: e.message } });
+      if (isOverlayError(e, 'E_LOCKED'))
+        return result({ status: 'locked', error: { code: e.code, message: e.message } });
       throw e;
     }
     const first = await fsckOnCopy(path);
@@ -105,13 +109,19 @@ export async function checkImage(
         problems,
         e2fsckExit: first.exit,
         method: first.method,
-        error: status === 'error' ? { code: 'E_INTEGRITY', message: `e2fsck could not check the image (exit ${first.exit})` } : undefined,
+        error:
+          status === 'error'
+            ? { code: 'E_INTEGRITY', message: `e2fsck could not check the image (exit ${first.exit})` }
+            : undefined,
       });
     }
     await replaceAtomically(path, async (tmp) => {
       await copyImageFile(path, tmp);
       await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      const again = await runTool('e2fsck', ['-fn', tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
+      const again = await runTool('e2fsck', ['-fn', tmp], {
+        okExitCodes: [1, 2, 4, 8],
+        timeoutSeconds: 1800,
+      });
       if (again.exitCode !== 0) {
         throw new OverlayError('E_INTEGRITY', `e2fsck could not repair ${path} (exit ${again.exitCode})`);
       }

@@ -1,10 +1,10 @@
-import { withLock } from '../lock/ofd';
 import { replaceAtomically } from '../fs/atomic';
+import { withLock } from '../lock/ofd';
 import { copyImageFile } from './copy';
-import { runDebugfs } from './debugfs';
 import type { Owner } from './create';
+import { runDebugfs } from './debugfs';
 import { requireExt3 } from './format';
-import { imageInfo, type ImageInfo } from './info';
+import { type ImageInfo, imageInfo } from './info';
 
 /** `ls -p` lines are `/inode/mode/uid/gid/name/size/`; a name may itself contain slashes? no: not in ext. */
 const LS_LINE = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
@@ -14,7 +14,10 @@ export async function listInodesUnder(image: string, roots: number[]): Promise<n
   const seen = new Set<number>(roots);
   let level = roots;
   while (level.length) {
-    const out = await runDebugfs(image, level.map((ino) => `ls -p <${ino}>`));
+    const out = await runDebugfs(
+      image,
+      level.map((ino) => `ls -p <${ino}>`),
+    );
     const next: number[] = [];
     for (const line of out.split('\n')) {
       const m = LS_LINE.exec(line);
@@ -52,8 +55,12 @@ export async function chownImage(path: string, owner: Owner): Promise<ImageInfo 
       );
       const inodes = await listInodesUnder(tmp, roots);
       count = inodes.length;
-      const cmds = inodes.flatMap((ino) => [`sif <${ino}> uid ${owner.uid}`, `sif <${ino}> gid ${owner.gid}`]);
-      for (let i = 0; i < cmds.length; i += 20000) await runDebugfs(tmp, cmds.slice(i, i + 20000), { write: true });
+      const cmds = inodes.flatMap((ino) => [
+        `sif <${ino}> uid ${owner.uid}`,
+        `sif <${ino}> gid ${owner.gid}`,
+      ]);
+      for (let i = 0; i < cmds.length; i += 20000)
+        await runDebugfs(tmp, cmds.slice(i, i + 20000), { write: true });
     }),
   );
   return { ...(await imageInfo(path)), inodesChanged: count };

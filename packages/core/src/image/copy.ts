@@ -8,7 +8,9 @@ import { runTool } from '../tools/run';
 export async function copyImageFile(src: string, dst: string): Promise<void> {
   const st = await stat(src);
   const sparse = st.blocks * 512 < st.size;
-  await runTool('cp', [sparse ? '--sparse=always' : '--sparse=never', '--', src, dst], { timeoutSeconds: 3600 });
+  await runTool('cp', [sparse ? '--sparse=always' : '--sparse=never', '--', src, dst], {
+    timeoutSeconds: 3600,
+  });
   await chmod(dst, st.mode & 0o7777);
   if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
 }

@@ -1,13 +1,13 @@
 import { createWriteStream, promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { OverlayError, fromFsError } from '../errors';
+import { fromFsError, OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { debugfsQuote, runDebugfs } from './debugfs';
 import { requireExt3 } from './format';
-import { imageInfo, type ImageInfo } from './info';
+import { type ImageInfo, imageInfo } from './info';
 
 export const PROFILES = {
   small: { inodeRatio: 4096, description: '4 KiB per inode: conda environments, Python site-packages' },

@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import { OverlayError, fromFsError } from '../errors';
+import { fromFsError, OverlayError } from '../errors';
 
 export type ImageFormat = 'ext2' | 'ext3' | 'ext4' | 'squashfs';
 

@@ -5,7 +5,7 @@ import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { copyImageFile, isSparseFile } from './copy';
 import { requireExt3 } from './format';
-import { imageInfo, type ImageInfo } from './info';
+import { type ImageInfo, imageInfo } from './info';
 import { readSuperblock } from './superblock';
 
 export interface ResizeResult extends ImageInfo {
@@ -18,7 +18,8 @@ export async function minimumSizeBytes(path: string): Promise<number> {
   const sb = await readSuperblock(path);
   const { stdout } = await runTool('resize2fs', ['-P', path], { timeoutSeconds: 600 });
   const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
-  if (!Number.isFinite(blocks)) throw new OverlayError('E_TOOL_FAILED', `resize2fs -P gave no estimate for ${path}`);
+  if (!Number.isFinite(blocks))
+    throw new OverlayError('E_TOOL_FAILED', `resize2fs -P gave no estimate for ${path}`);
   return blocks * sb.blockSize;
 }
 
@@ -52,7 +53,8 @@ export async function resizeImage(
       await copyImageFile(path, tmp);
       opts.onProgress?.('e2fsck -fy (resize2fs needs a checked filesystem)');
       const fsck = await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      if (fsck.exitCode === 4) throw new OverlayError('E_INTEGRITY', `${path} has errors e2fsck cannot fix; run check --repair`);
+      if (fsck.exitCode === 4)
+        throw new OverlayError('E_INTEGRITY', `${path} has errors e2fsck cannot fix; run check --repair`);
       const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
       try {
         if (sizeBytes > before) {
@@ -66,13 +68,20 @@ export async function resizeImage(
           await truncate(tmp, sizeBytes);
         }
       } catch (e) {
-        if (isOverlayError(e, 'E_TOOL_FAILED') && /smaller than minimum|No space left on device/i.test(e.message)) {
+        if (
+          isOverlayError(e, 'E_TOOL_FAILED') &&
+          /smaller than minimum|No space left on device/i.test(e.message)
+        ) {
           throw new OverlayError('E_SHRINK_TOO_SMALL', `${path} cannot shrink to ${sizeArg}: ${e.message}`);
         }
         throw e;
       }
-      const check = await runTool('e2fsck', ['-fn', tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
-      if (check.exitCode !== 0) throw new OverlayError('E_INTEGRITY', `resized copy of ${path} did not check clean`);
+      const check = await runTool('e2fsck', ['-fn', tmp], {
+        okExitCodes: [1, 2, 4, 8],
+        timeoutSeconds: 1800,
+      });
+      if (check.exitCode !== 0)
+        throw new OverlayError('E_INTEGRITY', `resized copy of ${path} did not check clean`);
     });
     return before;
   });

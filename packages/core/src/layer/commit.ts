@@ -43,7 +43,9 @@ export interface CommitResult {
 /** Directories under `root` carrying an opaque marker xattr (one getfattr run for the tree). */
 async function opaqueXattrDirs(root: string): Promise<Set<string>> {
   const pattern = `^(${OPAQUE_XATTRS.map((x) => x.replace(/\./g, '\\.')).join('|')})$`;
-  const r = await runTool('getfattr', ['-R', '--absolute-names', '-m', pattern, '-d', root], { okExitCodes: [1] });
+  const r = await runTool('getfattr', ['-R', '--absolute-names', '-m', pattern, '-d', root], {
+    okExitCodes: [1],
+  });
   const dirs = new Set<string>();
   let current = '';
   for (const line of r.stdout.split('\n')) {
@@ -85,11 +87,14 @@ async function planLayer(upper: string, lower: LowerListing | undefined) {
         `/${rel} replaced a lower directory; give --base/--layer so every reader hides the old content (kept: the trusted.overlay.opaque flag, honoured by root readers only, when a root writer set it)`,
       );
     }
-    const existingDevices = new Set(entries.filter((e) => e.kind === 'chardev' && e.whiteoutDevice).map((e) => e.name));
+    const existingDevices = new Set(
+      entries.filter((e) => e.kind === 'chardev' && e.whiteoutDevice).map((e) => e.name),
+    );
     for (const name of plan.drop) exclude.push(rel ? `${rel}/${name}` : name);
     for (const name of plan.whiteouts) {
       whiteouts++;
-      if (!existingDevices.has(name)) pseudo.push(`${escapePseudo(rel ? `${rel}/${name}` : name)} c 0000 0 0 0 0`);
+      if (!existingDevices.has(name))
+        pseudo.push(`${escapePseudo(rel ? `${rel}/${name}` : name)} c 0000 0 0 0 0`);
     }
     const dropped = new Set(plan.drop);
     for (const e of entries) {
@@ -129,9 +134,13 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
   try {
     const check = await checkImage(o.image, { lockHeld: true });
     if (check.status !== 'clean') {
-      throw new OverlayError('E_INTEGRITY', `${o.image} is not clean (${check.status}); run check --repair first`, {
-        details: { problems: check.problems },
-      });
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${o.image} is not clean (${check.status}); run check --repair first`,
+        {
+          details: { problems: check.problems },
+        },
+      );
     }
     const lower = o.base || o.layers.length ? await lowerListing(o.base, o.layers) : undefined;
     const work = await mkdtemp(join(tmpdir(), 'overlay-commit-'));
@@ -150,17 +159,31 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
         await writeFile(pseudoFile, planned.pseudo.map((p) => `${p}\n`).join(''));
         await replaceAtomically(o.output, async (tmp) => {
           o.onProgress?.(`mksquashfs (${o.compression})`);
-          const args = [upper, tmp, '-noappend', '-no-progress', '-xattrs', '-ef', excludeFile, '-pf', pseudoFile];
+          const args = [
+            upper,
+            tmp,
+            '-noappend',
+            '-no-progress',
+            '-xattrs',
+            '-ef',
+            excludeFile,
+            '-pf',
+            pseudoFile,
+          ];
           args.push(...compressionArgs(o.compression, o.level));
           // Root would copy trusted.overlay.* (opaque, origin, impure) into the layer, where an opaque
           // flag next to explicit whiteouts makes kernel readers list them as broken entries. Without
           // CAP_SYS_ADMIN those xattrs are invisible; keep them only when the opaque flag is the fallback.
           const keepTrusted = planned!.warnings.length > 0;
           if (process.getuid?.() === 0 && !keepTrusted) {
-            await runTool('setpriv', ['--bounding-set=-sys_admin', '--', requireTool('mksquashfs'), ...args], {
-              onLine: o.onProgress,
-              timeoutSeconds: 3600,
-            });
+            await runTool(
+              'setpriv',
+              ['--bounding-set=-sys_admin', '--', requireTool('mksquashfs'), ...args],
+              {
+                onLine: o.onProgress,
+                timeoutSeconds: 3600,
+              },
+            );
           } else await runTool('mksquashfs', args, { onLine: o.onProgress, timeoutSeconds: 3600 });
         });
       });
@@ -173,7 +196,8 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
         await copyImageFile(o.image, tmp);
         await withFuse2fs(tmp, 'rw', async (mnt) => {
           for (const dir of ['upper', 'work']) {
-            for (const name of await readdir(join(mnt, dir))) await rm(join(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir(join(mnt, dir)))
+              await rm(join(mnt, dir, name), { recursive: true, force: true });
           }
         });
         const fsck = await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2] });

@@ -65,7 +65,9 @@ export async function lowerListing(base: string | undefined, layers: string[]): 
   const sources: Array<Array<{ path: string; whiteout: boolean }>> = [];
   if (base) {
     const { path } = await resolveBase(base);
-    const isDir = (await readdir(path).then(() => true).catch(() => false));
+    const isDir = await readdir(path)
+      .then(() => true)
+      .catch(() => false);
     sources.push(isDir ? await dirEntries(path) : await sifEntries(path));
   }
   for (const layer of layers) sources.push(await squashEntries(layer));

@@ -22,7 +22,9 @@ function blocks(out: string): string[] {
 }
 
 /** Every entry under upper/ with its path, breadth-first, one debugfs run per depth. */
-async function walkUpper(image: string): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
+async function walkUpper(
+  image: string,
+): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
   const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ['stat /upper']))?.[1];
   const rootNode: Node = { ino: Number(root), path: '', name: 'upper', mode: 0o040755 };
   const dirs: Node[] = [rootNode];
@@ -30,14 +32,24 @@ async function walkUpper(image: string): Promise<{ dirs: Node[]; all: Node[]; ch
   const children = new Map<string, Node[]>();
   let level = [rootNode];
   while (level.length) {
-    const out = blocks(await runDebugfs(image, level.map((d) => `ls -p <${d.ino}>`)));
+    const out = blocks(
+      await runDebugfs(
+        image,
+        level.map((d) => `ls -p <${d.ino}>`),
+      ),
+    );
     const next: Node[] = [];
     level.forEach((dir, i) => {
       const kids: Node[] = [];
       for (const line of (out[i] ?? '').split('\n')) {
         const m = LS_LINE.exec(line);
         if (!m || m[3] === '.' || m[3] === '..' || m[1] === '0') continue;
-        const node = { ino: Number(m[1]), name: m[3]!, path: dir.path ? `${dir.path}/${m[3]}` : m[3]!, mode: Number.parseInt(m[2]!, 8) };
+        const node = {
+          ino: Number(m[1]),
+          name: m[3]!,
+          path: dir.path ? `${dir.path}/${m[3]}` : m[3]!,
+          mode: Number.parseInt(m[2]!, 8),
+        };
         kids.push(node);
         all.push(node);
         if ((node.mode & S_IFMT) === 0o040000) next.push(node);
@@ -68,9 +80,23 @@ export interface NonPortableMarkers {
 async function scan(image: string, lower: LowerListing | undefined) {
   const { dirs, all, children } = await walkUpper(image);
   const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
-  const devOut = chardevs.length ? blocks(await runDebugfs(image, chardevs.map((n) => `stat <${n.ino}>`))) : [];
-  const zeroDev = new Set(chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino));
-  const eaOut = blocks(await runDebugfs(image, all.map((n) => `ea_list <${n.ino}>`)));
+  const devOut = chardevs.length
+    ? blocks(
+        await runDebugfs(
+          image,
+          chardevs.map((n) => `stat <${n.ino}>`),
+        ),
+      )
+    : [];
+  const zeroDev = new Set(
+    chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino),
+  );
+  const eaOut = blocks(
+    await runDebugfs(
+      image,
+      all.map((n) => `ea_list <${n.ino}>`),
+    ),
+  );
   const xattrs = new Map<number, string[]>();
   all.forEach((n, i) => {
     const names = [...(eaOut[i] ?? '').matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]!);
@@ -87,14 +113,25 @@ async function scan(image: string, lower: LowerListing | undefined) {
     const kids = children.get(dir.path) ?? [];
     const entries: UpperEntry[] = kids.map((k) => {
       const t = k.mode & S_IFMT;
-      const kind = t === 0o040000 ? 'dir' : t === 0o100000 ? 'file' : t === 0o120000 ? 'symlink' : t === 0o020000 ? 'chardev' : 'other';
+      const kind =
+        t === 0o040000
+          ? 'dir'
+          : t === 0o100000
+            ? 'file'
+            : t === 0o120000
+              ? 'symlink'
+              : t === 0o020000
+                ? 'chardev'
+                : 'other';
       return { name: k.name, kind, whiteoutDevice: zeroDev.has(k.ino) };
     });
     const dirXattrs = xattrs.get(dir.ino) ?? [];
     const opaque = dirXattrs.some((x) => OPAQUE_XATTRS.includes(x));
     const plan = planDirectory(entries, opaque, lower ? (lower.get(dir.path) ?? new Set()) : undefined);
     const at = `/upper${dir.path ? `/${dir.path}` : ''}`;
-    const existing = new Set(entries.filter((e) => e.kind === 'chardev' && e.whiteoutDevice).map((e) => e.name));
+    const existing = new Set(
+      entries.filter((e) => e.kind === 'chardev' && e.whiteoutDevice).map((e) => e.name),
+    );
     const markerFound = plan.drop.length > 0 || opaque;
     if (plan.drop.length || plan.whiteouts.some((w) => !existing.has(w)) || markerFound) {
       cmds.push(`cd ${debugfsQuote(at)}`);
@@ -110,8 +147,11 @@ async function scan(image: string, lower: LowerListing | undefined) {
       }
     }
     if (plan.needsOpaqueXattr) {
-      warnings.push(`${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`);
-      if (!dirXattrs.includes('trusted.overlay.opaque')) cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
+      warnings.push(
+        `${at} replaced a lower directory; without --base/--layer it is marked trusted.overlay.opaque (root readers only)`,
+      );
+      if (!dirXattrs.includes('trusted.overlay.opaque'))
+        cmds.push(`ea_set ${debugfsQuote(at)} trusted.overlay.opaque y`);
     }
     if (opaque || plan.drop.some((d) => d.startsWith('.wh..'))) opaqueDirs++;
     for (const x of dirXattrs) {

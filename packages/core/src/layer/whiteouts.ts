@@ -28,7 +28,8 @@ export type EntryRole =
 export function classify(entry: UpperEntry): EntryRole {
   if (entry.name === FUSE_OPAQUE_FILE) return { role: 'opaque-marker' };
   if (entry.name === STRAY_OPAQUE_DEVICE && entry.kind === 'chardev') return { role: 'opaque-marker' };
-  if (entry.kind === 'chardev' && entry.whiteoutDevice) return { role: 'whiteout', hides: entry.name, form: 'kernel' };
+  if (entry.kind === 'chardev' && entry.whiteoutDevice)
+    return { role: 'whiteout', hides: entry.name, form: 'kernel' };
   if (entry.name.startsWith(WH_PREFIX) && entry.name.length > WH_PREFIX.length && entry.kind === 'file') {
     return { role: 'whiteout', hides: entry.name.slice(WH_PREFIX.length), form: 'fuse' };
   }

@@ -1,12 +1,12 @@
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { checkImage } from '../image/check';
-import { normalizeImage } from '../layer/normalize';
 import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
+import { checkImage } from '../image/check';
 import { type CreateOptions, createImage } from '../image/create';
 import { type ImageInfo, imageInfo } from '../image/info';
+import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';

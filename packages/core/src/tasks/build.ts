@@ -25,7 +25,10 @@ export const buildTask = defineTask({
         .optional()
         .describe("Shell command line run with /bin/sh -e -c (e.g. 'make install')"),
       ...createFields,
-      normalize: z.boolean().default(true).describe('Make deletion markers portable after the build (--no-normalize to keep them)'),
+      normalize: z
+        .boolean()
+        .default(true)
+        .describe('Make deletion markers portable after the build (--no-normalize to keep them)'),
       size: z
         .union([z.string(), z.number().int()])
         .default('1G')

@@ -21,11 +21,16 @@ export const cacheSaveTask = defineTask({
   name: 'cache save',
   summary: 'Save an overlay image into a local cache store (sparse-aware, verified; no-op when unchanged)',
   positional: ['image'],
-  input: z.object({ image: pathSchema.describe('The ext3 overlay image'), key: keySchema, store: storeField }),
+  input: z.object({
+    image: pathSchema.describe('The ext3 overlay image'),
+    key: keySchema,
+    store: storeField,
+  }),
   async run(input, ctx) {
     await requireExt3(input.image);
     const r = await saveImage(new LocalStore(input.store), validateKey(input.key), input.image);
-    if (r.reason === 'exists') ctx.info(`cache entry ${input.key} already exists (entries are immutable): not saved`);
+    if (r.reason === 'exists')
+      ctx.info(`cache entry ${input.key} already exists (entries are immutable): not saved`);
     if (r.reason === 'unchanged') ctx.info('image unchanged since it was restored: not saved');
     return r;
   },
@@ -39,11 +44,18 @@ export const cacheRestoreTask = defineTask({
   input: z.object({
     image: pathSchema.describe('Where to put the image'),
     key: keySchema,
-    restoreKey: z.array(z.string().min(1)).default([]).describe('Key prefix to fall back to (repeatable, in order)'),
+    restoreKey: z
+      .array(z.string().min(1))
+      .default([])
+      .describe('Key prefix to fall back to (repeatable, in order)'),
     store: storeField,
   }),
   async run(input, ctx) {
-    const r = await restoreImage(new LocalStore(input.store), { primary: input.key, restoreKeys: input.restoreKey }, input.image);
+    const r = await restoreImage(
+      new LocalStore(input.store),
+      { primary: input.key, restoreKeys: input.restoreKey },
+      input.image,
+    );
     for (const w of r.warnings) ctx.warn(w);
     return r;
   },
@@ -55,7 +67,10 @@ export const cacheKeyTask = defineTask({
   summary: 'Derive a cache key (and restore-keys) from files, create options and the base image',
   input: z.object({
     prefix: z.string().default('overlay').describe('Key prefix'),
-    files: z.array(z.string()).default([]).describe('Glob of files whose content goes into the key (repeatable)'),
+    files: z
+      .array(z.string())
+      .default([])
+      .describe('Glob of files whose content goes into the key (repeatable)'),
     size: sizeSchema.optional().describe('Image size'),
     profile: z.string().optional().describe('Filesystem profile'),
     owner: z.string().optional().describe('Owner of upper/ (fakeroot, caller or UID:GID)'),
@@ -91,7 +106,8 @@ export const cachePruneTask = defineTask({
   }),
   async run(input) {
     const m = /^(\d+)\s*([kmgt])?/i.exec(input.maxSize)!;
-    const unit = { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m[2] ?? 'M').toUpperCase() as 'K'] ?? 2 ** 20;
+    const unit =
+      { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m[2] ?? 'M').toUpperCase() as 'K'] ?? 2 ** 20;
     return new LocalStore(input.store).prune(Number(m[1]) * unit);
   },
   render: (r) => `removed ${r.removed.length} entries; store holds ${r.bytes} bytes`,

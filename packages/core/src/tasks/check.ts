@@ -28,7 +28,8 @@ export async function checkImages(
 
 export const checkTask = defineTask({
   name: 'check',
-  summary: 'Check (and with --repair, crash-safely repair) ext3 overlays with e2fsck; lock-aware, never waits',
+  summary:
+    'Check (and with --repair, crash-safely repair) ext3 overlays with e2fsck; lock-aware, never waits',
   positional: ['images'],
   input: z.object({
     images: z.array(pathSchema).min(1, 'give at least one image').describe('Images to check'),
@@ -45,7 +46,11 @@ export const checkTask = defineTask({
   render: (report) =>
     report.images
       .map((r) => {
-        const detail = r.error ? ` (${r.error.code}: ${r.error.message})` : r.problems.length ? ` (${r.problems.slice(0, 3).join('; ')})` : '';
+        const detail = r.error
+          ? ` (${r.error.code}: ${r.error.message})`
+          : r.problems.length
+            ? ` (${r.problems.slice(0, 3).join('; ')})`
+            : '';
         return `${r.status.padEnd(8)} ${r.path}${detail}`;
       })
       .join('\n'),

@@ -6,7 +6,8 @@ import { defineTask } from './define';
 
 export const commitTask = defineTask({
   name: 'commit',
-  summary: 'Freeze upper/ into a read-only SquashFS layer (deletions as portable whiteouts); --reset empties the overlay',
+  summary:
+    'Freeze upper/ into a read-only SquashFS layer (deletions as portable whiteouts); --reset empties the overlay',
   positional: ['image'],
   input: z
     .object({
@@ -15,7 +16,10 @@ export const commitTask = defineTask({
       compression: z.enum(COMPRESSIONS).default('zstd').describe('SquashFS compression'),
       level: z.number().int().min(0).max(22).optional().describe('Compression level (zstd 1-22, gzip 1-9)'),
       reset: z.boolean().default(false).describe('Empty upper/ after a successful commit'),
-      base: z.string().optional().describe('Base image below the overlay (to hide replaced directories exactly)'),
+      base: z
+        .string()
+        .optional()
+        .describe('Base image below the overlay (to hide replaced directories exactly)'),
       layer: z.array(pathSchema).default([]).describe('Lower SquashFS layer, in stacking order (repeatable)'),
       force: z.boolean().default(false).describe('Replace an existing output file'),
     })
@@ -31,7 +35,9 @@ export const commitTask = defineTask({
     const { existsSync } = await import('node:fs');
     if (existsSync(input.output) && !input.force) {
       const { OverlayError } = await import('../errors');
-      throw new OverlayError('E_EXISTS', `${input.output} already exists`, { hint: 'pass --force to replace it' });
+      throw new OverlayError('E_EXISTS', `${input.output} already exists`, {
+        hint: 'pass --force to replace it',
+      });
     }
     const r = await commitLayer({ ...input, layers: input.layer, onProgress: ctx.progress });
     for (const w of r.warnings) ctx.warn(w);

@@ -13,7 +13,12 @@ export const lockTask = defineTask({
     image: pathSchema.describe('The image to lock'),
     command: z.array(z.string()).min(1, 'give a command after --').describe('Command to run while locked'),
     shared: z.boolean().default(false).describe('Take a read (shared) lock instead of a write lock'),
-    wait: z.number().min(0).max(86400).optional().describe('Seconds to wait for the lock (default: fail at once)'),
+    wait: z
+      .number()
+      .min(0)
+      .max(86400)
+      .optional()
+      .describe('Seconds to wait for the lock (default: fail at once)'),
   }),
   async run(input) {
     return withLock(
@@ -22,10 +27,15 @@ export const lockTask = defineTask({
       async () => {
         const [cmd, ...args] = input.command;
         try {
-          const r = await runTool(cmd!, args, { inherit: true, timeoutSeconds: 0, okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1) });
+          const r = await runTool(cmd!, args, {
+            inherit: true,
+            timeoutSeconds: 0,
+            okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
+          });
           return { exitCode: r.exitCode };
         } catch (e) {
-          if (e instanceof OverlayError && e.code === 'E_TOOL_MISSING') throw new OverlayError('E_NOT_FOUND', `command not found: ${cmd}`);
+          if (e instanceof OverlayError && e.code === 'E_TOOL_MISSING')
+            throw new OverlayError('E_NOT_FOUND', `command not found: ${cmd}`);
           throw e;
         }
       },

@@ -5,11 +5,15 @@ import { defineTask } from './define';
 
 export const normalizeTask = defineTask({
   name: 'normalize',
-  summary: 'Rewrite writer-specific deletion markers in upper/ so every reader (root or not, rw or :ro) sees the same files',
+  summary:
+    'Rewrite writer-specific deletion markers in upper/ so every reader (root or not, rw or :ro) sees the same files',
   positional: ['image'],
   input: z.object({
     image: pathSchema.describe('The ext3 overlay image'),
-    base: z.string().optional().describe('Base image below the overlay (to hide replaced directories exactly)'),
+    base: z
+      .string()
+      .optional()
+      .describe('Base image below the overlay (to hide replaced directories exactly)'),
     layer: z.array(pathSchema).default([]).describe('Lower SquashFS layer, in stacking order (repeatable)'),
   }),
   async run(input, ctx) {

@@ -39,7 +39,6 @@ export function loadKoffi(): any {
   return require('koffi');
 }
 
-
 // biome-ignore lint/suspicious/noExplicitAny: koffi's native module is untyped
 let libc: any;
 /** libc through koffi, for the few syscalls Node lacks (fcntl OFD locks, lseek SEEK_DATA/SEEK_HOLE). */
