@@ -8,7 +8,10 @@ import { build } from 'esbuild';
 
 const root = join(dirname(new URL(import.meta.url).pathname), '..');
 const require = createRequire(join(root, 'packages/core/package.json'));
-const koffiNative = join(dirname(require.resolve('@koromix/koffi-linux-x64/package.json')), 'linux_x64/koffi.node');
+const koffiNative = join(
+  dirname(require.resolve('@koromix/koffi-linux-x64/package.json')),
+  'linux_x64/koffi.node',
+);
 const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
 
 const common = {
@@ -37,7 +40,9 @@ const targets = [
 ];
 const actionSrc = join(root, 'packages/actions/src/entries');
 if (existsSync(actionSrc)) {
-  for (const file of readdirSync(actionSrc).filter((f) => f.endsWith('.ts')).sort()) {
+  for (const file of readdirSync(actionSrc)
+    .filter((f) => f.endsWith('.ts'))
+    .sort()) {
     const name = file.replace(/\.ts$/, '');
     targets.push({ entry: `packages/actions/src/entries/${file}`, out: `actions/${name}/dist/index.mjs` });
   }
@@ -53,7 +58,9 @@ for (const t of targets) {
     banner: { js: [t.banner, common.banner.js].filter(Boolean).join('\n') },
     define: {
       ...common.define,
-      ...(t.embedKoffi ? { __OVERLAY_KOFFI_B64__: JSON.stringify(readFileSync(koffiNative).toString('base64')) } : {}),
+      ...(t.embedKoffi
+        ? { __OVERLAY_KOFFI_B64__: JSON.stringify(readFileSync(koffiNative).toString('base64')) }
+        : {}),
     },
   });
   if (!t.embedKoffi) copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));

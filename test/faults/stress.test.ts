@@ -40,6 +40,7 @@ async function run(op: string, args: string[]) {
   });
   expect(r.timedOut, `${op} waited forever: ${args.join(' ')}`).toBe(false);
   const last = r.stdout.trim().split('\n').at(-1) ?? '{}';
+  // biome-ignore lint/suspicious/noExplicitAny: parsed CLI JSON
   let out: Record<string, any> = {};
   try {
     out = JSON.parse(last);

@@ -104,8 +104,7 @@ function addTaskCommand(program: Command, task: TaskDef, outcome: Outcome): void
     else if (task.render) {
       const text = task.render(output);
       if (text) process.stdout.write(`${text}\n`);
-    }
-    else process.stdout.write(`${JSON.stringify(output ?? {}, null, 2)}\n`);
+    } else process.stdout.write(`${JSON.stringify(output ?? {}, null, 2)}\n`);
     if (output && typeof output.exitCode === 'number') process.exitCode = output.exitCode;
   });
 }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, tempPathFor } from '../fs/atomic';
 import { validateKey } from './key';
-import { packImage, unpackImage } from './pack';
+import { type CacheManifest, packImage, unpackImage } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
 
 interface EntryMeta {
@@ -96,7 +96,7 @@ export class LocalStore implements CacheStore {
     const { archive, meta } = this.paths(key);
     if (await exists(meta)) return { saved: false, key, reason: 'exists' };
     const tmp = tempPathFor(archive);
-    let manifest;
+    let manifest: CacheManifest;
     try {
       manifest = await packImage(image, tmp);
     } catch (e) {

@@ -21,7 +21,7 @@ export async function runDebugfs(
   const { stdout, stderr } = await runTool('debugfs', args, { input: `${commands.join('\n')}\n` });
   const errors = stderr
     .split('\n')
-    .filter((l) => l.trim() && !/^debugfs \d/.test(l) && !(opts.allowErrors && opts.allowErrors.test(l)));
+    .filter((l) => l.trim() && !/^debugfs \d/.test(l) && !opts.allowErrors?.test(l));
   if (errors.length) {
     throw new OverlayError('E_TOOL_FAILED', `debugfs on ${image}: ${errors.slice(-5).join('; ')}`, {
       details: { tool: 'debugfs', stderr: errors.slice(-20).join('\n') },

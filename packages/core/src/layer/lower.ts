@@ -16,7 +16,7 @@ async function squashEntries(file: string): Promise<Array<{ path: string; whiteo
   const out = [];
   for (const line of stdout.split('\n')) {
     const m = LLN.exec(line);
-    if (!m || !m[2]) continue;
+    if (!m?.[2]) continue;
     out.push({ path: m[2], whiteout: m[1] === 'c' && /\s0,\s*0\s/.test(line) });
   }
   return out;

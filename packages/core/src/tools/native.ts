@@ -42,6 +42,7 @@ export function loadKoffi(): any {
 // biome-ignore lint/suspicious/noExplicitAny: koffi's native module is untyped
 let libc: any;
 /** libc through koffi, for the few syscalls Node lacks (fcntl OFD locks, lseek SEEK_DATA/SEEK_HOLE). */
+// biome-ignore lint/suspicious/noExplicitAny: koffi's native module is untyped
 export function nativeLibc(): { koffi: any; lib: any } {
   const koffi = loadKoffi();
   libc ??= koffi.load('libc.so.6');
