@@ -11,6 +11,7 @@ import { infoTask } from './info';
 import { lockTask } from './lock';
 import { normalizeTask } from './normalize';
 import { resizeTask } from './resize';
+import { setupTask } from './setup';
 
 /**
  * Every user-facing operation, in the order the CLI help lists them. A front end (CLI, action,
@@ -27,6 +28,7 @@ export const TASKS: TaskDef[] = [
   buildTask,
   commitTask,
   normalizeTask,
+  setupTask,
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,

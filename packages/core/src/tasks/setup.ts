@@ -133,30 +133,34 @@ export async function storeFor(
   ctx: SetupContext,
 ): Promise<CacheStore | undefined> {
   if (input.store !== undefined) {
-    const { LocalStore } = await import('../cache/local');
+    const { LocalStore } = await import('../cache/local-store');
     return new LocalStore(input.store);
   }
   return ctx.cacheStore;
 }
 
-/** Primary key and restore keys: prefix + digest of everything that shapes the image. */
+/**
+ * Primary key and restore keys: prefix + digest of everything that shapes the image. The user's
+ * restore-keys come first, then the derived fallbacks (same settings with other key-files, then
+ * any image of this prefix), so a changed environment.yml still starts from the last image.
+ */
 export async function setupKeys(input: SetupInput): Promise<{ primary: string; restoreKeys: string[] }> {
-  const { deriveCacheKey } = await import('../cache/key');
-  const primary = await deriveCacheKey({
+  const { deriveKey } = await import('../cache/key');
+  const derived = await deriveKey({
     prefix: input.cacheKey,
-    parts: {
+    files: input.keyFiles,
+    options: {
       version: KEY_VERSION,
-      platform: `${process.platform}-${process.arch}`,
       size: input.size,
       profile: input.profile,
+      sparse: input.sparse,
       owner: input.fakeroot ? 'fakeroot' : input.uid !== undefined ? `${input.uid}:${input.gid}` : 'caller',
       createDirs: input.createDirs,
       base: input.base ?? '',
       build: input.build ?? '',
     },
-    files: input.keyFiles,
   });
-  return { primary, restoreKeys: input.restoreKeys };
+  return { primary: derived.key, restoreKeys: [...new Set([...input.restoreKeys, ...derived.restoreKeys])] };
 }
 
 async function phase<T>(ctx: SetupContext, name: string, fn: () => Promise<T>): Promise<T> {
@@ -224,18 +228,15 @@ export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promis
   let built = false;
   if (outcome !== 'hit' && input.build?.trim()) {
     const { buildInOverlay } = await import('../runtime/build');
-    const { normalizeImage } = await import('../layer/normalize');
     await phase(ctx, `Build in ${input.path} (on ${input.base})`, () =>
       buildInOverlay({
         image: input.path,
         base: input.base!,
         script: input.build!,
-        fakeroot: input.fakeroot,
+        // the run follows the owner of upper/; the build normalizes deletion markers itself
+        fakeroot: 'auto',
         onProgress: ctx.progress,
       }),
-    );
-    await phase(ctx, `Normalize ${input.path}`, () =>
-      normalizeImage(input.path, { onProgress: ctx.progress }),
     );
     built = true;
   }
