@@ -21951,7 +21951,7 @@ async function contentDigest(path6) {
         const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
         for (let b = 0; b < bytesRead; b += BLOCK) {
           const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          if (block.every((x) => x === 0)) continue;
+          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
           offset.writeBigUInt64BE(BigInt(pos + b));
           hash2.update(offset);
           hash2.update(block);
@@ -21963,7 +21963,7 @@ async function contentDigest(path6) {
   }
   return hash2.digest("hex");
 }
-var SEEK_DATA, SEEK_HOLE, BLOCK, lseek;
+var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek;
 var init_sparse = __esm({
   "packages/core/src/fs/sparse.ts"() {
     "use strict";
@@ -21971,6 +21971,7 @@ var init_sparse = __esm({
     SEEK_DATA = 3;
     SEEK_HOLE = 4;
     BLOCK = 4096;
+    ZERO_BLOCK = Buffer.alloc(BLOCK);
   }
 });
 
@@ -22053,6 +22054,107 @@ var init_format = __esm({
     RO_BTREE_DIR = 4;
     INCOMPAT_EXT4 = 64 | 128 | 512 | 32768 | 65536 | 8192;
     RO_EXT4 = 8 | 16 | 32 | 64 | 1024;
+  }
+});
+
+// packages/core/src/lock/ofd.ts
+import { closeSync, constants as constants4, openSync } from "node:fs";
+function getFfi() {
+  if (ffi) return ffi;
+  const koffi = loadKoffi();
+  const libc2 = koffi.load("libc.so.6");
+  koffi.struct("ov_flock", {
+    l_type: "short",
+    l_whence: "short",
+    l_start: "int64",
+    l_len: "int64",
+    l_pid: "int"
+  });
+  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
+  ffi = { fcntl, errno: () => koffi.errno() };
+  return ffi;
+}
+function trySetLock(fd, type) {
+  const { fcntl, errno } = getFfi();
+  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
+  const e = errno();
+  if (e === EAGAIN || e === EACCES) return false;
+  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
+}
+async function acquireLock(path6, mode, opts = {}) {
+  let fd;
+  try {
+    fd = openSync(path6, mode === "exclusive" ? constants4.O_RDWR : constants4.O_RDONLY);
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1e3;
+  try {
+    for (; ; ) {
+      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
+      if (Date.now() >= deadline) {
+        throw new OverlayError(
+          "E_LOCKED",
+          `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
+          { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  let released = false;
+  return {
+    path: path6,
+    mode,
+    release() {
+      if (released) return;
+      released = true;
+      closeSync(fd);
+    }
+  };
+}
+async function withLock(path6, mode, fn, opts = {}) {
+  const lock = await acquireLock(path6, mode, opts);
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+function probeLock(path6) {
+  const attempt = (flags, type) => {
+    let fd;
+    try {
+      fd = openSync(path6, flags);
+    } catch (e) {
+      if (e.code === "EACCES") return null;
+      throw fromFsError(e, path6);
+    }
+    try {
+      return trySetLock(fd, type);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  if (attempt(constants4.O_RDONLY, F_RDLCK) === false) return "write";
+  if (attempt(constants4.O_RDWR, F_WRLCK) === false) return "read";
+  return "free";
+}
+var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi;
+var init_ofd = __esm({
+  "packages/core/src/lock/ofd.ts"() {
+    "use strict";
+    init_errors();
+    init_native();
+    F_OFD_SETLK = 37;
+    F_RDLCK = 0;
+    F_WRLCK = 1;
+    EAGAIN = 11;
+    EACCES = 13;
   }
 });
 
@@ -23968,7 +24070,7 @@ var init_core = __esm({
 });
 
 // node_modules/human-signals/build/src/signals.js
-import { constants as constants4 } from "node:os";
+import { constants as constants5 } from "node:os";
 var getSignals, normalizeSignal;
 var init_signals = __esm({
   "node_modules/human-signals/build/src/signals.js"() {
@@ -23989,7 +24091,7 @@ var init_signals = __esm({
     }) => {
       const {
         signals: { [name]: constantSignal }
-      } = constants4;
+      } = constants5;
       const supported = constantSignal !== void 0;
       const number4 = supported ? constantSignal : defaultNumber;
       return { name, number: number4, description, supported, action, forced, standard };
@@ -23998,7 +24100,7 @@ var init_signals = __esm({
 });
 
 // node_modules/human-signals/build/src/main.js
-import { constants as constants5 } from "node:os";
+import { constants as constants6 } from "node:os";
 var getSignalsByName, getSignalByName, signalsByName, getSignalsByNumber, getSignalByNumber, findSignalByNumber, signalsByNumber;
 var init_main = __esm({
   "node_modules/human-signals/build/src/main.js"() {
@@ -24046,7 +24148,7 @@ var init_main = __esm({
       };
     };
     findSignalByNumber = (number4, signals2) => {
-      const signal = signals2.find(({ name }) => constants5.signals[name] === number4);
+      const signal = signals2.find(({ name }) => constants6.signals[name] === number4);
       if (signal !== void 0) {
         return signal;
       }
@@ -24057,7 +24159,7 @@ var init_main = __esm({
 });
 
 // node_modules/execa/lib/terminate/signal.js
-import { constants as constants6 } from "node:os";
+import { constants as constants7 } from "node:os";
 var normalizeKillSignal, normalizeSignalArgument, normalizeSignal2, normalizeSignalInteger, getSignalsIntegerToName, signalsIntegerToName, normalizeSignalName, getAvailableSignals, getAvailableSignalNames, getAvailableSignalIntegers, getSignalDescription;
 var init_signal = __esm({
   "node_modules/execa/lib/terminate/signal.js"() {
@@ -24087,13 +24189,13 @@ ${getAvailableSignals()}`);
       throw new TypeError(`Invalid ${optionName} ${signalInteger}: this signal integer does not exist.
 ${getAvailableSignals()}`);
     };
-    getSignalsIntegerToName = () => new Map(Object.entries(constants6.signals).reverse().map(([signalName, signalInteger]) => [signalInteger, signalName]));
+    getSignalsIntegerToName = () => new Map(Object.entries(constants7.signals).reverse().map(([signalName, signalInteger]) => [signalInteger, signalName]));
     signalsIntegerToName = getSignalsIntegerToName();
     normalizeSignalName = (signalName, optionName) => {
-      if (signalName in constants6.signals) {
+      if (signalName in constants7.signals) {
         return signalName;
       }
-      if (signalName.toUpperCase() in constants6.signals) {
+      if (signalName.toUpperCase() in constants7.signals) {
         throw new TypeError(`Invalid ${optionName} '${signalName}': please rename it to '${signalName.toUpperCase()}'.`);
       }
       throw new TypeError(`Invalid ${optionName} '${signalName}': this signal name does not exist.
@@ -24101,8 +24203,8 @@ ${getAvailableSignals()}`);
     };
     getAvailableSignals = () => `Available signal names: ${getAvailableSignalNames()}.
 Available signal numbers: ${getAvailableSignalIntegers()}.`;
-    getAvailableSignalNames = () => Object.keys(constants6.signals).sort().map((signalName) => `'${signalName}'`).join(", ");
-    getAvailableSignalIntegers = () => [...new Set(Object.values(constants6.signals).sort((signalInteger, signalIntegerTwo) => signalInteger - signalIntegerTwo))].join(", ");
+    getAvailableSignalNames = () => Object.keys(constants7.signals).sort().map((signalName) => `'${signalName}'`).join(", ");
+    getAvailableSignalIntegers = () => [...new Set(Object.values(constants7.signals).sort((signalInteger, signalIntegerTwo) => signalInteger - signalIntegerTwo))].join(", ");
     getSignalDescription = (signal) => signalsByName[signal].description;
   }
 });
@@ -30308,7 +30410,7 @@ var init_execa = __esm({
 });
 
 // packages/core/src/tools/run.ts
-import { accessSync, constants as constants7 } from "node:fs";
+import { accessSync, constants as constants8 } from "node:fs";
 import { delimiter, join as join3 } from "node:path";
 function findTool(name, env = process.env) {
   const key = `${name}\0${env.PATH ?? ""}`;
@@ -30317,7 +30419,7 @@ function findTool(name, env = process.env) {
   let found = null;
   for (const dir of dirs) {
     try {
-      accessSync(join3(dir, name), constants7.X_OK);
+      accessSync(join3(dir, name), constants8.X_OK);
       found = join3(dir, name);
       break;
     } catch {
@@ -30459,137 +30561,6 @@ var init_run = __esm({
   }
 });
 
-// packages/core/src/image/superblock.ts
-function parseDumpe2fs(text) {
-  const field = (name) => {
-    const m = new RegExp(`^${name}:\\s*(.*)$`, "m").exec(text);
-    return m ? m[1].trim() : "";
-  };
-  const num = (name) => Number(field(name) || 0);
-  return {
-    uuid: field("Filesystem UUID"),
-    state: field("Filesystem state"),
-    blockCount: num("Block count"),
-    freeBlocks: num("Free blocks"),
-    reservedBlocks: num("Reserved block count"),
-    blockSize: num("Block size"),
-    inodeCount: num("Inode count"),
-    freeInodes: num("Free inodes"),
-    features: field("Filesystem features").split(/\s+/).filter(Boolean)
-  };
-}
-async function readSuperblock(path6) {
-  const { stdout } = await runTool("dumpe2fs", ["-h", path6], { timeoutSeconds: 60 });
-  return parseDumpe2fs(stdout);
-}
-var init_superblock = __esm({
-  "packages/core/src/image/superblock.ts"() {
-    "use strict";
-    init_run();
-  }
-});
-
-// packages/core/src/lock/ofd.ts
-import { closeSync, constants as constants8, openSync } from "node:fs";
-function getFfi() {
-  if (ffi) return ffi;
-  const koffi = loadKoffi();
-  const libc2 = koffi.load("libc.so.6");
-  koffi.struct("ov_flock", {
-    l_type: "short",
-    l_whence: "short",
-    l_start: "int64",
-    l_len: "int64",
-    l_pid: "int"
-  });
-  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
-  ffi = { fcntl, errno: () => koffi.errno() };
-  return ffi;
-}
-function trySetLock(fd, type) {
-  const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
-  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
-  const e = errno();
-  if (e === EAGAIN || e === EACCES) return false;
-  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
-}
-async function acquireLock(path6, mode, opts = {}) {
-  let fd;
-  try {
-    fd = openSync(path6, mode === "exclusive" ? constants8.O_RDWR : constants8.O_RDONLY);
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1e3;
-  try {
-    for (; ; ) {
-      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
-      if (Date.now() >= deadline) {
-        throw new OverlayError(
-          "E_LOCKED",
-          `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
-          { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
-        );
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  } catch (e) {
-    closeSync(fd);
-    throw e;
-  }
-  let released = false;
-  return {
-    path: path6,
-    mode,
-    release() {
-      if (released) return;
-      released = true;
-      closeSync(fd);
-    }
-  };
-}
-async function withLock(path6, mode, fn, opts = {}) {
-  const lock = await acquireLock(path6, mode, opts);
-  try {
-    return await fn();
-  } finally {
-    lock.release();
-  }
-}
-function probeLock(path6) {
-  const attempt = (flags, type) => {
-    let fd;
-    try {
-      fd = openSync(path6, flags);
-    } catch (e) {
-      if (e.code === "EACCES") return null;
-      throw fromFsError(e, path6);
-    }
-    try {
-      return trySetLock(fd, type);
-    } finally {
-      closeSync(fd);
-    }
-  };
-  if (attempt(constants8.O_RDONLY, F_RDLCK) === false) return "write";
-  if (attempt(constants8.O_RDWR, F_WRLCK) === false) return "read";
-  return "free";
-}
-var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi;
-var init_ofd = __esm({
-  "packages/core/src/lock/ofd.ts"() {
-    "use strict";
-    init_errors();
-    init_native();
-    F_OFD_SETLK = 37;
-    F_RDLCK = 0;
-    F_WRLCK = 1;
-    EAGAIN = 11;
-    EACCES = 13;
-  }
-});
-
 // packages/core/src/cache/pack.ts
 import { mkdir as mkdir2, readFile, rename as rename2, rm as rm2, stat as stat3, writeFile as writeFile2 } from "node:fs/promises";
 import { basename as basename3, dirname as dirname4, join as join4, resolve as resolve3 } from "node:path";
@@ -30604,16 +30575,12 @@ async function packImage(imagePath, archivePath) {
   const lock = await acquireLock(image, "shared");
   const stage = tempPathFor(archive);
   try {
-    const [sb, sha256, tools] = await Promise.all([
-      readSuperblock(image),
-      contentDigest(image),
-      toolVersions()
-    ]);
+    const [head, sha256, tools] = await Promise.all([readHead(image), contentDigest(image), toolVersions()]);
     const manifest = {
       formatVersion: CACHE_FORMAT_VERSION,
       imageName: basename3(image),
       sizeBytes: (await stat3(image)).size,
-      fsUuid: sb.uuid,
+      fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : "",
       sha256,
       tools,
       created: (/* @__PURE__ */ new Date()).toISOString()
@@ -30696,7 +30663,8 @@ async function unpackImage(archivePath, targetPath) {
       return { ok: false, reason: "content digest mismatch" };
     }
     const fsck = await runTool("e2fsck", ["-fn", restored], {
-      okExitCodes: [1, 2, 4, 8],
+      okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
+      // any verdict is a verdict (12 = aborted)
       timeoutSeconds: 1800
     });
     if (fsck.exitCode !== 0)
@@ -30712,7 +30680,7 @@ async function unpackImage(archivePath, targetPath) {
     await rm2(stage, { recursive: true, force: true });
   }
 }
-var CACHE_FORMAT_VERSION, MANIFEST, IMAGE_MEMBER, ZSTD_ENV;
+var formatUuid, CACHE_FORMAT_VERSION, MANIFEST, IMAGE_MEMBER, ZSTD_ENV;
 var init_pack = __esm({
   "packages/core/src/cache/pack.ts"() {
     "use strict";
@@ -30720,9 +30688,9 @@ var init_pack = __esm({
     init_atomic();
     init_sparse();
     init_format();
-    init_superblock();
     init_ofd();
     init_run();
+    formatUuid = (b) => b.toString("hex").replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, "$1-$2-$3-$4-$5");
     CACHE_FORMAT_VERSION = 1;
     MANIFEST = "manifest.json";
     IMAGE_MEMBER = "image.img";
@@ -30898,20 +30866,20 @@ var init_local_store = __esm({
             if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: "partial" });
         }
         const warnings = [];
-        const tried = /* @__PURE__ */ new Set();
-        for (const { entry, outcome } of candidates) {
-          if (tried.has(entry.archive)) continue;
-          tried.add(entry.archive);
-          const r = await unpackImage(entry.archive, target);
+        const rejected = [];
+        const best = candidates[0];
+        if (best) {
+          const r = await unpackImage(best.entry.archive, target);
           if (r.ok) {
             const now = /* @__PURE__ */ new Date();
-            await utimes(entry.meta, now, now).catch(() => {
+            await utimes(best.entry.meta, now, now).catch(() => {
             });
-            return { outcome, matchedKey: entry.key, sha256: r.manifest.sha256, warnings };
+            return { outcome: best.outcome, matchedKey: best.entry.key, sha256: r.manifest.sha256, warnings };
           }
-          warnings.push(`cache entry ${entry.key} not usable: ${r.reason}`);
+          warnings.push(`cache entry ${best.entry.key} not usable: ${r.reason}`);
+          rejected.push({ key: best.entry.key, reason: r.reason });
         }
-        return { outcome: "miss", warnings };
+        return { outcome: "miss", warnings, rejected };
       }
       /** Delete least recently used entries until the store holds at most `maxBytes`. */
       async prune(maxBytes) {
@@ -31083,6 +31051,36 @@ var init_debugfs = __esm({
   "packages/core/src/image/debugfs.ts"() {
     "use strict";
     init_errors();
+    init_run();
+  }
+});
+
+// packages/core/src/image/superblock.ts
+function parseDumpe2fs(text) {
+  const field = (name) => {
+    const m = new RegExp(`^${name}:\\s*(.*)$`, "m").exec(text);
+    return m ? m[1].trim() : "";
+  };
+  const num = (name) => Number(field(name) || 0);
+  return {
+    uuid: field("Filesystem UUID"),
+    state: field("Filesystem state"),
+    blockCount: num("Block count"),
+    freeBlocks: num("Free blocks"),
+    reservedBlocks: num("Reserved block count"),
+    blockSize: num("Block size"),
+    inodeCount: num("Inode count"),
+    freeInodes: num("Free inodes"),
+    features: field("Filesystem features").split(/\s+/).filter(Boolean)
+  };
+}
+async function readSuperblock(path6) {
+  const { stdout } = await runTool("dumpe2fs", ["-h", path6], { timeoutSeconds: 60 });
+  return parseDumpe2fs(stdout);
+}
+var init_superblock = __esm({
+  "packages/core/src/image/superblock.ts"() {
+    "use strict";
     init_run();
   }
 });
@@ -53499,6 +53497,9 @@ async function setupOverlay(input2, ctx) {
     );
     outcome = restored.outcome;
     matchedKey = restored.matchedKey ?? "";
+    for (const w of restored.warnings) ctx.warn(w);
+    const bad = restored.rejected?.[0];
+    if (outcome === "miss" && bad) discarded = { key: bad.key, status: "corrupt", problems: [bad.reason] };
     ctx.info(
       outcome === "miss" ? `cache miss for ${primary}` : `cache ${outcome === "hit" ? "hit" : "partial hit"}: restored ${matchedKey} to ${input2.path}`
     );

@@ -16,9 +16,14 @@ import {
  */
 export class GitHubCacheStore implements CacheStore {
   readonly kind = 'github';
-  private readonly dir = join(process.env.RUNNER_TEMP || '/tmp', 'overlay-action-cache');
+  // @actions/cache versions an entry by the path strings it is given: a path relative to the
+  // workspace is the same on every runner (RUNNER_TEMP is not), so save and restore always agree.
+  private readonly relative = '.overlay-action-cache/overlay-image.tar.zst';
+  private get dir() {
+    return join(process.env.GITHUB_WORKSPACE || process.cwd(), '.overlay-action-cache');
+  }
   private get archive() {
-    return join(this.dir, 'overlay-image.tar.zst');
+    return join(process.env.GITHUB_WORKSPACE || process.cwd(), this.relative);
   }
 
   async restore(keys: { primary: string; restoreKeys: string[] }, target: string): Promise<RestoreResult> {
@@ -27,15 +32,21 @@ export class GitHubCacheStore implements CacheStore {
     const warnings: string[] = [];
     let matched: string | undefined;
     try {
-      matched = await cache.restoreCache([this.archive], keys.primary, keys.restoreKeys);
+      matched = await cache.restoreCache([this.relative], keys.primary, keys.restoreKeys);
     } catch (e) {
       warnings.push(`cache restore failed: ${(e as Error).message}`);
     }
     if (!matched) return { outcome: 'miss', warnings };
     const r = await unpackImage(this.archive, target);
-    await rm(this.archive, { force: true });
-    if (!r.ok)
-      return { outcome: 'miss', warnings: [...warnings, `cache entry ${matched} not usable: ${r.reason}`] };
+    await rm(this.dir, { recursive: true, force: true });
+    if (!r.ok) {
+      const reason = `cache entry ${matched} not usable: ${r.reason}`;
+      return {
+        outcome: 'miss',
+        warnings: [...warnings, reason],
+        rejected: [{ key: matched, reason: r.reason }],
+      };
+    }
     return {
       outcome: matched === keys.primary ? 'hit' : 'partial',
       matchedKey: matched,
@@ -51,13 +62,13 @@ export class GitHubCacheStore implements CacheStore {
       await packImage(image, this.archive);
       const bytes = (await stat(this.archive)).size;
       // -1: the entry exists or is being written by another job (entries are immutable)
-      const id = await cache.saveCache([this.archive], key);
+      const id = await cache.saveCache([this.relative], key);
       return id === -1 ? { saved: false, key, reason: 'exists' } : { saved: true, key, bytes };
     } catch (e) {
       if (e instanceof cache.ReserveCacheError) return { saved: false, key, reason: 'exists' };
       throw e;
     } finally {
-      await rm(this.archive, { force: true });
+      await rm(this.dir, { recursive: true, force: true });
     }
   }
 }

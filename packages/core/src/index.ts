@@ -39,7 +39,7 @@ export * from './tasks/index';
 export * from './tasks/info';
 export * from './tasks/lock';
 export * from './tasks/normalize';
-export * from './tasks/setup';
 export * from './tasks/resize';
+export * from './tasks/setup';
 export * from './tools/native';
 export * from './tools/run';

@@ -130,19 +130,21 @@ export class LocalStore implements CacheStore {
         if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: 'partial' });
     }
     const warnings: string[] = [];
-    const tried = new Set<string>();
-    for (const { entry, outcome } of candidates) {
-      if (tried.has(entry.archive)) continue;
-      tried.add(entry.archive);
-      const r = await unpackImage(entry.archive, target);
+    const rejected: Array<{ key: string; reason: string }> = [];
+    // like the Actions cache, the best match is the answer: an unusable entry is a miss (no
+    // silent fallback to an older entry), reported so the caller can rebuild and overwrite it
+    const best = candidates[0];
+    if (best) {
+      const r = await unpackImage(best.entry.archive, target);
       if (r.ok) {
         const now = new Date();
-        await utimes(entry.meta, now, now).catch(() => {}); // least-recently-used bookkeeping
-        return { outcome, matchedKey: entry.key, sha256: r.manifest.sha256, warnings };
+        await utimes(best.entry.meta, now, now).catch(() => {}); // least-recently-used bookkeeping
+        return { outcome: best.outcome, matchedKey: best.entry.key, sha256: r.manifest.sha256, warnings };
       }
-      warnings.push(`cache entry ${entry.key} not usable: ${r.reason}`);
+      warnings.push(`cache entry ${best.entry.key} not usable: ${r.reason}`);
+      rejected.push({ key: best.entry.key, reason: r.reason });
     }
-    return { outcome: 'miss', warnings };
+    return { outcome: 'miss', warnings, rejected };
   }
 
   /** Delete least recently used entries until the store holds at most `maxBytes`. */

@@ -3,8 +3,11 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
 import { contentDigest } from '../fs/sparse';
-import { requireExt3 } from '../image/format';
-import { readSuperblock } from '../image/superblock';
+import { readHead, requireExt3 } from '../image/format';
+
+const formatUuid = (b: Buffer) =>
+  b.toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
+
 import { acquireLock, type Lock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 
@@ -45,16 +48,13 @@ export async function packImage(imagePath: string, archivePath: string): Promise
   const lock = await acquireLock(image, 'shared'); // no writer while we read
   const stage = tempPathFor(archive);
   try {
-    const [sb, sha256, tools] = await Promise.all([
-      readSuperblock(image),
-      contentDigest(image),
-      toolVersions(),
-    ]);
+    // the UUID straight from the superblock bytes: a damaged journal must not stop a save
+    const [head, sha256, tools] = await Promise.all([readHead(image), contentDigest(image), toolVersions()]);
     const manifest: CacheManifest = {
       formatVersion: CACHE_FORMAT_VERSION,
       imageName: basename(image),
       sizeBytes: (await stat(image)).size,
-      fsUuid: sb.uuid,
+      fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : '',
       sha256,
       tools,
       created: new Date().toISOString(),
@@ -150,7 +150,7 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
       return { ok: false, reason: 'content digest mismatch' };
     }
     const fsck = await runTool('e2fsck', ['-fn', restored], {
-      okExitCodes: [1, 2, 4, 8],
+      okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1), // any verdict is a verdict (12 = aborted)
       timeoutSeconds: 1800,
     });
     if (fsck.exitCode !== 0)

@@ -8,6 +8,8 @@ export interface RestoreResult {
   sha256?: string;
   /** Why a candidate was not usable (corrupt, foreign, truncated). */
   warnings: string[];
+  /** Entries that matched but failed verification (the caller may report them as corrupt). */
+  rejected?: Array<{ key: string; reason: string }>;
 }
 
 export interface SaveResult {

@@ -5,6 +5,7 @@ import { nativeLibc } from '../tools/native';
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
 let lseek: ((fd: number, offset: bigint | number, whence: number) => bigint | number) | undefined;
 
@@ -48,7 +49,7 @@ export async function contentDigest(path: string): Promise<string> {
         const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
         for (let b = 0; b < bytesRead; b += BLOCK) {
           const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          if (block.every((x) => x === 0)) continue;
+          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue; // memcmp
           offset.writeBigUInt64BE(BigInt(pos + b));
           hash.update(offset);
           hash.update(block);

@@ -187,6 +187,9 @@ export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promis
     );
     outcome = restored.outcome;
     matchedKey = restored.matchedKey ?? '';
+    for (const w of restored.warnings) ctx.warn(w);
+    const bad = restored.rejected?.[0];
+    if (outcome === 'miss' && bad) discarded = { key: bad.key, status: 'corrupt', problems: [bad.reason] };
     ctx.info(
       outcome === 'miss'
         ? `cache miss for ${primary}`
