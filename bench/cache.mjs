@@ -26,9 +26,17 @@ try {
     for (let i = 0; i < FILES; i++) {
       const d = join(mnt, 'upper/opt/env/lib', `pkg${i % 500}`);
       if (i < 500) mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, `f${i}.py`), `# ${i}\n${'value = "some python source"\n'.repeat(100 + (i % 300))}`);
+      writeFileSync(
+        join(d, `f${i}.py`),
+        `# ${i}\n${'value = "some python source"\n'.repeat(100 + (i % 300))}`,
+      );
     }
-    run('dd', ['if=/dev/urandom', `of=${join(mnt, 'upper/opt/env/lib/blob.so')}`, 'bs=1M', `count=${BIG_MIB}`]);
+    run('dd', [
+      'if=/dev/urandom',
+      `of=${join(mnt, 'upper/opt/env/lib/blob.so')}`,
+      'bs=1M',
+      `count=${BIG_MIB}`,
+    ]);
     run('cp', ['-a', join(mnt, 'upper/opt/env'), join(dir, 'tree')]);
   } finally {
     run('umount', [mnt]);
@@ -40,25 +48,40 @@ try {
     const s = timed(save);
     const r = timed(restore);
     const alloc = restored ? statSync(restored).blocks * 512 : NaN;
-    rows.push({ method: name, save_s: s.toFixed(2), restore_s: r.toFixed(2), total_s: (s + r).toFixed(2), restored_alloc_mib: (alloc / 2 ** 20).toFixed(0) });
+    rows.push({
+      method: name,
+      save_s: s.toFixed(2),
+      restore_s: r.toFixed(2),
+      total_s: (s + r).toFixed(2),
+      restored_alloc_mib: (alloc / 2 ** 20).toFixed(0),
+    });
     return s + r;
   };
   const tRaw = measure(
     '(a) tar|zstd raw image',
     () => tar(['--zstd', '-cf', out('raw.tar.zst'), '-C', dir, 'env.img']),
-    () => { mkdirSync(out('raw-x')); tar(['--zstd', '-xf', out('raw.tar.zst'), '-C', out('raw-x')]); },
+    () => {
+      mkdirSync(out('raw-x'));
+      tar(['--zstd', '-xf', out('raw.tar.zst'), '-C', out('raw-x')]);
+    },
     join(out('raw-x'), 'env.img'),
   );
   rmSync(out('raw-x'), { recursive: true });
   const tTree = measure(
     '(b) tar|zstd directory tree',
     () => tar(['--zstd', '-cf', out('tree.tar.zst'), '-C', dir, 'tree']),
-    () => { mkdirSync(out('tree-x')); tar(['--zstd', '-xf', out('tree.tar.zst'), '-C', out('tree-x')]); },
+    () => {
+      mkdirSync(out('tree-x'));
+      tar(['--zstd', '-xf', out('tree.tar.zst'), '-C', out('tree-x')]);
+    },
   );
   const tFloor = measure(
     '(c) tar --sparse|zstd (floor)',
     () => tar(['--sparse', '--zstd', '-cf', out('sparse.tar.zst'), '-C', dir, 'env.img']),
-    () => { mkdirSync(out('sp-x')); tar(['--sparse', '--zstd', '-xf', out('sparse.tar.zst'), '-C', out('sp-x')]); },
+    () => {
+      mkdirSync(out('sp-x'));
+      tar(['--sparse', '--zstd', '-xf', out('sparse.tar.zst'), '-C', out('sp-x')]);
+    },
     join(out('sp-x'), 'env.img'),
   );
   const tOurs = measure(
@@ -72,7 +95,9 @@ try {
   const allocRatio = (statSync(out('restored.img')).blocks * 512) / used;
   console.log(`vs (a) raw image:      ${(tRaw / tOurs).toFixed(1)}x faster (target >= 20x)`);
   console.log(`vs (b) directory tree: ${(tTree / tOurs).toFixed(1)}x faster (target >= 2x)`);
-  console.log(`vs (c) floor:          ${(tOurs / tFloor).toFixed(2)}x the floor, verification included (target <= 1.5x)`);
+  console.log(
+    `vs (c) floor:          ${(tOurs / tFloor).toFixed(2)}x the floor, verification included (target <= 1.5x)`,
+  );
   console.log(`restored allocation:   ${allocRatio.toFixed(2)}x the bytes in use (target <= 1.1x)`);
 } finally {
   rmSync(dir, { recursive: true, force: true });
