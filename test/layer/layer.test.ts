@@ -155,11 +155,19 @@ describe('portable overlays (fakeroot writer through fuse-overlayfs)', () => {
     const roBefore = await view('user', [`${img}:ro`], true);
     expect(roBefore).not.toContain("can't open '/etc/group'");
 
+    // info and check find the markers a nightly check should report
+    const info = JSON.parse((await runAs(user, [CLI, 'info', img, '--json'])).stdout);
+    expect(info.nonPortableMarkers.count).toBeGreaterThan(0);
+    const check = JSON.parse((await runAs(user, [CLI, 'check', img, '--json'])).stdout);
+    expect(check.images[0].warnings.join(' ')).toMatch(/non-portable/);
+
     const n = await runAs(user, [CLI, 'normalize', img, '--base', base, '--json']);
     expect(n.exitCode, n.stderr).toBe(0);
     expect(JSON.parse(n.stdout).changed).toBe(true);
     const again = await runAs(user, [CLI, 'normalize', img, '--base', base, '--json']);
     expect(JSON.parse(again.stdout).changed).toBe(false); // idempotent
+    const after = JSON.parse((await runAs(user, [CLI, 'info', img, '--json'])).stdout);
+    expect(after.nonPortableMarkers.count).toBe(0);
 
     const deleted = (v: string) => v.includes("can't open '/etc/group'");
     const newOnly = (v: string) => /^c$/m.test(v) && !/^\/etc\/lowerdir\/a /m.test(v);
@@ -193,5 +201,42 @@ describe('portable overlays (fakeroot writer through fuse-overlayfs)', () => {
       expect(v).not.toMatch(/^\/etc\/lowerdir\/a /m);
     }
     rmSync(udir, { recursive: true, force: true });
+  });
+});
+
+describe('squash', () => {
+  it('a merged layer shows what the stack showed, with deletions applied', async () => {
+    const img = join(dir, 'sq.img');
+    await execa(CLI, ['create', img, '--size', '64']);
+    await execa('apptainer', [
+      'exec',
+      '--overlay',
+      img,
+      base,
+      'sh',
+      '-c',
+      'mkdir -p /opt/s && echo 1 > /opt/s/a && echo 2 > /opt/s/b',
+    ]);
+    const l1 = join(dir, 'sq1.sqf');
+    await execa(CLI, ['commit', img, '--output', l1, '--reset', '--base', base]);
+    await execa('apptainer', [
+      'exec',
+      '--overlay',
+      `${l1}:ro`,
+      '--overlay',
+      img,
+      base,
+      'sh',
+      '-c',
+      'rm /opt/s/a /etc/group && echo 3 > /opt/s/c',
+    ]);
+    const l2 = join(dir, 'sq2.sqf');
+    await execa(CLI, ['commit', img, '--output', l2, '--reset', '--base', base, '--layer', l1]);
+    const stacked = await view('root', [`${l1}:ro`, `${l2}:ro`]);
+    const merged = join(dir, 'merged.sqf');
+    const r = JSON.parse((await execa(CLI, ['squash', l1, l2, '--output', merged, '--json'])).stdout);
+    expect(r.layers).toBe(2);
+    expect(await view('root', [`${merged}:ro`])).toBe(stacked);
+    expect(stacked).toContain("can't open '/etc/group'");
   });
 });

@@ -11808,106 +11808,6 @@ var init_copy = __esm({
   }
 });
 
-// packages/core/src/image/check.ts
-import { mkdtemp, rm as rm4 } from "node:fs/promises";
-import { tmpdir as tmpdir2 } from "node:os";
-import { join as join7 } from "node:path";
-function summarize(output2) {
-  return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
-}
-async function fsckOnCopy(image) {
-  const dir = await mkdtemp(join7(tmpdir2(), "overlay-check-"));
-  const copy = join7(dir, "copy.img");
-  try {
-    let method = "metadata-copy";
-    try {
-      await runTool("e2image", ["-r", image, copy], { timeoutSeconds: 600 });
-    } catch (e) {
-      if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
-      method = "full-copy";
-      await rm4(copy, { force: true });
-      await runTool("cp", ["--sparse=always", image, copy], { timeoutSeconds: 1800 });
-    }
-    const r = await runTool("e2fsck", ["-fy", copy], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
-    return { exit: r.exitCode, output: `${r.stdout}
-${r.stderr}`, method };
-  } finally {
-    await rm4(dir, { recursive: true, force: true });
-  }
-}
-function statusFromExit(exit) {
-  if (exit === 0) return "clean";
-  if (exit === 1 || exit === 2 || exit === 4) return "corrupt";
-  return "error";
-}
-async function checkImage(path7, opts = {}) {
-  const started = Date.now();
-  const result = (r) => ({
-    path: path7,
-    problems: [],
-    e2fsckExit: null,
-    method: null,
-    warnings: [],
-    ...r,
-    seconds: Math.round((Date.now() - started) / 100) / 10
-  });
-  let lock;
-  try {
-    await removeStaleTemps(path7);
-    await requireExt3(path7);
-    try {
-      if (!opts.lockHeld) lock = await acquireLock(path7, opts.repair ? "exclusive" : "shared");
-    } catch (e) {
-      if (isOverlayError(e, "E_LOCKED"))
-        return result({ status: "locked", error: { code: e.code, message: e.message } });
-      throw e;
-    }
-    const first = await fsckOnCopy(path7);
-    const status = statusFromExit(first.exit);
-    const problems = summarize(first.output);
-    if (status !== "corrupt" || !opts.repair) {
-      return result({
-        status,
-        problems,
-        e2fsckExit: first.exit,
-        method: first.method,
-        error: status === "error" ? { code: "E_INTEGRITY", message: `e2fsck could not check the image (exit ${first.exit})` } : void 0
-      });
-    }
-    await replaceAtomically(path7, async (tmp) => {
-      await copyImageFile(path7, tmp);
-      await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      const again = await runTool("e2fsck", ["-fn", tmp], {
-        okExitCodes: [1, 2, 4, 8],
-        timeoutSeconds: 1800
-      });
-      if (again.exitCode !== 0) {
-        throw new OverlayError("E_INTEGRITY", `e2fsck could not repair ${path7} (exit ${again.exitCode})`);
-      }
-    });
-    return result({ status: "repaired", problems, e2fsckExit: first.exit, method: first.method });
-  } catch (e) {
-    const err = isOverlayError(e) ? e : new OverlayError("E_TOOL_FAILED", e.message);
-    const status = err.code === "E_INTEGRITY" ? "corrupt" : "error";
-    return result({ status, error: { code: err.code, message: err.message } });
-  } finally {
-    lock?.release();
-  }
-}
-var PROBLEM_LINE;
-var init_check = __esm({
-  "packages/core/src/image/check.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_ofd();
-    init_run();
-    init_copy();
-    init_format();
-    PROBLEM_LINE = /(error|illegal|invalid|wrong|differences|unattached|deleted|bad|corrupt|fix|clear|count|inode \d+)/i;
-  }
-});
-
 // packages/core/src/image/debugfs.ts
 function debugfsQuote(path7) {
   if (/["\n\r\0]/.test(path7))
@@ -11942,199 +11842,6 @@ var init_debugfs = __esm({
   }
 });
 
-// packages/core/src/image/superblock.ts
-function parseDumpe2fs(text) {
-  const field = (name) => {
-    const m = new RegExp(`^${name}:\\s*(.*)$`, "m").exec(text);
-    return m ? m[1].trim() : "";
-  };
-  const num = (name) => Number(field(name) || 0);
-  return {
-    uuid: field("Filesystem UUID"),
-    state: field("Filesystem state"),
-    blockCount: num("Block count"),
-    freeBlocks: num("Free blocks"),
-    reservedBlocks: num("Reserved block count"),
-    blockSize: num("Block size"),
-    inodeCount: num("Inode count"),
-    freeInodes: num("Free inodes"),
-    features: field("Filesystem features").split(/\s+/).filter(Boolean)
-  };
-}
-async function readSuperblock(path7) {
-  const { stdout } = await runTool("dumpe2fs", ["-h", path7], { timeoutSeconds: 60 });
-  return parseDumpe2fs(stdout);
-}
-var init_superblock = __esm({
-  "packages/core/src/image/superblock.ts"() {
-    "use strict";
-    init_run();
-  }
-});
-
-// packages/core/src/image/info.ts
-import { promises as fsp3 } from "node:fs";
-async function imageInfo(path7) {
-  await removeStaleTemps(path7);
-  const st = await fsp3.stat(path7).catch((e) => {
-    throw fromFsError(e, path7);
-  });
-  const { format: format2, ext } = await detectFormat(path7);
-  const base = {
-    path: path7,
-    format: format2,
-    sizeBytes: st.size,
-    allocatedBytes: st.blocks * 512,
-    sparse: st.blocks * 512 < st.size
-  };
-  if (format2 === "squashfs") {
-    const { stdout } = await runTool("unsquashfs", ["-s", path7], { timeoutSeconds: 60 });
-    const blockSize = Number(/Block size (\d+)/.exec(stdout)?.[1] ?? 0) || null;
-    const inodes = Number(/Number of inodes (\d+)/.exec(stdout)?.[1] ?? 0) || null;
-    return {
-      ...base,
-      blockSize,
-      usedBytes: st.size,
-      freeBytes: 0,
-      inodesTotal: inodes,
-      inodesUsed: inodes,
-      inodesUsedPercent: inodes ? 100 : null,
-      inodeRatio: null,
-      reservedPercent: null,
-      uuid: null,
-      clean: null,
-      apptainerCompatible: true,
-      // read-only layer (`--overlay x.sqf:ro`)
-      apptainerProblems: [],
-      upper: null
-    };
-  }
-  const sb = await readSuperblock(path7);
-  const problems = apptainerExt3Problems(ext);
-  const upper = await statInImage(path7, "/upper").catch(() => null);
-  const inodesUsed = sb.inodeCount - sb.freeInodes;
-  return {
-    ...base,
-    blockSize: sb.blockSize,
-    usedBytes: (sb.blockCount - sb.freeBlocks) * sb.blockSize,
-    freeBytes: sb.freeBlocks * sb.blockSize,
-    inodesTotal: sb.inodeCount,
-    inodesUsed,
-    inodesUsedPercent: sb.inodeCount ? Math.round(inodesUsed / sb.inodeCount * 1e4) / 100 : null,
-    inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
-    reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
-    uuid: sb.uuid || null,
-    clean: sb.state === "clean",
-    apptainerCompatible: problems.length === 0 && upper !== null,
-    apptainerProblems: upper === null ? [...problems, "no upper/ directory at the root"] : problems,
-    upper: upper ? { uid: upper.uid, gid: upper.gid } : null
-  };
-}
-var init_info2 = __esm({
-  "packages/core/src/image/info.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_run();
-    init_debugfs();
-    init_format();
-    init_superblock();
-  }
-});
-
-// packages/core/src/image/create.ts
-import { createWriteStream as createWriteStream2, promises as fsp4 } from "node:fs";
-import { dirname as dirname6 } from "node:path";
-import { pipeline } from "node:stream/promises";
-function currentOwner() {
-  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
-}
-function upperDirsFor(createDirs) {
-  const dirs = /* @__PURE__ */ new Set();
-  for (const dir of createDirs) {
-    const parts = dir.split("/").filter(Boolean);
-    for (let i2 = 1; i2 <= parts.length; i2++) dirs.add(`/upper/${parts.slice(0, i2).join("/")}`);
-  }
-  return [...dirs];
-}
-async function allocate(path7, size) {
-  try {
-    await runTool("fallocate", ["-l", String(size), path7], { timeoutSeconds: 600 });
-  } catch (e) {
-    if (e.code === "E_NO_SPACE") throw e;
-    const chunk = Buffer.alloc(4 * 1024 * 1024);
-    async function* zeros() {
-      for (let left = size; left > 0; left -= chunk.length)
-        yield left >= chunk.length ? chunk : chunk.subarray(0, left);
-    }
-    await pipeline(zeros(), createWriteStream2(path7, { flags: "r+" }));
-  }
-}
-async function createImage(opts) {
-  const parent = dirname6(opts.path);
-  const parentStat = await fsp4.stat(parent).catch((e) => {
-    throw fromFsError(e, parent);
-  });
-  if (!parentStat.isDirectory()) throw new OverlayError("E_NOT_FOUND", `${parent} is not a directory`);
-  const present = await exists(opts.path);
-  if (present && !opts.force) {
-    throw new OverlayError("E_EXISTS", `${opts.path} already exists`, { hint: "pass --force to replace it" });
-  }
-  const build2 = () => replaceAtomically(opts.path, async (tmp) => {
-    const { uid, gid } = opts.owner;
-    opts.onProgress?.(`${opts.sparse ? "sizing" : "allocating"} ${opts.sizeBytes} bytes`);
-    if (opts.sparse) await fsp4.truncate(tmp, opts.sizeBytes);
-    else await allocate(tmp, opts.sizeBytes);
-    const extended2 = [`root_owner=${uid}:${gid}`, ...opts.sparse ? [] : ["nodiscard"]];
-    opts.onProgress?.("mkfs.ext3");
-    await runTool("mkfs.ext3", [
-      "-F",
-      "-q",
-      "-b",
-      "4096",
-      "-I",
-      "256",
-      "-i",
-      String(opts.inodeRatio),
-      "-m",
-      String(opts.reservedPercent),
-      "-E",
-      extended2.join(","),
-      tmp
-    ]);
-    const dirs = ["/upper", "/work", ...upperDirsFor(opts.createDirs)];
-    const cmds = [];
-    for (const d of dirs) {
-      const q = debugfsQuote(d);
-      cmds.push(`mkdir ${q}`, `sif ${q} mode 040755`, `sif ${q} uid ${uid}`, `sif ${q} gid ${gid}`);
-    }
-    opts.onProgress?.("debugfs: upper/ work/");
-    await runDebugfs(tmp, cmds, { write: true });
-    await requireExt3(tmp);
-  });
-  if (present) await withLock(opts.path, "exclusive", build2);
-  else await build2();
-  return imageInfo(opts.path);
-}
-var PROFILES;
-var init_create2 = __esm({
-  "packages/core/src/image/create.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_ofd();
-    init_run();
-    init_debugfs();
-    init_format();
-    init_info2();
-    PROFILES = {
-      small: { inodeRatio: 4096, description: "4 KiB per inode: conda environments, Python site-packages" },
-      default: { inodeRatio: 16384, description: "16 KiB per inode: general applications" },
-      large: { inodeRatio: 1048576, description: "1 MiB per inode: reference genomes, databases" }
-    };
-  }
-});
-
 // packages/core/src/runtime/find.ts
 function findRuntime(env = process.env) {
   for (const name of ["apptainer", "singularity"]) {
@@ -12156,15 +11863,15 @@ var init_find = __esm({
 
 // packages/core/src/runtime/base.ts
 import { createHash as createHash5 } from "node:crypto";
-import { promises as fsp5 } from "node:fs";
+import { promises as fsp3 } from "node:fs";
 import { homedir as homedir3 } from "node:os";
-import { join as join9, resolve as resolve5 } from "node:path";
+import { join as join7, resolve as resolve5 } from "node:path";
 function isReference(base) {
   return /^[a-z][a-z0-9+.-]*:\/\//i.test(base);
 }
 function imageCacheDir(env = process.env) {
   if (env.OVERLAY_CACHE_DIR) return resolve5(env.OVERLAY_CACHE_DIR);
-  return join9(env.XDG_CACHE_HOME || join9(homedir3(), ".cache"), "overlay-action", "images");
+  return join7(env.XDG_CACHE_HOME || join7(homedir3(), ".cache"), "overlay-action", "images");
 }
 function baseCacheKey(reference) {
   return createHash5("sha256").update(reference).digest("hex");
@@ -12172,7 +11879,7 @@ function baseCacheKey(reference) {
 async function resolveBase(base, opts = {}) {
   if (!isReference(base)) {
     const path8 = resolve5(base);
-    const st = await fsp5.stat(path8).catch(() => null);
+    const st = await fsp3.stat(path8).catch(() => null);
     if (!st || !(st.isFile() || st.isDirectory())) {
       throw new OverlayError("E_NOT_FOUND", `base image ${base} does not exist`, {
         hint: "give a SIF file, a sandbox directory, or a reference such as docker://debian:bookworm-slim"
@@ -12187,10 +11894,10 @@ async function resolveBase(base, opts = {}) {
     });
   }
   const dir = opts.cacheDir ?? imageCacheDir();
-  const path7 = join9(dir, `${baseCacheKey(base)}.sif`);
+  const path7 = join7(dir, `${baseCacheKey(base)}.sif`);
   if (await exists(path7)) return { path: path7, reference: base, pulled: false };
   const runtime = findRuntime();
-  await fsp5.mkdir(dir, { recursive: true, mode: 448 });
+  await fsp3.mkdir(dir, { recursive: true, mode: 448 });
   opts.onProgress?.(`pulling ${base} into ${dir}`);
   await replaceAtomically(
     path7,
@@ -12207,7 +11914,7 @@ async function resolveBase(base, opts = {}) {
     },
     { precreate: false }
   );
-  await fsp5.writeFile(`${path7}.ref`, `${base}
+  await fsp3.writeFile(`${path7}.ref`, `${base}
 `).catch(() => {
   });
   return { path: path7, reference: base, pulled: true };
@@ -12225,9 +11932,9 @@ var init_base2 = __esm({
 });
 
 // packages/core/src/layer/lower.ts
-import { mkdtemp as mkdtemp3, readdir as readdir3, rm as rm6 } from "node:fs/promises";
-import { tmpdir as tmpdir4 } from "node:os";
-import { join as join10 } from "node:path";
+import { mkdtemp, readdir as readdir3, rm as rm4 } from "node:fs/promises";
+import { tmpdir as tmpdir2 } from "node:os";
+import { join as join8 } from "node:path";
 async function squashEntries(file2) {
   const { stdout } = await runTool("unsquashfs", ["-lln", file2], { timeoutSeconds: 600 });
   const out = [];
@@ -12242,19 +11949,19 @@ async function sifEntries(sif) {
   const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
   const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
   if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp3(join10(tmpdir4(), "overlay-sif-"));
+  const dir = await mkdtemp(join8(tmpdir2(), "overlay-sif-"));
   try {
-    const part = join10(dir, "rootfs.sqf");
+    const part = join8(dir, "rootfs.sqf");
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
     return await squashEntries(part);
   } finally {
-    await rm6(dir, { recursive: true, force: true });
+    await rm4(dir, { recursive: true, force: true });
   }
 }
 async function dirEntries(root) {
   const out = [];
   for (const e of await readdir3(root, { recursive: true, withFileTypes: true })) {
-    const rel = join10(e.parentPath, e.name).slice(root.length + 1);
+    const rel = join8(e.parentPath, e.name).slice(root.length + 1);
     out.push({ path: rel, whiteout: e.isCharacterDevice() });
   }
   return out;
@@ -12347,6 +12054,11 @@ var init_whiteouts = __esm({
 });
 
 // packages/core/src/layer/normalize.ts
+var normalize_exports = {};
+__export(normalize_exports, {
+  findNonPortableMarkers: () => findNonPortableMarkers,
+  normalizeImage: () => normalizeImage
+});
 function blocks(out) {
   return out.split(/^debugfs: .*$/m).slice(1);
 }
@@ -12368,7 +12080,7 @@ async function walkUpper(image) {
     level.forEach((dir, i2) => {
       const kids = [];
       for (const line of (out[i2] ?? "").split("\n")) {
-        const m = LS_LINE2.exec(line);
+        const m = LS_LINE.exec(line);
         if (!m || m[3] === "." || m[3] === ".." || m[1] === "0") continue;
         const node2 = {
           ino: Number(m[1]),
@@ -12480,6 +12192,11 @@ async function scan(image, lower) {
   }
   return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
 }
+async function findNonPortableMarkers(image) {
+  const { all } = await walkUpper(image);
+  const markers = all.filter((n2) => n2.name.startsWith(".wh."));
+  return { count: markers.length, examples: markers.slice(0, 5).map((n2) => `/upper/${n2.path}`) };
+}
 async function normalizeImage(image, opts = {}) {
   await requireExt3(image);
   const work = async () => {
@@ -12505,7 +12222,7 @@ async function normalizeImage(image, opts = {}) {
   };
   return opts.lockHeld ? work() : withLock(image, "exclusive", work);
 }
-var LS_LINE2, S_IFMT;
+var LS_LINE, S_IFMT;
 var init_normalize2 = __esm({
   "packages/core/src/layer/normalize.ts"() {
     "use strict";
@@ -12516,8 +12233,313 @@ var init_normalize2 = __esm({
     init_ofd();
     init_lower();
     init_whiteouts();
-    LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+    LS_LINE = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
     S_IFMT = 61440;
+  }
+});
+
+// packages/core/src/image/check.ts
+import { mkdtemp as mkdtemp2, rm as rm5 } from "node:fs/promises";
+import { tmpdir as tmpdir3 } from "node:os";
+import { join as join9 } from "node:path";
+function summarize(output2) {
+  return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
+}
+async function fsckOnCopy(image) {
+  const dir = await mkdtemp2(join9(tmpdir3(), "overlay-check-"));
+  const copy = join9(dir, "copy.img");
+  try {
+    let method = "metadata-copy";
+    try {
+      await runTool("e2image", ["-r", image, copy], { timeoutSeconds: 600 });
+    } catch (e) {
+      if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
+      method = "full-copy";
+      await rm5(copy, { force: true });
+      await runTool("cp", ["--sparse=always", image, copy], { timeoutSeconds: 1800 });
+    }
+    const r = await runTool("e2fsck", ["-fy", copy], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
+    return { exit: r.exitCode, output: `${r.stdout}
+${r.stderr}`, method };
+  } finally {
+    await rm5(dir, { recursive: true, force: true });
+  }
+}
+function statusFromExit(exit) {
+  if (exit === 0) return "clean";
+  if (exit === 1 || exit === 2 || exit === 4) return "corrupt";
+  return "error";
+}
+async function portabilityWarnings(path7) {
+  const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
+  const m = await findNonPortableMarkers2(path7).catch(() => ({ count: 0, examples: [] }));
+  return m.count ? [
+    `${m.count} non-portable deletion markers (e.g. ${m.examples.slice(0, 3).join(", ")}): read-only readers will see deleted files; run overlayctl normalize`
+  ] : [];
+}
+async function checkImage(path7, opts = {}) {
+  const started = Date.now();
+  const result = (r) => ({
+    path: path7,
+    problems: [],
+    e2fsckExit: null,
+    method: null,
+    warnings: [],
+    ...r,
+    seconds: Math.round((Date.now() - started) / 100) / 10
+  });
+  let lock;
+  try {
+    await removeStaleTemps(path7);
+    await requireExt3(path7);
+    try {
+      if (!opts.lockHeld) lock = await acquireLock(path7, opts.repair ? "exclusive" : "shared");
+    } catch (e) {
+      if (isOverlayError(e, "E_LOCKED"))
+        return result({ status: "locked", error: { code: e.code, message: e.message } });
+      throw e;
+    }
+    const first = await fsckOnCopy(path7);
+    const status = statusFromExit(first.exit);
+    const problems = summarize(first.output);
+    const warnings = status === "clean" ? await portabilityWarnings(path7) : [];
+    if (status !== "corrupt" || !opts.repair) {
+      return result({
+        warnings,
+        status,
+        problems,
+        e2fsckExit: first.exit,
+        method: first.method,
+        error: status === "error" ? { code: "E_INTEGRITY", message: `e2fsck could not check the image (exit ${first.exit})` } : void 0
+      });
+    }
+    await replaceAtomically(path7, async (tmp) => {
+      await copyImageFile(path7, tmp);
+      await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+      const again = await runTool("e2fsck", ["-fn", tmp], {
+        okExitCodes: [1, 2, 4, 8],
+        timeoutSeconds: 1800
+      });
+      if (again.exitCode !== 0) {
+        throw new OverlayError("E_INTEGRITY", `e2fsck could not repair ${path7} (exit ${again.exitCode})`);
+      }
+    });
+    return result({ status: "repaired", problems, e2fsckExit: first.exit, method: first.method });
+  } catch (e) {
+    const err = isOverlayError(e) ? e : new OverlayError("E_TOOL_FAILED", e.message);
+    const status = err.code === "E_INTEGRITY" ? "corrupt" : "error";
+    return result({ status, error: { code: err.code, message: err.message } });
+  } finally {
+    lock?.release();
+  }
+}
+var PROBLEM_LINE;
+var init_check = __esm({
+  "packages/core/src/image/check.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_ofd();
+    init_run();
+    init_copy();
+    init_format();
+    PROBLEM_LINE = /(error|illegal|invalid|wrong|differences|unattached|deleted|bad|corrupt|fix|clear|count|inode \d+)/i;
+  }
+});
+
+// packages/core/src/image/superblock.ts
+function parseDumpe2fs(text) {
+  const field = (name) => {
+    const m = new RegExp(`^${name}:\\s*(.*)$`, "m").exec(text);
+    return m ? m[1].trim() : "";
+  };
+  const num = (name) => Number(field(name) || 0);
+  return {
+    uuid: field("Filesystem UUID"),
+    state: field("Filesystem state"),
+    blockCount: num("Block count"),
+    freeBlocks: num("Free blocks"),
+    reservedBlocks: num("Reserved block count"),
+    blockSize: num("Block size"),
+    inodeCount: num("Inode count"),
+    freeInodes: num("Free inodes"),
+    features: field("Filesystem features").split(/\s+/).filter(Boolean)
+  };
+}
+async function readSuperblock(path7) {
+  const { stdout } = await runTool("dumpe2fs", ["-h", path7], { timeoutSeconds: 60 });
+  return parseDumpe2fs(stdout);
+}
+var init_superblock = __esm({
+  "packages/core/src/image/superblock.ts"() {
+    "use strict";
+    init_run();
+  }
+});
+
+// packages/core/src/image/info.ts
+import { promises as fsp4 } from "node:fs";
+async function imageInfo(path7) {
+  await removeStaleTemps(path7);
+  const st = await fsp4.stat(path7).catch((e) => {
+    throw fromFsError(e, path7);
+  });
+  const { format: format2, ext } = await detectFormat(path7);
+  const base = {
+    path: path7,
+    format: format2,
+    sizeBytes: st.size,
+    allocatedBytes: st.blocks * 512,
+    sparse: st.blocks * 512 < st.size
+  };
+  if (format2 === "squashfs") {
+    const { stdout } = await runTool("unsquashfs", ["-s", path7], { timeoutSeconds: 60 });
+    const blockSize = Number(/Block size (\d+)/.exec(stdout)?.[1] ?? 0) || null;
+    const inodes = Number(/Number of inodes (\d+)/.exec(stdout)?.[1] ?? 0) || null;
+    return {
+      ...base,
+      blockSize,
+      usedBytes: st.size,
+      freeBytes: 0,
+      inodesTotal: inodes,
+      inodesUsed: inodes,
+      inodesUsedPercent: inodes ? 100 : null,
+      inodeRatio: null,
+      reservedPercent: null,
+      uuid: null,
+      clean: null,
+      apptainerCompatible: true,
+      // read-only layer (`--overlay x.sqf:ro`)
+      apptainerProblems: [],
+      upper: null
+    };
+  }
+  const sb = await readSuperblock(path7);
+  const problems = apptainerExt3Problems(ext);
+  const upper = await statInImage(path7, "/upper").catch(() => null);
+  const inodesUsed = sb.inodeCount - sb.freeInodes;
+  const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
+  const nonPortableMarkers = upper ? await findNonPortableMarkers2(path7).catch(() => void 0) : void 0;
+  return {
+    ...base,
+    blockSize: sb.blockSize,
+    usedBytes: (sb.blockCount - sb.freeBlocks) * sb.blockSize,
+    freeBytes: sb.freeBlocks * sb.blockSize,
+    inodesTotal: sb.inodeCount,
+    inodesUsed,
+    inodesUsedPercent: sb.inodeCount ? Math.round(inodesUsed / sb.inodeCount * 1e4) / 100 : null,
+    inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
+    reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
+    uuid: sb.uuid || null,
+    clean: sb.state === "clean",
+    apptainerCompatible: problems.length === 0 && upper !== null,
+    apptainerProblems: upper === null ? [...problems, "no upper/ directory at the root"] : problems,
+    upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
+    nonPortableMarkers
+  };
+}
+var init_info2 = __esm({
+  "packages/core/src/image/info.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_run();
+    init_debugfs();
+    init_format();
+    init_superblock();
+  }
+});
+
+// packages/core/src/image/create.ts
+import { createWriteStream as createWriteStream2, promises as fsp5 } from "node:fs";
+import { dirname as dirname6 } from "node:path";
+import { pipeline } from "node:stream/promises";
+function currentOwner() {
+  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+}
+function upperDirsFor(createDirs) {
+  const dirs = /* @__PURE__ */ new Set();
+  for (const dir of createDirs) {
+    const parts = dir.split("/").filter(Boolean);
+    for (let i2 = 1; i2 <= parts.length; i2++) dirs.add(`/upper/${parts.slice(0, i2).join("/")}`);
+  }
+  return [...dirs];
+}
+async function allocate(path7, size) {
+  try {
+    await runTool("fallocate", ["-l", String(size), path7], { timeoutSeconds: 600 });
+  } catch (e) {
+    if (e.code === "E_NO_SPACE") throw e;
+    const chunk = Buffer.alloc(4 * 1024 * 1024);
+    async function* zeros() {
+      for (let left = size; left > 0; left -= chunk.length)
+        yield left >= chunk.length ? chunk : chunk.subarray(0, left);
+    }
+    await pipeline(zeros(), createWriteStream2(path7, { flags: "r+" }));
+  }
+}
+async function createImage(opts) {
+  const parent = dirname6(opts.path);
+  const parentStat = await fsp5.stat(parent).catch((e) => {
+    throw fromFsError(e, parent);
+  });
+  if (!parentStat.isDirectory()) throw new OverlayError("E_NOT_FOUND", `${parent} is not a directory`);
+  const present = await exists(opts.path);
+  if (present && !opts.force) {
+    throw new OverlayError("E_EXISTS", `${opts.path} already exists`, { hint: "pass --force to replace it" });
+  }
+  const build2 = () => replaceAtomically(opts.path, async (tmp) => {
+    const { uid, gid } = opts.owner;
+    opts.onProgress?.(`${opts.sparse ? "sizing" : "allocating"} ${opts.sizeBytes} bytes`);
+    if (opts.sparse) await fsp5.truncate(tmp, opts.sizeBytes);
+    else await allocate(tmp, opts.sizeBytes);
+    const extended2 = [`root_owner=${uid}:${gid}`, ...opts.sparse ? [] : ["nodiscard"]];
+    opts.onProgress?.("mkfs.ext3");
+    await runTool("mkfs.ext3", [
+      "-F",
+      "-q",
+      "-b",
+      "4096",
+      "-I",
+      "256",
+      "-i",
+      String(opts.inodeRatio),
+      "-m",
+      String(opts.reservedPercent),
+      "-E",
+      extended2.join(","),
+      tmp
+    ]);
+    const dirs = ["/upper", "/work", ...upperDirsFor(opts.createDirs)];
+    const cmds = [];
+    for (const d of dirs) {
+      const q = debugfsQuote(d);
+      cmds.push(`mkdir ${q}`, `sif ${q} mode 040755`, `sif ${q} uid ${uid}`, `sif ${q} gid ${gid}`);
+    }
+    opts.onProgress?.("debugfs: upper/ work/");
+    await runDebugfs(tmp, cmds, { write: true });
+    await requireExt3(tmp);
+  });
+  if (present) await withLock(opts.path, "exclusive", build2);
+  else await build2();
+  return imageInfo(opts.path);
+}
+var PROFILES;
+var init_create2 = __esm({
+  "packages/core/src/image/create.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_ofd();
+    init_run();
+    init_debugfs();
+    init_format();
+    init_info2();
+    PROFILES = {
+      small: { inodeRatio: 4096, description: "4 KiB per inode: conda environments, Python site-packages" },
+      default: { inodeRatio: 16384, description: "16 KiB per inode: general applications" },
+      large: { inodeRatio: 1048576, description: "1 MiB per inode: reference genomes, databases" }
+    };
   }
 });
 
@@ -12744,7 +12766,7 @@ __export(build_exports, {
 });
 import { promises as fsp6 } from "node:fs";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join12, resolve as resolve7 } from "node:path";
+import { join as join13, resolve as resolve7 } from "node:path";
 async function checkBuilt(path7) {
   const r = await checkImage(path7);
   return { status: r.status, problems: r.problems };
@@ -12768,8 +12790,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join12(tmpdir6(), "overlayctl-build-"));
-    scriptFile = join12(tempDir, "build.sh");
+    tempDir = await fsp6.mkdtemp(join13(tmpdir6(), "overlayctl-build-"));
+    scriptFile = join13(tempDir, "build.sh");
     await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -12919,7 +12941,7 @@ init_copy();
 init_debugfs();
 init_format();
 init_info2();
-var LS_LINE = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
 async function listInodesUnder(image, roots) {
   const seen = new Set(roots);
   let level = roots;
@@ -12930,7 +12952,7 @@ async function listInodesUnder(image, roots) {
     );
     const next = [];
     for (const line of out.split("\n")) {
-      const m = LS_LINE.exec(line);
+      const m = LS_LINE2.exec(line);
       if (!m) continue;
       const ino = Number(m[1]);
       const name = m[3];
@@ -13070,11 +13092,11 @@ import { join as join11 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
 init_run();
-import { mkdtemp as mkdtemp2, rm as rm5 } from "node:fs/promises";
-import { tmpdir as tmpdir3 } from "node:os";
-import { join as join8 } from "node:path";
+import { mkdtemp as mkdtemp3, rm as rm6 } from "node:fs/promises";
+import { tmpdir as tmpdir4 } from "node:os";
+import { join as join10 } from "node:path";
 async function withFuse2fs(image, mode, fn) {
-  const mnt = await mkdtemp2(join8(tmpdir3(), "overlay-mnt-"));
+  const mnt = await mkdtemp3(join10(tmpdir4(), "overlay-mnt-"));
   const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
   try {
     if (kernel) {
@@ -13085,7 +13107,7 @@ async function withFuse2fs(image, mode, fn) {
       await runTool("fuse2fs", ["-o", `${mode},fakeroot`, image, mnt], { timeoutSeconds: 120 });
     }
   } catch (e) {
-    await rm5(mnt, { recursive: true, force: true }).catch(() => {
+    await rm6(mnt, { recursive: true, force: true }).catch(() => {
     });
     throw e;
   }
@@ -13098,7 +13120,7 @@ async function withFuse2fs(image, mode, fn) {
       () => runTool(unmount, lazy2).catch(() => {
       })
     );
-    await rm5(mnt, { recursive: true, force: true }).catch(() => {
+    await rm6(mnt, { recursive: true, force: true }).catch(() => {
     });
   }
 }
@@ -13277,6 +13299,56 @@ async function commitLayer(o2) {
 // packages/core/src/index.ts
 init_lower();
 init_normalize2();
+
+// packages/core/src/layer/squash.ts
+init_atomic();
+init_run();
+import { lstat as lstat3, mkdtemp as mkdtemp5, rm as rm8 } from "node:fs/promises";
+import { dirname as dirname7, join as join12 } from "node:path";
+init_lower();
+async function squashLayers(layers, output2, opts) {
+  const started = Date.now();
+  const staging = await mkdtemp5(join12(dirname7(output2), ".squash-"));
+  let whiteouts = 0;
+  try {
+    for (const layer of layers) {
+      opts.onProgress?.(`applying ${layer}`);
+      for (const e of await squashEntries(layer)) {
+        const path7 = join12(staging, e.path);
+        const st = await lstat3(path7).catch(() => null);
+        if (st && (e.whiteout || st.isCharacterDevice())) await rm8(path7, { recursive: true, force: true });
+      }
+      await runTool("unsquashfs", ["-f", "-no-progress", "-d", staging, layer], { timeoutSeconds: 3600 });
+    }
+    for (const e of await squashEntriesOfDir(staging)) if (e) whiteouts++;
+    await replaceAtomically(output2, async (tmp) => {
+      await runTool("mksquashfs", [staging, tmp, "-noappend", "-no-progress", "-comp", opts.compression], {
+        onLine: opts.onProgress,
+        timeoutSeconds: 3600
+      });
+    });
+  } finally {
+    await rm8(staging, { recursive: true, force: true });
+  }
+  const { size } = await lstat3(output2);
+  return {
+    layer: output2,
+    bytes: size,
+    layers: layers.length,
+    whiteouts,
+    sha256: await sha256File(output2),
+    seconds: Math.round((Date.now() - started) / 100) / 10
+  };
+}
+async function squashEntriesOfDir(dir) {
+  const { readdir: readdir5 } = await import("node:fs/promises");
+  const out = [];
+  for (const e of await readdir5(dir, { recursive: true, withFileTypes: true }))
+    out.push(e.isCharacterDevice());
+  return out;
+}
+
+// packages/core/src/index.ts
 init_whiteouts();
 init_ofd();
 init_base2();
@@ -13287,7 +13359,7 @@ init_errors();
 init_atomic();
 init_create2();
 import { promises as fsp7 } from "node:fs";
-import { join as join13, resolve as resolve8 } from "node:path";
+import { join as join14, resolve as resolve8 } from "node:path";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -33071,7 +33143,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join13(dir, f))
+    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join14(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp7.readFile(file2, "utf8").catch(() => "");
@@ -33083,8 +33155,8 @@ async function hostMirror() {
 }
 var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log2) {
-  const sif = join13(dir, "base.sif");
-  const def = join13(dir, "base.def");
+  const sif = join14(dir, "base.sif");
+  const def = join14(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -33111,16 +33183,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve8(o2.dir);
-  await fsp7.mkdir(join13(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join13(dir, "apt/lists/partial"), { recursive: true });
+  await fsp7.mkdir(join14(dir, "apt/archives/partial"), { recursive: true });
+  await fsp7.mkdir(join14(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join13(dir, "env.img");
+  const image = join14(dir, "env.img");
   await fsp7.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join13(dir, "install.sh");
+  const script = join14(dir, "install.sh");
   await fsp7.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -33425,6 +33497,11 @@ function renderImageSummary(i2) {
       `  inodes ${i2.inodesUsed}/${i2.inodesTotal} (${i2.inodesUsedPercent}%), ${i2.inodeRatio ?? "-"} bytes/inode`
     );
   if (i2.upper) lines.push(`  upper/ owned by ${i2.upper.uid}:${i2.upper.gid}`);
+  if (i2.nonPortableMarkers?.count) {
+    lines.push(
+      `  warning: ${i2.nonPortableMarkers.count} non-portable deletion markers (run overlayctl normalize)`
+    );
+  }
   lines.push(
     `  apptainer: ${i2.apptainerCompatible ? "compatible" : `NOT compatible (${i2.apptainerProblems.join("; ")})`}`
   );
@@ -33913,6 +33990,21 @@ var setupTask = defineTask({
   ].join("\n")
 });
 
+// packages/core/src/tasks/squash.ts
+var squashTask = defineTask({
+  name: "squash",
+  summary: "Merge a stack of SquashFS layers (earliest first) into one, applying their whiteouts",
+  positional: ["layers"],
+  input: external_exports.object({
+    layers: external_exports.array(pathSchema).min(1, "give the layers, earliest first").describe("Layers, earliest first"),
+    output: pathSchema.describe("The merged SquashFS layer to write"),
+    compression: external_exports.enum(COMPRESSIONS).default("zstd").describe("SquashFS compression")
+  }),
+  run: (input2, ctx) => squashLayers(input2.layers, input2.output, { compression: input2.compression, onProgress: ctx.progress }),
+  render: (r) => `${r.layer}: ${formatBytes(r.bytes)} from ${r.layers} layers, ${r.whiteouts} whiteouts kept
+sha256 ${r.sha256}`
+});
+
 // packages/core/src/tasks/index.ts
 var TASKS = [
   createTask,
@@ -33925,6 +34017,7 @@ var TASKS = [
   buildTask,
   commitTask,
   normalizeTask,
+  squashTask,
   setupTask,
   cacheSaveTask,
   cacheRestoreTask,

@@ -70,6 +70,17 @@ function statusFromExit(exit: number): CheckStatus {
   return 'error';
 }
 
+/** Images written with --fakeroot by plain Apptainer carry `.wh.*` markers that `:ro` readers ignore. */
+async function portabilityWarnings(path: string): Promise<string[]> {
+  const { findNonPortableMarkers } = await import('../layer/normalize');
+  const m = await findNonPortableMarkers(path).catch(() => ({ count: 0, examples: [] as string[] }));
+  return m.count
+    ? [
+        `${m.count} non-portable deletion markers (e.g. ${m.examples.slice(0, 3).join(', ')}): read-only readers will see deleted files; run overlayctl normalize`,
+      ]
+    : [];
+}
+
 /**
  * Check one image; with `repair`, fix it crash-safely (repair a full sparse copy, rename it into
  * place only when it then checks clean). Never waits on a lock: an image in use is `locked`.
@@ -103,8 +114,10 @@ export async function checkImage(
     const first = await fsckOnCopy(path);
     const status = statusFromExit(first.exit);
     const problems = summarize(first.output);
+    const warnings = status === 'clean' ? await portabilityWarnings(path) : [];
     if (status !== 'corrupt' || !opts.repair) {
       return result({
+        warnings,
         status,
         problems,
         e2fsckExit: first.exit,

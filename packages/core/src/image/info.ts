@@ -25,6 +25,8 @@ export interface ImageInfo {
   apptainerCompatible: boolean;
   apptainerProblems: string[];
   upper: { uid: number; gid: number } | null;
+  /** fuse-overlayfs `.wh.*` markers in upper/ that read-only readers ignore (see normalize). */
+  nonPortableMarkers?: { count: number; examples: string[] };
 }
 
 /** Everything about an image without mounting it: superblock via dumpe2fs, upper/ via debugfs. */
@@ -66,6 +68,8 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
   const problems = apptainerExt3Problems(ext!);
   const upper = await statInImage(path, '/upper').catch(() => null);
   const inodesUsed = sb.inodeCount - sb.freeInodes;
+  const { findNonPortableMarkers } = await import('../layer/normalize');
+  const nonPortableMarkers = upper ? await findNonPortableMarkers(path).catch(() => undefined) : undefined;
   return {
     ...base,
     blockSize: sb.blockSize,
@@ -81,5 +85,6 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
     apptainerCompatible: problems.length === 0 && upper !== null,
     apptainerProblems: upper === null ? [...problems, 'no upper/ directory at the root'] : problems,
     upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
+    nonPortableMarkers,
   };
 }

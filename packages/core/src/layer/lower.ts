@@ -11,7 +11,7 @@ export type LowerListing = Map<string, Set<string>>;
 const LLN = /^([dlcbps-])\S*\s+\S+\s+(?:\d+,\s*\d+|\d+)\s+\S+\s+\S+\s+squashfs-root\/(.*?)(?: -> .*)?$/;
 
 /** Entries of a SquashFS file (path relative to its root, and whether it is a 0:0 whiteout). */
-async function squashEntries(file: string): Promise<Array<{ path: string; whiteout: boolean }>> {
+export async function squashEntries(file: string): Promise<Array<{ path: string; whiteout: boolean }>> {
   const { stdout } = await runTool('unsquashfs', ['-lln', file], { timeoutSeconds: 600 });
   const out = [];
   for (const line of stdout.split('\n')) {

@@ -38,6 +38,11 @@ export function renderImageSummary(i: ImageInfo): string {
       `  inodes ${i.inodesUsed}/${i.inodesTotal} (${i.inodesUsedPercent}%), ${i.inodeRatio ?? '-'} bytes/inode`,
     );
   if (i.upper) lines.push(`  upper/ owned by ${i.upper.uid}:${i.upper.gid}`);
+  if (i.nonPortableMarkers?.count) {
+    lines.push(
+      `  warning: ${i.nonPortableMarkers.count} non-portable deletion markers (run overlayctl normalize)`,
+    );
+  }
   lines.push(
     `  apptainer: ${i.apptainerCompatible ? 'compatible' : `NOT compatible (${i.apptainerProblems.join('; ')})`}`,
   );

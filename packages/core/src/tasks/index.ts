@@ -12,6 +12,7 @@ import { lockTask } from './lock';
 import { normalizeTask } from './normalize';
 import { resizeTask } from './resize';
 import { setupTask } from './setup';
+import { squashTask } from './squash';
 
 /**
  * Every user-facing operation, in the order the CLI help lists them. A front end (CLI, action,
@@ -28,6 +29,7 @@ export const TASKS: TaskDef[] = [
   buildTask,
   commitTask,
   normalizeTask,
+  squashTask,
   setupTask,
   cacheSaveTask,
   cacheRestoreTask,
