@@ -23359,9 +23359,9 @@ var require_which = __commonJS({
   }
 });
 
-// node_modules/cross-spawn/node_modules/path-key/index.js
+// node_modules/path-key/index.js
 var require_path_key = __commonJS({
-  "node_modules/cross-spawn/node_modules/path-key/index.js"(exports2, module) {
+  "node_modules/path-key/index.js"(exports2, module) {
     "use strict";
     var pathKey2 = (options = {}) => {
       const environment = options.env || process.env;
@@ -23632,7 +23632,7 @@ var require_cross_spawn = __commonJS({
   }
 });
 
-// node_modules/path-key/index.js
+// node_modules/npm-run-path/node_modules/path-key/index.js
 function pathKey(options = {}) {
   const {
     env = process.env,
@@ -23644,7 +23644,7 @@ function pathKey(options = {}) {
   return Object.keys(env).reverse().find((key) => key.toUpperCase() === "PATH") || "Path";
 }
 var init_path_key = __esm({
-  "node_modules/path-key/index.js"() {
+  "node_modules/npm-run-path/node_modules/path-key/index.js"() {
   }
 });
 
@@ -66154,9 +66154,9 @@ function createLoggerContext(options) {
     }
     logLevel = level;
     const enabledNamespaces2 = [];
-    for (const logger8 of registeredLoggers) {
-      if (shouldEnable(logger8)) {
-        enabledNamespaces2.push(logger8.namespace);
+    for (const logger7 of registeredLoggers) {
+      if (shouldEnable(logger7)) {
+        enabledNamespaces2.push(logger7.namespace);
       }
     }
     debug_default.enable(enabledNamespaces2.join(","));
@@ -66168,20 +66168,20 @@ function createLoggerContext(options) {
       console.error(`${options.logLevelEnvVarName} set to unknown log level '${logLevelFromEnv}'; logging is not enabled. Acceptable values: ${TYPESPEC_RUNTIME_LOG_LEVELS.join(", ")}.`);
     }
   }
-  function shouldEnable(logger8) {
-    return Boolean(logLevel && levelMap[logger8.level] <= levelMap[logLevel]);
+  function shouldEnable(logger7) {
+    return Boolean(logLevel && levelMap[logger7.level] <= levelMap[logLevel]);
   }
   function createLogger(parent, level) {
-    const logger8 = Object.assign(parent.extend(level), {
+    const logger7 = Object.assign(parent.extend(level), {
       level
     });
-    patchLogMethod(parent, logger8);
-    if (shouldEnable(logger8)) {
+    patchLogMethod(parent, logger7);
+    if (shouldEnable(logger7)) {
       const enabledNamespaces2 = debug_default.disable();
-      debug_default.enable(enabledNamespaces2 + "," + logger8.namespace);
+      debug_default.enable(enabledNamespaces2 + "," + logger7.namespace);
     }
-    registeredLoggers.add(logger8);
-    return logger8;
+    registeredLoggers.add(logger7);
+    return logger7;
   }
   function contextGetLogLevel() {
     return logLevel;
@@ -67072,7 +67072,7 @@ function createDefaultHttpClient() {
 // node_modules/@typespec/ts-http-runtime/dist/esm/policies/logPolicy.js
 var logPolicyName = "logPolicy";
 function logPolicy(options = {}) {
-  const logger8 = options.logger ?? logger.info;
+  const logger7 = options.logger ?? logger.info;
   const sanitizer = new Sanitizer({
     additionalAllowedHeaderNames: options.additionalAllowedHeaderNames,
     additionalAllowedQueryParameters: options.additionalAllowedQueryParameters
@@ -67080,13 +67080,13 @@ function logPolicy(options = {}) {
   return {
     name: logPolicyName,
     async sendRequest(request, next) {
-      if (!logger8.enabled) {
+      if (!logger7.enabled) {
         return next(request);
       }
-      logger8(`Request: ${sanitizer.sanitize(request)}`);
+      logger7(`Request: ${sanitizer.sanitize(request)}`);
       const response = await next(request);
-      logger8(`Response status code: ${response.status}`);
-      logger8(`Headers: ${sanitizer.sanitize(response.headers)}`);
+      logger7(`Response status code: ${response.status}`);
+      logger7(`Headers: ${sanitizer.sanitize(response.headers)}`);
       return response;
     }
   };
@@ -67250,7 +67250,7 @@ function isSystemError(err) {
 var retryPolicyLogger = createClientLogger("ts-http-runtime retryPolicy");
 var retryPolicyName = "retryPolicy";
 function retryPolicy(strategies, options = { maxRetries: DEFAULT_RETRY_POLICY_COUNT }) {
-  const logger8 = options.logger || retryPolicyLogger;
+  const logger7 = options.logger || retryPolicyLogger;
   return {
     name: retryPolicyName,
     async sendRequest(request, next) {
@@ -67262,11 +67262,11 @@ function retryPolicy(strategies, options = { maxRetries: DEFAULT_RETRY_POLICY_CO
         response = void 0;
         responseError = void 0;
         try {
-          logger8.info(`Retry ${retryCount}: Attempting to send request`, request.requestId);
+          logger7.info(`Retry ${retryCount}: Attempting to send request`, request.requestId);
           response = await next(request);
-          logger8.info(`Retry ${retryCount}: Received a response from request`, request.requestId);
+          logger7.info(`Retry ${retryCount}: Received a response from request`, request.requestId);
         } catch (e) {
-          logger8.error(`Retry ${retryCount}: Received an error from request`, request.requestId);
+          logger7.error(`Retry ${retryCount}: Received an error from request`, request.requestId);
           if (!isRestError(e)) {
             throw e;
           }
@@ -67274,12 +67274,12 @@ function retryPolicy(strategies, options = { maxRetries: DEFAULT_RETRY_POLICY_CO
           response = e.response;
         }
         if (request.abortSignal?.aborted) {
-          logger8.error(`Retry ${retryCount}: Request aborted.`);
+          logger7.error(`Retry ${retryCount}: Request aborted.`);
           const abortError = new AbortError();
           throw abortError;
         }
         if (retryCount >= (options.maxRetries ?? DEFAULT_RETRY_POLICY_COUNT)) {
-          logger8.info(`Retry ${retryCount}: Maximum retries reached. Returning the last received response, or throwing the last received error.`);
+          logger7.info(`Retry ${retryCount}: Maximum retries reached. Returning the last received response, or throwing the last received error.`);
           if (responseError) {
             throw responseError;
           } else if (response) {
@@ -67288,9 +67288,9 @@ function retryPolicy(strategies, options = { maxRetries: DEFAULT_RETRY_POLICY_CO
             throw new Error("Maximum retries reached with no response or error to throw");
           }
         }
-        logger8.info(`Retry ${retryCount}: Processing ${strategies.length} retry strategies.`);
+        logger7.info(`Retry ${retryCount}: Processing ${strategies.length} retry strategies.`);
         strategiesLoop: for (const strategy of strategies) {
-          const strategyLogger = strategy.logger || logger8;
+          const strategyLogger = strategy.logger || logger7;
           strategyLogger.info(`Retry ${retryCount}: Processing retry strategy ${strategy.name}.`);
           const modifiers = strategy.retry({
             retryCount,
@@ -67318,11 +67318,11 @@ function retryPolicy(strategies, options = { maxRetries: DEFAULT_RETRY_POLICY_CO
           }
         }
         if (responseError) {
-          logger8.info(`None of the retry strategies could work with the received error. Throwing it.`);
+          logger7.info(`None of the retry strategies could work with the received error. Throwing it.`);
           throw responseError;
         }
         if (response) {
-          logger8.info(`None of the retry strategies could work with the received response. Returning it.`);
+          logger7.info(`None of the retry strategies could work with the received response. Returning it.`);
           return response;
         }
       }
@@ -67844,19 +67844,18 @@ function getHeaderName2() {
 async function setPlatformSpecificData2(map2) {
   if (process12 && process12.versions) {
     const osInfo = `${os7.type()} ${os7.release()}; ${os7.arch()}`;
-    const versions = process12.versions;
-    if (versions.bun) {
-      map2.set("Bun", `${versions.bun} (${osInfo})`);
-    } else if (versions.deno) {
-      map2.set("Deno", `${versions.deno} (${osInfo})`);
-    } else if (versions.node) {
-      map2.set("Node", `${versions.node} (${osInfo})`);
+    if (process12.versions.bun) {
+      map2.set("Bun", `${process12.versions.bun} (${osInfo})`);
+    } else if (process12.versions.deno) {
+      map2.set("Deno", `${process12.versions.deno} (${osInfo})`);
+    } else if (process12.versions.node) {
+      map2.set("Node", `${process12.versions.node} (${osInfo})`);
     }
   }
 }
 
 // node_modules/@azure/core-rest-pipeline/dist/esm/constants.js
-var SDK_VERSION2 = "1.22.3";
+var SDK_VERSION2 = "1.24.0";
 
 // node_modules/@azure/core-rest-pipeline/dist/esm/util/userAgent.js
 function getUserAgentString(telemetryInfo) {
@@ -67893,6 +67892,54 @@ function userAgentPolicy2(options = {}) {
       return next(request);
     }
   };
+}
+
+// node_modules/@azure/core-rest-pipeline/dist/esm/util/file.js
+var rawContent = /* @__PURE__ */ Symbol("rawContent");
+function hasRawContent(x) {
+  return typeof x[rawContent] === "function";
+}
+function getRawContent(blob) {
+  if (hasRawContent(blob)) {
+    return blob[rawContent]();
+  } else {
+    return blob;
+  }
+}
+
+// node_modules/@azure/core-rest-pipeline/dist/esm/policies/multipartPolicy.js
+var multipartPolicyName2 = multipartPolicyName;
+function multipartPolicy2() {
+  const tspPolicy = multipartPolicy();
+  return {
+    name: multipartPolicyName2,
+    sendRequest: async (request, next) => {
+      if (request.multipartBody) {
+        for (const part of request.multipartBody.parts) {
+          if (hasRawContent(part.body)) {
+            part.body = getRawContent(part.body);
+          }
+        }
+      }
+      return tspPolicy.sendRequest(request, next);
+    }
+  };
+}
+
+// node_modules/@azure/core-rest-pipeline/dist/esm/policies/decompressResponsePolicy.js
+var decompressResponsePolicyName2 = decompressResponsePolicyName;
+function decompressResponsePolicy2() {
+  return decompressResponsePolicy();
+}
+
+// node_modules/@azure/core-rest-pipeline/dist/esm/policies/defaultRetryPolicy.js
+function defaultRetryPolicy2(options = {}) {
+  return defaultRetryPolicy(options);
+}
+
+// node_modules/@azure/core-rest-pipeline/dist/esm/policies/formDataPolicy.js
+function formDataPolicy2() {
+  return formDataPolicy();
 }
 
 // node_modules/@azure/abort-controller/dist/esm/AbortError.js
@@ -67982,54 +68029,6 @@ function uint8ArrayToString3(bytes, format2) {
 }
 function stringToUint8Array3(value, format2) {
   return stringToUint8Array2(value, format2);
-}
-
-// node_modules/@azure/core-rest-pipeline/dist/esm/util/file.js
-var rawContent = /* @__PURE__ */ Symbol("rawContent");
-function hasRawContent(x) {
-  return typeof x[rawContent] === "function";
-}
-function getRawContent(blob) {
-  if (hasRawContent(blob)) {
-    return blob[rawContent]();
-  } else {
-    return blob;
-  }
-}
-
-// node_modules/@azure/core-rest-pipeline/dist/esm/policies/multipartPolicy.js
-var multipartPolicyName2 = multipartPolicyName;
-function multipartPolicy2() {
-  const tspPolicy = multipartPolicy();
-  return {
-    name: multipartPolicyName2,
-    sendRequest: async (request, next) => {
-      if (request.multipartBody) {
-        for (const part of request.multipartBody.parts) {
-          if (hasRawContent(part.body)) {
-            part.body = getRawContent(part.body);
-          }
-        }
-      }
-      return tspPolicy.sendRequest(request, next);
-    }
-  };
-}
-
-// node_modules/@azure/core-rest-pipeline/dist/esm/policies/decompressResponsePolicy.js
-var decompressResponsePolicyName2 = decompressResponsePolicyName;
-function decompressResponsePolicy2() {
-  return decompressResponsePolicy();
-}
-
-// node_modules/@azure/core-rest-pipeline/dist/esm/policies/defaultRetryPolicy.js
-function defaultRetryPolicy2(options = {}) {
-  return defaultRetryPolicy(options);
-}
-
-// node_modules/@azure/core-rest-pipeline/dist/esm/policies/formDataPolicy.js
-function formDataPolicy2() {
-  return formDataPolicy();
 }
 
 // node_modules/@azure/core-rest-pipeline/dist/esm/policies/proxyPolicy.js
@@ -68315,7 +68314,9 @@ function wrapAbortSignalLike(abortSignalLike) {
     return { abortSignal: abortSignalLike };
   }
   if (abortSignalLike.aborted) {
-    return { abortSignal: AbortSignal.abort(abortSignalLike.reason) };
+    return {
+      abortSignal: AbortSignal.abort("reason" in abortSignalLike ? abortSignalLike.reason : void 0)
+    };
   }
   const controller = new AbortController();
   let needsCleanup = true;
@@ -68326,7 +68327,7 @@ function wrapAbortSignalLike(abortSignalLike) {
     }
   }
   function listener() {
-    controller.abort(abortSignalLike.reason);
+    controller.abort("reason" in abortSignalLike ? abortSignalLike.reason : void 0);
     cleanup();
   }
   abortSignalLike.addEventListener("abort", listener);
@@ -68463,13 +68464,16 @@ function createTokenCycler(credential, tokenCyclerOptions) {
      * window and not already refreshing)
      */
     get shouldRefresh() {
+      if (token === null) {
+        return true;
+      }
       if (cycler.isRefreshing) {
         return false;
       }
-      if (token?.refreshAfterTimestamp && token.refreshAfterTimestamp < Date.now()) {
+      if (token.refreshAfterTimestamp && token.refreshAfterTimestamp < Date.now()) {
         return true;
       }
-      return (token?.expiresOnTimestamp ?? 0) - options.refreshWindowInMs < Date.now();
+      return token.expiresOnTimestamp - options.refreshWindowInMs < Date.now();
     },
     /**
      * Produces true if the cycler MUST refresh (null or nearly-expired
@@ -68560,7 +68564,7 @@ async function authorizeRequestOnCaeChallenge(onChallengeOptions, caeClaims) {
 }
 function bearerTokenAuthenticationPolicy(options) {
   const { credential, scopes, challengeCallbacks } = options;
-  const logger8 = options.logger || logger2;
+  const logger7 = options.logger || logger2;
   const callbacks = {
     authorizeRequest: challengeCallbacks?.authorizeRequest?.bind(challengeCallbacks) ?? defaultAuthorizeRequest,
     authorizeRequestOnChallenge: challengeCallbacks?.authorizeRequestOnChallenge?.bind(challengeCallbacks)
@@ -68592,7 +68596,7 @@ function bearerTokenAuthenticationPolicy(options) {
         scopes: Array.isArray(scopes) ? scopes : [scopes],
         request,
         getAccessToken,
-        logger: logger8
+        logger: logger7
       });
       let response;
       let error63;
@@ -68605,7 +68609,7 @@ function bearerTokenAuthenticationPolicy(options) {
           try {
             parsedClaim = atob(claims);
           } catch (e) {
-            logger8.warning(`The WWW-Authenticate header contains "claims" that cannot be parsed. Unable to perform the Continuous Access Evaluation authentication flow. Unparsable claims: ${claims}`);
+            logger7.warning(`The WWW-Authenticate header contains "claims" that cannot be parsed. Unable to perform the Continuous Access Evaluation authentication flow. Unparsable claims: ${claims}`);
             return response;
           }
           shouldSendRequest = await authorizeRequestOnCaeChallenge({
@@ -68613,7 +68617,7 @@ function bearerTokenAuthenticationPolicy(options) {
             response,
             request,
             getAccessToken,
-            logger: logger8
+            logger: logger7
           }, parsedClaim);
           if (shouldSendRequest) {
             [response, error63] = await trySendRequest(request, next);
@@ -68624,19 +68628,19 @@ function bearerTokenAuthenticationPolicy(options) {
             request,
             response,
             getAccessToken,
-            logger: logger8
+            logger: logger7
           });
           if (shouldSendRequest) {
             [response, error63] = await trySendRequest(request, next);
           }
           if (isChallengeResponse(response)) {
-            claims = getCaeChallengeClaims(response.headers.get("WWW-Authenticate"));
+            claims = getCaeChallengeClaims(response.headers.get("WWW-Authenticate") ?? "");
             if (claims) {
               let parsedClaim;
               try {
                 parsedClaim = atob(claims);
               } catch (e) {
-                logger8.warning(`The WWW-Authenticate header contains "claims" that cannot be parsed. Unable to perform the Continuous Access Evaluation authentication flow. Unparsable claims: ${claims}`);
+                logger7.warning(`The WWW-Authenticate header contains "claims" that cannot be parsed. Unable to perform the Continuous Access Evaluation authentication flow. Unparsable claims: ${claims}`);
                 return response;
               }
               shouldSendRequest = await authorizeRequestOnCaeChallenge({
@@ -68644,7 +68648,7 @@ function bearerTokenAuthenticationPolicy(options) {
                 response,
                 request,
                 getAccessToken,
-                logger: logger8
+                logger: logger7
               }, parsedClaim);
               if (shouldSendRequest) {
                 [response, error63] = await trySendRequest(request, next);
@@ -78492,88 +78496,11 @@ var SMRegion2;
   SMRegion3[SMRegion3["SegmentContent"] = 4] = "SegmentContent";
 })(SMRegion2 || (SMRegion2 = {}));
 
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/log.js
-var logger5 = createClientLogger2("core-rest-pipeline");
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/util/userAgentPlatform.js
-function getHeaderName3() {
-  return "User-Agent";
-}
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/util/userAgent.js
-function getUserAgentHeaderName3() {
-  return getHeaderName3();
-}
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/policies/userAgentPolicy.js
-var UserAgentHeaderName3 = getUserAgentHeaderName3();
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/restError.js
-var RestError3 = RestError;
-function isRestError3(e) {
-  return isRestError(e);
-}
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/util/wrapAbortSignal.js
-function wrapAbortSignalLike2(abortSignalLike) {
-  if (abortSignalLike instanceof AbortSignal) {
-    return { abortSignal: abortSignalLike };
-  }
-  if (abortSignalLike.aborted) {
-    return {
-      abortSignal: AbortSignal.abort("reason" in abortSignalLike ? abortSignalLike.reason : void 0)
-    };
-  }
-  const controller = new AbortController();
-  let needsCleanup = true;
-  function cleanup() {
-    if (needsCleanup) {
-      abortSignalLike.removeEventListener("abort", listener);
-      needsCleanup = false;
-    }
-  }
-  function listener() {
-    controller.abort("reason" in abortSignalLike ? abortSignalLike.reason : void 0);
-    cleanup();
-  }
-  abortSignalLike.addEventListener("abort", listener);
-  return { abortSignal: controller.signal, cleanup };
-}
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/defaultHttpClient.js
-function createDefaultHttpClient3() {
-  const client = createDefaultHttpClient();
-  return {
-    async sendRequest(request) {
-      const { abortSignal, cleanup } = request.abortSignal ? wrapAbortSignalLike2(request.abortSignal) : {};
-      try {
-        request.abortSignal = abortSignal;
-        return await client.sendRequest(request);
-      } finally {
-        cleanup?.();
-      }
-    }
-  };
-}
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/policies/retryPolicy.js
-var retryPolicyLogger3 = createClientLogger2("core-rest-pipeline retryPolicy");
-
-// node_modules/@azure/storage-common/node_modules/@azure/core-rest-pipeline/dist/esm/util/tokenCycler.js
-var DEFAULT_CYCLER_OPTIONS2 = {
-  forcedRefreshWindowInMs: 1e3,
-  // Force waiting for a refresh 1s before the token expires
-  retryIntervalInMs: 3e3,
-  // Allow refresh attempts every 3s
-  refreshWindowInMs: 1e3 * 60 * 2
-  // Start refreshing 2m before expiry
-};
-
 // node_modules/@azure/storage-common/dist/esm/cache.js
 var _defaultHttpClient;
 function getCachedDefaultHttpClient2() {
   if (!_defaultHttpClient) {
-    _defaultHttpClient = createDefaultHttpClient3();
+    _defaultHttpClient = createDefaultHttpClient2();
   }
   return _defaultHttpClient;
 }
@@ -79411,7 +79338,7 @@ var StorageSharedKeyCredential = class extends Credential {
 };
 
 // node_modules/@azure/storage-common/dist/esm/log.js
-var logger6 = createClientLogger2("storage-common");
+var logger5 = createClientLogger2("storage-common");
 
 // node_modules/@azure/storage-common/dist/esm/policies/StorageRetryPolicyType.js
 var StorageRetryPolicyType;
@@ -79483,14 +79410,14 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
     }
     let response;
     try {
-      logger6.info(`RetryPolicy: =====> Try=${attempt} ${isPrimaryRetry ? "Primary" : "Secondary"}`);
+      logger5.info(`RetryPolicy: =====> Try=${attempt} ${isPrimaryRetry ? "Primary" : "Secondary"}`);
       response = await this._nextPolicy.sendRequest(newRequest);
       if (!this.shouldRetry(isPrimaryRetry, attempt, response)) {
         return response;
       }
       secondaryHas404 = secondaryHas404 || !isPrimaryRetry && response.status === 404;
     } catch (err) {
-      logger6.error(`RetryPolicy: Caught error, message: ${err.message}, code: ${err.code}`);
+      logger5.error(`RetryPolicy: Caught error, message: ${err.message}, code: ${err.code}`);
       if (!this.shouldRetry(isPrimaryRetry, attempt, response, err)) {
         throw err;
       }
@@ -79508,7 +79435,7 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
    */
   shouldRetry(isPrimaryRetry, attempt, response, err) {
     if (attempt >= this.retryOptions.maxTries) {
-      logger6.info(`RetryPolicy: Attempt(s) ${attempt} >= maxTries ${this.retryOptions.maxTries}, no further try.`);
+      logger5.info(`RetryPolicy: Attempt(s) ${attempt} >= maxTries ${this.retryOptions.maxTries}, no further try.`);
       return false;
     }
     const retriableErrors2 = [
@@ -79526,7 +79453,7 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
     if (err) {
       for (const retriableError of retriableErrors2) {
         if (err.name.toUpperCase().includes(retriableError) || err.message.toUpperCase().includes(retriableError) || err.code && err.code.toString().toUpperCase() === retriableError) {
-          logger6.info(`RetryPolicy: Network error ${retriableError} found, will retry.`);
+          logger5.info(`RetryPolicy: Network error ${retriableError} found, will retry.`);
           return true;
         }
       }
@@ -79534,11 +79461,11 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
     if (response || err) {
       const statusCode = response ? response.status : err ? err.statusCode : 0;
       if (!isPrimaryRetry && statusCode === 404) {
-        logger6.info(`RetryPolicy: Secondary access with 404, will retry.`);
+        logger5.info(`RetryPolicy: Secondary access with 404, will retry.`);
         return true;
       }
       if (statusCode === 503 || statusCode === 500) {
-        logger6.info(`RetryPolicy: Will retry for status code ${statusCode}.`);
+        logger5.info(`RetryPolicy: Will retry for status code ${statusCode}.`);
         return true;
       }
     }
@@ -79556,7 +79483,7 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
       }
     }
     if (err?.code === "PARSE_ERROR" && err?.message.startsWith(`Error "Error: Unclosed root tag`)) {
-      logger6.info("RetryPolicy: Incomplete XML response likely due to service timeout, will retry.");
+      logger5.info("RetryPolicy: Incomplete XML response likely due to service timeout, will retry.");
       return true;
     }
     return false;
@@ -79582,7 +79509,7 @@ var StorageRetryPolicy = class extends BaseRequestPolicy {
     } else {
       delayTimeInMs = Math.random() * 1e3;
     }
-    logger6.info(`RetryPolicy: Delay for ${delayTimeInMs}ms`);
+    logger5.info(`RetryPolicy: Delay for ${delayTimeInMs}ms`);
     return delay3(delayTimeInMs, abortSignal, RETRY_ABORT_ERROR);
   }
 };
@@ -79668,29 +79595,29 @@ function storageRetryPolicy(options = {}) {
   const tryTimeoutInMs = options.tryTimeoutInMs ?? DEFAULT_RETRY_OPTIONS2.tryTimeoutInMs;
   function shouldRetry({ isPrimaryRetry, attempt, response, error: error63 }) {
     if (attempt >= maxTries) {
-      logger6.info(`RetryPolicy: Attempt(s) ${attempt} >= maxTries ${maxTries}, no further try.`);
+      logger5.info(`RetryPolicy: Attempt(s) ${attempt} >= maxTries ${maxTries}, no further try.`);
       return false;
     }
     if (error63) {
       for (const retriableError of retriableErrors) {
         if (error63.name.toUpperCase().includes(retriableError) || error63.message.toUpperCase().includes(retriableError) || error63.code && error63.code.toString().toUpperCase() === retriableError) {
-          logger6.info(`RetryPolicy: Network error ${retriableError} found, will retry.`);
+          logger5.info(`RetryPolicy: Network error ${retriableError} found, will retry.`);
           return true;
         }
       }
       if (error63?.code === "PARSE_ERROR" && error63?.message.startsWith(`Error "Error: Unclosed root tag`)) {
-        logger6.info("RetryPolicy: Incomplete XML response likely due to service timeout, will retry.");
+        logger5.info("RetryPolicy: Incomplete XML response likely due to service timeout, will retry.");
         return true;
       }
     }
     if (response || error63) {
       const statusCode = response?.status ?? error63?.statusCode ?? 0;
       if (!isPrimaryRetry && statusCode === 404) {
-        logger6.info(`RetryPolicy: Secondary access with 404, will retry.`);
+        logger5.info(`RetryPolicy: Secondary access with 404, will retry.`);
         return true;
       }
       if (statusCode === 503 || statusCode === 500) {
-        logger6.info(`RetryPolicy: Will retry for status code ${statusCode}.`);
+        logger5.info(`RetryPolicy: Will retry for status code ${statusCode}.`);
         return true;
       }
     }
@@ -79723,7 +79650,7 @@ function storageRetryPolicy(options = {}) {
     } else {
       delayTimeInMs = Math.random() * 1e3;
     }
-    logger6.info(`RetryPolicy: Delay for ${delayTimeInMs}ms`);
+    logger5.info(`RetryPolicy: Delay for ${delayTimeInMs}ms`);
     return delayTimeInMs;
   }
   return {
@@ -79745,15 +79672,15 @@ function storageRetryPolicy(options = {}) {
         response = void 0;
         error63 = void 0;
         try {
-          logger6.info(`RetryPolicy: =====> Try=${attempt} ${isPrimaryRetry ? "Primary" : "Secondary"}`);
+          logger5.info(`RetryPolicy: =====> Try=${attempt} ${isPrimaryRetry ? "Primary" : "Secondary"}`);
           response = await next(request);
           secondaryHas404 = secondaryHas404 || !isPrimaryRetry && response.status === 404;
         } catch (e) {
-          if (isRestError3(e)) {
-            logger6.error(`RetryPolicy: Caught error, message: ${e.message}, code: ${e.code}`);
+          if (isRestError2(e)) {
+            logger5.error(`RetryPolicy: Caught error, message: ${e.message}, code: ${e.code}`);
             error63 = e;
           } else {
-            logger6.error(`RetryPolicy: Caught error, message: ${getErrorMessage(e)}`);
+            logger5.error(`RetryPolicy: Caught error, message: ${getErrorMessage(e)}`);
             throw e;
           }
         }
@@ -79766,7 +79693,7 @@ function storageRetryPolicy(options = {}) {
       if (response) {
         return response;
       }
-      throw error63 ?? new RestError3("RetryPolicy failed without known error.");
+      throw error63 ?? new RestError2("RetryPolicy failed without known error.");
     }
   };
 }
@@ -79919,7 +79846,7 @@ var UserDelegationKeyCredential = class {
 };
 
 // node_modules/@azure/storage-blob/dist/esm/utils/constants.js
-var SDK_VERSION4 = "12.31.0";
+var SDK_VERSION3 = "12.31.0";
 var SERVICE_VERSION = "2026-02-06";
 var BLOCK_BLOB_MAX_UPLOAD_BLOB_BYTES = 256 * 1024 * 1024;
 var BLOCK_BLOB_MAX_STAGE_BLOCK_BYTES = 4e3 * 1024 * 1024;
@@ -80183,7 +80110,7 @@ function getCoreClientOptions(pipeline3) {
   }
   let corePipeline = pipeline3._corePipeline;
   if (!corePipeline) {
-    const packageDetails = `azsdk-js-azure-storage-blob/${SDK_VERSION4}`;
+    const packageDetails = `azsdk-js-azure-storage-blob/${SDK_VERSION3}`;
     const userAgentPrefix = restOptions.userAgentOptions && restOptions.userAgentOptions.userAgentPrefix ? `${restOptions.userAgentOptions.userAgentPrefix} ${packageDetails}` : `${packageDetails}`;
     corePipeline = createClientPipeline({
       ...restOptions,
@@ -94178,7 +94105,7 @@ var StorageClient2 = class {
 // node_modules/@azure/storage-blob/dist/esm/utils/tracing.js
 var tracingClient = createTracingClient({
   packageName: "@azure/storage-blob",
-  packageVersion: SDK_VERSION4,
+  packageVersion: SDK_VERSION3,
   namespace: "Microsoft.Storage"
 });
 
@@ -97161,7 +97088,7 @@ function rangeResponseFromModel(response) {
 }
 
 // node_modules/@azure/core-lro/dist/esm/logger.js
-var logger7 = createClientLogger2("core-lro");
+var logger6 = createClientLogger2("core-lro");
 
 // node_modules/@azure/core-lro/dist/esm/legacy/poller.js
 var PollerStoppedError = class _PollerStoppedError extends Error {
