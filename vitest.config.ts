@@ -9,5 +9,6 @@ export default defineConfig({
     fileParallelism: false,
     include: ['test/**/*.test.ts', 'packages/*/src/**/*.test.ts'],
     reporters: ['default', './test/summary-reporter.ts'],
+    globalSetup: ['./test/global-setup.ts'],
   },
 });

@@ -31182,6 +31182,7 @@ async function walkUpper(image) {
   const all = [rootNode];
   const children = /* @__PURE__ */ new Map();
   let level = [rootNode];
+  const seenDirs = /* @__PURE__ */ new Set([rootNode.ino]);
   while (level.length) {
     const out = blocks(
       await runDebugfs(
@@ -31203,7 +31204,10 @@ async function walkUpper(image) {
         };
         kids.push(node2);
         all.push(node2);
-        if ((node2.mode & S_IFMT) === 16384) next.push(node2);
+        if ((node2.mode & S_IFMT) === 16384 && !seenDirs.has(node2.ino)) {
+          seenDirs.add(node2.ino);
+          next.push(node2);
+        }
       }
       children.set(dir.path, kids);
     });

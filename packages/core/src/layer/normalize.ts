@@ -31,6 +31,7 @@ async function walkUpper(
   const all: Node[] = [rootNode];
   const children = new Map<string, Node[]>();
   let level = [rootNode];
+  const seenDirs = new Set<number>([rootNode.ino]);
   while (level.length) {
     const out = blocks(
       await runDebugfs(
@@ -52,7 +53,11 @@ async function walkUpper(
         };
         kids.push(node);
         all.push(node);
-        if ((node.mode & S_IFMT) === 0o040000) next.push(node);
+        // a damaged image can link a directory into itself: visit each directory inode once
+        if ((node.mode & S_IFMT) === 0o040000 && !seenDirs.has(node.ino)) {
+          seenDirs.add(node.ino);
+          next.push(node);
+        }
       }
       children.set(dir.path, kids);
     });
