@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, copyFileSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -104,6 +104,17 @@ describe('hostile and damaged images', () => {
     const status = check.out.images?.[0]?.status;
     expect(['clean', 'corrupt', 'error']).toContain(status);
     expect(check.exitCode === 0).toBe(status === 'clean');
+
+    // commit mounts the image read-only (kernel loop mount as root): only an image that checks
+    // clean may be mounted; anything else is refused with a stable code and no layer is written
+    const layer = join(dir, `${Math.random().toString(16).slice(2)}.sqf`);
+    const commit = await cli(['commit', img, '--output', layer]);
+    if (status === 'clean') expect(commit.exitCode, JSON.stringify(commit.out)).toBe(0);
+    else {
+      expect(commit.exitCode).not.toBe(0);
+      expect(commit.out.error.code).toMatch(/^E_(UNKNOWN_FORMAT|NOT_EXT3|INTEGRITY)$/);
+      expect(existsSync(layer)).toBe(false);
+    }
 
     const repair = await cli(['check', img, '--repair']);
     const after = repair.out.images?.[0]?.status;

@@ -128,6 +128,21 @@ describe('commit (root writer, kernel whiteouts)', () => {
     await w;
     expect((await execa('ls', ['-a', dir])).stdout).not.toMatch(/busy\.sqf/);
   });
+
+  it('commit refuses an image whose journal still holds writes (a read-only mount would drop them)', async () => {
+    const img = join(dir, 'crashed.img');
+    await execa(CLI, ['create', img, '--size', '64']);
+    await execa('debugfs', ['-w', '-R', 'feature needs_recovery', img]);
+    const before = (await execa('sha256sum', [img])).stdout;
+    const r = await execa(CLI, ['commit', img, '--output', join(dir, 'crashed.sqf'), '--json'], {
+      reject: false,
+    });
+    expect(r.exitCode).not.toBe(0);
+    expect(JSON.parse(r.stdout).error).toMatchObject({ code: 'E_INTEGRITY' });
+    expect(JSON.parse(r.stdout).error.message).toMatch(/journal/);
+    expect((await execa('ls', ['-a', dir])).stdout).not.toMatch(/crashed\.sqf/);
+    expect((await execa('sha256sum', [img])).stdout).toBe(before);
+  });
 });
 
 describe('portable overlays (fakeroot writer through fuse-overlayfs)', () => {

@@ -21907,7 +21907,15 @@ function nativeLibc() {
   libc ??= koffi.load("libc.so.6");
   return { koffi, lib: libc };
 }
-var libc;
+function readXattr(path6, name) {
+  lgetxattrFn ??= nativeLibc().lib.func(
+    "long lgetxattr(const char *path, const char *name, void *value, size_t size)"
+  );
+  const buf = Buffer.alloc(256);
+  const n2 = Number(lgetxattrFn(path6, name, buf, buf.length));
+  return n2 >= 0 ? buf.subarray(0, n2) : null;
+}
+var libc, lgetxattrFn;
 var init_native = __esm({
   "packages/core/src/tools/native.ts"() {
     "use strict";
@@ -22002,7 +22010,8 @@ async function detectFormat(path6) {
     const ext = {
       compat: head.readUInt32LE(SB + 92),
       incompat: head.readUInt32LE(SB + 96),
-      roCompat: head.readUInt32LE(SB + 100)
+      roCompat: head.readUInt32LE(SB + 100),
+      state: head.readUInt16LE(SB + 58)
     };
     let format2 = "ext2";
     if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) format2 = "ext4";
@@ -22039,7 +22048,7 @@ async function requireExt3(path6) {
   }
   return info2;
 }
-var SB, COMPAT_HAS_JOURNAL, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, INCOMPAT_META_BG, RO_SPARSE_SUPER, RO_LARGE_FILE, RO_BTREE_DIR, INCOMPAT_EXT4, RO_EXT4;
+var SB, COMPAT_HAS_JOURNAL, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, INCOMPAT_META_BG, RO_SPARSE_SUPER, RO_LARGE_FILE, RO_BTREE_DIR, INCOMPAT_EXT4, RO_EXT4, needsRecovery, hasErrorFlag;
 var init_format = __esm({
   "packages/core/src/image/format.ts"() {
     "use strict";
@@ -22054,6 +22063,8 @@ var init_format = __esm({
     RO_BTREE_DIR = 4;
     INCOMPAT_EXT4 = 64 | 128 | 512 | 32768 | 65536 | 8192;
     RO_EXT4 = 8 | 16 | 32 | 64 | 1024;
+    needsRecovery = (ext) => (ext.incompat & INCOMPAT_RECOVER) !== 0;
+    hasErrorFlag = (ext) => (ext.state & 2) !== 0;
   }
 });
 
@@ -31450,6 +31461,20 @@ async function checkImage(path6, opts = {}) {
     lock?.release();
   }
 }
+async function requireCleanForReadOnlyMount(path6) {
+  const { ext } = await requireExt3(path6);
+  const refuse = (why, problems = []) => {
+    throw new OverlayError("E_INTEGRITY", `${path6} ${why}; run check --repair first`, {
+      details: { problems }
+    });
+  };
+  if (needsRecovery(ext)) refuse("has a journal that needs recovery (a writer crashed)");
+  if (hasErrorFlag(ext)) refuse("is marked as having errors");
+  const r = await runTool("e2fsck", ["-fn", path6], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
+  if (r.exitCode !== 0)
+    refuse(`is not clean (e2fsck exit ${r.exitCode})`, summarize(`${r.stdout}
+${r.stderr}`));
+}
 var PROBLEM_LINE;
 var init_check = __esm({
   "packages/core/src/image/check.ts"() {
@@ -32754,10 +32779,11 @@ init_check();
 init_copy();
 init_format();
 init_ofd();
+init_native();
 init_run();
 import { createHash as createHash6 } from "node:crypto";
-import { createReadStream as createReadStream2 } from "node:fs";
-import { lstat as lstat3, mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat7, writeFile as writeFile5 } from "node:fs/promises";
+import { createReadStream as createReadStream2, lstatSync, readdirSync as readdirSync2 } from "node:fs";
+import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat7, writeFile as writeFile5 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
 import { join as join11 } from "node:path";
 
@@ -32800,32 +32826,18 @@ async function withFuse2fs(image, mode, fn) {
 init_lower();
 init_whiteouts();
 var COMPRESSIONS = ["zstd", "gzip", "lz4", "xz"];
-async function opaqueXattrDirs(root) {
-  const pattern = `^(${OPAQUE_XATTRS.map((x) => x.replace(/\./g, "\\.")).join("|")})$`;
-  const r = await runTool("getfattr", ["-R", "--absolute-names", "-m", pattern, "-d", root], {
-    okExitCodes: [1]
-  });
-  const dirs = /* @__PURE__ */ new Set();
-  let current = "";
-  for (const line of r.stdout.split("\n")) {
-    if (line.startsWith("# file: ")) current = line.slice(8);
-    else if (/="?y"?$/.test(line) && current) dirs.add(current.slice(root.length + 1));
-  }
-  return dirs;
-}
 var escapePseudo = (p) => p.replace(/([\\ ])/g, "\\$1");
-async function planLayer(upper, lower) {
-  const opaque = await opaqueXattrDirs(upper);
+var isOpaqueByXattr = (dir) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === "y");
+function planLayer(upper, lower) {
   const exclude = [];
   const pseudo = [];
   const warnings = [];
   let files = 0;
   let whiteouts = 0;
-  const walk = async (rel) => {
+  const walk = (rel) => {
     const dir = rel ? join11(upper, rel) : upper;
-    const dirents = await readdir5(dir, { withFileTypes: true });
     const entries = [];
-    for (const d of dirents) {
+    for (const d of readdirSync2(dir, { withFileTypes: true })) {
       let kind = "other";
       let whiteoutDevice = false;
       if (d.isDirectory()) kind = "dir";
@@ -32833,11 +32845,15 @@ async function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = (await lstat3(join11(dir, d.name))).rdev === 0;
+        whiteoutDevice = lstatSync(join11(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
-    const plan = planDirectory(entries, opaque.has(rel), lower?.get(rel) ?? (lower ? /* @__PURE__ */ new Set() : void 0));
+    const plan = planDirectory(
+      entries,
+      isOpaqueByXattr(dir),
+      lower?.get(rel) ?? (lower ? /* @__PURE__ */ new Set() : void 0)
+    );
     if (plan.needsOpaqueXattr) {
       warnings.push(
         `/${rel} replaced a lower directory; give --base/--layer so every reader hides the old content (kept: the trusted.overlay.opaque flag, honoured by root readers only, when a root writer set it)`
@@ -32856,10 +32872,10 @@ async function planLayer(upper, lower) {
     for (const e of entries) {
       if (dropped.has(e.name)) continue;
       files++;
-      if (e.kind === "dir") await walk(rel ? `${rel}/${e.name}` : e.name);
+      if (e.kind === "dir") walk(rel ? `${rel}/${e.name}` : e.name);
     }
   };
-  await walk("");
+  walk("");
   return { exclude, pseudo, warnings, files, whiteouts };
 }
 async function sha256File(path6) {
@@ -32879,16 +32895,7 @@ async function commitLayer(o2) {
   await requireExt3(o2.image);
   const lock = await acquireLock(o2.image, o2.reset ? "exclusive" : "shared");
   try {
-    const check2 = await checkImage(o2.image, { lockHeld: true });
-    if (check2.status !== "clean") {
-      throw new OverlayError(
-        "E_INTEGRITY",
-        `${o2.image} is not clean (${check2.status}); run check --repair first`,
-        {
-          details: { problems: check2.problems }
-        }
-      );
-    }
+    await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
     const work = await mkdtemp4(join11(tmpdir5(), "overlay-commit-"));
     let planned;
@@ -32899,7 +32906,7 @@ async function commitLayer(o2) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
-        planned = await planLayer(upper, lower);
+        planned = planLayer(upper, lower);
         const excludeFile = join11(work, "exclude");
         const pseudoFile = join11(work, "pseudo");
         await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
@@ -32974,7 +32981,7 @@ init_normalize2();
 // packages/core/src/layer/squash.ts
 init_atomic();
 init_run();
-import { lstat as lstat4, mkdtemp as mkdtemp5, rm as rm9 } from "node:fs/promises";
+import { lstat as lstat3, mkdtemp as mkdtemp5, rm as rm9 } from "node:fs/promises";
 import { dirname as dirname7, join as join12 } from "node:path";
 init_lower();
 async function squashLayers(layers, output2, opts) {
@@ -32986,7 +32993,7 @@ async function squashLayers(layers, output2, opts) {
       opts.onProgress?.(`applying ${layer}`);
       for (const e of await squashEntries(layer)) {
         const path6 = join12(staging, e.path);
-        const st = await lstat4(path6).catch(() => null);
+        const st = await lstat3(path6).catch(() => null);
         if (st && (e.whiteout || st.isCharacterDevice())) await rm9(path6, { recursive: true, force: true });
       }
       await runTool("unsquashfs", ["-f", "-no-progress", "-d", staging, layer], { timeoutSeconds: 3600 });
@@ -33001,7 +33008,7 @@ async function squashLayers(layers, output2, opts) {
   } finally {
     await rm9(staging, { recursive: true, force: true });
   }
-  const { size } = await lstat4(output2);
+  const { size } = await lstat3(output2);
   return {
     layer: output2,
     bytes: size,

@@ -6,7 +6,7 @@ import { removeStaleTemps, replaceAtomically } from '../fs/atomic';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { copyImageFile } from './copy';
-import { requireExt3 } from './format';
+import { hasErrorFlag, needsRecovery, requireExt3 } from './format';
 
 export type CheckStatus = 'clean' | 'repaired' | 'corrupt' | 'locked' | 'error';
 
@@ -147,6 +147,27 @@ export async function checkImage(
   } finally {
     lock?.release();
   }
+}
+
+/**
+ * The gate before a read-only mount (`ro,noload`: no journal replay, no orphan processing), where
+ * the kernel or fuse2fs sees the image exactly as it is on disk. So the check is e2fsck -fn of
+ * the image as it is, which is that same view, in place and without the metadata copy a repair
+ * check needs. A journal holding unapplied writes is refused: noload would silently drop them.
+ * The caller holds a lock on the image.
+ */
+export async function requireCleanForReadOnlyMount(path: string): Promise<void> {
+  const { ext } = await requireExt3(path);
+  const refuse = (why: string, problems: string[] = []) => {
+    throw new OverlayError('E_INTEGRITY', `${path} ${why}; run check --repair first`, {
+      details: { problems },
+    });
+  };
+  if (needsRecovery(ext!)) refuse('has a journal that needs recovery (a writer crashed)');
+  if (hasErrorFlag(ext!)) refuse('is marked as having errors');
+  const r = await runTool('e2fsck', ['-fn', path], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
+  if (r.exitCode !== 0)
+    refuse(`is not clean (e2fsck exit ${r.exitCode})`, summarize(`${r.stdout}\n${r.stderr}`));
 }
 
 /** One image's outcome, as the actions name it. */

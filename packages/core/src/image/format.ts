@@ -20,7 +20,14 @@ export interface ExtHeader {
   compat: number;
   incompat: number;
   roCompat: number;
+  /** s_state: bit 1 = cleanly unmounted, bit 2 = errors detected by the kernel. */
+  state: number;
 }
+
+/** The journal holds writes not yet applied (a writer crashed or is still running). */
+export const needsRecovery = (ext: ExtHeader) => (ext.incompat & INCOMPAT_RECOVER) !== 0;
+/** The kernel recorded an error in this filesystem. */
+export const hasErrorFlag = (ext: ExtHeader) => (ext.state & 0x2) !== 0;
 
 export interface FormatInfo {
   format: ImageFormat;
@@ -55,6 +62,7 @@ export async function detectFormat(path: string): Promise<FormatInfo> {
       compat: head.readUInt32LE(SB + 92),
       incompat: head.readUInt32LE(SB + 96),
       roCompat: head.readUInt32LE(SB + 100),
+      state: head.readUInt16LE(SB + 58),
     };
     let format: ImageFormat = 'ext2';
     if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) format = 'ext4';

@@ -1,14 +1,15 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { createReadStream, lstatSync, readdirSync } from 'node:fs';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OverlayError } from '../errors';
 import { replaceAtomically } from '../fs/atomic';
-import { checkImage } from '../image/check';
+import { requireCleanForReadOnlyMount } from '../image/check';
 import { copyImageFile } from '../image/copy';
 import { requireExt3 } from '../image/format';
 import { acquireLock } from '../lock/ofd';
+import { readXattr } from '../tools/native';
 import { requireTool, runTool } from '../tools/run';
 import { withFuse2fs } from './fuse';
 import { type LowerListing, lowerListing } from './lower';
@@ -40,36 +41,25 @@ export interface CommitResult {
   warnings: string[];
 }
 
-/** Directories under `root` carrying an opaque marker xattr (one getfattr run for the tree). */
-async function opaqueXattrDirs(root: string): Promise<Set<string>> {
-  const pattern = `^(${OPAQUE_XATTRS.map((x) => x.replace(/\./g, '\\.')).join('|')})$`;
-  const r = await runTool('getfattr', ['-R', '--absolute-names', '-m', pattern, '-d', root], {
-    okExitCodes: [1],
-  });
-  const dirs = new Set<string>();
-  let current = '';
-  for (const line of r.stdout.split('\n')) {
-    if (line.startsWith('# file: ')) current = line.slice(8);
-    else if (/="?y"?$/.test(line) && current) dirs.add(current.slice(root.length + 1));
-  }
-  return dirs;
-}
-
 const escapePseudo = (p: string) => p.replace(/([\\ ])/g, '\\$1');
 
-/** Walk upper/ and plan the portable layer: what to leave out, which 0:0 whiteouts to add. */
-async function planLayer(upper: string, lower: LowerListing | undefined) {
-  const opaque = await opaqueXattrDirs(upper);
+const isOpaqueByXattr = (dir: string) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === 'y');
+
+/**
+ * Walk upper/ and plan the portable layer: what to leave out, which 0:0 whiteouts to add.
+ * Synchronous on purpose: one pass of readdir (d_type, no stat) plus an xattr read per directory,
+ * which also warms the dentry cache for mksquashfs; nothing else runs meanwhile.
+ */
+function planLayer(upper: string, lower: LowerListing | undefined) {
   const exclude: string[] = [];
   const pseudo: string[] = [];
   const warnings: string[] = [];
   let files = 0;
   let whiteouts = 0;
-  const walk = async (rel: string) => {
+  const walk = (rel: string) => {
     const dir = rel ? join(upper, rel) : upper;
-    const dirents = await readdir(dir, { withFileTypes: true });
     const entries: UpperEntry[] = [];
-    for (const d of dirents) {
+    for (const d of readdirSync(dir, { withFileTypes: true })) {
       let kind: UpperEntry['kind'] = 'other';
       let whiteoutDevice = false;
       if (d.isDirectory()) kind = 'dir';
@@ -77,11 +67,15 @@ async function planLayer(upper: string, lower: LowerListing | undefined) {
       else if (d.isSymbolicLink()) kind = 'symlink';
       else if (d.isCharacterDevice()) {
         kind = 'chardev';
-        whiteoutDevice = (await lstat(join(dir, d.name))).rdev === 0;
+        whiteoutDevice = lstatSync(join(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
-    const plan = planDirectory(entries, opaque.has(rel), lower?.get(rel) ?? (lower ? new Set() : undefined));
+    const plan = planDirectory(
+      entries,
+      isOpaqueByXattr(dir),
+      lower?.get(rel) ?? (lower ? new Set() : undefined),
+    );
     if (plan.needsOpaqueXattr) {
       warnings.push(
         `/${rel} replaced a lower directory; give --base/--layer so every reader hides the old content (kept: the trusted.overlay.opaque flag, honoured by root readers only, when a root writer set it)`,
@@ -100,10 +94,10 @@ async function planLayer(upper: string, lower: LowerListing | undefined) {
     for (const e of entries) {
       if (dropped.has(e.name)) continue;
       files++;
-      if (e.kind === 'dir') await walk(rel ? `${rel}/${e.name}` : e.name);
+      if (e.kind === 'dir') walk(rel ? `${rel}/${e.name}` : e.name);
     }
   };
-  await walk('');
+  walk('');
   return { exclude, pseudo, warnings, files, whiteouts };
 }
 
@@ -124,24 +118,15 @@ function compressionArgs(c: Compression, level?: number): string[] {
 /**
  * Freeze upper/ into a read-only SquashFS layer whose root is upper/'s content, with deletions in
  * the portable form (0:0 devices; explicit whiteouts for replaced directories when the lower stack
- * is known). The image is fsck-checked first and read through fuse2fs (unprivileged; as root the
- * kernel never parses it). With `reset`, upper/ and work/ are then emptied on a copy.
+ * is known). The image is fsck-checked first, as it is on disk (the view a read-only mount gives),
+ * then read through fuse2fs (unprivileged) or a kernel loop mount (root). With `reset`, upper/ and work/ are then emptied on a copy.
  */
 export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
   const started = Date.now();
   await requireExt3(o.image);
   const lock = await acquireLock(o.image, o.reset ? 'exclusive' : 'shared');
   try {
-    const check = await checkImage(o.image, { lockHeld: true });
-    if (check.status !== 'clean') {
-      throw new OverlayError(
-        'E_INTEGRITY',
-        `${o.image} is not clean (${check.status}); run check --repair first`,
-        {
-          details: { problems: check.problems },
-        },
-      );
-    }
+    await requireCleanForReadOnlyMount(o.image);
     const lower = o.base || o.layers.length ? await lowerListing(o.base, o.layers) : undefined;
     const work = await mkdtemp(join(tmpdir(), 'overlay-commit-'));
     let planned: Awaited<ReturnType<typeof planLayer>> | undefined;
@@ -152,7 +137,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
           throw new OverlayError('E_NOT_EXT3', `${o.image} has no upper/ directory`);
         }
         o.onProgress?.('planning whiteouts');
-        planned = await planLayer(upper, lower);
+        planned = planLayer(upper, lower);
         const excludeFile = join(work, 'exclude');
         const pseudoFile = join(work, 'pseudo');
         await writeFile(excludeFile, planned.exclude.map((p) => `${p}\n`).join(''));

@@ -48,3 +48,15 @@ export function nativeLibc(): { koffi: any; lib: any } {
   libc ??= koffi.load('libc.so.6');
   return { koffi, lib: libc };
 }
+
+// biome-ignore lint/suspicious/noExplicitAny: koffi function handle
+let lgetxattrFn: any;
+/** The value of one extended attribute of `path` (not following symlinks), or null when absent/unreadable. */
+export function readXattr(path: string, name: string): Buffer | null {
+  lgetxattrFn ??= nativeLibc().lib.func(
+    'long lgetxattr(const char *path, const char *name, void *value, size_t size)',
+  );
+  const buf = Buffer.alloc(256);
+  const n = Number(lgetxattrFn(path, name, buf, buf.length));
+  return n >= 0 ? buf.subarray(0, n) : null;
+}
