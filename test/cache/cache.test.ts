@@ -102,7 +102,7 @@ describe('local store round trip', () => {
     for (const damage of ['truncate', 'corrupt', 'foreign'] as const) {
       const store = join(dir, `store-${damage}`);
       await ctl(['cache', 'save', img, '--key', 'k', '--store', store]);
-      const archive = readdirSync(store).find((n) => n.endsWith('.tar.zst'))!;
+      const archive = readdirSync(store).find((n) => n.endsWith('.ovc.zst'))!;
       const path = join(store, archive);
       if (damage === 'truncate') writeFileSync(path, readFileSync(path).subarray(0, 50_000));
       if (damage === 'corrupt') {
@@ -124,6 +124,82 @@ describe('local store round trip', () => {
       expect(existsSync(join(dirname(dir), 'evil'))).toBe(false);
       expect(readdirSync(dir).filter((n) => n.includes('.ovtmp-'))).toEqual([]);
     }
+  });
+
+  it('crafted archives (records out of bounds or out of order, a lying digest, trailing bytes) are a miss', async () => {
+    // the archive layout, written by hand: MAGIC, u32+header JSON, records (u64 offset, u32 length,
+    // bytes), END record, u32+trailer JSON, all in one zstd stream
+    const json = (o: object) => {
+      const body = Buffer.from(JSON.stringify(o));
+      const len = Buffer.alloc(4);
+      len.writeUInt32BE(body.length);
+      return Buffer.concat([len, body]);
+    };
+    const rec = (offset: bigint, data: Buffer) => {
+      const h = Buffer.alloc(12);
+      h.writeBigUInt64BE(offset);
+      h.writeUInt32BE(data.length, 8);
+      return Buffer.concat([h, data]);
+    };
+    const header = json({
+      formatVersion: 2,
+      imageName: 'x.img',
+      sizeBytes: 1 << 20,
+      fsUuid: '',
+      tools: {},
+      created: '',
+    });
+    const block = Buffer.alloc(4096, 7);
+    const end = rec(0xffff_ffff_ffff_ffffn, Buffer.alloc(0));
+    const trailer = json({ sha256: '0'.repeat(64), dataBytes: 4096 });
+    const magic = Buffer.from('OVERLAY-ACTION-CACHE\n');
+    const cases: Record<string, Buffer> = {
+      'beyond the image size': Buffer.concat([magic, header, rec(BigInt(1 << 20), block), end, trailer]),
+      'not block aligned': Buffer.concat([magic, header, rec(100n, block), end, trailer]),
+      'out of order': Buffer.concat([
+        magic,
+        header,
+        rec(8192n, block),
+        rec(0n, block),
+        end,
+        json({ sha256: '0'.repeat(64), dataBytes: 8192 }),
+      ]),
+      'digest mismatch': Buffer.concat([magic, header, rec(0n, block), end, trailer]),
+      'trailing bytes': Buffer.concat([magic, header, rec(0n, block), end, trailer, Buffer.from('x')]),
+      'no end record': Buffer.concat([magic, header, rec(0n, block)]),
+    };
+    const store = join(dir, 'store-crafted');
+    await ctl(['cache', 'save', img, '--key', 'k', '--store', store]);
+    const archive = join(store, readdirSync(store).find((n) => n.endsWith('.ovc.zst'))!);
+    for (const [name, bytes] of Object.entries(cases)) {
+      writeFileSync(join(dir, 'crafted.raw'), bytes);
+      await execa('zstd', ['-q', '-f', join(dir, 'crafted.raw'), '-o', archive]);
+      const good = join(dir, 'good-crafted.img');
+      writeFileSync(good, 'the image already here');
+      const r = await ctl(['cache', 'restore', good, '--key', 'k', '--store', store]);
+      expect(r.out.outcome, name).toBe('miss');
+      expect(r.out.warnings.join(' '), name).toMatch(/corrupt|mismatch|trailing|truncated/);
+      expect(readFileSync(good, 'utf8'), name).toBe('the image already here');
+      expect(readdirSync(dir).filter((n) => n.includes('.ovtmp-'))).toEqual([]);
+    }
+  });
+
+  it('save-if-changed: untouched is a no-op without reading, touched-but-same is a no-op, a real change saves', async () => {
+    const store = join(dir, 'store-changed');
+    await ctl(['cache', 'save', img, '--key', 'base', '--store', store]);
+    const copy = join(dir, 'changed.img');
+    await ctl(['cache', 'restore', copy, '--key', 'base', '--store', store]);
+    expect((await ctl(['cache', 'save', copy, '--key', 'next', '--store', store])).out.reason).toBe(
+      'unchanged',
+    );
+    await execa('touch', [copy]); // new mtime, same content: the digest decides
+    expect((await ctl(['cache', 'save', copy, '--key', 'next', '--store', store])).out.reason).toBe(
+      'unchanged',
+    );
+    await execa('debugfs', ['-w', '-R', 'write /etc/hostname /upper/new-file', copy]);
+    const s = await ctl(['cache', 'save', copy, '--key', 'next', '--store', store]);
+    expect(s.out.saved).toBe(true);
+    expect(s.out.sha256).toBe(await contentDigest(copy));
   });
 
   it('concurrent saves and restores on one store: one entry, every restore complete', async () => {

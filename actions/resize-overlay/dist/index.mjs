@@ -15078,7 +15078,7 @@ var require_util4 = __commonJS({
           if (encoding === "failure") {
             encoding = "UTF-8";
           }
-          return decode3(bytes, encoding);
+          return decode4(bytes, encoding);
         }
         case "ArrayBuffer": {
           const sequence = combineByteSequences(bytes);
@@ -15095,7 +15095,7 @@ var require_util4 = __commonJS({
         }
       }
     }
-    function decode3(ioQueue, encoding) {
+    function decode4(ioQueue, encoding) {
       const bytes = combineByteSequences(ioQueue);
       const BOMEncoding = BOMSniffing(bytes);
       let slice = 0;
@@ -19334,10 +19334,10 @@ var init_dist = __esm({
       queue.enqueue();
       fs3.realpath(path6, (error63, resolvedPath) => {
         if (error63) return queue.dequeue(suppressErrors ? null : error63, state);
-        fs3.stat(resolvedPath, (error$1, stat8) => {
+        fs3.stat(resolvedPath, (error$1, stat10) => {
           if (error$1) return queue.dequeue(suppressErrors ? null : error$1, state);
-          if (stat8.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
-          callback$1(stat8, resolvedPath);
+          if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
+          callback$1(stat10, resolvedPath);
           queue.dequeue(null, state);
         });
       });
@@ -19347,9 +19347,9 @@ var init_dist = __esm({
       queue.enqueue();
       try {
         const resolvedPath = fs3.realpathSync(path6);
-        const stat8 = fs3.statSync(resolvedPath);
-        if (stat8.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
-        callback$1(stat8, resolvedPath);
+        const stat10 = fs3.statSync(resolvedPath);
+        if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
+        callback$1(stat10, resolvedPath);
       } catch (e) {
         if (!suppressErrors) throw e;
       }
@@ -19512,8 +19512,8 @@ var init_dist = __esm({
             this.walkDirectory(this.state, path6, path6, depth - 1, this.walk);
           } else if (this.resolveSymlink && entry.isSymbolicLink()) {
             let path6 = joinPathWithBasePath(entry.name, directoryPath);
-            this.resolveSymlink(path6, this.state, (stat8, resolvedPath) => {
-              if (stat8.isDirectory()) {
+            this.resolveSymlink(path6, this.state, (stat10, resolvedPath) => {
+              if (stat10.isDirectory()) {
                 resolvedPath = normalizePath(resolvedPath, this.state.options);
                 if (exclude && exclude(entry.name, useRealPaths ? resolvedPath : path6 + pathSeparator)) return;
                 this.walkDirectory(this.state, resolvedPath, useRealPaths ? resolvedPath : path6 + pathSeparator, depth - 1, this.walk);
@@ -21924,7 +21924,7 @@ var init_native = __esm({
 
 // packages/core/src/fs/sparse.ts
 import { createHash as createHash2 } from "node:crypto";
-import { open as open2 } from "node:fs/promises";
+import { open as open2, stat as stat3 } from "node:fs/promises";
 async function dataExtents(path6) {
   const { lib } = nativeLibc();
   lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
@@ -21945,33 +21945,37 @@ async function dataExtents(path6) {
     await fh.close();
   }
 }
-async function contentDigest(path6) {
-  const hash2 = createHash2("sha256");
+async function* dataRuns(path6) {
   const fh = await open2(path6, "r");
   try {
-    const size = (await fh.stat()).size;
-    hash2.update(`size:${size}
-`);
-    const buf = Buffer.alloc(4 * 1024 * 1024);
-    const offset = Buffer.alloc(8);
     for (const [start, end] of await dataExtents(path6)) {
-      for (let pos = start - start % BLOCK; pos < end; pos += buf.length) {
-        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
+      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
+        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        let runStart = -1;
         for (let b = 0; b < bytesRead; b += BLOCK) {
           const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
-          offset.writeBigUInt64BE(BigInt(pos + b));
-          hash2.update(offset);
-          hash2.update(block);
+          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
+          if (!zero && runStart < 0) runStart = b;
+          else if (zero && runStart >= 0) {
+            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
+            runStart = -1;
+          }
         }
+        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
       }
     }
   } finally {
     await fh.close();
   }
-  return hash2.digest("hex");
 }
-var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek;
+async function contentDigest(path6) {
+  const size = (await stat3(path6)).size;
+  const hash2 = new ContentHash(size);
+  for await (const run2 of dataRuns(path6)) hash2.update(run2.offset, run2.data);
+  return hash2.digest();
+}
+var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
 var init_sparse = __esm({
   "packages/core/src/fs/sparse.ts"() {
     "use strict";
@@ -21980,6 +21984,27 @@ var init_sparse = __esm({
     SEEK_HOLE = 4;
     BLOCK = 4096;
     ZERO_BLOCK = Buffer.alloc(BLOCK);
+    RUN_MAX = 4 * 1024 * 1024;
+    ContentHash = class {
+      hash = createHash2("sha256");
+      offset = Buffer.alloc(8);
+      constructor(size) {
+        this.hash.update(`size:${size}
+`);
+      }
+      update(offset, data) {
+        for (let b = 0; b < data.length; b += BLOCK) {
+          const block = data.subarray(b, Math.min(b + BLOCK, data.length));
+          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
+          this.offset.writeBigUInt64BE(BigInt(offset + b));
+          this.hash.update(this.offset);
+          this.hash.update(block);
+        }
+      }
+      digest() {
+        return this.hash.digest("hex");
+      }
+    };
   }
 });
 
@@ -23169,15 +23194,15 @@ var require_windows = __commonJS({
       }
       return false;
     }
-    function checkStat(stat8, path6, options) {
-      if (!stat8.isSymbolicLink() && !stat8.isFile()) {
+    function checkStat(stat10, path6, options) {
+      if (!stat10.isSymbolicLink() && !stat10.isFile()) {
         return false;
       }
       return checkPathExt(path6, options);
     }
     function isexe(path6, options, cb) {
-      fs3.stat(path6, function(er, stat8) {
-        cb(er, er ? false : checkStat(stat8, path6, options));
+      fs3.stat(path6, function(er, stat10) {
+        cb(er, er ? false : checkStat(stat10, path6, options));
       });
     }
     function sync2(path6, options) {
@@ -23193,20 +23218,20 @@ var require_mode = __commonJS({
     isexe.sync = sync2;
     var fs3 = __require("fs");
     function isexe(path6, options, cb) {
-      fs3.stat(path6, function(er, stat8) {
-        cb(er, er ? false : checkStat(stat8, options));
+      fs3.stat(path6, function(er, stat10) {
+        cb(er, er ? false : checkStat(stat10, options));
       });
     }
     function sync2(path6, options) {
       return checkStat(fs3.statSync(path6), options);
     }
-    function checkStat(stat8, options) {
-      return stat8.isFile() && checkMode(stat8, options);
+    function checkStat(stat10, options) {
+      return stat10.isFile() && checkMode(stat10, options);
     }
-    function checkMode(stat8, options) {
-      var mod = stat8.mode;
-      var uid = stat8.uid;
-      var gid = stat8.gid;
+    function checkMode(stat10, options) {
+      var mod = stat10.mode;
+      var uid = stat10.uid;
+      var gid = stat10.gid;
       var myUid = options.uid !== void 0 ? options.uid : process.getuid && process.getuid();
       var myGid = options.gid !== void 0 ? options.gid : process.getgid && process.getgid();
       var u2 = parseInt("100", 8);
@@ -30463,6 +30488,7 @@ async function runTool(name, args, opts = {}) {
   const file2 = requireTool(name, opts.env);
   const timeout = toolTimeoutSeconds(name, opts.timeoutSeconds);
   const lines = opts.onLine;
+  const started = process.hrtime.bigint();
   let result;
   try {
     const child = execa(file2, args, {
@@ -30477,6 +30503,7 @@ async function runTool(name, args, opts = {}) {
       stdout: opts.inherit ? "inherit" : opts.stdout ?? "pipe",
       stderr: opts.inherit ? "inherit" : "pipe",
       encoding: opts.binary ? "buffer" : "utf8",
+      buffer: { stdout: !opts.use, stderr: true },
       stripFinalNewline: false,
       maxBuffer: 512 * 1024 * 1024
     });
@@ -30491,11 +30518,28 @@ async function runTool(name, args, opts = {}) {
         });
       }
     }
-    result = await child;
+    if (opts.use) {
+      let killed = false;
+      const using = opts.use(child).catch((e) => {
+        killed = child.kill("SIGKILL");
+        throw e;
+      });
+      const [r, u2] = await Promise.allSettled([child, using]);
+      result = r.value;
+      if (u2.status === "rejected" && (killed || result.exitCode === 0)) {
+        throw isOverlayError(u2.reason) ? u2.reason : new OverlayError("E_TOOL_FAILED", `${name}: ${u2.reason.message}`, { cause: u2.reason });
+      }
+    } else result = await child;
   } catch (e) {
+    if (isOverlayError(e)) throw e;
     throw new OverlayError("E_TOOL_FAILED", `${name} could not be started: ${e.message}`, {
       cause: e
     });
+  }
+  if (process.env.OVERLAY_TRACE) {
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    process.stderr.write(`[trace] ${name} ${args.slice(0, 3).join(" ")}: ${ms.toFixed(0)} ms
+`);
   }
   const stdout = opts.binary ? "" : String(result.stdout ?? "");
   const stderr = String(result.stderr ?? "");
@@ -30573,107 +30617,158 @@ var init_run = __esm({
 });
 
 // packages/core/src/cache/pack.ts
-import { mkdir as mkdir2, readFile, rename as rename2, rm as rm2, stat as stat3, writeFile as writeFile2 } from "node:fs/promises";
-import { basename as basename3, dirname as dirname4, join as join4, resolve as resolve3 } from "node:path";
-async function toolVersions() {
-  const v = async (tool, args) => (await runTool(tool, args).catch(() => ({ stdout: "?" }))).stdout.split("\n")[0].trim();
-  return { tar: await v("tar", ["--version"]), zstd: await v("zstd", ["--version"]) };
+import { once as once9 } from "node:events";
+import { closeSync as closeSync2, fdatasyncSync, ftruncateSync, openSync as openSync2, write } from "node:fs";
+import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
+import { basename as basename3, dirname as dirname4, resolve as resolve3 } from "node:path";
+async function zstdVersion() {
+  return (await runTool("zstd", ["--version"]).catch(() => ({ stdout: "?" }))).stdout.trim();
+}
+function lengthPrefixed(json2) {
+  const body = Buffer.from(JSON.stringify(json2));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(body.length);
+  return Buffer.concat([len, body]);
+}
+function recordHead(offset, length) {
+  const b = Buffer.alloc(12);
+  b.writeBigUInt64BE(offset);
+  b.writeUInt32BE(length, 8);
+  return b;
+}
+async function send(stream, chunk) {
+  if (!stream.write(chunk)) await once9(stream, "drain");
 }
 async function packImage(imagePath, archivePath) {
   const image = resolve3(imagePath);
-  const archive = resolve3(archivePath);
   await requireExt3(image);
   const lock = await acquireLock(image, "shared");
-  const stage = tempPathFor(archive);
   try {
-    const [head, sha256, tools] = await Promise.all([readHead(image), contentDigest(image), toolVersions()]);
-    const manifest = {
+    const [head, st, zstd] = await Promise.all([readHead(image), stat4(image), zstdVersion()]);
+    const header = {
       formatVersion: CACHE_FORMAT_VERSION,
       imageName: basename3(image),
-      sizeBytes: (await stat3(image)).size,
+      sizeBytes: st.size,
       fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : "",
-      sha256,
-      tools,
+      tools: { zstd, node: process.version },
       created: (/* @__PURE__ */ new Date()).toISOString()
     };
-    await mkdir2(stage, { mode: 448 });
-    await writeFile2(join4(stage, MANIFEST), `${JSON.stringify(manifest, null, 2)}
-`);
-    const escaped = basename3(image).replace(/[\\^$.*[\]/&,]/g, "\\$&");
-    await runTool(
-      "tar",
-      [
-        "--sparse",
-        "--zstd",
-        "--format=posix",
-        "-cf",
-        archive,
-        "-C",
-        stage,
-        MANIFEST,
-        "-C",
-        dirname4(image),
-        `--transform=s,^${escaped}$,${IMAGE_MEMBER},`,
-        "--",
-        basename3(image)
-      ],
-      { env: ZSTD_ENV, timeoutSeconds: 3600 }
-    );
-    return manifest;
+    const hash2 = new ContentHash(st.size);
+    let trailer;
+    await runTool("zstd", ["-T0", "-q", "-f", "-o", resolve3(archivePath)], {
+      env: ZSTD_ENV,
+      stdin: "pipe",
+      timeoutSeconds: 3600,
+      use: async (child) => {
+        const sink = child.stdin;
+        let dataBytes = 0;
+        await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
+        for await (const run2 of dataRuns(image)) {
+          hash2.update(run2.offset, run2.data);
+          dataBytes += run2.data.length;
+          await send(sink, recordHead(BigInt(run2.offset), run2.data.length));
+          await send(sink, run2.data);
+        }
+        trailer = { sha256: hash2.digest(), dataBytes };
+        await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
+        sink.end();
+      }
+    });
+    return { ...header, ...trailer };
   } finally {
     lock.release();
-    await rm2(stage, { recursive: true, force: true });
   }
+}
+function startWriteback(fd) {
+  try {
+    syncFileRange ??= nativeLibc().lib.func(
+      "int sync_file_range(int fd, int64_t off, int64_t n, unsigned int flags)"
+    );
+    syncFileRange(
+      fd,
+      0,
+      0,
+      2
+      /* SYNC_FILE_RANGE_WRITE */
+    );
+  } catch {
+  }
+}
+async function decode(stream, fd) {
+  const reader = new ByteReader(stream);
+  const magic = await reader.take(MAGIC.length);
+  if (!magic?.equals(MAGIC)) throw new ArchiveError("foreign archive (not an overlay-action cache archive)");
+  const header = await reader.json();
+  if (header.formatVersion !== CACHE_FORMAT_VERSION)
+    throw new ArchiveError(`cache format ${header.formatVersion}, expected ${CACHE_FORMAT_VERSION}`);
+  const size = header.sizeBytes;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 4096)
+    throw new ArchiveError(`implausible image size ${size}`);
+  ftruncateSync(fd, size);
+  const hash2 = new ContentHash(size);
+  let next = 0;
+  let dataBytes = 0;
+  let sinceKick = 0;
+  for (; ; ) {
+    const head = await reader.need(12);
+    const offset = head.readBigUInt64BE(0);
+    const length = head.readUInt32BE(8);
+    if (offset === END && length === 0) break;
+    const at = Number(offset);
+    if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
+      throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
+    const data = await reader.need(length);
+    const written = new Promise((ok, fail2) => write(fd, data, 0, length, at, (e) => e ? fail2(e) : ok()));
+    hash2.update(at, data);
+    await written;
+    next = at + length;
+    dataBytes += length;
+    sinceKick += length;
+    if (sinceKick >= 64 * 1024 * 1024) {
+      startWriteback(fd);
+      sinceKick = 0;
+    }
+  }
+  const trailer = await reader.json();
+  if (await reader.take(1) !== null) throw new ArchiveError("trailing data after the archive");
+  return { manifest: { ...header, ...trailer }, computed: { sha256: hash2.digest(), dataBytes } };
 }
 async function unpackImage(archivePath, targetPath) {
   const archive = resolve3(archivePath);
   const target = resolve3(targetPath);
   await removeStaleTemps(target);
-  const listing = await runTool("tar", ["--zstd", "-tf", archive], {
-    env: ZSTD_ENV,
-    timeoutSeconds: 600
-  }).catch((e) => e);
-  if (listing instanceof OverlayError) return { ok: false, reason: `unreadable archive: ${listing.message}` };
-  const members2 = listing.stdout.split("\n").filter(Boolean);
-  if (members2.length !== 2 || members2[0] !== MANIFEST || members2[1] !== IMAGE_MEMBER) {
-    return { ok: false, reason: `foreign archive (members: ${members2.slice(0, 4).join(", ")})` };
-  }
-  const stage = tempPathFor(target);
-  await mkdir2(stage, { mode: 448 }).catch((e) => {
-    throw isOverlayError(e) ? e : new OverlayError("E_CACHE", `cannot create ${stage}: ${e.message}`);
-  });
-  let lock;
+  const tmp = tempPathFor(target);
+  let fd;
   try {
+    fd = openSync2(tmp, "wx", 420);
+  } catch (e) {
+    throw new OverlayError("E_CACHE", `cannot create ${tmp}: ${e.message}`);
+  }
+  let lock;
+  let fdOpen = true;
+  try {
+    let decoded;
     try {
-      await runTool(
-        "tar",
-        ["--sparse", "--zstd", "--no-same-owner", "-xf", archive, "-C", stage, "--", ...members2],
-        {
-          env: ZSTD_ENV,
-          timeoutSeconds: 3600
+      await runTool("zstd", ["-d", "-q", "-c", "--", archive], {
+        timeoutSeconds: 3600,
+        use: async (child) => {
+          decoded = await decode(child.stdout, fd);
         }
-      );
+      });
     } catch (e) {
-      if (isOverlayError(e, "E_NO_SPACE")) throw e;
-      return { ok: false, reason: `corrupt archive: ${e.message}` };
+      const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : e;
+      if (isOverlayError(e, "E_NO_SPACE") || cause.code === "ENOSPC")
+        throw new OverlayError("E_NO_SPACE", `no space left to restore ${target}`);
+      const why = cause instanceof ArchiveError ? cause.message : `corrupt archive: ${cause.message}`;
+      return { ok: false, reason: why };
     }
-    let manifest;
-    try {
-      manifest = JSON.parse(await readFile(join4(stage, MANIFEST), "utf8"));
-    } catch {
-      return { ok: false, reason: "unreadable manifest" };
-    }
-    if (manifest.formatVersion !== CACHE_FORMAT_VERSION) {
-      return {
-        ok: false,
-        reason: `cache format ${manifest.formatVersion}, expected ${CACHE_FORMAT_VERSION}`
-      };
-    }
-    const restored = join4(stage, IMAGE_MEMBER);
-    if ((await stat3(restored)).size !== manifest.sizeBytes || await contentDigest(restored) !== manifest.sha256) {
+    const { manifest, computed } = decoded;
+    if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
       return { ok: false, reason: "content digest mismatch" };
-    }
-    const fsck = await runTool("e2fsck", ["-fn", restored], {
+    fdatasyncSync(fd);
+    closeSync2(fd);
+    fdOpen = false;
+    const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
       okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
       // any verdict is a verdict (12 = aborted)
       timeoutSeconds: 1800
@@ -30681,17 +30776,17 @@ async function unpackImage(archivePath, targetPath) {
     if (fsck.exitCode !== 0)
       return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
     if (await exists2(target)) lock = await acquireLock(target, "exclusive");
-    await fsyncPath(restored);
-    await rename2(restored, target);
+    await rename2(tmp, target);
     await fsyncPath(dirname4(target)).catch(() => {
     });
     return { ok: true, manifest };
   } finally {
+    if (fdOpen) closeSync2(fd);
     lock?.release();
-    await rm2(stage, { recursive: true, force: true });
+    await rm2(tmp, { force: true });
   }
 }
-var formatUuid, CACHE_FORMAT_VERSION, MANIFEST, IMAGE_MEMBER, ZSTD_ENV;
+var CACHE_FORMAT_VERSION, ARCHIVE_SUFFIX, MAGIC, END, MAX_JSON, formatUuid, ZSTD_ENV, ByteReader, syncFileRange, ArchiveError;
 var init_pack = __esm({
   "packages/core/src/cache/pack.ts"() {
     "use strict";
@@ -30700,12 +30795,51 @@ var init_pack = __esm({
     init_sparse();
     init_format();
     init_ofd();
+    init_native();
     init_run();
+    CACHE_FORMAT_VERSION = 2;
+    ARCHIVE_SUFFIX = ".ovc.zst";
+    MAGIC = Buffer.from("OVERLAY-ACTION-CACHE\n");
+    END = 0xffffffffffffffffn;
+    MAX_JSON = 64 * 1024;
     formatUuid = (b) => b.toString("hex").replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, "$1-$2-$3-$4-$5");
-    CACHE_FORMAT_VERSION = 1;
-    MANIFEST = "manifest.json";
-    IMAGE_MEMBER = "image.img";
-    ZSTD_ENV = { ...process.env, ZSTD_NBTHREADS: "0", ZSTD_CLEVEL: "3" };
+    ZSTD_ENV = { ...process.env, ZSTD_CLEVEL: "3" };
+    ByteReader = class {
+      chunks = [];
+      buffered = 0;
+      source;
+      constructor(stream) {
+        this.source = stream[Symbol.asyncIterator]();
+      }
+      /** Exactly n bytes, or null at a clean end of stream (nothing buffered). */
+      async take(n2) {
+        while (this.buffered < n2) {
+          const next = await this.source.next();
+          if (next.done) {
+            if (this.buffered === 0) return null;
+            throw new Error(`truncated archive (needed ${n2} bytes, ${this.buffered} left)`);
+          }
+          this.chunks.push(next.value);
+          this.buffered += next.value.length;
+        }
+        const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+        this.chunks = all.length > n2 ? [all.subarray(n2)] : [];
+        this.buffered -= n2;
+        return all.subarray(0, n2);
+      }
+      async need(n2) {
+        const b = await this.take(n2);
+        if (!b) throw new Error("truncated archive");
+        return b;
+      }
+      async json() {
+        const len = (await this.need(4)).readUInt32BE(0);
+        if (len > MAX_JSON) throw new Error(`implausible header length ${len}`);
+        return JSON.parse((await this.need(len)).toString("utf8"));
+      }
+    };
+    ArchiveError = class extends Error {
+    };
   }
 });
 
@@ -30716,7 +30850,7 @@ __export(key_exports, {
   validateKey: () => validateKey
 });
 import { createHash as createHash3 } from "node:crypto";
-import { readFile as readFile2 } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { arch as arch2, platform as platform3 } from "node:os";
 import { resolve as resolve4 } from "node:path";
 function stable(value) {
@@ -30734,7 +30868,7 @@ async function deriveKey(inputs) {
     throw new OverlayError("E_NOT_FOUND", `no file matches ${inputs.files.join(", ")}`);
   }
   const fileHash = createHash3("sha256");
-  for (const f of files) fileHash.update(`${f}\0${sha(await readFile2(resolve4(cwd, f)))}
+  for (const f of files) fileHash.update(`${f}\0${sha(await readFile(resolve4(cwd, f)))}
 `);
   const head = `${prefix}-${platform3()}-${arch2()}-v${CACHE_FORMAT_VERSION}`;
   const optionsHash = sha(stable(inputs.options)).slice(0, 16);
@@ -30765,11 +30899,11 @@ __export(local_store_exports, {
   defaultStoreDir: () => defaultStoreDir
 });
 import { createHash as createHash4 } from "node:crypto";
-import { link, lstat as lstat2, mkdir as mkdir3, readdir as readdir3, readFile as readFile3, rm as rm3, stat as stat4, utimes, writeFile as writeFile3 } from "node:fs/promises";
+import { link, lstat as lstat2, mkdir as mkdir2, readdir as readdir3, readFile as readFile2, rm as rm3, stat as stat5, utimes, writeFile as writeFile2 } from "node:fs/promises";
 import { homedir as homedir2 } from "node:os";
-import { join as join5 } from "node:path";
+import { join as join4 } from "node:path";
 function defaultStoreDir() {
-  return process.env.OVERLAY_CACHE_STORE || join5(process.env.XDG_CACHE_HOME || join5(homedir2(), ".cache"), "overlay-action", "store");
+  return process.env.OVERLAY_CACHE_STORE || join4(process.env.XDG_CACHE_HOME || join4(homedir2(), ".cache"), "overlay-action", "store");
 }
 async function publishOnce(tmp, final) {
   try {
@@ -30797,12 +30931,12 @@ var init_local_store = __esm({
       dir;
       kind = "local";
       paths(key) {
-        const base = join5(this.dir, createHash4("sha256").update(key).digest("hex").slice(0, 40));
-        return { archive: `${base}.tar.zst`, meta: `${base}.json` };
+        const base = join4(this.dir, createHash4("sha256").update(key).digest("hex").slice(0, 40));
+        return { archive: `${base}${ARCHIVE_SUFFIX}`, meta: `${base}.json` };
       }
       /** Refuse a directory others can plant files in (world-writable without the sticky bit). */
       async ensureDir() {
-        await mkdir3(this.dir, { recursive: true, mode: 493 }).catch((e) => {
+        await mkdir2(this.dir, { recursive: true, mode: 493 }).catch((e) => {
           throw fromFsError(e, this.dir);
         });
         const st = await lstat2(this.dir);
@@ -30826,14 +30960,14 @@ var init_local_store = __esm({
         }
         const out = [];
         for (const name of names.filter((n2) => n2.endsWith(".json") && !n2.startsWith("."))) {
-          const meta3 = join5(this.dir, name);
+          const meta3 = join4(this.dir, name);
           try {
-            const m = JSON.parse(await readFile3(meta3, "utf8"));
+            const m = JSON.parse(await readFile2(meta3, "utf8"));
             out.push({
               ...m,
-              lastUsed: (await stat4(meta3)).mtimeMs,
+              lastUsed: (await stat5(meta3)).mtimeMs,
               meta: meta3,
-              archive: meta3.replace(/\.json$/, ".tar.zst")
+              archive: meta3.replace(/\.json$/, ARCHIVE_SUFFIX)
             });
           } catch {
           }
@@ -30853,19 +30987,19 @@ var init_local_store = __esm({
           await rm3(tmp, { force: true });
           throw isOverlayError(e) ? e : new OverlayError("E_CACHE", `cannot write to ${this.dir}: ${e.message}`);
         }
-        const bytes = (await stat4(tmp)).size;
+        const bytes = (await stat5(tmp)).size;
         if (!await publishOnce(tmp, archive)) return { saved: false, key, reason: "exists" };
         const metaTmp = tempPathFor(meta3);
         const entry = { key, created: (/* @__PURE__ */ new Date()).toISOString(), bytes, sha256: manifest.sha256 };
         try {
-          await writeFile3(metaTmp, JSON.stringify(entry), { flag: "wx" });
+          await writeFile2(metaTmp, JSON.stringify(entry), { flag: "wx" });
         } catch (e) {
           await rm3(metaTmp, { force: true });
           await rm3(archive, { force: true });
           throw fromFsError(e, metaTmp);
         }
         if (!await publishOnce(metaTmp, meta3)) return { saved: false, key, reason: "exists" };
-        return { saved: true, key, bytes };
+        return { saved: true, key, bytes, sha256: manifest.sha256 };
       }
       async restore(keys, target) {
         const all = (await this.entries()).sort((a2, b) => b.created.localeCompare(a2.created));
@@ -30911,9 +31045,9 @@ var init_local_store = __esm({
 });
 
 // packages/core/src/image/copy.ts
-import { chmod as chmod2, chown, stat as stat5 } from "node:fs/promises";
+import { chmod as chmod2, chown, stat as stat7 } from "node:fs/promises";
 async function copyImageFile(src, dst) {
-  const st = await stat5(src);
+  const st = await stat7(src);
   const sparse = st.blocks * 512 < st.size;
   await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], {
     timeoutSeconds: 3600
@@ -30922,7 +31056,7 @@ async function copyImageFile(src, dst) {
   if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
 }
 async function isSparseFile(path6) {
-  const st = await stat5(path6);
+  const st = await stat7(path6);
   return st.blocks * 512 < st.size;
 }
 var init_copy = __esm({
@@ -30989,13 +31123,13 @@ var init_find = __esm({
 import { createHash as createHash5 } from "node:crypto";
 import { promises as fsp3 } from "node:fs";
 import { homedir as homedir3 } from "node:os";
-import { join as join7, resolve as resolve5 } from "node:path";
+import { join as join6, resolve as resolve5 } from "node:path";
 function isReference(base) {
   return /^[a-z][a-z0-9+.-]*:\/\//i.test(base);
 }
 function imageCacheDir(env = process.env) {
   if (env.OVERLAY_CACHE_DIR) return resolve5(env.OVERLAY_CACHE_DIR);
-  return join7(env.XDG_CACHE_HOME || join7(homedir3(), ".cache"), "overlay-action", "images");
+  return join6(env.XDG_CACHE_HOME || join6(homedir3(), ".cache"), "overlay-action", "images");
 }
 function baseCacheKey(reference) {
   return createHash5("sha256").update(reference).digest("hex");
@@ -31018,7 +31152,7 @@ async function resolveBase(base, opts = {}) {
     });
   }
   const dir = opts.cacheDir ?? imageCacheDir();
-  const path6 = join7(dir, `${baseCacheKey(base)}.sif`);
+  const path6 = join6(dir, `${baseCacheKey(base)}.sif`);
   if (await exists2(path6)) return { path: path6, reference: base, pulled: false };
   const runtime = findRuntime();
   await fsp3.mkdir(dir, { recursive: true, mode: 448 });
@@ -31058,7 +31192,7 @@ var init_base2 = __esm({
 // packages/core/src/layer/lower.ts
 import { mkdtemp, readdir as readdir4, rm as rm5 } from "node:fs/promises";
 import { tmpdir as tmpdir2 } from "node:os";
-import { join as join8 } from "node:path";
+import { join as join7 } from "node:path";
 async function squashEntries(file2) {
   const { stdout } = await runTool("unsquashfs", ["-lln", file2], { timeoutSeconds: 600 });
   const out = [];
@@ -31073,9 +31207,9 @@ async function sifEntries(sif) {
   const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
   const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
   if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp(join8(tmpdir2(), "overlay-sif-"));
+  const dir = await mkdtemp(join7(tmpdir2(), "overlay-sif-"));
   try {
-    const part = join8(dir, "rootfs.sqf");
+    const part = join7(dir, "rootfs.sqf");
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
     return await squashEntries(part);
   } finally {
@@ -31085,7 +31219,7 @@ async function sifEntries(sif) {
 async function dirEntries(root) {
   const out = [];
   for (const e of await readdir4(root, { recursive: true, withFileTypes: true })) {
-    const rel = join8(e.parentPath, e.name).slice(root.length + 1);
+    const rel = join7(e.parentPath, e.name).slice(root.length + 1);
     out.push({ path: rel, whiteout: e.isCharacterDevice() });
   }
   return out;
@@ -31369,13 +31503,13 @@ var init_normalize2 = __esm({
 // packages/core/src/image/check.ts
 import { mkdtemp as mkdtemp2, rm as rm6 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
-import { join as join9 } from "node:path";
+import { join as join8 } from "node:path";
 function summarize(output2) {
   return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
 }
 async function fsckOnCopy(image) {
-  const dir = await mkdtemp2(join9(tmpdir3(), "overlay-check-"));
-  const copy = join9(dir, "copy.img");
+  const dir = await mkdtemp2(join8(tmpdir3(), "overlay-check-"));
+  const copy = join8(dir, "copy.img");
   try {
     let method = "metadata-copy";
     try {
@@ -31686,7 +31820,7 @@ var init_create2 = __esm({
 });
 
 // packages/core/src/runtime/diagnose.ts
-import { closeSync as closeSync2, constants as constants9, openSync as openSync2, readFileSync as readFileSync3 } from "node:fs";
+import { closeSync as closeSync3, constants as constants9, openSync as openSync3, readFileSync as readFileSync3 } from "node:fs";
 function readProc(path6) {
   try {
     return readFileSync3(path6, "utf8").trim();
@@ -31697,7 +31831,7 @@ function readProc(path6) {
 function probeHost() {
   let devFuse = "ok";
   try {
-    closeSync2(openSync2("/dev/fuse", constants9.O_RDWR));
+    closeSync3(openSync3("/dev/fuse", constants9.O_RDWR));
   } catch (e) {
     const code = e.code ?? "error";
     devFuse = code === "ENOENT" ? "missing" : code;
@@ -31908,7 +32042,7 @@ __export(build_exports, {
 });
 import { promises as fsp6 } from "node:fs";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join13, resolve as resolve7 } from "node:path";
+import { join as join12, resolve as resolve7 } from "node:path";
 async function checkBuilt(path6) {
   const r = await checkImage(path6);
   return { status: r.status, problems: r.problems };
@@ -31932,8 +32066,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join13(tmpdir6(), "overlayctl-build-"));
-    scriptFile = join13(tempDir, "build.sh");
+    tempDir = await fsp6.mkdtemp(join12(tmpdir6(), "overlayctl-build-"));
+    scriptFile = join12(tempDir, "build.sh");
     await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -32599,14 +32733,18 @@ init_pack();
 
 // packages/core/src/cache/state.ts
 init_sparse();
-import { readFile as readFile4, rm as rm4, writeFile as writeFile4 } from "node:fs/promises";
-import { basename as basename4, dirname as dirname5, join as join6 } from "node:path";
+import { readFile as readFile3, rm as rm4, stat as stat6, writeFile as writeFile3 } from "node:fs/promises";
+import { basename as basename4, dirname as dirname5, join as join5 } from "node:path";
 function statePath(image) {
-  return join6(dirname5(image), `.${basename4(image)}.overlay-cache.json`);
+  return join5(dirname5(image), `.${basename4(image)}.overlay-cache.json`);
+}
+async function fileIdentity(image) {
+  const s = await stat6(image, { bigint: true });
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 async function readRestoreState(image) {
   try {
-    return JSON.parse(await readFile4(statePath(image), "utf8"));
+    return JSON.parse(await readFile3(statePath(image), "utf8"));
   } catch {
     return null;
   }
@@ -32614,14 +32752,20 @@ async function readRestoreState(image) {
 async function restoreImage(store, keys, image) {
   const r = await store.restore(keys, image);
   if (r.outcome !== "miss" && r.matchedKey && r.sha256) {
-    await writeFile4(statePath(image), JSON.stringify({ key: r.matchedKey, sha256: r.sha256 }));
+    const state = { key: r.matchedKey, sha256: r.sha256, file: await fileIdentity(image) };
+    await writeFile3(statePath(image), JSON.stringify(state));
   }
   return r;
 }
 async function saveImage(store, key, image) {
-  const [state, sha256] = await Promise.all([readRestoreState(image), contentDigest(image)]);
-  if (state && state.sha256 === sha256) return { saved: false, key, reason: "unchanged", sha256 };
-  return { ...await store.save(key, image), sha256 };
+  const state = await readRestoreState(image);
+  if (state) {
+    if (state.file && state.file === await fileIdentity(image))
+      return { saved: false, key, reason: "unchanged", sha256: state.sha256 };
+    const sha256 = await contentDigest(image);
+    if (state.sha256 === sha256) return { saved: false, key, reason: "unchanged", sha256 };
+  }
+  return store.save(key, image);
 }
 
 // packages/core/src/index.ts
@@ -32706,7 +32850,7 @@ init_copy();
 init_format();
 init_info2();
 init_superblock();
-import { stat as stat6, truncate } from "node:fs/promises";
+import { stat as stat8, truncate } from "node:fs/promises";
 async function minimumSizeBytes(path6) {
   const sb = await readSuperblock(path6);
   const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
@@ -32718,7 +32862,7 @@ async function minimumSizeBytes(path6) {
 async function resizeImage(path6, sizeBytes, opts = {}) {
   await requireExt3(path6);
   const previousSizeBytes = await withLock(path6, "exclusive", async () => {
-    const before = (await stat6(path6)).size;
+    const before = (await stat8(path6)).size;
     if (before === sizeBytes) return before;
     if (sizeBytes < before) {
       const min = await minimumSizeBytes(path6);
@@ -32783,17 +32927,17 @@ init_native();
 init_run();
 import { createHash as createHash6 } from "node:crypto";
 import { createReadStream as createReadStream2, lstatSync, readdirSync as readdirSync2 } from "node:fs";
-import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat7, writeFile as writeFile5 } from "node:fs/promises";
+import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat9, writeFile as writeFile4 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
-import { join as join11 } from "node:path";
+import { join as join10 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
 init_run();
 import { mkdtemp as mkdtemp3, rm as rm7 } from "node:fs/promises";
 import { tmpdir as tmpdir4 } from "node:os";
-import { join as join10 } from "node:path";
+import { join as join9 } from "node:path";
 async function withFuse2fs(image, mode, fn) {
-  const mnt = await mkdtemp3(join10(tmpdir4(), "overlay-mnt-"));
+  const mnt = await mkdtemp3(join9(tmpdir4(), "overlay-mnt-"));
   const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
   try {
     if (kernel) {
@@ -32835,7 +32979,7 @@ function planLayer(upper, lower) {
   let files = 0;
   let whiteouts = 0;
   const walk = (rel) => {
-    const dir = rel ? join11(upper, rel) : upper;
+    const dir = rel ? join10(upper, rel) : upper;
     const entries = [];
     for (const d of readdirSync2(dir, { withFileTypes: true })) {
       let kind = "other";
@@ -32845,7 +32989,7 @@ function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = lstatSync(join11(dir, d.name)).rdev === 0;
+        whiteoutDevice = lstatSync(join10(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
@@ -32897,21 +33041,21 @@ async function commitLayer(o2) {
   try {
     await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join11(tmpdir5(), "overlay-commit-"));
+    const work = await mkdtemp4(join10(tmpdir5(), "overlay-commit-"));
     let planned;
     try {
       await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join11(mnt, "upper");
-        if (!(await stat7(upper).catch(() => null))?.isDirectory()) {
+        const upper = join10(mnt, "upper");
+        if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
         planned = planLayer(upper, lower);
-        const excludeFile = join11(work, "exclude");
-        const pseudoFile = join11(work, "pseudo");
-        await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
+        const excludeFile = join10(work, "exclude");
+        const pseudoFile = join10(work, "pseudo");
+        await writeFile4(excludeFile, planned.exclude.map((p) => `${p}
 `).join(""));
-        await writeFile5(pseudoFile, planned.pseudo.map((p) => `${p}
+        await writeFile4(pseudoFile, planned.pseudo.map((p) => `${p}
 `).join(""));
         await replaceAtomically(o2.output, async (tmp) => {
           o2.onProgress?.(`mksquashfs (${o2.compression})`);
@@ -32949,15 +33093,15 @@ async function commitLayer(o2) {
         await copyImageFile(o2.image, tmp);
         await withFuse2fs(tmp, "rw", async (mnt) => {
           for (const dir of ["upper", "work"]) {
-            for (const name of await readdir5(join11(mnt, dir)))
-              await rm8(join11(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir5(join10(mnt, dir)))
+              await rm8(join10(mnt, dir, name), { recursive: true, force: true });
           }
         });
         const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2] });
         void fsck;
       });
     }
-    const bytes = (await stat7(o2.output)).size;
+    const bytes = (await stat9(o2.output)).size;
     return {
       layer: o2.output,
       bytes,
@@ -32982,17 +33126,17 @@ init_normalize2();
 init_atomic();
 init_run();
 import { lstat as lstat3, mkdtemp as mkdtemp5, rm as rm9 } from "node:fs/promises";
-import { dirname as dirname7, join as join12 } from "node:path";
+import { dirname as dirname7, join as join11 } from "node:path";
 init_lower();
 async function squashLayers(layers, output2, opts) {
   const started = Date.now();
-  const staging = await mkdtemp5(join12(dirname7(output2), ".squash-"));
+  const staging = await mkdtemp5(join11(dirname7(output2), ".squash-"));
   let whiteouts = 0;
   try {
     for (const layer of layers) {
       opts.onProgress?.(`applying ${layer}`);
       for (const e of await squashEntries(layer)) {
-        const path6 = join12(staging, e.path);
+        const path6 = join11(staging, e.path);
         const st = await lstat3(path6).catch(() => null);
         if (st && (e.whiteout || st.isCharacterDevice())) await rm9(path6, { recursive: true, force: true });
       }
@@ -33037,7 +33181,7 @@ init_errors();
 init_atomic();
 init_create2();
 import { promises as fsp7 } from "node:fs";
-import { join as join14, resolve as resolve8 } from "node:path";
+import { join as join13, resolve as resolve8 } from "node:path";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -33155,7 +33299,7 @@ __export(external_exports, {
   currencyCode: () => currencyCode2,
   custom: () => custom,
   date: () => date2,
-  decode: () => decode2,
+  decode: () => decode3,
   decodeAsync: () => decodeAsync2,
   deepPartial: () => deepPartial,
   describe: () => describe2,
@@ -33562,7 +33706,7 @@ __export(core_exports2, {
   config: () => config,
   createStandardJSONSchemaMethod: () => createStandardJSONSchemaMethod,
   createToJSONSchemaMethod: () => createToJSONSchemaMethod,
-  decode: () => decode,
+  decode: () => decode2,
   decodeAsync: () => decodeAsync,
   describe: () => describe,
   encode: () => encode,
@@ -34912,7 +35056,7 @@ var _decode = (_Err) => {
   };
   return fn;
 };
-var decode = /* @__PURE__ */ _decode($ZodRealError);
+var decode2 = /* @__PURE__ */ _decode($ZodRealError);
 var _encodeAsync = (_Err) => {
   const parseAsync3 = _parseAsync(_Err);
   const fn = async (schema, value, _ctx, _params) => {
@@ -50277,7 +50421,7 @@ var parseAsync2 = /* @__PURE__ */ _parseAsync(ZodRealError);
 var safeParse2 = /* @__PURE__ */ _safeParse(ZodRealError);
 var safeParseAsync2 = /* @__PURE__ */ _safeParseAsync(ZodRealError);
 var encode2 = /* @__PURE__ */ _encode(ZodRealError);
-var decode2 = /* @__PURE__ */ _decode(ZodRealError);
+var decode3 = /* @__PURE__ */ _decode(ZodRealError);
 var encodeAsync2 = /* @__PURE__ */ _encodeAsync(ZodRealError);
 var decodeAsync2 = /* @__PURE__ */ _decodeAsync(ZodRealError);
 var safeEncode2 = /* @__PURE__ */ _safeEncode(ZodRealError);
@@ -50437,7 +50581,7 @@ var ZodType = /* @__PURE__ */ $constructor("ZodType", (inst, def) => {
     return encode2(this, data, params, { callee: _encode2 });
   },
   decode: function _decode2(data, params) {
-    return decode2(this, data, params, { callee: _decode2 });
+    return decode3(this, data, params, { callee: _decode2 });
   },
   encodeAsync: async function _encodeAsync2(data, params) {
     return await encodeAsync2(this, data, params, { callee: _encodeAsync2 });
@@ -52821,7 +52965,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join14(dir, f))
+    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join13(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp7.readFile(file2, "utf8").catch(() => "");
@@ -52833,8 +52977,8 @@ async function hostMirror() {
 }
 var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log2) {
-  const sif = join14(dir, "base.sif");
-  const def = join14(dir, "base.def");
+  const sif = join13(dir, "base.sif");
+  const def = join13(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -52861,16 +53005,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve8(o2.dir);
-  await fsp7.mkdir(join14(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join14(dir, "apt/lists/partial"), { recursive: true });
+  await fsp7.mkdir(join13(dir, "apt/archives/partial"), { recursive: true });
+  await fsp7.mkdir(join13(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join14(dir, "env.img");
+  const image = join13(dir, "env.img");
   await fsp7.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join14(dir, "install.sh");
+  const script = join13(dir, "install.sh");
   await fsp7.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({

@@ -18,7 +18,7 @@ export class GitHubCacheStore implements CacheStore {
   readonly kind = 'github';
   // @actions/cache versions an entry by the path strings it is given: a path relative to the
   // workspace is the same on every runner (RUNNER_TEMP is not), so save and restore always agree.
-  private readonly relative = '.overlay-action-cache/overlay-image.tar.zst';
+  private readonly relative = '.overlay-action-cache/overlay-image.ovc.zst';
   private get dir() {
     return join(process.env.GITHUB_WORKSPACE || process.cwd(), '.overlay-action-cache');
   }
@@ -59,11 +59,11 @@ export class GitHubCacheStore implements CacheStore {
     await mkdir(this.dir, { recursive: true });
     await rm(this.archive, { force: true });
     try {
-      await packImage(image, this.archive);
+      const { sha256 } = await packImage(image, this.archive);
       const bytes = (await stat(this.archive)).size;
       // -1: the entry exists or is being written by another job (entries are immutable)
       const id = await cache.saveCache([this.relative], key);
-      return id === -1 ? { saved: false, key, reason: 'exists' } : { saved: true, key, bytes };
+      return id === -1 ? { saved: false, key, reason: 'exists' } : { saved: true, key, bytes, sha256 };
     } catch (e) {
       if (e instanceof cache.ReserveCacheError) return { saved: false, key, reason: 'exists' };
       throw e;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, tempPathFor } from '../fs/atomic';
 import { validateKey } from './key';
-import { type CacheManifest, packImage, unpackImage } from './pack';
+import { ARCHIVE_SUFFIX, type CacheManifest, packImage, unpackImage } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
 
 interface EntryMeta {
@@ -37,7 +37,7 @@ async function publishOnce(tmp: string, final: string): Promise<boolean> {
 
 /**
  * A cache store in a directory (a laptop, a self-hosted runner, an HPC shared filesystem):
- * `<sha256(key)>.tar.zst` + `<sha256(key)>.json`; the .json appearing publishes the entry.
+ * `<sha256(key)>.ovc.zst` + `<sha256(key)>.json`; the .json appearing publishes the entry.
  * Safe with concurrent writers and readers: temp files, link-based publish, no overwrite.
  */
 export class LocalStore implements CacheStore {
@@ -46,7 +46,7 @@ export class LocalStore implements CacheStore {
 
   private paths(key: string) {
     const base = join(this.dir, createHash('sha256').update(key).digest('hex').slice(0, 40));
-    return { archive: `${base}.tar.zst`, meta: `${base}.json` };
+    return { archive: `${base}${ARCHIVE_SUFFIX}`, meta: `${base}.json` };
   }
 
   /** Refuse a directory others can plant files in (world-writable without the sticky bit). */
@@ -83,7 +83,7 @@ export class LocalStore implements CacheStore {
           ...m,
           lastUsed: (await stat(meta)).mtimeMs,
           meta,
-          archive: meta.replace(/\.json$/, '.tar.zst'),
+          archive: meta.replace(/\.json$/, ARCHIVE_SUFFIX),
         });
       } catch {}
     }
@@ -117,7 +117,7 @@ export class LocalStore implements CacheStore {
       throw fromFsError(e, metaTmp);
     }
     if (!(await publishOnce(metaTmp, meta))) return { saved: false, key, reason: 'exists' };
-    return { saved: true, key, bytes };
+    return { saved: true, key, bytes, sha256: manifest.sha256 };
   }
 
   async restore(keys: { primary: string; restoreKeys: string[] }, target: string): Promise<RestoreResult> {

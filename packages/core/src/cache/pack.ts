@@ -1,167 +1,274 @@
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { once } from 'node:events';
+import { closeSync, fdatasyncSync, ftruncateSync, openSync, write } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
-import { contentDigest } from '../fs/sparse';
+import { ContentHash, dataRuns, RUN_MAX } from '../fs/sparse';
 import { readHead, requireExt3 } from '../image/format';
-
-const formatUuid = (b: Buffer) =>
-  b.toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
-
 import { acquireLock, type Lock } from '../lock/ofd';
+import { nativeLibc } from '../tools/native';
 import { runTool } from '../tools/run';
 
 /** Bump when the archive layout changes: part of every cache key. */
-export const CACHE_FORMAT_VERSION = 1;
-const MANIFEST = 'manifest.json';
-const IMAGE_MEMBER = 'image.img';
+export const CACHE_FORMAT_VERSION = 2;
+/** File name suffix of an archive. */
+export const ARCHIVE_SUFFIX = '.ovc.zst';
+
+/**
+ * The archive is one zstd stream (multi-threaded, level 3) holding:
+ *   MAGIC, u32 length + header JSON, records, END record, u32 length + trailer JSON
+ * where a record is u64 offset, u32 length (1..RUN_MAX), then that many bytes of the image.
+ * Records carry only non-zero blocks, in ascending order; everything else is a hole. The trailer
+ * holds the content digest, computed while the records were written (one read of the image).
+ * A format of our own instead of tar: pack and unpack each touch the data once, in one process,
+ * hashing on the way, which tar --sparse plus a separate digest pass cannot.
+ */
+const MAGIC = Buffer.from('OVERLAY-ACTION-CACHE\n');
+const END = 0xffff_ffff_ffff_ffffn;
+const MAX_JSON = 64 * 1024;
+
+const formatUuid = (b: Buffer) =>
+  b.toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
 
 export interface CacheManifest {
   formatVersion: number;
   imageName: string;
   sizeBytes: number;
   fsUuid: string;
-  /** contentDigest(): sha256 over the non-zero 4 KiB blocks and their offsets, plus the size. */
+  /** ContentHash: sha256 over the non-zero 4 KiB blocks and their offsets, plus the size. */
   sha256: string;
+  /** Bytes of image data in the archive (non-zero blocks). */
+  dataBytes: number;
   tools: Record<string, string>;
   created: string;
 }
+type Header = Omit<CacheManifest, 'sha256' | 'dataBytes'>;
+type Trailer = Pick<CacheManifest, 'sha256' | 'dataBytes'>;
 
-// zstd through tar's --zstd (no shell string); these env vars make it multi-threaded and fast.
-const ZSTD_ENV = { ...process.env, ZSTD_NBTHREADS: '0', ZSTD_CLEVEL: '3' };
+const ZSTD_ENV = { ...process.env, ZSTD_CLEVEL: '3' };
 
-async function toolVersions(): Promise<Record<string, string>> {
-  const v = async (tool: string, args: string[]) =>
-    (await runTool(tool, args).catch(() => ({ stdout: '?' }))).stdout.split('\n')[0]!.trim();
-  return { tar: await v('tar', ['--version']), zstd: await v('zstd', ['--version']) };
+async function zstdVersion(): Promise<string> {
+  return (await runTool('zstd', ['--version']).catch(() => ({ stdout: '?' }))).stdout.trim();
+}
+
+function lengthPrefixed(json: object): Buffer {
+  const body = Buffer.from(JSON.stringify(json));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(body.length);
+  return Buffer.concat([len, body]);
+}
+
+function recordHead(offset: bigint, length: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeBigUInt64BE(offset);
+  b.writeUInt32BE(length, 8);
+  return b;
+}
+
+async function send(stream: Writable, chunk: Buffer): Promise<void> {
+  if (!stream.write(chunk)) await once(stream, 'drain');
 }
 
 /**
- * Pack an ext3 overlay into one .tar.zst whose cost follows the bytes in use: GNU tar --sparse
- * walks only the data extents, zstd compresses on every core. The manifest travels first.
+ * Pack an ext3 overlay into one archive whose cost follows the bytes in use: only data extents are
+ * read (SEEK_DATA/SEEK_HOLE), zero blocks are dropped, zstd compresses on every core, and the
+ * content digest is computed in the same pass. The archive is written to `archivePath` directly;
+ * callers publish it atomically.
  */
 export async function packImage(imagePath: string, archivePath: string): Promise<CacheManifest> {
-  // tar's -C options are relative to each other: use absolute paths throughout
   const image = resolve(imagePath);
-  const archive = resolve(archivePath);
   await requireExt3(image);
   const lock = await acquireLock(image, 'shared'); // no writer while we read
-  const stage = tempPathFor(archive);
   try {
     // the UUID straight from the superblock bytes: a damaged journal must not stop a save
-    const [head, sha256, tools] = await Promise.all([readHead(image), contentDigest(image), toolVersions()]);
-    const manifest: CacheManifest = {
+    const [head, st, zstd] = await Promise.all([readHead(image), stat(image), zstdVersion()]);
+    const header: Header = {
       formatVersion: CACHE_FORMAT_VERSION,
       imageName: basename(image),
-      sizeBytes: (await stat(image)).size,
+      sizeBytes: st.size,
       fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : '',
-      sha256,
-      tools,
+      tools: { zstd, node: process.version },
       created: new Date().toISOString(),
     };
-    await mkdir(stage, { mode: 0o700 });
-    await writeFile(join(stage, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
-    // the image keeps its own name on disk; --transform stores it as IMAGE_MEMBER
-    const escaped = basename(image).replace(/[\\^$.*[\]/&,]/g, '\\$&');
-    await runTool(
-      'tar',
-      [
-        '--sparse',
-        '--zstd',
-        '--format=posix',
-        '-cf',
-        archive,
-        '-C',
-        stage,
-        MANIFEST,
-        '-C',
-        dirname(image),
-        `--transform=s,^${escaped}$,${IMAGE_MEMBER},`,
-        '--',
-        basename(image),
-      ],
-      { env: ZSTD_ENV, timeoutSeconds: 3600 },
-    );
-    return manifest;
+    const hash = new ContentHash(st.size);
+    let trailer: Trailer | undefined;
+    await runTool('zstd', ['-T0', '-q', '-f', '-o', resolve(archivePath)], {
+      env: ZSTD_ENV,
+      stdin: 'pipe',
+      timeoutSeconds: 3600,
+      use: async (child) => {
+        const sink = child.stdin!;
+        let dataBytes = 0;
+        await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
+        for await (const run of dataRuns(image)) {
+          hash.update(run.offset, run.data);
+          dataBytes += run.data.length;
+          await send(sink, recordHead(BigInt(run.offset), run.data.length));
+          await send(sink, run.data);
+        }
+        trailer = { sha256: hash.digest(), dataBytes };
+        await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
+        sink.end();
+      },
+    });
+    return { ...header, ...trailer! };
   } finally {
     lock.release();
-    await rm(stage, { recursive: true, force: true });
   }
+}
+
+/** Pulls exact byte counts out of a stream of chunks. */
+class ByteReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private readonly source: AsyncIterator<Buffer>;
+  constructor(stream: Readable) {
+    this.source = stream[Symbol.asyncIterator]();
+  }
+  /** Exactly n bytes, or null at a clean end of stream (nothing buffered). */
+  async take(n: number): Promise<Buffer | null> {
+    while (this.buffered < n) {
+      const next = await this.source.next();
+      if (next.done) {
+        if (this.buffered === 0) return null;
+        throw new Error(`truncated archive (needed ${n} bytes, ${this.buffered} left)`);
+      }
+      this.chunks.push(next.value);
+      this.buffered += next.value.length;
+    }
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    this.chunks = all.length > n ? [all.subarray(n)] : [];
+    this.buffered -= n;
+    return all.subarray(0, n);
+  }
+  async need(n: number): Promise<Buffer> {
+    const b = await this.take(n);
+    if (!b) throw new Error('truncated archive');
+    return b;
+  }
+  async json<T>(): Promise<T> {
+    const len = (await this.need(4)).readUInt32BE(0);
+    if (len > MAX_JSON) throw new Error(`implausible header length ${len}`);
+    return JSON.parse((await this.need(len)).toString('utf8')) as T;
+  }
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: koffi function handle
+let syncFileRange: any;
+/** Start writeback of what was written so far without waiting, so the final fdatasync is short. */
+function startWriteback(fd: number): void {
+  try {
+    syncFileRange ??= nativeLibc().lib.func(
+      'int sync_file_range(int fd, int64_t off, int64_t n, unsigned int flags)',
+    );
+    syncFileRange(fd, 0, 0, 2 /* SYNC_FILE_RANGE_WRITE */);
+  } catch {} // an optimisation only
+}
+
+class ArchiveError extends Error {}
+
+/** Decode the archive stream into the file `fd`; returns the manifest it carried and what we computed. */
+async function decode(stream: Readable, fd: number): Promise<{ manifest: CacheManifest; computed: Trailer }> {
+  const reader = new ByteReader(stream);
+  const magic = await reader.take(MAGIC.length);
+  if (!magic?.equals(MAGIC)) throw new ArchiveError('foreign archive (not an overlay-action cache archive)');
+  const header = await reader.json<Header>();
+  if (header.formatVersion !== CACHE_FORMAT_VERSION)
+    throw new ArchiveError(`cache format ${header.formatVersion}, expected ${CACHE_FORMAT_VERSION}`);
+  const size = header.sizeBytes;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 4096)
+    throw new ArchiveError(`implausible image size ${size}`);
+  ftruncateSync(fd, size); // all holes, then the records
+  const hash = new ContentHash(size);
+  let next = 0; // records are ascending and disjoint
+  let dataBytes = 0;
+  let sinceKick = 0;
+  for (;;) {
+    const head = await reader.need(12);
+    const offset = head.readBigUInt64BE(0);
+    const length = head.readUInt32BE(8);
+    if (offset === END && length === 0) break;
+    const at = Number(offset);
+    if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
+      throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
+    const data = await reader.need(length);
+    // the write runs on libuv's thread pool while this thread hashes the same (read-only) bytes
+    const written = new Promise<void>((ok, fail) => write(fd, data, 0, length, at, (e) => (e ? fail(e) : ok())));
+    hash.update(at, data);
+    await written;
+    next = at + length;
+    dataBytes += length;
+    sinceKick += length;
+    if (sinceKick >= 64 * 1024 * 1024) {
+      startWriteback(fd);
+      sinceKick = 0;
+    }
+  }
+  const trailer = await reader.json<Trailer>();
+  if ((await reader.take(1)) !== null) throw new ArchiveError('trailing data after the archive');
+  return { manifest: { ...header, ...trailer }, computed: { sha256: hash.digest(), dataBytes } };
 }
 
 export type UnpackOutcome = { ok: true; manifest: CacheManifest } | { ok: false; reason: string };
 
 /**
- * Unpack and verify, then rename into place: members must be exactly the manifest and the image
- * (nothing else, no paths), the content digest must match, and a read-only fsck must pass. Any
- * failure is `{ok:false}` (a cache miss for the caller), never a broken or overwritten image.
+ * Unpack and verify, then rename into place: the stream must parse (magic, version, records in
+ * bounds and in order, nothing after the trailer), the content digest computed while writing must
+ * match the archive's, and a read-only fsck must pass. Any failure is `{ok:false}` (a cache miss
+ * for the caller), never a broken or overwritten image.
  */
 export async function unpackImage(archivePath: string, targetPath: string): Promise<UnpackOutcome> {
   const archive = resolve(archivePath);
   const target = resolve(targetPath);
   await removeStaleTemps(target);
-  const listing = await runTool('tar', ['--zstd', '-tf', archive], {
-    env: ZSTD_ENV,
-    timeoutSeconds: 600,
-  }).catch((e) => e as OverlayError);
-  if (listing instanceof OverlayError) return { ok: false, reason: `unreadable archive: ${listing.message}` };
-  const members = listing.stdout.split('\n').filter(Boolean);
-  if (members.length !== 2 || members[0] !== MANIFEST || members[1] !== IMAGE_MEMBER) {
-    return { ok: false, reason: `foreign archive (members: ${members.slice(0, 4).join(', ')})` };
-  }
-  const stage = tempPathFor(target);
-  await mkdir(stage, { mode: 0o700 }).catch((e) => {
-    throw isOverlayError(e)
-      ? e
-      : new OverlayError('E_CACHE', `cannot create ${stage}: ${(e as Error).message}`);
-  });
-  let lock: Lock | undefined;
+  const tmp = tempPathFor(target);
+  let fd: number;
   try {
+    fd = openSync(tmp, 'wx', 0o644);
+  } catch (e) {
+    throw new OverlayError('E_CACHE', `cannot create ${tmp}: ${(e as Error).message}`);
+  }
+  let lock: Lock | undefined;
+  let fdOpen = true;
+  try {
+    let decoded: Awaited<ReturnType<typeof decode>> | undefined;
     try {
-      await runTool(
-        'tar',
-        ['--sparse', '--zstd', '--no-same-owner', '-xf', archive, '-C', stage, '--', ...members],
-        {
-          env: ZSTD_ENV,
-          timeoutSeconds: 3600,
+      await runTool('zstd', ['-d', '-q', '-c', '--', archive], {
+        timeoutSeconds: 3600,
+        use: async (child) => {
+          decoded = await decode(child.stdout!, fd);
         },
-      );
+      });
     } catch (e) {
-      if (isOverlayError(e, 'E_NO_SPACE')) throw e;
-      return { ok: false, reason: `corrupt archive: ${(e as Error).message}` };
+      const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : (e as Error);
+      if (isOverlayError(e, 'E_NO_SPACE') || (cause as NodeJS.ErrnoException).code === 'ENOSPC')
+        throw new OverlayError('E_NO_SPACE', `no space left to restore ${target}`);
+      const why = cause instanceof ArchiveError ? cause.message : `corrupt archive: ${cause.message}`;
+      return { ok: false, reason: why };
     }
-    let manifest: CacheManifest;
-    try {
-      manifest = JSON.parse(await readFile(join(stage, MANIFEST), 'utf8'));
-    } catch {
-      return { ok: false, reason: 'unreadable manifest' };
-    }
-    if (manifest.formatVersion !== CACHE_FORMAT_VERSION) {
-      return {
-        ok: false,
-        reason: `cache format ${manifest.formatVersion}, expected ${CACHE_FORMAT_VERSION}`,
-      };
-    }
-    const restored = join(stage, IMAGE_MEMBER);
-    if (
-      (await stat(restored)).size !== manifest.sizeBytes ||
-      (await contentDigest(restored)) !== manifest.sha256
-    ) {
+    const { manifest, computed } = decoded!;
+    if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
       return { ok: false, reason: 'content digest mismatch' };
-    }
-    const fsck = await runTool('e2fsck', ['-fn', restored], {
+    fdatasyncSync(fd); // durable before it can replace anything (mostly written back already)
+    closeSync(fd);
+    fdOpen = false;
+    // the image was just written, so its blocks are in the page cache: e2fsck's readahead only
+    // costs (measured 1.7 s vs 0.3 s on the bench image, mostly WILLNEED over inode-table holes)
+    const fsck = await runTool('e2fsck', ['-fn', '-E', 'readahead_kb=0', tmp], {
       okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1), // any verdict is a verdict (12 = aborted)
       timeoutSeconds: 1800,
     });
     if (fsck.exitCode !== 0)
       return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
     if (await exists(target)) lock = await acquireLock(target, 'exclusive'); // not while Apptainer uses it
-    await fsyncPath(restored);
-    await rename(restored, target);
+    await rename(tmp, target);
     await fsyncPath(dirname(target)).catch(() => {});
     return { ok: true, manifest };
   } finally {
+    if (fdOpen) closeSync(fd);
     lock?.release();
-    await rm(stage, { recursive: true, force: true });
+    await rm(tmp, { force: true });
   }
 }

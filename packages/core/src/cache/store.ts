@@ -17,6 +17,8 @@ export interface SaveResult {
   key: string;
   reason?: 'exists' | 'unchanged';
   bytes?: number;
+  /** Content digest of the image saved (or found unchanged). */
+  sha256?: string;
 }
 
 /** A place cache entries live: a local directory, or the GitHub Actions cache (an adapter). */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { nativeLibc } from '../tools/native';
 
 const SEEK_DATA = 3;
@@ -31,33 +31,73 @@ export async function dataExtents(path: string): Promise<Array<[number, number]>
   }
 }
 
+/** One run of consecutive non-zero 4 KiB blocks: where it starts in the file, and its bytes. */
+export interface DataRun {
+  offset: number;
+  data: Buffer;
+}
+
+export const RUN_MAX = 4 * 1024 * 1024;
+
 /**
- * sha256 of a file's logical content that reads only its data extents: every non-zero 4 KiB
- * block is hashed with its offset, plus the file size. A hole and a block of zeros hash the same,
- * so the digest does not depend on how sparse a copy happens to be.
+ * The file's non-zero content as runs of whole blocks (at most RUN_MAX bytes each), read only
+ * from its data extents: holes are never read, zero blocks inside extents are skipped. Each run's
+ * buffer is fresh, so a consumer may keep it (e.g. while a pipe drains).
  */
-export async function contentDigest(path: string): Promise<string> {
-  const hash = createHash('sha256');
+export async function* dataRuns(path: string): AsyncGenerator<DataRun> {
   const fh = await open(path, 'r');
   try {
-    const size = (await fh.stat()).size;
-    hash.update(`size:${size}\n`);
-    const buf = Buffer.alloc(4 * 1024 * 1024);
-    const offset = Buffer.alloc(8);
     for (const [start, end] of await dataExtents(path)) {
-      for (let pos = start - (start % BLOCK); pos < end; pos += buf.length) {
-        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
+      for (let pos = start - (start % BLOCK); pos < end; pos += RUN_MAX) {
+        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        let runStart = -1;
         for (let b = 0; b < bytesRead; b += BLOCK) {
           const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue; // memcmp
-          offset.writeBigUInt64BE(BigInt(pos + b));
-          hash.update(offset);
-          hash.update(block);
+          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0); // memcmp
+          if (!zero && runStart < 0) runStart = b;
+          else if (zero && runStart >= 0) {
+            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
+            runStart = -1;
+          }
         }
+        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
       }
     }
   } finally {
     await fh.close();
   }
-  return hash.digest('hex');
+}
+
+/**
+ * The content digest: sha256 over every non-zero 4 KiB block with its offset, after the file
+ * size. A hole and a block of zeros hash the same, so the digest does not depend on how sparse a
+ * copy happens to be, nor on how its blocks were grouped into runs.
+ */
+export class ContentHash {
+  private readonly hash = createHash('sha256');
+  private readonly offset = Buffer.alloc(8);
+  constructor(size: number) {
+    this.hash.update(`size:${size}\n`);
+  }
+  update(offset: number, data: Buffer): void {
+    for (let b = 0; b < data.length; b += BLOCK) {
+      const block = data.subarray(b, Math.min(b + BLOCK, data.length));
+      if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
+      this.offset.writeBigUInt64BE(BigInt(offset + b));
+      this.hash.update(this.offset);
+      this.hash.update(block);
+    }
+  }
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+/** The content digest of a file (see ContentHash), reading only its data extents. */
+export async function contentDigest(path: string): Promise<string> {
+  const size = (await stat(path)).size;
+  const hash = new ContentHash(size);
+  for await (const run of dataRuns(path)) hash.update(run.offset, run.data);
+  return hash.digest();
 }

@@ -1,7 +1,7 @@
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { execa, type Options, type Result } from 'execa';
-import { OverlayError } from '../errors';
+import { execa, type Options, type Result, type ResultPromise } from 'execa';
+import { isOverlayError, OverlayError } from '../errors';
 
 /** Debian/Ubuntu package that ships each program we spawn (named in E_TOOL_MISSING). */
 export const TOOL_PACKAGES: Record<string, string> = {
@@ -93,6 +93,11 @@ export interface RunToolOptions {
   binary?: boolean;
   stdout?: Options['stdout'];
   stdin?: Options['stdin'];
+  /**
+   * Stream through the child while it runs (write its stdin, read its stdout): called once the
+   * child is spawned; its stdout is then not buffered. If `use` fails the child is killed.
+   */
+  use?: (child: ResultPromise) => Promise<void>;
 }
 
 export interface ToolResult {
@@ -121,6 +126,7 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
   const file = requireTool(name, opts.env);
   const timeout = toolTimeoutSeconds(name, opts.timeoutSeconds);
   const lines = opts.onLine;
+  const started = process.hrtime.bigint();
   let result: Result;
   try {
     const child = execa(file, args, {
@@ -135,6 +141,7 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
       stdout: opts.inherit ? 'inherit' : (opts.stdout ?? 'pipe'),
       stderr: opts.inherit ? 'inherit' : 'pipe',
       encoding: opts.binary ? 'buffer' : 'utf8',
+      buffer: { stdout: !opts.use, stderr: true },
       stripFinalNewline: false,
       maxBuffer: 512 * 1024 * 1024,
     });
@@ -149,11 +156,30 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
         });
       }
     }
-    result = await child;
+    if (opts.use) {
+      let killed = false;
+      const using = opts.use(child).catch((e) => {
+        killed = child.kill('SIGKILL');
+        throw e;
+      });
+      const [r, u] = await Promise.allSettled([child, using]);
+      result = (r as PromiseFulfilledResult<Result>).value;
+      // a child that failed on its own is the root cause (reported below); otherwise `use` failed
+      if (u.status === 'rejected' && (killed || result.exitCode === 0)) {
+        throw isOverlayError(u.reason)
+          ? u.reason
+          : new OverlayError('E_TOOL_FAILED', `${name}: ${(u.reason as Error).message}`, { cause: u.reason });
+      }
+    } else result = await child;
   } catch (e) {
+    if (isOverlayError(e)) throw e;
     throw new OverlayError('E_TOOL_FAILED', `${name} could not be started: ${(e as Error).message}`, {
       cause: e,
     });
+  }
+  if (process.env.OVERLAY_TRACE) {
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    process.stderr.write(`[trace] ${name} ${args.slice(0, 3).join(' ')}: ${ms.toFixed(0)} ms\n`);
   }
   const stdout = opts.binary ? '' : String(result.stdout ?? '');
   const stderr = String(result.stderr ?? '');
