@@ -30718,7 +30718,9 @@ async function decode(stream, fd) {
     if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
       throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
     const data = await reader.need(length);
-    const written = new Promise((ok, fail2) => write(fd, data, 0, length, at, (e) => e ? fail2(e) : ok()));
+    const written = new Promise(
+      (ok, fail2) => write(fd, data, 0, length, at, (e) => e ? fail2(e) : ok())
+    );
     hash2.update(at, data);
     await written;
     next = at + length;

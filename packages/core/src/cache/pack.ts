@@ -195,7 +195,9 @@ async function decode(stream: Readable, fd: number): Promise<{ manifest: CacheMa
       throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
     const data = await reader.need(length);
     // the write runs on libuv's thread pool while this thread hashes the same (read-only) bytes
-    const written = new Promise<void>((ok, fail) => write(fd, data, 0, length, at, (e) => (e ? fail(e) : ok())));
+    const written = new Promise<void>((ok, fail) =>
+      write(fd, data, 0, length, at, (e) => (e ? fail(e) : ok())),
+    );
     hash.update(at, data);
     await written;
     next = at + length;
