@@ -56,6 +56,25 @@ async function makeImage(path: string, size = '128'): Promise<void> {
   await execa('debugfs', ['-w', '-R', `write ${PAYLOAD} /upper/data`, path]);
 }
 
+/** Mounts our commit made (overlay-mnt-PID-...) whose process is gone. */
+function strayMounts(): string[] {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((p) => {
+      const m = /\/overlay-mnt-(\d+)-/.exec(p);
+      return m && !alive(Number(m[1]));
+    });
+}
+
 function strayTemps(dir: string): string[] {
   return readdirSync(dir).filter((n) => n.includes('.ovtmp-'));
 }
@@ -210,6 +229,7 @@ async function assertInvariant(s: Scenario, d: string, before: Record<string, st
   else await overlayctl(['create', img(d), '--size', '64']);
   await overlayctl(['info', join(d, 'layer.sqf')]); // the layer's own leftovers, if any
   expect(strayTemps(d), `${s.name} ${label}: stray temp files`).toEqual([]);
+  expect(strayMounts(), `${s.name} ${label}: mounts left by the killed process`).toEqual([]);
   stats.invariantsChecked++;
 }
 

@@ -21781,419 +21781,6 @@ var init_errors = __esm({
   }
 });
 
-// packages/core/src/fs/atomic.ts
-import { randomBytes } from "node:crypto";
-import { constants as constants3, promises as fsp } from "node:fs";
-import { hostname } from "node:os";
-import { basename as basename2, dirname as dirname2, join } from "node:path";
-function tempPathFor(target) {
-  const suffix = `${process.pid}-${HOST}-${randomBytes(4).toString("hex")}`;
-  return join(dirname2(target), `.${basename2(target)}${TEMP_MARK}${suffix}`);
-}
-async function createExclusive(path6, mode = 420) {
-  const fh = await fsp.open(path6, constants3.O_CREAT | constants3.O_EXCL | constants3.O_WRONLY | constants3.O_NOFOLLOW, mode).catch((e) => {
-    throw fromFsError(e, path6);
-  });
-  await fh.close();
-}
-async function fsyncPath(path6) {
-  const fh = await fsp.open(path6, constants3.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-async function replaceAtomically(target, build2, opts = {}) {
-  await removeStaleTemps(target);
-  const tmp = tempPathFor(target);
-  if (opts.precreate !== false) await createExclusive(tmp, opts.mode ?? 420);
-  try {
-    const result = await build2(tmp);
-    await fsyncPath(tmp);
-    await fsp.rename(tmp, target).catch((e) => {
-      throw fromFsError(e, target);
-    });
-    await fsyncPath(dirname2(target)).catch(() => {
-    });
-    return result;
-  } catch (e) {
-    await fsp.rm(tmp, { force: true, recursive: true }).catch(() => {
-    });
-    throw fromFsError(e, target);
-  }
-}
-function pidAlive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === "EPERM";
-  }
-}
-async function removeStaleTemps(target) {
-  const dir = dirname2(target);
-  const prefix = `.${basename2(target)}${TEMP_MARK}`;
-  const removed = [];
-  let names;
-  try {
-    names = await fsp.readdir(dir);
-  } catch {
-    return removed;
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const [pidText, host] = name.slice(prefix.length).split("-");
-    const pid = Number(pidText);
-    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
-    await fsp.rm(join(dir, name), { force: true, recursive: true }).catch(() => {
-    });
-    removed.push(join(dir, name));
-  }
-  return removed;
-}
-async function exists2(path6) {
-  return fsp.lstat(path6).then(
-    () => true,
-    () => false
-  );
-}
-var TEMP_MARK, HOST;
-var init_atomic = __esm({
-  "packages/core/src/fs/atomic.ts"() {
-    "use strict";
-    init_errors();
-    TEMP_MARK = ".ovtmp-";
-    HOST = hostname().replace(/[^A-Za-z0-9_.]/g, "_");
-  }
-});
-
-// packages/core/src/tools/native.ts
-import { createHash } from "node:crypto";
-import { existsSync as existsSync2, mkdirSync, renameSync, writeFileSync } from "node:fs";
-import { createRequire as createRequire2 } from "node:module";
-import { homedir, tmpdir } from "node:os";
-import { dirname as dirname3, join as join2 } from "node:path";
-import { fileURLToPath as fileURLToPath2 } from "node:url";
-function embeddedKoffiPath() {
-  if (typeof __OVERLAY_KOFFI_B64__ !== "string") return null;
-  const data = Buffer.from(__OVERLAY_KOFFI_B64__, "base64");
-  const name = `koffi-${createHash("sha256").update(data).digest("hex").slice(0, 16)}.node`;
-  const dirs = [join2(process.env.XDG_CACHE_HOME || join2(homedir(), ".cache"), "overlay-action"), tmpdir()];
-  for (const dir of dirs) {
-    const file2 = join2(dir, name);
-    try {
-      if (existsSync2(file2)) return file2;
-      mkdirSync(dir, { recursive: true, mode: 448 });
-      const tmp = `${file2}.${process.pid}.tmp`;
-      writeFileSync(tmp, data, { mode: 493, flag: "wx" });
-      renameSync(tmp, file2);
-      return file2;
-    } catch {
-    }
-  }
-  return null;
-}
-function loadKoffi() {
-  const require2 = createRequire2(import.meta.url);
-  const beside = join2(dirname3(fileURLToPath2(import.meta.url)), "koffi.node");
-  if (existsSync2(beside)) return require2(beside);
-  const embedded = embeddedKoffiPath();
-  if (embedded) return require2(embedded);
-  return require2("koffi");
-}
-function nativeLibc() {
-  const koffi = loadKoffi();
-  libc ??= koffi.load("libc.so.6");
-  return { koffi, lib: libc };
-}
-function readXattr(path6, name) {
-  lgetxattrFn ??= nativeLibc().lib.func(
-    "long lgetxattr(const char *path, const char *name, void *value, size_t size)"
-  );
-  const buf = Buffer.alloc(256);
-  const n2 = Number(lgetxattrFn(path6, name, buf, buf.length));
-  return n2 >= 0 ? buf.subarray(0, n2) : null;
-}
-var libc, lgetxattrFn;
-var init_native = __esm({
-  "packages/core/src/tools/native.ts"() {
-    "use strict";
-  }
-});
-
-// packages/core/src/fs/sparse.ts
-import { createHash as createHash2 } from "node:crypto";
-import { open as open2, stat as stat3 } from "node:fs/promises";
-async function dataExtents(path6) {
-  const { lib } = nativeLibc();
-  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
-  const fh = await open2(path6, "r");
-  try {
-    const size = (await fh.stat()).size;
-    const extents = [];
-    let pos = 0;
-    while (pos < size) {
-      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
-      if (start < 0) break;
-      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
-      extents.push([start, end]);
-      pos = end;
-    }
-    return extents;
-  } finally {
-    await fh.close();
-  }
-}
-async function* dataRuns(path6) {
-  const fh = await open2(path6, "r");
-  try {
-    for (const [start, end] of await dataExtents(path6)) {
-      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
-        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-        let runStart = -1;
-        for (let b = 0; b < bytesRead; b += BLOCK) {
-          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
-          if (!zero && runStart < 0) runStart = b;
-          else if (zero && runStart >= 0) {
-            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
-            runStart = -1;
-          }
-        }
-        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
-      }
-    }
-  } finally {
-    await fh.close();
-  }
-}
-async function contentDigest(path6) {
-  const size = (await stat3(path6)).size;
-  const hash2 = new ContentHash(size);
-  for await (const run2 of dataRuns(path6)) hash2.update(run2.offset, run2.data);
-  return hash2.digest();
-}
-var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
-var init_sparse = __esm({
-  "packages/core/src/fs/sparse.ts"() {
-    "use strict";
-    init_native();
-    SEEK_DATA = 3;
-    SEEK_HOLE = 4;
-    BLOCK = 4096;
-    ZERO_BLOCK = Buffer.alloc(BLOCK);
-    RUN_MAX = 4 * 1024 * 1024;
-    ContentHash = class {
-      hash = createHash2("sha256");
-      offset = Buffer.alloc(8);
-      constructor(size) {
-        this.hash.update(`size:${size}
-`);
-      }
-      update(offset, data) {
-        for (let b = 0; b < data.length; b += BLOCK) {
-          const block = data.subarray(b, Math.min(b + BLOCK, data.length));
-          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
-          this.offset.writeBigUInt64BE(BigInt(offset + b));
-          this.hash.update(this.offset);
-          this.hash.update(block);
-        }
-      }
-      digest() {
-        return this.hash.digest("hex");
-      }
-    };
-  }
-});
-
-// packages/core/src/image/format.ts
-import { promises as fsp2 } from "node:fs";
-async function readHead(path6, bytes = 4096) {
-  let fh;
-  try {
-    fh = await fsp2.open(path6, "r");
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-  try {
-    const st = await fh.stat();
-    if (st.isDirectory())
-      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is a directory, not an image file`);
-    const buf = Buffer.alloc(bytes);
-    const { bytesRead } = await fh.read(buf, 0, bytes, 0);
-    return buf.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
-  }
-}
-async function detectFormat(path6) {
-  const head = await readHead(path6);
-  if (head.length >= 4 && head.toString("latin1", 0, 4) === "hsqs") return { format: "squashfs" };
-  if (head.length >= SB + 104 && head.readUInt16LE(SB + 56) === 61267) {
-    const ext = {
-      compat: head.readUInt32LE(SB + 92),
-      incompat: head.readUInt32LE(SB + 96),
-      roCompat: head.readUInt32LE(SB + 100),
-      state: head.readUInt16LE(SB + 58)
-    };
-    let format2 = "ext2";
-    if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) format2 = "ext4";
-    else if (ext.compat & COMPAT_HAS_JOURNAL) format2 = "ext3";
-    return { format: format2, ext };
-  }
-  throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not an ext2/3/4 or SquashFS image`);
-}
-function apptainerExt3Problems(ext) {
-  const problems = [];
-  if (!(ext.compat & COMPAT_HAS_JOURNAL)) problems.push("no journal (has_journal missing: ext2)");
-  const badIncompat = ext.incompat & ~(INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG);
-  if (badIncompat)
-    problems.push(`incompatible features 0x${badIncompat.toString(16)} (ext4: extent/64bit/flex_bg...)`);
-  const badRo = ext.roCompat & ~(RO_SPARSE_SUPER | RO_LARGE_FILE | RO_BTREE_DIR);
-  if (badRo)
-    problems.push(`read-only-compatible features 0x${badRo.toString(16)} (ext4: metadata_csum/huge_file...)`);
-  return problems;
-}
-async function requireExt3(path6) {
-  const info2 = await detectFormat(path6);
-  if (info2.format === "squashfs") {
-    throw new OverlayError("E_NOT_EXT3", `${path6} is a SquashFS image; this needs a writable ext3 overlay`);
-  }
-  const problems = apptainerExt3Problems(info2.ext);
-  if (problems.length) {
-    throw new OverlayError(
-      "E_NOT_EXT3",
-      `${path6} is ${info2.format}, not an Apptainer ext3 overlay: ${problems[0]}`,
-      {
-        details: { format: info2.format, problems }
-      }
-    );
-  }
-  return info2;
-}
-var SB, COMPAT_HAS_JOURNAL, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, INCOMPAT_META_BG, RO_SPARSE_SUPER, RO_LARGE_FILE, RO_BTREE_DIR, INCOMPAT_EXT4, RO_EXT4, needsRecovery, hasErrorFlag;
-var init_format = __esm({
-  "packages/core/src/image/format.ts"() {
-    "use strict";
-    init_errors();
-    SB = 1024;
-    COMPAT_HAS_JOURNAL = 4;
-    INCOMPAT_FILETYPE = 2;
-    INCOMPAT_RECOVER = 4;
-    INCOMPAT_META_BG = 16;
-    RO_SPARSE_SUPER = 1;
-    RO_LARGE_FILE = 2;
-    RO_BTREE_DIR = 4;
-    INCOMPAT_EXT4 = 64 | 128 | 512 | 32768 | 65536 | 8192;
-    RO_EXT4 = 8 | 16 | 32 | 64 | 1024;
-    needsRecovery = (ext) => (ext.incompat & INCOMPAT_RECOVER) !== 0;
-    hasErrorFlag = (ext) => (ext.state & 2) !== 0;
-  }
-});
-
-// packages/core/src/lock/ofd.ts
-import { closeSync, constants as constants4, openSync } from "node:fs";
-function getFfi() {
-  if (ffi) return ffi;
-  const koffi = loadKoffi();
-  const libc2 = koffi.load("libc.so.6");
-  koffi.struct("ov_flock", {
-    l_type: "short",
-    l_whence: "short",
-    l_start: "int64",
-    l_len: "int64",
-    l_pid: "int"
-  });
-  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
-  ffi = { fcntl, errno: () => koffi.errno() };
-  return ffi;
-}
-function trySetLock(fd, type) {
-  const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
-  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
-  const e = errno();
-  if (e === EAGAIN || e === EACCES) return false;
-  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
-}
-async function acquireLock(path6, mode, opts = {}) {
-  let fd;
-  try {
-    fd = openSync(path6, mode === "exclusive" ? constants4.O_RDWR : constants4.O_RDONLY);
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1e3;
-  try {
-    for (; ; ) {
-      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
-      if (Date.now() >= deadline) {
-        throw new OverlayError(
-          "E_LOCKED",
-          `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
-          { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
-        );
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  } catch (e) {
-    closeSync(fd);
-    throw e;
-  }
-  let released = false;
-  return {
-    path: path6,
-    mode,
-    release() {
-      if (released) return;
-      released = true;
-      closeSync(fd);
-    }
-  };
-}
-async function withLock(path6, mode, fn, opts = {}) {
-  const lock = await acquireLock(path6, mode, opts);
-  try {
-    return await fn();
-  } finally {
-    lock.release();
-  }
-}
-function probeLock(path6) {
-  const attempt = (flags, type) => {
-    let fd;
-    try {
-      fd = openSync(path6, flags);
-    } catch (e) {
-      if (e.code === "EACCES") return null;
-      throw fromFsError(e, path6);
-    }
-    try {
-      return trySetLock(fd, type);
-    } finally {
-      closeSync(fd);
-    }
-  };
-  if (attempt(constants4.O_RDONLY, F_RDLCK) === false) return "write";
-  if (attempt(constants4.O_RDWR, F_WRLCK) === false) return "read";
-  return "free";
-}
-var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi;
-var init_ofd = __esm({
-  "packages/core/src/lock/ofd.ts"() {
-    "use strict";
-    init_errors();
-    init_native();
-    F_OFD_SETLK = 37;
-    F_RDLCK = 0;
-    F_WRLCK = 1;
-    EAGAIN = 11;
-    EACCES = 13;
-  }
-});
-
 // node_modules/is-plain-obj/index.js
 function isPlainObject(value) {
   if (typeof value !== "object" || value === null) {
@@ -22208,7 +21795,7 @@ var init_is_plain_obj = __esm({
 });
 
 // node_modules/execa/lib/arguments/file-url.js
-import { fileURLToPath as fileURLToPath3 } from "node:url";
+import { fileURLToPath as fileURLToPath2 } from "node:url";
 var safeNormalizeFileUrl, normalizeDenoExecPath, isDenoExecPath, normalizeFileUrl;
 var init_file_url = __esm({
   "node_modules/execa/lib/arguments/file-url.js"() {
@@ -22221,7 +21808,7 @@ var init_file_url = __esm({
     };
     normalizeDenoExecPath = (file2) => isDenoExecPath(file2) ? file2.toString() : file2;
     isDenoExecPath = (file2) => typeof file2 !== "string" && file2 && Object.getPrototypeOf(file2) === String.prototype;
-    normalizeFileUrl = (file2) => file2 instanceof URL ? fileURLToPath3(file2) : file2;
+    normalizeFileUrl = (file2) => file2 instanceof URL ? fileURLToPath2(file2) : file2;
   }
 });
 
@@ -23694,9 +23281,9 @@ var init_default2 = __esm({
 import { promisify } from "node:util";
 import { execFile as execFileCallback, execFileSync as execFileSyncOriginal } from "node:child_process";
 import path from "node:path";
-import { fileURLToPath as fileURLToPath4 } from "node:url";
+import { fileURLToPath as fileURLToPath3 } from "node:url";
 function toPath(urlOrPath) {
-  return urlOrPath instanceof URL ? fileURLToPath4(urlOrPath) : urlOrPath;
+  return urlOrPath instanceof URL ? fileURLToPath3(urlOrPath) : urlOrPath;
 }
 function traversePathUp(startPath) {
   return {
@@ -24106,7 +23693,7 @@ var init_core = __esm({
 });
 
 // node_modules/human-signals/build/src/signals.js
-import { constants as constants5 } from "node:os";
+import { constants as constants3 } from "node:os";
 var getSignals, normalizeSignal;
 var init_signals = __esm({
   "node_modules/human-signals/build/src/signals.js"() {
@@ -24127,7 +23714,7 @@ var init_signals = __esm({
     }) => {
       const {
         signals: { [name]: constantSignal }
-      } = constants5;
+      } = constants3;
       const supported = constantSignal !== void 0;
       const number4 = supported ? constantSignal : defaultNumber;
       return { name, number: number4, description, supported, action, forced, standard };
@@ -24136,7 +23723,7 @@ var init_signals = __esm({
 });
 
 // node_modules/human-signals/build/src/main.js
-import { constants as constants6 } from "node:os";
+import { constants as constants4 } from "node:os";
 var getSignalsByName, getSignalByName, signalsByName, getSignalsByNumber, getSignalByNumber, findSignalByNumber, signalsByNumber;
 var init_main = __esm({
   "node_modules/human-signals/build/src/main.js"() {
@@ -24184,7 +23771,7 @@ var init_main = __esm({
       };
     };
     findSignalByNumber = (number4, signals2) => {
-      const signal = signals2.find(({ name }) => constants6.signals[name] === number4);
+      const signal = signals2.find(({ name }) => constants4.signals[name] === number4);
       if (signal !== void 0) {
         return signal;
       }
@@ -24195,7 +23782,7 @@ var init_main = __esm({
 });
 
 // node_modules/execa/lib/terminate/signal.js
-import { constants as constants7 } from "node:os";
+import { constants as constants5 } from "node:os";
 var normalizeKillSignal, normalizeSignalArgument, normalizeSignal2, normalizeSignalInteger, getSignalsIntegerToName, signalsIntegerToName, normalizeSignalName, getAvailableSignals, getAvailableSignalNames, getAvailableSignalIntegers, getSignalDescription;
 var init_signal = __esm({
   "node_modules/execa/lib/terminate/signal.js"() {
@@ -24225,13 +23812,13 @@ ${getAvailableSignals()}`);
       throw new TypeError(`Invalid ${optionName} ${signalInteger}: this signal integer does not exist.
 ${getAvailableSignals()}`);
     };
-    getSignalsIntegerToName = () => new Map(Object.entries(constants7.signals).reverse().map(([signalName, signalInteger]) => [signalInteger, signalName]));
+    getSignalsIntegerToName = () => new Map(Object.entries(constants5.signals).reverse().map(([signalName, signalInteger]) => [signalInteger, signalName]));
     signalsIntegerToName = getSignalsIntegerToName();
     normalizeSignalName = (signalName, optionName) => {
-      if (signalName in constants7.signals) {
+      if (signalName in constants5.signals) {
         return signalName;
       }
-      if (signalName.toUpperCase() in constants7.signals) {
+      if (signalName.toUpperCase() in constants5.signals) {
         throw new TypeError(`Invalid ${optionName} '${signalName}': please rename it to '${signalName.toUpperCase()}'.`);
       }
       throw new TypeError(`Invalid ${optionName} '${signalName}': this signal name does not exist.
@@ -24239,8 +23826,8 @@ ${getAvailableSignals()}`);
     };
     getAvailableSignals = () => `Available signal names: ${getAvailableSignalNames()}.
 Available signal numbers: ${getAvailableSignalIntegers()}.`;
-    getAvailableSignalNames = () => Object.keys(constants7.signals).sort().map((signalName) => `'${signalName}'`).join(", ");
-    getAvailableSignalIntegers = () => [...new Set(Object.values(constants7.signals).sort((signalInteger, signalIntegerTwo) => signalInteger - signalIntegerTwo))].join(", ");
+    getAvailableSignalNames = () => Object.keys(constants5.signals).sort().map((signalName) => `'${signalName}'`).join(", ");
+    getAvailableSignalIntegers = () => [...new Set(Object.values(constants5.signals).sort((signalInteger, signalIntegerTwo) => signalInteger - signalIntegerTwo))].join(", ");
     getSignalDescription = (signal) => signalsByName[signal].description;
   }
 });
@@ -26745,7 +26332,7 @@ var init_stdio_option = __esm({
 import { readFileSync } from "node:fs";
 import tty2 from "node:tty";
 var handleNativeStream, handleNativeStreamSync, getTargetFd, getTargetFdNumber, handleNativeStreamAsync, getStandardStream;
-var init_native2 = __esm({
+var init_native = __esm({
   "node_modules/execa/lib/stdio/native.js"() {
     init_is_stream();
     init_standard_stream();
@@ -26954,7 +26541,7 @@ var init_handle = __esm({
     init_type();
     init_direction();
     init_stdio_option();
-    init_native2();
+    init_native();
     init_input_option();
     init_duplicate();
     handleStdio = (addProperties3, options, verboseInfo, isSync) => {
@@ -27588,7 +27175,7 @@ var init_output = __esm({
 });
 
 // node_modules/execa/lib/io/output-sync.js
-import { writeFileSync as writeFileSync2, appendFileSync as appendFileSync2 } from "node:fs";
+import { writeFileSync, appendFileSync as appendFileSync2 } from "node:fs";
 var transformOutputSync, transformOutputResultSync, runOutputGeneratorsSync, serializeChunks, logOutputSync, writeToFiles;
 var init_output_sync = __esm({
   "node_modules/execa/lib/io/output-sync.js"() {
@@ -27695,7 +27282,7 @@ var init_output_sync = __esm({
           appendFileSync2(path6, serializedResult);
         } else {
           outputFiles.add(pathString);
-          writeFileSync2(path6, serializedResult);
+          writeFileSync(path6, serializedResult);
         }
       }
     };
@@ -30446,8 +30033,8 @@ var init_execa = __esm({
 });
 
 // packages/core/src/tools/run.ts
-import { accessSync, constants as constants8 } from "node:fs";
-import { delimiter, join as join3 } from "node:path";
+import { accessSync, constants as constants6 } from "node:fs";
+import { delimiter, join } from "node:path";
 function findTool(name, env = process.env) {
   const key = `${name}\0${env.PATH ?? ""}`;
   if (resolved.has(key)) return resolved.get(key);
@@ -30455,8 +30042,8 @@ function findTool(name, env = process.env) {
   let found = null;
   for (const dir of dirs) {
     try {
-      accessSync(join3(dir, name), constants8.X_OK);
-      found = join3(dir, name);
+      accessSync(join(dir, name), constants6.X_OK);
+      found = join(dir, name);
       break;
     } catch {
     }
@@ -30613,6 +30200,450 @@ var init_run = __esm({
     FALLBACK_TIMEOUT_S = 600;
     EXTRA_DIRS = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
     resolved = /* @__PURE__ */ new Map();
+  }
+});
+
+// packages/core/src/fs/atomic.ts
+import { randomBytes } from "node:crypto";
+import { constants as constants7, promises as fsp } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { basename as basename2, dirname as dirname2, join as join2 } from "node:path";
+function tempPathFor(target) {
+  const suffix = `${process.pid}-${HOST}-${randomBytes(4).toString("hex")}`;
+  return join2(dirname2(target), `.${basename2(target)}${TEMP_MARK}${suffix}`);
+}
+async function createExclusive(path6, mode = 420) {
+  const fh = await fsp.open(path6, constants7.O_CREAT | constants7.O_EXCL | constants7.O_WRONLY | constants7.O_NOFOLLOW, mode).catch((e) => {
+    throw fromFsError(e, path6);
+  });
+  await fh.close();
+}
+async function fsyncPath(path6) {
+  const fh = await fsp.open(path6, constants7.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+async function replaceAtomically(target, build2, opts = {}) {
+  await removeStaleTemps(target);
+  const tmp = tempPathFor(target);
+  if (opts.precreate !== false) await createExclusive(tmp, opts.mode ?? 420);
+  try {
+    const result = await build2(tmp);
+    await fsyncPath(tmp);
+    await fsp.rename(tmp, target).catch((e) => {
+      throw fromFsError(e, target);
+    });
+    await fsyncPath(dirname2(target)).catch(() => {
+    });
+    return result;
+  } catch (e) {
+    await fsp.rm(tmp, { force: true, recursive: true }).catch(() => {
+    });
+    throw fromFsError(e, target);
+  }
+}
+function pidAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === "EPERM";
+  }
+}
+async function clearStaleMounts() {
+  if (mountsCleared) return [];
+  mountsCleared = true;
+  let info2;
+  try {
+    info2 = await fsp.readFile("/proc/self/mountinfo", "utf8");
+  } catch {
+    return [];
+  }
+  const cleared = [];
+  for (const line of info2.split("\n")) {
+    const fields = line.split(" ");
+    const point = fields[4]?.replace(/\\([0-7]{3})/g, (_, o2) => String.fromCharCode(Number.parseInt(o2, 8)));
+    const m = point && /\/overlay-mnt-(\d+)-([^/]+)-[^-/]+$/.exec(point);
+    if (!m || m[2] !== HOST || pidAlive(Number(m[1]))) continue;
+    const fuse = line.split(" - ")[1]?.startsWith("fuse");
+    const r = fuse ? await runTool(findTool("fusermount3") ? "fusermount3" : "fusermount", ["-uz", point]).catch(
+      () => null
+    ) : await runTool("umount", ["-l", point]).catch(() => null);
+    if (r) {
+      await fsp.rmdir(point).catch(() => {
+      });
+      cleared.push(point);
+    }
+  }
+  return cleared;
+}
+async function removeStaleTemps(target) {
+  await clearStaleMounts();
+  const dir = dirname2(target);
+  const prefix = `.${basename2(target)}${TEMP_MARK}`;
+  const removed = [];
+  let names;
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const [pidText, host] = name.slice(prefix.length).split("-");
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
+    await fsp.rm(join2(dir, name), { force: true, recursive: true }).catch(() => {
+    });
+    removed.push(join2(dir, name));
+  }
+  return removed;
+}
+async function exists2(path6) {
+  return fsp.lstat(path6).then(
+    () => true,
+    () => false
+  );
+}
+var TEMP_MARK, HOST, mountDirPrefix, mountsCleared;
+var init_atomic = __esm({
+  "packages/core/src/fs/atomic.ts"() {
+    "use strict";
+    init_errors();
+    init_run();
+    TEMP_MARK = ".ovtmp-";
+    HOST = hostname().replace(/[^A-Za-z0-9_.]/g, "_");
+    mountDirPrefix = () => join2(tmpdir(), `overlay-mnt-${process.pid}-${HOST}-`);
+    mountsCleared = false;
+  }
+});
+
+// packages/core/src/tools/native.ts
+import { createHash } from "node:crypto";
+import { existsSync as existsSync2, mkdirSync, renameSync, writeFileSync as writeFileSync2 } from "node:fs";
+import { createRequire as createRequire2 } from "node:module";
+import { homedir, tmpdir as tmpdir2 } from "node:os";
+import { dirname as dirname3, join as join3 } from "node:path";
+import { fileURLToPath as fileURLToPath4 } from "node:url";
+function embeddedKoffiPath() {
+  if (typeof __OVERLAY_KOFFI_B64__ !== "string") return null;
+  const data = Buffer.from(__OVERLAY_KOFFI_B64__, "base64");
+  const name = `koffi-${createHash("sha256").update(data).digest("hex").slice(0, 16)}.node`;
+  const dirs = [join3(process.env.XDG_CACHE_HOME || join3(homedir(), ".cache"), "overlay-action"), tmpdir2()];
+  for (const dir of dirs) {
+    const file2 = join3(dir, name);
+    try {
+      if (existsSync2(file2)) return file2;
+      mkdirSync(dir, { recursive: true, mode: 448 });
+      const tmp = `${file2}.${process.pid}.tmp`;
+      writeFileSync2(tmp, data, { mode: 493, flag: "wx" });
+      renameSync(tmp, file2);
+      return file2;
+    } catch {
+    }
+  }
+  return null;
+}
+function loadKoffi() {
+  const require2 = createRequire2(import.meta.url);
+  const beside = join3(dirname3(fileURLToPath4(import.meta.url)), "koffi.node");
+  if (existsSync2(beside)) return require2(beside);
+  const embedded = embeddedKoffiPath();
+  if (embedded) return require2(embedded);
+  return require2("koffi");
+}
+function nativeLibc() {
+  const koffi = loadKoffi();
+  libc ??= koffi.load("libc.so.6");
+  return { koffi, lib: libc };
+}
+function readXattr(path6, name) {
+  lgetxattrFn ??= nativeLibc().lib.func(
+    "long lgetxattr(const char *path, const char *name, void *value, size_t size)"
+  );
+  const buf = Buffer.alloc(256);
+  const n2 = Number(lgetxattrFn(path6, name, buf, buf.length));
+  return n2 >= 0 ? buf.subarray(0, n2) : null;
+}
+var libc, lgetxattrFn;
+var init_native2 = __esm({
+  "packages/core/src/tools/native.ts"() {
+    "use strict";
+  }
+});
+
+// packages/core/src/fs/sparse.ts
+import { createHash as createHash2 } from "node:crypto";
+import { open as open2, stat as stat3 } from "node:fs/promises";
+async function dataExtents(path6) {
+  const { lib } = nativeLibc();
+  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
+  const fh = await open2(path6, "r");
+  try {
+    const size = (await fh.stat()).size;
+    const extents = [];
+    let pos = 0;
+    while (pos < size) {
+      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
+      if (start < 0) break;
+      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
+      extents.push([start, end]);
+      pos = end;
+    }
+    return extents;
+  } finally {
+    await fh.close();
+  }
+}
+async function* dataRuns(path6) {
+  const fh = await open2(path6, "r");
+  try {
+    for (const [start, end] of await dataExtents(path6)) {
+      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
+        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        let runStart = -1;
+        for (let b = 0; b < bytesRead; b += BLOCK) {
+          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
+          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
+          if (!zero && runStart < 0) runStart = b;
+          else if (zero && runStart >= 0) {
+            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
+            runStart = -1;
+          }
+        }
+        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+async function contentDigest(path6) {
+  const size = (await stat3(path6)).size;
+  const hash2 = new ContentHash(size);
+  for await (const run2 of dataRuns(path6)) hash2.update(run2.offset, run2.data);
+  return hash2.digest();
+}
+var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
+var init_sparse = __esm({
+  "packages/core/src/fs/sparse.ts"() {
+    "use strict";
+    init_native2();
+    SEEK_DATA = 3;
+    SEEK_HOLE = 4;
+    BLOCK = 4096;
+    ZERO_BLOCK = Buffer.alloc(BLOCK);
+    RUN_MAX = 4 * 1024 * 1024;
+    ContentHash = class {
+      hash = createHash2("sha256");
+      offset = Buffer.alloc(8);
+      constructor(size) {
+        this.hash.update(`size:${size}
+`);
+      }
+      update(offset, data) {
+        for (let b = 0; b < data.length; b += BLOCK) {
+          const block = data.subarray(b, Math.min(b + BLOCK, data.length));
+          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
+          this.offset.writeBigUInt64BE(BigInt(offset + b));
+          this.hash.update(this.offset);
+          this.hash.update(block);
+        }
+      }
+      digest() {
+        return this.hash.digest("hex");
+      }
+    };
+  }
+});
+
+// packages/core/src/image/format.ts
+import { promises as fsp2 } from "node:fs";
+async function readHead(path6, bytes = 4096) {
+  let fh;
+  try {
+    fh = await fsp2.open(path6, "r");
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  try {
+    const st = await fh.stat();
+    if (st.isDirectory())
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is a directory, not an image file`);
+    const buf = Buffer.alloc(bytes);
+    const { bytesRead } = await fh.read(buf, 0, bytes, 0);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+async function detectFormat(path6) {
+  const head = await readHead(path6);
+  if (head.length >= 4 && head.toString("latin1", 0, 4) === "hsqs") return { format: "squashfs" };
+  if (head.length >= SB + 104 && head.readUInt16LE(SB + 56) === 61267) {
+    const ext = {
+      compat: head.readUInt32LE(SB + 92),
+      incompat: head.readUInt32LE(SB + 96),
+      roCompat: head.readUInt32LE(SB + 100),
+      state: head.readUInt16LE(SB + 58)
+    };
+    let format2 = "ext2";
+    if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) format2 = "ext4";
+    else if (ext.compat & COMPAT_HAS_JOURNAL) format2 = "ext3";
+    return { format: format2, ext };
+  }
+  throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not an ext2/3/4 or SquashFS image`);
+}
+function apptainerExt3Problems(ext) {
+  const problems = [];
+  if (!(ext.compat & COMPAT_HAS_JOURNAL)) problems.push("no journal (has_journal missing: ext2)");
+  const badIncompat = ext.incompat & ~(INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG);
+  if (badIncompat)
+    problems.push(`incompatible features 0x${badIncompat.toString(16)} (ext4: extent/64bit/flex_bg...)`);
+  const badRo = ext.roCompat & ~(RO_SPARSE_SUPER | RO_LARGE_FILE | RO_BTREE_DIR);
+  if (badRo)
+    problems.push(`read-only-compatible features 0x${badRo.toString(16)} (ext4: metadata_csum/huge_file...)`);
+  return problems;
+}
+async function requireExt3(path6) {
+  const info2 = await detectFormat(path6);
+  if (info2.format === "squashfs") {
+    throw new OverlayError("E_NOT_EXT3", `${path6} is a SquashFS image; this needs a writable ext3 overlay`);
+  }
+  const problems = apptainerExt3Problems(info2.ext);
+  if (problems.length) {
+    throw new OverlayError(
+      "E_NOT_EXT3",
+      `${path6} is ${info2.format}, not an Apptainer ext3 overlay: ${problems[0]}`,
+      {
+        details: { format: info2.format, problems }
+      }
+    );
+  }
+  return info2;
+}
+var SB, COMPAT_HAS_JOURNAL, INCOMPAT_FILETYPE, INCOMPAT_RECOVER, INCOMPAT_META_BG, RO_SPARSE_SUPER, RO_LARGE_FILE, RO_BTREE_DIR, INCOMPAT_EXT4, RO_EXT4, needsRecovery, hasErrorFlag;
+var init_format = __esm({
+  "packages/core/src/image/format.ts"() {
+    "use strict";
+    init_errors();
+    SB = 1024;
+    COMPAT_HAS_JOURNAL = 4;
+    INCOMPAT_FILETYPE = 2;
+    INCOMPAT_RECOVER = 4;
+    INCOMPAT_META_BG = 16;
+    RO_SPARSE_SUPER = 1;
+    RO_LARGE_FILE = 2;
+    RO_BTREE_DIR = 4;
+    INCOMPAT_EXT4 = 64 | 128 | 512 | 32768 | 65536 | 8192;
+    RO_EXT4 = 8 | 16 | 32 | 64 | 1024;
+    needsRecovery = (ext) => (ext.incompat & INCOMPAT_RECOVER) !== 0;
+    hasErrorFlag = (ext) => (ext.state & 2) !== 0;
+  }
+});
+
+// packages/core/src/lock/ofd.ts
+import { closeSync, constants as constants8, openSync } from "node:fs";
+function getFfi() {
+  if (ffi) return ffi;
+  const koffi = loadKoffi();
+  const libc2 = koffi.load("libc.so.6");
+  koffi.struct("ov_flock", {
+    l_type: "short",
+    l_whence: "short",
+    l_start: "int64",
+    l_len: "int64",
+    l_pid: "int"
+  });
+  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
+  ffi = { fcntl, errno: () => koffi.errno() };
+  return ffi;
+}
+function trySetLock(fd, type) {
+  const { fcntl, errno } = getFfi();
+  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
+  const e = errno();
+  if (e === EAGAIN || e === EACCES) return false;
+  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
+}
+async function acquireLock(path6, mode, opts = {}) {
+  let fd;
+  try {
+    fd = openSync(path6, mode === "exclusive" ? constants8.O_RDWR : constants8.O_RDONLY);
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1e3;
+  try {
+    for (; ; ) {
+      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
+      if (Date.now() >= deadline) {
+        throw new OverlayError(
+          "E_LOCKED",
+          `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
+          { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  let released = false;
+  return {
+    path: path6,
+    mode,
+    release() {
+      if (released) return;
+      released = true;
+      closeSync(fd);
+    }
+  };
+}
+async function withLock(path6, mode, fn, opts = {}) {
+  const lock = await acquireLock(path6, mode, opts);
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+function probeLock(path6) {
+  const attempt = (flags, type) => {
+    let fd;
+    try {
+      fd = openSync(path6, flags);
+    } catch (e) {
+      if (e.code === "EACCES") return null;
+      throw fromFsError(e, path6);
+    }
+    try {
+      return trySetLock(fd, type);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  if (attempt(constants8.O_RDONLY, F_RDLCK) === false) return "write";
+  if (attempt(constants8.O_RDWR, F_WRLCK) === false) return "read";
+  return "free";
+}
+var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi;
+var init_ofd = __esm({
+  "packages/core/src/lock/ofd.ts"() {
+    "use strict";
+    init_errors();
+    init_native2();
+    F_OFD_SETLK = 37;
+    F_RDLCK = 0;
+    F_WRLCK = 1;
+    EAGAIN = 11;
+    EACCES = 13;
   }
 });
 
@@ -30797,7 +30828,7 @@ var init_pack = __esm({
     init_sparse();
     init_format();
     init_ofd();
-    init_native();
+    init_native2();
     init_run();
     CACHE_FORMAT_VERSION = 2;
     ARCHIVE_SUFFIX = ".ovc.zst";
@@ -31193,7 +31224,7 @@ var init_base2 = __esm({
 
 // packages/core/src/layer/lower.ts
 import { mkdtemp, readdir as readdir4, rm as rm5 } from "node:fs/promises";
-import { tmpdir as tmpdir2 } from "node:os";
+import { tmpdir as tmpdir3 } from "node:os";
 import { join as join7 } from "node:path";
 async function squashEntries(file2) {
   const { stdout } = await runTool("unsquashfs", ["-lln", file2], { timeoutSeconds: 600 });
@@ -31209,7 +31240,7 @@ async function sifEntries(sif) {
   const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
   const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
   if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp(join7(tmpdir2(), "overlay-sif-"));
+  const dir = await mkdtemp(join7(tmpdir3(), "overlay-sif-"));
   try {
     const part = join7(dir, "rootfs.sqf");
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
@@ -31504,13 +31535,13 @@ var init_normalize2 = __esm({
 
 // packages/core/src/image/check.ts
 import { mkdtemp as mkdtemp2, rm as rm6 } from "node:fs/promises";
-import { tmpdir as tmpdir3 } from "node:os";
+import { tmpdir as tmpdir4 } from "node:os";
 import { join as join8 } from "node:path";
 function summarize(output2) {
   return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
 }
 async function fsckOnCopy(image) {
-  const dir = await mkdtemp2(join8(tmpdir3(), "overlay-check-"));
+  const dir = await mkdtemp2(join8(tmpdir4(), "overlay-check-"));
   const copy = join8(dir, "copy.img");
   try {
     let method = "metadata-copy";
@@ -32044,7 +32075,7 @@ __export(build_exports, {
 });
 import { promises as fsp6 } from "node:fs";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join12, resolve as resolve7 } from "node:path";
+import { join as join11, resolve as resolve7 } from "node:path";
 async function checkBuilt(path6) {
   const r = await checkImage(path6);
   return { status: r.status, problems: r.problems };
@@ -32068,8 +32099,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join12(tmpdir6(), "overlayctl-build-"));
-    scriptFile = join12(tempDir, "build.sh");
+    tempDir = await fsp6.mkdtemp(join11(tmpdir6(), "overlayctl-build-"));
+    scriptFile = join11(tempDir, "build.sh");
     await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -32929,21 +32960,21 @@ init_check();
 init_copy();
 init_format();
 init_ofd();
-init_native();
+init_native2();
 init_run();
 import { createHash as createHash6 } from "node:crypto";
 import { createReadStream as createReadStream2, lstatSync, readdirSync as readdirSync2 } from "node:fs";
 import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat9, writeFile as writeFile4 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
-import { join as join10 } from "node:path";
+import { join as join9 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
+init_atomic();
 init_run();
 import { mkdtemp as mkdtemp3, rm as rm7 } from "node:fs/promises";
-import { tmpdir as tmpdir4 } from "node:os";
-import { join as join9 } from "node:path";
 async function withFuse2fs(image, mode, fn) {
-  const mnt = await mkdtemp3(join9(tmpdir4(), "overlay-mnt-"));
+  await clearStaleMounts();
+  const mnt = await mkdtemp3(mountDirPrefix());
   const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
   try {
     if (kernel) {
@@ -32985,7 +33016,7 @@ function planLayer(upper, lower) {
   let files = 0;
   let whiteouts = 0;
   const walk = (rel) => {
-    const dir = rel ? join10(upper, rel) : upper;
+    const dir = rel ? join9(upper, rel) : upper;
     const entries = [];
     for (const d of readdirSync2(dir, { withFileTypes: true })) {
       let kind = "other";
@@ -32995,7 +33026,7 @@ function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = lstatSync(join10(dir, d.name)).rdev === 0;
+        whiteoutDevice = lstatSync(join9(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
@@ -33047,18 +33078,18 @@ async function commitLayer(o2) {
   try {
     await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join10(tmpdir5(), "overlay-commit-"));
+    const work = await mkdtemp4(join9(tmpdir5(), "overlay-commit-"));
     let planned;
     try {
       await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join10(mnt, "upper");
+        const upper = join9(mnt, "upper");
         if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
         planned = planLayer(upper, lower);
-        const excludeFile = join10(work, "exclude");
-        const pseudoFile = join10(work, "pseudo");
+        const excludeFile = join9(work, "exclude");
+        const pseudoFile = join9(work, "pseudo");
         await writeFile4(excludeFile, planned.exclude.map((p) => `${p}
 `).join(""));
         await writeFile4(pseudoFile, planned.pseudo.map((p) => `${p}
@@ -33099,8 +33130,8 @@ async function commitLayer(o2) {
         await copyImageFile(o2.image, tmp);
         await withFuse2fs(tmp, "rw", async (mnt) => {
           for (const dir of ["upper", "work"]) {
-            for (const name of await readdir5(join10(mnt, dir)))
-              await rm8(join10(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir5(join9(mnt, dir)))
+              await rm8(join9(mnt, dir, name), { recursive: true, force: true });
           }
         });
         const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2] });
@@ -33132,17 +33163,17 @@ init_normalize2();
 init_atomic();
 init_run();
 import { lstat as lstat3, mkdtemp as mkdtemp5, rm as rm9 } from "node:fs/promises";
-import { dirname as dirname7, join as join11 } from "node:path";
+import { dirname as dirname7, join as join10 } from "node:path";
 init_lower();
 async function squashLayers(layers, output2, opts) {
   const started = Date.now();
-  const staging = await mkdtemp5(join11(dirname7(output2), ".squash-"));
+  const staging = await mkdtemp5(join10(dirname7(output2), ".squash-"));
   let whiteouts = 0;
   try {
     for (const layer of layers) {
       opts.onProgress?.(`applying ${layer}`);
       for (const e of await squashEntries(layer)) {
-        const path6 = join11(staging, e.path);
+        const path6 = join10(staging, e.path);
         const st = await lstat3(path6).catch(() => null);
         if (st && (e.whiteout || st.isCharacterDevice())) await rm9(path6, { recursive: true, force: true });
       }
@@ -33187,7 +33218,7 @@ init_errors();
 init_atomic();
 init_create2();
 import { promises as fsp7 } from "node:fs";
-import { join as join13, resolve as resolve8 } from "node:path";
+import { join as join12, resolve as resolve8 } from "node:path";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -52971,7 +53002,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join13(dir, f))
+    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join12(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp7.readFile(file2, "utf8").catch(() => "");
@@ -52983,8 +53014,8 @@ async function hostMirror() {
 }
 var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log2) {
-  const sif = join13(dir, "base.sif");
-  const def = join13(dir, "base.def");
+  const sif = join12(dir, "base.sif");
+  const def = join12(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -53011,16 +53042,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve8(o2.dir);
-  await fsp7.mkdir(join13(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join13(dir, "apt/lists/partial"), { recursive: true });
+  await fsp7.mkdir(join12(dir, "apt/archives/partial"), { recursive: true });
+  await fsp7.mkdir(join12(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join13(dir, "env.img");
+  const image = join12(dir, "env.img");
   await fsp7.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join13(dir, "install.sh");
+  const script = join12(dir, "install.sh");
   await fsp7.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -53834,7 +53865,7 @@ sha256 ${r.sha256}`
 });
 
 // packages/core/src/index.ts
-init_native();
+init_native2();
 init_run();
 
 // packages/actions/src/specs.ts

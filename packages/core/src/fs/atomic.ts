@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
-import { hostname } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fromFsError } from '../errors';
+import { findTool, runTool } from '../tools/run';
 
 const TEMP_MARK = '.ovtmp-';
 
 // Host names go into temp names: on a shared filesystem only this host can tell whether a pid is dead.
-const HOST = hostname().replace(/[^A-Za-z0-9_.]/g, '_');
+export const HOST = hostname().replace(/[^A-Za-z0-9_.]/g, '_');
 
 /** `dir/.NAME.ovtmp-PID-HOST-RANDOM`: hidden, same directory (same filesystem, so rename is atomic). */
 export function tempPathFor(target: string): string {
@@ -65,7 +66,7 @@ export async function replaceAtomically<T>(
   }
 }
 
-function pidAlive(pid: number): boolean {
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -74,8 +75,50 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-/** Remove temp files of `target` left by processes that no longer exist (killed mid-operation). */
+/** Where withMountedImage mounts: `TMPDIR/overlay-mnt-PID-HOST-XXXXXX`, so a janitor can tell whose it is. */
+export const mountDirPrefix = () => join(tmpdir(), `overlay-mnt-${process.pid}-${HOST}-`);
+
+let mountsCleared = false;
+/**
+ * Detach mounts that a killed operation left behind (a SIGKILL while commit had the image
+ * mounted): ours by name, owned by a process that no longer exists. Once per process; failures
+ * (e.g. another user's mount) are left alone.
+ */
+export async function clearStaleMounts(): Promise<string[]> {
+  if (mountsCleared) return [];
+  mountsCleared = true;
+  let info: string;
+  try {
+    info = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return [];
+  }
+  const cleared: string[] = [];
+  for (const line of info.split('\n')) {
+    const fields = line.split(' ');
+    const point = fields[4]?.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
+    const m = point && /\/overlay-mnt-(\d+)-([^/]+)-[^-/]+$/.exec(point);
+    if (!m || m[2] !== HOST || pidAlive(Number(m[1]))) continue;
+    const fuse = line.split(' - ')[1]?.startsWith('fuse');
+    const r = fuse
+      ? await runTool(findTool('fusermount3') ? 'fusermount3' : 'fusermount', ['-uz', point]).catch(
+          () => null,
+        )
+      : await runTool('umount', ['-l', point]).catch(() => null);
+    if (r) {
+      await fsp.rmdir(point).catch(() => {});
+      cleared.push(point);
+    }
+  }
+  return cleared;
+}
+
+/**
+ * Remove temp files of `target` left by processes that no longer exist (killed mid-operation),
+ * and any mount such a process left.
+ */
 export async function removeStaleTemps(target: string): Promise<string[]> {
+  await clearStaleMounts();
   const dir = dirname(target);
   const prefix = `.${basename(target)}${TEMP_MARK}`;
   const removed: string[] = [];

@@ -1,6 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { clearStaleMounts, mountDirPrefix } from '../fs/atomic';
 import { findTool, runTool } from '../tools/run';
 
 /**
@@ -14,7 +13,8 @@ export async function withFuse2fs<T>(
   mode: 'ro' | 'rw',
   fn: (mnt: string) => Promise<T>,
 ): Promise<T> {
-  const mnt = await mkdtemp(join(tmpdir(), 'overlay-mnt-'));
+  await clearStaleMounts();
+  const mnt = await mkdtemp(mountDirPrefix());
   const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
   try {
     if (kernel) {
