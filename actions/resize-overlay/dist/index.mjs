@@ -32959,7 +32959,7 @@ init_ofd();
 init_native2();
 init_run();
 import { createHash as createHash6 } from "node:crypto";
-import { createReadStream as createReadStream2, lstatSync, readdirSync as readdirSync2 } from "node:fs";
+import { createReadStream as createReadStream2, lstatSync } from "node:fs";
 import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat9, writeFile as writeFile4 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
 import { join as join9 } from "node:path";
@@ -33005,16 +33005,16 @@ init_whiteouts();
 var COMPRESSIONS = ["zstd", "gzip", "lz4", "xz"];
 var escapePseudo = (p) => p.replace(/([\\ ])/g, "\\$1");
 var isOpaqueByXattr = (dir) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === "y");
-function planLayer(upper, lower) {
+async function planLayer(upper, lower) {
   const exclude = [];
   const pseudo = [];
   const warnings = [];
   let files = 0;
   let whiteouts = 0;
-  const walk = (rel) => {
+  const walk = async (rel) => {
     const dir = rel ? join9(upper, rel) : upper;
     const entries = [];
-    for (const d of readdirSync2(dir, { withFileTypes: true })) {
+    for (const d of await readdir5(dir, { withFileTypes: true })) {
       let kind = "other";
       let whiteoutDevice = false;
       if (d.isDirectory()) kind = "dir";
@@ -33046,14 +33046,14 @@ function planLayer(upper, lower) {
         pseudo.push(`${escapePseudo(rel ? `${rel}/${name}` : name)} c 0000 0 0 0 0`);
     }
     const dropped = new Set(plan.drop);
-    for (const e of entries) {
-      if (dropped.has(e.name)) continue;
-      files++;
-      if (e.kind === "dir") walk(rel ? `${rel}/${e.name}` : e.name);
-    }
+    const kept = entries.filter((e) => !dropped.has(e.name));
+    files += kept.length;
+    await Promise.all(
+      kept.filter((e) => e.kind === "dir").map((e) => walk(rel ? `${rel}/${e.name}` : e.name))
+    );
   };
-  walk("");
-  return { exclude, pseudo, warnings, files, whiteouts };
+  await walk("");
+  return { exclude: exclude.sort(), pseudo: pseudo.sort(), warnings: warnings.sort(), files, whiteouts };
 }
 async function sha256File(path6) {
   const hash2 = createHash6("sha256");
@@ -33083,7 +33083,7 @@ async function commitLayer(o2) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
-        planned = planLayer(upper, lower);
+        planned = await planLayer(upper, lower);
         const excludeFile = join9(work, "exclude");
         const pseudoFile = join9(work, "pseudo");
         await writeFile4(excludeFile, planned.exclude.map((p) => `${p}
