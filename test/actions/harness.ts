@@ -18,6 +18,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { parseActionYml, type YamlValue } from '../../packages/actions/src/meta';
+import { createImage, currentOwner, MiB } from '../../packages/core/src/index';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -277,4 +278,20 @@ export function snapshot(dir: string): string {
 /** A one-line failure: exactly one ::error:: line and a non-zero exit. */
 export function failureLines(r: StepResult): string[] {
   return r.stdout.split('\n').filter((l) => l.startsWith('::error'));
+}
+
+/** A 64 MiB overlay owned by the test process, in the job's workspace (`env.img`). */
+export async function workspaceImage(job: Job, createDirs: string[] = []): Promise<string> {
+  const path = join(job.workspace, 'env.img');
+  await createImage({
+    path,
+    sizeBytes: 64 * MiB,
+    inodeRatio: 16384,
+    reservedPercent: 0,
+    sparse: true,
+    owner: currentOwner(),
+    createDirs,
+    force: false,
+  });
+  return path;
 }

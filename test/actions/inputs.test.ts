@@ -3,8 +3,7 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createImage, currentOwner, MiB } from '../../packages/core/src/index';
-import { failureLines, type Job, newJob, runAction, snapshot } from './harness';
+import { failureLines, type Job, newJob, runAction, snapshot, workspaceImage } from './harness';
 
 const CASES: [action: string, inputs: Record<string, string>, input: string, message?: RegExp][] = [
   ['setup-overlay', {}, 'path', /required|expected string/],
@@ -30,16 +29,7 @@ describe('bad action inputs', () => {
   let job: Job;
   beforeAll(async () => {
     job = await newJob();
-    await createImage({
-      path: join(job.workspace, 'env.img'),
-      sizeBytes: 64 * MiB,
-      inodeRatio: 16384,
-      reservedPercent: 0,
-      sparse: true,
-      owner: currentOwner(),
-      createDirs: [],
-      force: false,
-    });
+    await workspaceImage(job);
   });
   afterAll(() => rmSync(job.root, { recursive: true, force: true }));
 

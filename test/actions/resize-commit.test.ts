@@ -2,24 +2,15 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createImage, currentOwner, MiB } from '../../packages/core/src/index';
+import { MiB } from '../../packages/core/src/index';
 import { sha256File } from '../helpers/tools';
-import { type Job, newJob, runAction } from './harness';
+import { type Job, newJob, runAction, workspaceImage } from './harness';
 
 describe('resize-overlay and commit-layer', () => {
   let job: Job;
   beforeAll(async () => {
     job = await newJob();
-    await createImage({
-      path: join(job.workspace, 'env.img'),
-      sizeBytes: 64 * MiB,
-      inodeRatio: 16384,
-      reservedPercent: 0,
-      sparse: true,
-      owner: currentOwner(),
-      createDirs: ['/opt/env/bin'],
-      force: false,
-    });
+    await workspaceImage(job, ['/opt/env/bin']);
   });
   afterAll(async () => {
     const { rmSync } = await import('node:fs');

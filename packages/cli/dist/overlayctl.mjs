@@ -33674,6 +33674,17 @@ var createFields = {
   ...ownerFields,
   createDir: external_exports.array(containerDirSchema).default([]).describe("Directory to create under upper/ (repeatable)")
 };
+var createFieldsSchema = external_exports.object(createFields);
+function createOptionsFrom(input2) {
+  return {
+    sizeBytes: input2.size,
+    inodeRatio: input2.inodeRatio ?? PROFILES[input2.profile].inodeRatio,
+    reservedPercent: input2.reserved,
+    sparse: input2.sparse,
+    owner: ownerFrom(input2),
+    createDirs: input2.createDir
+  };
+}
 function renderImageSummary(i2) {
   const lines = [
     `${i2.path}: ${i2.format}, ${formatBytes(i2.sizeBytes)} (${formatBytes(i2.allocatedBytes)} allocated${i2.sparse ? ", sparse" : ""})`
@@ -33710,12 +33721,7 @@ var createTask = defineTask({
   async run(input2, ctx) {
     return createImage({
       path: input2.image,
-      sizeBytes: input2.size,
-      inodeRatio: input2.inodeRatio ?? PROFILES[input2.profile].inodeRatio,
-      reservedPercent: input2.reserved,
-      sparse: input2.sparse,
-      owner: ownerFrom(input2),
-      createDirs: input2.createDir,
+      ...createOptionsFrom(input2),
       force: input2.force,
       onProgress: ctx.progress
     });
@@ -33778,7 +33784,6 @@ sha256 ${r.sha256}${r.reset ? "\noverlay reset: upper/ is empty" : ""}`
 });
 
 // packages/core/src/tasks/build.ts
-init_create2();
 init_build();
 
 // packages/core/src/tasks/exec.ts
@@ -33872,14 +33877,7 @@ var buildTask = defineTask({
       // the run follows the owner of upper/ (an image made with --fakeroot is built with it)
       fakeroot: "auto",
       normalize: input2.normalize,
-      create: {
-        sizeBytes: input2.size,
-        inodeRatio: input2.inodeRatio ?? PROFILES[input2.profile].inodeRatio,
-        reservedPercent: input2.reserved,
-        sparse: input2.sparse,
-        owner: ownerFrom(input2),
-        createDirs: input2.createDir
-      },
+      create: createOptionsFrom(input2),
       onProgress: ctx.progress
     });
     return {

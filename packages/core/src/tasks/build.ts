@@ -1,9 +1,8 @@
 import { z } from 'zod';
-import { PROFILES } from '../image/create';
 import { buildInOverlay } from '../runtime/build';
 import { sizeSchema } from '../size';
-import { checkOwner, ownerFrom, pathSchema } from './common';
-import { createFields, renderImageSummary } from './create';
+import { checkOwner, pathSchema } from './common';
+import { createFields, createOptionsFrom, renderImageSummary } from './create';
 import { defineTask } from './define';
 import { containerFields, envRecord } from './exec';
 
@@ -57,14 +56,7 @@ export const buildTask = defineTask({
       // the run follows the owner of upper/ (an image made with --fakeroot is built with it)
       fakeroot: 'auto',
       normalize: input.normalize,
-      create: {
-        sizeBytes: input.size,
-        inodeRatio: input.inodeRatio ?? PROFILES[input.profile].inodeRatio,
-        reservedPercent: input.reserved,
-        sparse: input.sparse,
-        owner: ownerFrom(input),
-        createDirs: input.createDir,
-      },
+      create: createOptionsFrom(input),
       onProgress: ctx.progress,
     });
     return {

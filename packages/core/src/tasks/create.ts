@@ -27,6 +27,20 @@ export const createFields = {
     .describe('Directory to create under upper/ (repeatable)'),
 };
 
+const createFieldsSchema = z.object(createFields);
+
+/** The create options a task's createFields ask for (create, build). */
+export function createOptionsFrom(input: z.output<typeof createFieldsSchema>) {
+  return {
+    sizeBytes: input.size,
+    inodeRatio: input.inodeRatio ?? PROFILES[input.profile].inodeRatio,
+    reservedPercent: input.reserved,
+    sparse: input.sparse,
+    owner: ownerFrom(input),
+    createDirs: input.createDir,
+  };
+}
+
 export function renderImageSummary(i: ImageInfo): string {
   const lines = [
     `${i.path}: ${i.format}, ${formatBytes(i.sizeBytes)} (${formatBytes(i.allocatedBytes)} allocated${i.sparse ? ', sparse' : ''})`,
@@ -66,12 +80,7 @@ export const createTask = defineTask({
   async run(input, ctx) {
     return createImage({
       path: input.image,
-      sizeBytes: input.size,
-      inodeRatio: input.inodeRatio ?? PROFILES[input.profile].inodeRatio,
-      reservedPercent: input.reserved,
-      sparse: input.sparse,
-      owner: ownerFrom(input),
-      createDirs: input.createDir,
+      ...createOptionsFrom(input),
       force: input.force,
       onProgress: ctx.progress,
     });
