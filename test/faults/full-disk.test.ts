@@ -92,6 +92,22 @@ describe.runIf(isRoot)('full disk', () => {
     expect(temps()).toEqual([]);
   });
 
+  it('cache restore onto a full disk fails with E_NO_SPACE and leaves the old image', async () => {
+    // the entry lives outside the full filesystem; the target is on it
+    const store = join(root, 'store-outside');
+    const source = join(root, 'source.img');
+    await execa(CLI, ['create', source, '--size', '64']);
+    await execa('debugfs', ['-w', '-R', `write ${join(root, 'rand')} /upper/rand`, source]);
+    await execa(CLI, ['cache', 'save', source, '--key', 'big', '--store', store]);
+    await fill();
+    const before = sum(join(mnt, 'env.img'));
+    const r = await cli(['cache', 'restore', join(mnt, 'env.img'), '--key', 'big', '--store', store]);
+    expect(r.exitCode, JSON.stringify(r.out)).not.toBe(0);
+    expect(r.out.error.code).toBe('E_NO_SPACE');
+    expect(sum(join(mnt, 'env.img'))).toBe(before);
+    expect(temps()).toEqual([]);
+  });
+
   it('cache save into a full store fails clearly and publishes no entry', async () => {
     const r = await cli(['cache', 'save', join(mnt, 'env.img'), '--key', 'k', '--store', join(mnt, 'store')]);
     expect(r.exitCode).not.toBe(0);

@@ -30109,6 +30109,8 @@ async function runTool(name, args, opts = {}) {
       let killed = false;
       const using = opts.use(child).catch((e) => {
         killed = child.kill("SIGKILL");
+        child.stdout?.destroy();
+        child.stdin?.destroy();
         throw e;
       });
       const [r, u2] = await Promise.allSettled([child, using]);
@@ -30668,7 +30670,19 @@ function recordHead(offset, length) {
   return b;
 }
 async function send(stream, chunk) {
-  if (!stream.write(chunk)) await once9(stream, "drain");
+  if (stream.destroyed) throw new Error("the compressor exited early");
+  if (stream.write(chunk)) return;
+  const ac = new AbortController();
+  try {
+    await Promise.race([
+      once9(stream, "drain", { signal: ac.signal }),
+      once9(stream, "close", { signal: ac.signal }).then(() => {
+        throw new Error("the compressor exited early");
+      })
+    ]);
+  } finally {
+    ac.abort();
+  }
 }
 async function packImage(imagePath, archivePath) {
   const image = resolve3(imagePath);
@@ -30725,6 +30739,16 @@ function startWriteback(fd) {
   } catch {
   }
 }
+async function writeFully(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
+}
 async function decode(stream, fd) {
   const reader = new ByteReader(stream);
   const magic = await reader.take(MAGIC.length);
@@ -30749,9 +30773,7 @@ async function decode(stream, fd) {
     if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
       throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
     const data = await reader.need(length);
-    const written = new Promise(
-      (ok, fail2) => write(fd, data, 0, length, at, (e) => e ? fail2(e) : ok())
-    );
+    const written = writeFully(fd, data, at);
     hash2.update(at, data);
     await written;
     next = at + length;

@@ -30109,6 +30109,8 @@ async function runTool(name, args, opts = {}) {
       let killed = false;
       const using = opts.use(child2).catch((e) => {
         killed = child2.kill("SIGKILL");
+        child2.stdout?.destroy();
+        child2.stdin?.destroy();
         throw e;
       });
       const [r, u2] = await Promise.allSettled([child2, using]);
@@ -30668,7 +30670,19 @@ function recordHead(offset, length) {
   return b;
 }
 async function send(stream2, chunk) {
-  if (!stream2.write(chunk)) await once9(stream2, "drain");
+  if (stream2.destroyed) throw new Error("the compressor exited early");
+  if (stream2.write(chunk)) return;
+  const ac = new AbortController();
+  try {
+    await Promise.race([
+      once9(stream2, "drain", { signal: ac.signal }),
+      once9(stream2, "close", { signal: ac.signal }).then(() => {
+        throw new Error("the compressor exited early");
+      })
+    ]);
+  } finally {
+    ac.abort();
+  }
 }
 async function packImage(imagePath, archivePath) {
   const image = resolve4(imagePath);
@@ -30725,6 +30739,16 @@ function startWriteback(fd) {
   } catch {
   }
 }
+async function writeFully(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok2, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok2(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
+}
 async function decode(stream2, fd) {
   const reader = new ByteReader(stream2);
   const magic = await reader.take(MAGIC.length);
@@ -30749,9 +30773,7 @@ async function decode(stream2, fd) {
     if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
       throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
     const data = await reader.need(length);
-    const written = new Promise(
-      (ok2, fail2) => write(fd, data, 0, length, at, (e) => e ? fail2(e) : ok2())
-    );
+    const written = writeFully(fd, data, at);
     hash2.update(at, data);
     await written;
     next = at + length;

@@ -67,8 +67,21 @@ function recordHead(offset: bigint, length: number): Buffer {
   return b;
 }
 
+/** Write with backpressure; fails (never hangs) if the compressor exits while we wait. */
 async function send(stream: Writable, chunk: Buffer): Promise<void> {
-  if (!stream.write(chunk)) await once(stream, 'drain');
+  if (stream.destroyed) throw new Error('the compressor exited early');
+  if (stream.write(chunk)) return;
+  const ac = new AbortController();
+  try {
+    await Promise.race([
+      once(stream, 'drain', { signal: ac.signal }),
+      once(stream, 'close', { signal: ac.signal }).then(() => {
+        throw new Error('the compressor exited early');
+      }),
+    ]);
+  } finally {
+    ac.abort();
+  }
 }
 
 /**
@@ -169,6 +182,18 @@ function startWriteback(fd: number): void {
 
 class ArchiveError extends Error {}
 
+/** pwrite all of `data` at `position` (a write may be short, e.g. just before ENOSPC). */
+async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const n = await new Promise<number>((ok, fail) =>
+      write(fd, data, done, data.length - done, position + done, (e, bytes) => (e ? fail(e) : ok(bytes))),
+    );
+    if (n === 0) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+    done += n;
+  }
+}
+
 /** Decode the archive stream into the file `fd`; returns the manifest it carried and what we computed. */
 async function decode(stream: Readable, fd: number): Promise<{ manifest: CacheManifest; computed: Trailer }> {
   const reader = new ByteReader(stream);
@@ -195,9 +220,7 @@ async function decode(stream: Readable, fd: number): Promise<{ manifest: CacheMa
       throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
     const data = await reader.need(length);
     // the write runs on libuv's thread pool while this thread hashes the same (read-only) bytes
-    const written = new Promise<void>((ok, fail) =>
-      write(fd, data, 0, length, at, (e) => (e ? fail(e) : ok())),
-    );
+    const written = writeFully(fd, data, at);
     hash.update(at, data);
     await written;
     next = at + length;

@@ -160,6 +160,9 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
       let killed = false;
       const using = opts.use(child).catch((e) => {
         killed = child.kill('SIGKILL');
+        // unread output would keep the child's streams (and so its promise) open forever
+        child.stdout?.destroy();
+        child.stdin?.destroy();
         throw e;
       });
       const [r, u] = await Promise.allSettled([child, using]);
