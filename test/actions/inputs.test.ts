@@ -1,7 +1,6 @@
 // Bad inputs: each action fails with exactly one error line, `E_INVALID_INPUT: <input name>: …`,
 // writes no output and touches no file in the workspace (validation comes before anything else).
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { failureLines, type Job, newJob, runAction, snapshot, workspaceImage } from './harness';
 

@@ -30062,6 +30062,17 @@ function requireTool(name, env) {
   }
   return path17;
 }
+async function traced(label, step) {
+  if (!process.env.OVERLAY_TRACE) return step();
+  const started = process.hrtime.bigint();
+  try {
+    return await step();
+  } finally {
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    process.stderr.write(`[trace] ${label}: ${ms.toFixed(0)} ms
+`);
+  }
+}
 function toolTimeoutSeconds(name, override) {
   if (override !== void 0) return override;
   const env = Number(process.env.OVERLAY_TOOL_TIMEOUT);
@@ -30649,25 +30660,10 @@ var init_ofd = __esm({
   }
 });
 
-// packages/core/src/cache/pack.ts
+// packages/core/src/cache/zstd.ts
 import { once as once9 } from "node:events";
-import { closeSync as closeSync2, fdatasyncSync, ftruncateSync, openSync as openSync2, write } from "node:fs";
-import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
-import { basename as basename5, dirname as dirname6, resolve as resolve4 } from "node:path";
 async function zstdVersion() {
   return (await runTool("zstd", ["--version"]).catch(() => ({ stdout: "?" }))).stdout.trim();
-}
-function lengthPrefixed(json2) {
-  const body2 = Buffer.from(JSON.stringify(json2));
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(body2.length);
-  return Buffer.concat([len, body2]);
-}
-function recordHead(offset, length) {
-  const b = Buffer.alloc(12);
-  b.writeBigUInt64BE(offset);
-  b.writeUInt32BE(length, 8);
-  return b;
 }
 async function send(stream2, chunk) {
   if (stream2.destroyed) throw new Error("the compressor exited early");
@@ -30683,6 +30679,51 @@ async function send(stream2, chunk) {
   } finally {
     ac.abort();
   }
+}
+async function compressTo(file2, produce) {
+  await runTool("zstd", ["-T0", `-${LEVEL}`, "-q", "-f", "-o", file2], {
+    stdin: "pipe",
+    timeoutSeconds: 3600,
+    use: async (child2) => {
+      await produce(child2.stdin);
+      child2.stdin.end();
+    }
+  });
+}
+async function decompressFrom(file2, consume) {
+  let result;
+  await runTool("zstd", ["-d", "-q", "-c", "--", file2], {
+    timeoutSeconds: 3600,
+    use: async (child2) => {
+      result = await consume(child2.stdout);
+    }
+  });
+  return result;
+}
+var LEVEL;
+var init_zstd = __esm({
+  "packages/core/src/cache/zstd.ts"() {
+    "use strict";
+    init_run();
+    LEVEL = 3;
+  }
+});
+
+// packages/core/src/cache/pack.ts
+import { closeSync as closeSync2, fdatasyncSync, ftruncateSync, openSync as openSync2, write } from "node:fs";
+import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
+import { basename as basename5, dirname as dirname6, resolve as resolve4 } from "node:path";
+function lengthPrefixed(json2) {
+  const body2 = Buffer.from(JSON.stringify(json2));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(body2.length);
+  return Buffer.concat([len, body2]);
+}
+function recordHead(offset, length) {
+  const b = Buffer.alloc(12);
+  b.writeBigUInt64BE(offset);
+  b.writeUInt32BE(length, 8);
+  return b;
 }
 async function packImage(imagePath, archivePath) {
   const image = resolve4(imagePath);
@@ -30700,12 +30741,9 @@ async function packImage(imagePath, archivePath) {
     };
     const hash2 = new ContentHash(st.size);
     let trailer;
-    await runTool("zstd", ["-T0", "-q", "-f", "-o", resolve4(archivePath)], {
-      env: ZSTD_ENV,
-      stdin: "pipe",
-      timeoutSeconds: 3600,
-      use: async (child2) => {
-        const sink = child2.stdin;
+    await traced(
+      "read + hash + compress",
+      () => compressTo(resolve4(archivePath), async (sink) => {
         let dataBytes = 0;
         await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
         for await (const run2 of dataRuns(image)) {
@@ -30716,9 +30754,8 @@ async function packImage(imagePath, archivePath) {
         }
         trailer = { sha256: hash2.digest(), dataBytes };
         await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
-        sink.end();
-      }
-    });
+      })
+    );
     return { ...header, ...trailer };
   } finally {
     lock.release();
@@ -30804,12 +30841,10 @@ async function unpackImage(archivePath, targetPath) {
   try {
     let decoded;
     try {
-      await runTool("zstd", ["-d", "-q", "-c", "--", archive], {
-        timeoutSeconds: 3600,
-        use: async (child2) => {
-          decoded = await decode(child2.stdout, fd);
-        }
-      });
+      decoded = await traced(
+        "decompress + write + hash",
+        () => decompressFrom(archive, (source) => decode(source, fd))
+      );
     } catch (e) {
       const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : e;
       if (isOverlayError(e, "E_NO_SPACE") || cause.code === "ENOSPC")
@@ -30820,7 +30855,7 @@ async function unpackImage(archivePath, targetPath) {
     const { manifest, computed } = decoded;
     if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
       return { ok: false, reason: "content digest mismatch" };
-    fdatasyncSync(fd);
+    await traced("fdatasync", () => fdatasyncSync(fd));
     closeSync2(fd);
     fdOpen = false;
     const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
@@ -30841,7 +30876,7 @@ async function unpackImage(archivePath, targetPath) {
     await rm2(tmp, { force: true });
   }
 }
-var CACHE_FORMAT_VERSION, ARCHIVE_SUFFIX, MAGIC, END, MAX_JSON, formatUuid, ZSTD_ENV, ByteReader, syncFileRange, ArchiveError;
+var CACHE_FORMAT_VERSION, ARCHIVE_SUFFIX, MAGIC, END, MAX_JSON, formatUuid, ByteReader, syncFileRange, ArchiveError;
 var init_pack = __esm({
   "packages/core/src/cache/pack.ts"() {
     "use strict";
@@ -30852,13 +30887,13 @@ var init_pack = __esm({
     init_ofd();
     init_native2();
     init_run();
+    init_zstd();
     CACHE_FORMAT_VERSION = 2;
     ARCHIVE_SUFFIX = ".ovc.zst";
     MAGIC = Buffer.from("OVERLAY-ACTION-CACHE\n");
     END = 0xffffffffffffffffn;
     MAX_JSON = 64 * 1024;
     formatUuid = (b) => b.toString("hex").replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, "$1-$2-$3-$4-$5");
-    ZSTD_ENV = { ...process.env, ZSTD_CLEVEL: "3" };
     ByteReader = class {
       chunks = [];
       buffered = 0;

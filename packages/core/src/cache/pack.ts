@@ -1,15 +1,15 @@
-import { once } from 'node:events';
 import { closeSync, fdatasyncSync, ftruncateSync, openSync, write } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
 import { ContentHash, dataRuns, RUN_MAX } from '../fs/sparse';
 import { readHead, requireExt3 } from '../image/format';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { nativeLibc } from '../tools/native';
-import { runTool } from '../tools/run';
+import { runTool, traced } from '../tools/run';
+import { compressTo, decompressFrom, send, zstdVersion } from './zstd';
 
 /** Bump when the archive layout changes: part of every cache key. */
 export const CACHE_FORMAT_VERSION = 2;
@@ -17,7 +17,7 @@ export const CACHE_FORMAT_VERSION = 2;
 export const ARCHIVE_SUFFIX = '.ovc.zst';
 
 /**
- * The archive is one zstd stream (multi-threaded, level 3) holding:
+ * The archive is one zstd stream (level 3, checksummed, every core; see zstd.ts) holding:
  *   MAGIC, u32 length + header JSON, records, END record, u32 length + trailer JSON
  * where a record is u64 offset, u32 length (1..RUN_MAX), then that many bytes of the image.
  * Records carry only non-zero blocks, in ascending order; everything else is a hole. The trailer
@@ -47,12 +47,6 @@ export interface CacheManifest {
 type Header = Omit<CacheManifest, 'sha256' | 'dataBytes'>;
 type Trailer = Pick<CacheManifest, 'sha256' | 'dataBytes'>;
 
-const ZSTD_ENV = { ...process.env, ZSTD_CLEVEL: '3' };
-
-async function zstdVersion(): Promise<string> {
-  return (await runTool('zstd', ['--version']).catch(() => ({ stdout: '?' }))).stdout.trim();
-}
-
 function lengthPrefixed(json: object): Buffer {
   const body = Buffer.from(JSON.stringify(json));
   const len = Buffer.alloc(4);
@@ -65,23 +59,6 @@ function recordHead(offset: bigint, length: number): Buffer {
   b.writeBigUInt64BE(offset);
   b.writeUInt32BE(length, 8);
   return b;
-}
-
-/** Write with backpressure; fails (never hangs) if the compressor exits while we wait. */
-async function send(stream: Writable, chunk: Buffer): Promise<void> {
-  if (stream.destroyed) throw new Error('the compressor exited early');
-  if (stream.write(chunk)) return;
-  const ac = new AbortController();
-  try {
-    await Promise.race([
-      once(stream, 'drain', { signal: ac.signal }),
-      once(stream, 'close', { signal: ac.signal }).then(() => {
-        throw new Error('the compressor exited early');
-      }),
-    ]);
-  } finally {
-    ac.abort();
-  }
 }
 
 /**
@@ -107,12 +84,8 @@ export async function packImage(imagePath: string, archivePath: string): Promise
     };
     const hash = new ContentHash(st.size);
     let trailer: Trailer | undefined;
-    await runTool('zstd', ['-T0', '-q', '-f', '-o', resolve(archivePath)], {
-      env: ZSTD_ENV,
-      stdin: 'pipe',
-      timeoutSeconds: 3600,
-      use: async (child) => {
-        const sink = child.stdin!;
+    await traced('read + hash + compress', () =>
+      compressTo(resolve(archivePath), async (sink) => {
         let dataBytes = 0;
         await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
         for await (const run of dataRuns(image)) {
@@ -123,9 +96,8 @@ export async function packImage(imagePath: string, archivePath: string): Promise
         }
         trailer = { sha256: hash.digest(), dataBytes };
         await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
-        sink.end();
-      },
-    });
+      }),
+    );
     return { ...header, ...trailer! };
   } finally {
     lock.release();
@@ -258,14 +230,11 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
   let lock: Lock | undefined;
   let fdOpen = true;
   try {
-    let decoded: Awaited<ReturnType<typeof decode>> | undefined;
+    let decoded: Awaited<ReturnType<typeof decode>>;
     try {
-      await runTool('zstd', ['-d', '-q', '-c', '--', archive], {
-        timeoutSeconds: 3600,
-        use: async (child) => {
-          decoded = await decode(child.stdout!, fd);
-        },
-      });
+      decoded = await traced('decompress + write + hash', () =>
+        decompressFrom(archive, (source) => decode(source, fd)),
+      );
     } catch (e) {
       const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : (e as Error);
       if (isOverlayError(e, 'E_NO_SPACE') || (cause as NodeJS.ErrnoException).code === 'ENOSPC')
@@ -273,10 +242,10 @@ export async function unpackImage(archivePath: string, targetPath: string): Prom
       const why = cause instanceof ArchiveError ? cause.message : `corrupt archive: ${cause.message}`;
       return { ok: false, reason: why };
     }
-    const { manifest, computed } = decoded!;
+    const { manifest, computed } = decoded;
     if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
       return { ok: false, reason: 'content digest mismatch' };
-    fdatasyncSync(fd); // durable before it can replace anything (mostly written back already)
+    await traced('fdatasync', () => fdatasyncSync(fd)); // durable before it can replace anything (mostly written back already)
     closeSync(fd);
     fdOpen = false;
     // the image was just written, so its blocks are in the page cache: e2fsck's readahead only

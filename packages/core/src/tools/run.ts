@@ -107,6 +107,18 @@ export interface ToolResult {
   stdoutBuffer?: Uint8Array;
 }
 
+/** With OVERLAY_TRACE set, print how long a step took (stderr); the step's result either way. */
+export async function traced<T>(label: string, step: () => Promise<T> | T): Promise<T> {
+  if (!process.env.OVERLAY_TRACE) return step();
+  const started = process.hrtime.bigint();
+  try {
+    return await step();
+  } finally {
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    process.stderr.write(`[trace] ${label}: ${ms.toFixed(0)} ms\n`);
+  }
+}
+
 export function toolTimeoutSeconds(name: string, override?: number): number {
   if (override !== undefined) return override;
   const env = Number(process.env.OVERLAY_TOOL_TIMEOUT);
