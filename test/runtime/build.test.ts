@@ -119,7 +119,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl build (root)', () => {
     const lock = await acquireLock(img, 'shared');
     try {
       const r = await overlayctl(['build', img, '--base', base, '--run', 'touch /opt/x']);
-      expect(r.exitCode).toBe(3);
+      expect(r.exitCode).toBe(75);
       expect(r.stderr).toMatch(/^E_LOCKED: /m);
     } finally {
       lock.release();

@@ -169,7 +169,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec (root)', () => {
     const lock = await acquireLock(img, 'exclusive');
     try {
       const r = await overlayctl(['exec', img, '--base', base, '--ro', '--', 'true']);
-      expect(r.exitCode).toBe(3);
+      expect(r.exitCode).toBe(125);
       expect(r.stderr).toMatch(/^E_LOCKED: /m);
     } finally {
       lock.release();
@@ -178,7 +178,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec (root)', () => {
     try {
       await new Promise((r) => setTimeout(r, 1500));
       const r = await overlayctl(['exec', img, '--base', base, '--json', '--', 'true']);
-      expect(r.exitCode).toBe(3);
+      expect(r.exitCode).toBe(125);
       expect(lastJson(r.stdout)).toMatchObject({ error: { code: 'E_LOCKED' } });
       // Apptainer's own refusal, when it gets that far, maps to the same code
       const raw = await execa('apptainer', ['exec', '--overlay', img, base, 'true'], { reject: false });
@@ -198,7 +198,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec (root)', () => {
     const r = await overlayctl(['exec', img, '--base', base, '--json', '--', 'true'], {
       env: { PATH: empty },
     });
-    expect(r.exitCode).toBe(1);
+    expect(r.exitCode).toBe(125);
     expect(lastJson(r.stdout)).toMatchObject({ error: { code: 'E_RUNTIME_MISSING' } });
     expect(String((lastJson(r.stdout).error as { hint: string }).hint)).toMatch(/setup-host\.sh/);
     let err: unknown;

@@ -79,7 +79,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec/build as an unpri
 
   it('--no-fakeroot forces it off: Apptainer then refuses the root-owned upper/, with a hint', async () => {
     const r = await as(['exec', rooted, '--no-fakeroot', '--base', base, '--json', '--', 'true']);
-    expect(r.exitCode).toBe(1);
+    expect(r.exitCode).toBe(125);
     const { error } = lastJson(r.stdout) as { error: { code: string; message: string; hint: string } };
     expect(error.code).toBe('E_RUNTIME_FAILED');
     expect(error.message).toMatch(/upper\/ directory .* is not writable by you/);
@@ -142,7 +142,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec/build as an unpri
     const lock = await acquireLock(own, 'shared');
     try {
       const r = await as(['exec', own, '--base', base, '--json', '--', 'true']);
-      expect(r.exitCode).toBe(3);
+      expect(r.exitCode).toBe(125);
       expect(lastJson(r.stdout)).toMatchObject({ error: { code: 'E_LOCKED' } });
       // readers may share it
       const ro = await as(['exec', own, '--ro', '--base', base, '--', 'true']);

@@ -1,4 +1,11 @@
-import { ERROR_CODES, type FieldInfo, TASKS, type TaskDef, taskFields } from '@overlay-action/core';
+import {
+  ERROR_CODES,
+  EXIT_STATUS,
+  type FieldInfo,
+  TASKS,
+  type TaskDef,
+  taskFields,
+} from '@overlay-action/core';
 import { ACTION_SPECS, type ActionSpec, actionInputs, ROOT_ACTION } from './specs';
 
 /**
@@ -245,12 +252,20 @@ export function renderErrors(): string {
     '',
     'Every failure is reported as `CODE: message (hint: …)` — one line in the CLI (stderr, or',
     '`{"error": {code, message, hint, details}}` with `--json`) and one `core.setFailed` line in the actions.',
-    'The CLI exits with 2 for `E_INVALID_INPUT`, 3 for `E_LOCKED` and 1 otherwise.',
     '',
-    '| code | meaning |',
-    '|---|---|',
+    '## Exit statuses',
+    '',
+    'One table, read by every front end (the CLI, the Snakemake wrappers, the CWL tools, the Nextflow',
+    'modules). `0` is success. `check` exits `1` when an image is not clean (its report says why).',
+    "`exec` and `lock` exit with their command's own status; when overlayctl itself fails there, the",
+    `status is \`${EXIT_STATUS.execOwnFailure}\` and the code is on stderr (or in the \`--json\` object).`,
+    `Status \`${EXIT_STATUS.retryable}\` means "try again later" (the image is locked, a bound was hit).`,
+    '',
+    '| code | exit status | meaning |',
+    '|---|---|---|',
   ];
-  for (const [c, description] of Object.entries(ERROR_CODES)) out.push(`| \`${c}\` | ${cell(description)} |`);
+  for (const [c, { exit, meaning }] of Object.entries(ERROR_CODES))
+    out.push(`| \`${c}\` | ${exit} | ${cell(meaning)} |`);
   out.push('');
   return out.join('\n');
 }

@@ -2611,10 +2611,15 @@ var init_dist2 = __esm({
 var errors_exports = {};
 __export(errors_exports, {
   ERROR_CODES: () => ERROR_CODES,
+  EXIT_STATUS: () => EXIT_STATUS,
   OverlayError: () => OverlayError,
+  exitStatusFor: () => exitStatusFor,
   fromFsError: () => fromFsError,
   isOverlayError: () => isOverlayError
 });
+function exitStatusFor(code) {
+  return ERROR_CODES[code].exit;
+}
 function isOverlayError(e, code) {
   return e instanceof OverlayError && (code === void 0 || e.code === code);
 }
@@ -2626,29 +2631,68 @@ function fromFsError(e, path7) {
     return new OverlayError("E_NO_SPACE", `${path7}: no space left on device`, { cause: e });
   return e;
 }
-var ERROR_CODES, OverlayError;
+var ERROR_CODES, EXIT_STATUS, OverlayError;
 var init_errors = __esm({
   "packages/core/src/errors.ts"() {
     "use strict";
     ERROR_CODES = {
-      E_INVALID_INPUT: "An input failed validation (size, path, option combination). Nothing was touched.",
-      E_NOT_FOUND: "A file the operation needs does not exist.",
-      E_EXISTS: "The output already exists; pass --force to replace it.",
-      E_UNKNOWN_FORMAT: "The file is neither an ext2/3/4 image nor a SquashFS image.",
-      E_NOT_EXT3: "An Apptainer ext3 overlay is needed, but the file is SquashFS, ext4 or ext2 without journal.",
-      E_LOCKED: "The image is in use (by Apptainer or overlayctl); retry later or pass --wait.",
-      E_SHRINK_TOO_SMALL: "The requested size is smaller than what the filesystem needs.",
-      E_INTEGRITY: "e2fsck found errors (or a digest did not match) that were not repaired.",
-      E_TOOL_MISSING: "An external program is not installed; the message names the package.",
-      E_TOOL_FAILED: "An external program failed; the message carries the end of its stderr.",
-      E_TIMEOUT: "An external program exceeded its time bound; it was killed and nothing was replaced.",
-      E_RUNTIME_MISSING: "Neither apptainer nor singularity is installed.",
-      E_RUNTIME_FAILED: "Apptainer could not start the container (host setup problem); see the hint.",
-      E_BUILD_FAILED: "The build command exited non-zero; the image was left as it was.",
-      E_CACHE: "A cache store could not be read or written.",
-      E_NO_SPACE: "The disk is full; nothing was replaced.",
-      E_INTERNAL: "An unexpected internal error; please report it with OVERLAYCTL_DEBUG=1 output.",
-      E_UNSAFE_PATH: "A path is unsafe (symlink planted in a shared directory, world-writable store, escape)."
+      E_INVALID_INPUT: {
+        exit: 2,
+        meaning: "An input failed validation (size, path, option combination). Nothing was touched."
+      },
+      E_NOT_FOUND: { exit: 2, meaning: "A file the operation needs does not exist." },
+      E_EXISTS: { exit: 2, meaning: "The output already exists; pass --force to replace it." },
+      E_UNKNOWN_FORMAT: { exit: 2, meaning: "The file is neither an ext2/3/4 image nor a SquashFS image." },
+      E_NOT_EXT3: {
+        exit: 2,
+        meaning: "An Apptainer ext3 overlay is needed, but the file is SquashFS, ext4 or ext2 without journal."
+      },
+      E_LOCKED: {
+        exit: 75,
+        meaning: "The image is in use (by Apptainer or overlayctl); retry later or pass --wait."
+      },
+      E_SHRINK_TOO_SMALL: { exit: 2, meaning: "The requested size is smaller than what the filesystem needs." },
+      E_INTEGRITY: {
+        exit: 65,
+        meaning: "e2fsck found errors (or a digest did not match) that were not repaired."
+      },
+      E_TOOL_MISSING: {
+        exit: 69,
+        meaning: "An external program is not installed; the message names the package."
+      },
+      E_TOOL_FAILED: {
+        exit: 74,
+        meaning: "An external program failed; the message carries the end of its stderr."
+      },
+      E_TIMEOUT: {
+        exit: 75,
+        meaning: "An external program exceeded its time bound; it was killed and nothing was replaced."
+      },
+      E_RUNTIME_MISSING: { exit: 69, meaning: "Neither apptainer nor singularity is installed." },
+      E_RUNTIME_FAILED: {
+        exit: 69,
+        meaning: "Apptainer could not start the container (host setup problem); see the hint."
+      },
+      E_BUILD_FAILED: { exit: 1, meaning: "The build command exited non-zero; the image was left as it was." },
+      E_CACHE: { exit: 74, meaning: "A cache store could not be read or written." },
+      E_NO_SPACE: { exit: 74, meaning: "The disk is full; nothing was replaced." },
+      E_INTERNAL: {
+        exit: 70,
+        meaning: "An unexpected internal error; please report it with OVERLAYCTL_DEBUG=1 output."
+      },
+      E_UNSAFE_PATH: {
+        exit: 2,
+        meaning: "A path is unsafe (symlink planted in a shared directory, world-writable store, escape)."
+      }
+    };
+    EXIT_STATUS = {
+      ok: 0,
+      /** check: at least one image is not clean (corrupt) — the report says which and why. */
+      findings: 1,
+      /** Temporary: the image is locked or a tool timed out; retrying later may succeed. */
+      retryable: 75,
+      /** exec/lock: overlayctl itself failed (the code is on stderr / in the JSON); any other status is the command's. */
+      execOwnFailure: 125
     };
     OverlayError = class extends Error {
       code;
@@ -37758,17 +37802,17 @@ async function main(argv) {
     if (e instanceof CommanderError) {
       if (["commander.helpDisplayed", "commander.version", "commander.help"].includes(e.code)) return;
       printError(new OverlayError("E_INVALID_INPUT", e.message.replace(/^error: /, "")), outcome);
-      process.exitCode = 2;
+      process.exitCode = exitStatusFor("E_INVALID_INPUT");
       return;
     }
     printError(e, outcome);
-    process.exitCode = exitCodeFor(e);
+    process.exitCode = exitCodeFor(e, argv);
   }
 }
-function exitCodeFor(e) {
-  if (isOverlayError(e, "E_INVALID_INPUT")) return 2;
-  if (isOverlayError(e, "E_LOCKED")) return 3;
-  return 1;
+function exitCodeFor(e, argv) {
+  const command = argv.find((a2) => !a2.startsWith("-"));
+  if (command === "exec" || command === "lock") return EXIT_STATUS.execOwnFailure;
+  return exitStatusFor(isOverlayError(e) ? e.code : "E_INTERNAL");
 }
 
 // packages/cli/src/bin.ts

@@ -1,5 +1,7 @@
 import {
   coerceRawInput,
+  EXIT_STATUS,
+  exitStatusFor,
   isOverlayError,
   kebab,
   OverlayError,
@@ -130,19 +132,22 @@ export async function main(argv: string[]): Promise<void> {
     if (e instanceof CommanderError) {
       if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) return;
       printError(new OverlayError('E_INVALID_INPUT', e.message.replace(/^error: /, '')), outcome);
-      process.exitCode = 2;
+      process.exitCode = exitStatusFor('E_INVALID_INPUT');
       return;
     }
     printError(e, outcome);
-    process.exitCode = exitCodeFor(e);
+    process.exitCode = exitCodeFor(e, argv);
   }
 }
 
-/** Exit statuses: 2 bad input, 3 locked, 1 anything else. */
-function exitCodeFor(e: unknown): number {
-  if (isOverlayError(e, 'E_INVALID_INPUT')) return 2;
-  if (isOverlayError(e, 'E_LOCKED')) return 3;
-  return 1;
+/**
+ * Exit statuses come from the one table in core (ERROR_CODES / EXIT_STATUS). exec and lock pass
+ * their command's status through, so their own failures use one status of their own (125).
+ */
+function exitCodeFor(e: unknown, argv: string[]): number {
+  const command = argv.find((a) => !a.startsWith('-'));
+  if (command === 'exec' || command === 'lock') return EXIT_STATUS.execOwnFailure;
+  return exitStatusFor(isOverlayError(e) ? e.code : 'E_INTERNAL');
 }
 
 export { kebab };
