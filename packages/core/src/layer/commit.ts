@@ -35,7 +35,7 @@ export interface CommitResult {
   files: number;
   compression: Compression;
   sha256: string;
-  seconds: number;
+  durationMs: number;
   whiteouts: number;
   reset: boolean;
   warnings: string[];
@@ -197,7 +197,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
       files: planned!.files,
       compression: o.compression,
       sha256: await sha256File(o.output),
-      seconds: Math.round((Date.now() - started) / 100) / 10,
+      durationMs: Date.now() - started,
       whiteouts: planned!.whiteouts,
       reset: o.reset,
       warnings: planned!.warnings,

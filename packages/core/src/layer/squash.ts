@@ -11,7 +11,7 @@ export interface SquashResult {
   layers: number;
   whiteouts: number;
   sha256: string;
-  seconds: number;
+  durationMs: number;
 }
 
 /**
@@ -56,7 +56,7 @@ export async function squashLayers(
     layers: layers.length,
     whiteouts,
     sha256: await sha256File(output),
-    seconds: Math.round((Date.now() - started) / 100) / 10,
+    durationMs: Date.now() - started,
   };
 }
 

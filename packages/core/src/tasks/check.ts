@@ -39,8 +39,8 @@ export const checkTask = defineTask({
     checkImages(input.images, {
       repair: input.repair,
       onResult: (r) => {
-        ctx.progress(`${r.path}: ${r.status}`);
-        for (const w of r.warnings) ctx.warn(`${r.path}: ${w}`);
+        ctx.progress(`${r.image}: ${r.status}`);
+        for (const w of r.warnings) ctx.warn(`${r.image}: ${w}`);
       },
     }),
   render: (report) =>
@@ -51,7 +51,7 @@ export const checkTask = defineTask({
           : r.problems.length
             ? ` (${r.problems.slice(0, 3).join('; ')})`
             : '';
-        return `${r.status.padEnd(8)} ${r.path}${detail}`;
+        return `${r.status.padEnd(8)} ${r.image}${detail}`;
       })
       .join('\n'),
 });

@@ -44,5 +44,5 @@ export const commitTask = defineTask({
     return r;
   },
   render: (r) =>
-    `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${r.seconds}s\nsha256 ${r.sha256}${r.reset ? '\noverlay reset: upper/ is empty' : ''}`,
+    `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${(r.durationMs / 1000).toFixed(1)} s\nsha256 ${r.sha256}${r.reset ? '\noverlay reset: upper/ is empty' : ''}`,
 });

@@ -43,7 +43,7 @@ export function createOptionsFrom(input: z.output<typeof createFieldsSchema>) {
 
 export function renderImageSummary(i: ImageInfo): string {
   const lines = [
-    `${i.path}: ${i.format}, ${formatBytes(i.sizeBytes)} (${formatBytes(i.allocatedBytes)} allocated${i.sparse ? ', sparse' : ''})`,
+    `${i.image}: ${i.format}, ${formatBytes(i.sizeBytes)} (${formatBytes(i.allocatedBytes)} allocated${i.sparse ? ', sparse' : ''})`,
   ];
   if (i.usedBytes !== null)
     lines.push(`  used ${formatBytes(i.usedBytes)}, free ${formatBytes(i.freeBytes ?? 0)}`);

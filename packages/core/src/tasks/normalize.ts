@@ -23,6 +23,6 @@ export const normalizeTask = defineTask({
   },
   render: (r) =>
     r.changed
-      ? `${r.path}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped`
-      : `${r.path}: already portable`,
+      ? `${r.image}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped`
+      : `${r.image}: already portable`,
 });
