@@ -1,6 +1,7 @@
 import { lstat, mkdtemp, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { replaceAtomically } from '../fs/atomic';
+import { replaceAtomically, requireParentDir } from '../fs/atomic';
+import { requireSquashfs } from '../image/format';
 import { runTool } from '../tools/run';
 import { type Compression, sha256File } from './commit';
 import { squashEntries } from './lower';
@@ -26,6 +27,8 @@ export async function squashLayers(
   opts: { compression: Compression; onProgress?: (line: string) => void },
 ): Promise<SquashResult> {
   const started = Date.now();
+  for (const layer of layers) await requireSquashfs(layer);
+  await requireParentDir(output);
   const staging = await mkdtemp(join(dirname(output), '.squash-'));
   let whiteouts = 0;
   try {

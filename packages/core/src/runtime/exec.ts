@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
-import { probeLock } from '../lock/ofd';
+import { awaitLockFree } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';
 import { diagnoseRuntimeFailure } from './diagnose';
@@ -121,17 +121,8 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   if (ro) await detectFormat(image);
   else await requireExt3(image);
   for (const layer of layers) await detectFormat(layer);
-  const lock = probeLock(image);
-  if (lock === 'write' || (lock === 'read' && !ro)) {
-    throw new OverlayError(
-      'E_LOCKED',
-      `${image} is in use${lock === 'write' ? ' for writing' : ''} by another process`,
-      {
-        hint: 'wait for the other container or overlayctl job to finish, then retry',
-        details: { path: image, held: lock },
-      },
-    );
-  }
+  // Apptainer takes the lock itself: wait (up to --wait) until it can, or fail with E_LOCKED now
+  await awaitLockFree(image, ro ? 'shared' : 'exclusive');
   const fakeroot =
     o.fakeroot === undefined || o.fakeroot === 'auto'
       ? (await chooseFakeroot(image, { ro })).fakeroot

@@ -4,7 +4,7 @@ import { LocalStore } from '../cache/local-store';
 import { restoreImage, saveImage } from '../cache/state';
 import { requireExt3 } from '../image/format';
 import { sizeSchema } from '../size';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 const keySchema = z
@@ -25,6 +25,7 @@ export const cacheSaveTask = defineTask({
     image: pathSchema.describe('The ext3 overlay image'),
     key: keySchema,
     store: storeField,
+    wait: waitField,
   }),
   async run(input, ctx) {
     await requireExt3(input.image);
@@ -49,6 +50,7 @@ export const cacheRestoreTask = defineTask({
       .default([])
       .describe('Key prefix to fall back to (repeatable, in order)'),
     store: storeField,
+    wait: waitField,
   }),
   async run(input, ctx) {
     const r = await restoreImage(

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { type CheckResult, checkImage } from '../image/check';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export interface CheckBatchReport {
@@ -34,6 +34,7 @@ export const checkTask = defineTask({
   input: z.object({
     images: z.array(pathSchema).min(1, 'give at least one image').describe('Images to check'),
     repair: z.boolean().default(false).describe('Repair corrupt images (on a copy, renamed into place)'),
+    wait: waitField,
   }),
   run: (input, ctx) =>
     checkImages(input.images, {

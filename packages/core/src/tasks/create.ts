@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { createImage, PROFILES, type ProfileName } from '../image/create';
 import type { ImageInfo } from '../image/info';
 import { formatBytes, sizeSchema } from '../size';
-import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema } from './common';
+import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export const createFields = {
@@ -75,6 +75,7 @@ export const createTask = defineTask({
       image: pathSchema.describe('Path of the image to create'),
       ...createFields,
       force: z.boolean().default(false).describe('Replace an existing file'),
+      wait: waitField,
     })
     .superRefine(checkOwner),
   async run(input, ctx) {
