@@ -26,11 +26,11 @@ export interface RunOptions {
   base: string;
   command: string[];
   /**
-   * The command's stdout: passed through (default), sent line by line to `onLine` with stderr
+   * The command's stdout: passed through (default), sent to our stderr as it is (`--json`), sent line by line to `onLine` with stderr
    * (builds: keeps the caller's stdout clean), or captured and returned (stderr then is not
    * streamed, only returned).
    */
-  stdout?: 'inherit' | 'lines' | 'capture';
+  stdout?: 'inherit' | 'stderr' | 'lines' | 'capture';
   /** stdin: passed through (default) or /dev/null (builds). */
   stdin?: 'inherit' | 'ignore';
   /** Each output line (stderr; also stdout when it is not passed through). Default: printed to stderr. */
@@ -149,7 +149,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     timeoutSeconds: o.timeoutSeconds ?? 0,
     okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
     stdin: o.stdin ?? 'inherit',
-    stdout: stdout === 'inherit' ? 'inherit' : 'pipe',
+    stdout: stdout === 'inherit' ? 'inherit' : stdout === 'stderr' ? 2 : 'pipe',
     onLine: stdout === 'capture' ? undefined : onLine,
   }).finally(() => process.off('SIGINT', waitForChild));
   const durationMs = Date.now() - started;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { EXIT_STATUS } from '../errors';
 import { type CheckResult, checkImage } from '../image/check';
 import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
@@ -22,7 +23,13 @@ export async function checkImages(
   }
   const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
   for (const r of images) counts[r.status]++;
-  const exitCode = images.every((r) => r.status === 'clean' || r.status === 'repaired') ? 0 : 1;
+  // the one exit-status table: a finding (corrupt, not checkable) is 1; only locked ones: try later
+  const exitCode =
+    counts.corrupt + counts.error > 0
+      ? EXIT_STATUS.findings
+      : counts.locked > 0
+        ? EXIT_STATUS.retryable
+        : EXIT_STATUS.ok;
   return { images, counts, exitCode };
 }
 

@@ -14,6 +14,11 @@ export interface TaskContext {
   warn(message: string): void;
   /** Progress of a long operation (a tool's output line, a phase name). */
   progress(message: string): void;
+  /**
+   * The front end prints the result as one JSON object on stdout (`--json`): a task that runs a
+   * command (exec, lock) sends that command's stdout to stderr, so stdout holds only the object.
+   */
+  json?: boolean;
 }
 
 export const silentContext: TaskContext = { info() {}, warn() {}, progress() {} };

@@ -68,6 +68,8 @@ export const execTask = defineTask({
       pwd: input.pwd,
       base: input.base,
       command: input.command,
+      // with --json stdout carries only the result object: the command's output goes to stderr
+      stdout: ctx.json ? 'stderr' : 'inherit',
     });
     let normalized: NormalizeResult | undefined;
     if (!input.ro && input.normalize) {

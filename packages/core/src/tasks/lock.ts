@@ -15,7 +15,7 @@ export const lockTask = defineTask({
     shared: z.boolean().default(false).describe('Take a read (shared) lock instead of a write lock'),
     wait: waitField,
   }),
-  async run(input) {
+  async run(input, ctx) {
     return withLock(
       input.image,
       input.shared ? 'shared' : 'exclusive',
@@ -24,6 +24,8 @@ export const lockTask = defineTask({
         try {
           const r = await runTool(cmd!, args, {
             inherit: true,
+            // with --json stdout carries only the result object: the command's output goes to stderr
+            stdout: ctx.json ? 2 : undefined,
             timeoutSeconds: 0,
             okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
           });
