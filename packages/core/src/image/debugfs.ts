@@ -15,10 +15,14 @@ export function debugfsQuote(path: string): string {
 export async function runDebugfs(
   image: string,
   commands: string[],
-  opts: { write?: boolean; allowErrors?: RegExp } = {},
+  opts: { write?: boolean; allowErrors?: RegExp; detached?: boolean; extraFds?: number[] } = {},
 ): Promise<string> {
   const args = [...(opts.write ? ['-w'] : []), '-f', '-', image];
-  const { stdout, stderr } = await runTool('debugfs', args, { input: `${commands.join('\n')}\n` });
+  const { stdout, stderr } = await runTool('debugfs', args, {
+    input: `${commands.join('\n')}\n`,
+    detached: opts.detached,
+    extraFds: opts.extraFds,
+  });
   const errors = stderr
     .split('\n')
     .filter((l) => l.trim() && !/^debugfs \d/.test(l) && !opts.allowErrors?.test(l));

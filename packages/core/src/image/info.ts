@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError } from '../errors';
 import { removeStaleTemps } from '../fs/atomic';
+import { finishInterruptedEdits } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { statInImage } from './debugfs';
 import { apptainerExt3Problems, detectFormat, type ImageFormat } from './format';
@@ -33,6 +34,7 @@ export interface ImageInfo {
 /** Everything about an image without mounting it: superblock via dumpe2fs, upper/ via debugfs. */
 export async function imageInfo(path: string): Promise<ImageInfo> {
   await removeStaleTemps(path); // what a killed operation left behind
+  await finishInterruptedEdits(path);
   const st = await fsp.stat(path).catch((e) => {
     throw fromFsError(e, path);
   });

@@ -2,7 +2,8 @@ import { replaceAtomically } from '../fs/atomic';
 import { copyImageFile } from '../image/copy';
 import { debugfsQuote, runDebugfs } from '../image/debugfs';
 import { requireExt3 } from '../image/format';
-import { withLock } from '../lock/ofd';
+import { canEditInPlace, editInPlace } from '../image/inplace';
+import { acquireLock } from '../lock/ofd';
 import { type LowerListing, lowerListing } from './lower';
 import { OPAQUE_XATTRS, planDirectory, STRIP_XATTR_PREFIXES, type UpperEntry } from './whiteouts';
 
@@ -74,6 +75,8 @@ export interface NormalizeResult {
   explicitWhiteouts: number;
   xattrsStripped: number;
   changed: boolean;
+  /** How the image was rewritten: in place (only xattrs removed, under an undo log), on a copy, or not at all. */
+  rewrite: 'in-place' | 'copy' | 'none';
   warnings: string[];
 }
 
@@ -205,13 +208,20 @@ export async function normalizeImage(
   opts: { base?: string; layers?: string[]; lockHeld?: boolean } = {},
 ): Promise<NormalizeResult> {
   await requireExt3(image);
-  const work = async () => {
+  const work = async (lockFd?: number) => {
     let plan = await scan(image, undefined);
     // the lower stack is listed only when a replaced directory needs it (listing a base costs)
     if (plan.opaqueDirs > 0 && (opts.base || opts.layers?.length)) {
       plan = await scan(image, await lowerListing(opts.base, opts.layers ?? []));
     }
-    if (plan.cmds.length) {
+    // removing xattrs only (a root exec) is done in place; anything else on a copy renamed into place
+    const rewrite: NormalizeResult['rewrite'] = !plan.cmds.length
+      ? 'none'
+      : canEditInPlace(plan.cmds)
+        ? 'in-place'
+        : 'copy';
+    if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd });
+    if (rewrite === 'copy') {
       await replaceAtomically(image, async (tmp) => {
         await copyImageFile(image, tmp);
         await runDebugfs(tmp, plan.cmds, { write: true });
@@ -224,8 +234,15 @@ export async function normalizeImage(
       explicitWhiteouts: plan.explicit,
       xattrsStripped: plan.stripped,
       changed: plan.cmds.length > 0,
+      rewrite,
       warnings: plan.warnings,
     };
   };
-  return opts.lockHeld ? work() : withLock(image, 'exclusive', work);
+  if (opts.lockHeld) return work();
+  const lock = await acquireLock(image, 'exclusive');
+  try {
+    return await work(lock.fd);
+  } finally {
+    lock.release();
+  }
 }

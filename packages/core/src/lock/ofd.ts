@@ -1,6 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { closeSync, constants, openSync } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
+import { staleUndoLogs } from '../fs/undo';
+import { recoverInterruptedEdits } from '../image/inplace';
 import { loadKoffi } from '../tools/native';
 
 /**
@@ -65,6 +67,8 @@ const lockedError = (path: string, mode: LockMode) =>
 export interface Lock {
   readonly path: string;
   readonly mode: LockMode;
+  /** The descriptor holding the lock (a child that inherits it keeps the lock while it runs). */
+  readonly fd: number;
   release(): void;
 }
 
@@ -86,6 +90,7 @@ export async function acquireLock(
   mode: LockMode,
   opts: { waitSeconds?: number } = {},
 ): Promise<Lock> {
+  if (mode === 'shared') await finishInterruptedEdits(path);
   let fd: number;
   try {
     fd = openSync(path, mode === 'exclusive' ? constants.O_RDWR : constants.O_RDONLY);
@@ -104,15 +109,39 @@ export async function acquireLock(
     throw e;
   }
   let released = false;
-  return {
+  const lock = {
     path,
     mode,
+    fd,
     release() {
       if (released) return;
       released = true;
       closeSync(fd); // closing the description drops the OFD lock
     },
   };
+  if (mode === 'exclusive') {
+    // an in-place edit killed half way (image/inplace.ts) is finished or undone before anyone uses the image
+    try {
+      await recoverInterruptedEdits(path);
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+  return lock;
+}
+
+/**
+ * Without holding a lock: when an in-place edit of a process that died left its undo log, take the
+ * write lock briefly (the recovery runs under it). If the image is busy, whoever holds it goes first.
+ */
+export async function finishInterruptedEdits(path: string): Promise<void> {
+  if (!(await staleUndoLogs(path)).length) return;
+  // best effort: busy (its holder recovers it) or not ours to write (EACCES): leave it
+  await acquireLock(path, 'exclusive', { waitSeconds: 0 }).then(
+    (l) => l.release(),
+    () => {},
+  );
 }
 
 export async function withLock<T>(

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
-import { awaitLockFree } from '../lock/ofd';
+import { awaitLockFree, finishInterruptedEdits } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';
 import { diagnoseRuntimeFailure } from './diagnose';
@@ -123,6 +123,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   for (const layer of layers) await detectFormat(layer);
   // Apptainer takes the lock itself: wait (up to --wait) until it can, or fail with E_LOCKED now
   await awaitLockFree(image, ro ? 'shared' : 'exclusive');
+  await finishInterruptedEdits(image);
   const fakeroot =
     o.fakeroot === undefined || o.fakeroot === 'auto'
       ? (await chooseFakeroot(image, { ro })).fakeroot

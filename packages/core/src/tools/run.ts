@@ -98,6 +98,13 @@ export interface RunToolOptions {
    * child is spawned; its stdout is then not buffered. If `use` fails the child is killed.
    */
   use?: (child: ResultPromise) => Promise<void>;
+  /**
+   * Run in a process group of its own (a Ctrl-C or a CI cancel aimed at us does not reach it), so
+   * a short write it does in place is never cut short by our own interruption.
+   */
+  detached?: boolean;
+  /** Open descriptors the child inherits as fd 3, 4, ... (an image lock it must keep while it runs). */
+  extraFds?: number[];
 }
 
 export interface ToolResult {
@@ -149,9 +156,21 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
       reject: false,
       timeout: timeout > 0 ? timeout * 1000 : undefined,
       killSignal: 'SIGKILL',
-      stdin: opts.inherit ? 'inherit' : opts.stdin,
-      stdout: opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe'),
-      stderr: opts.inherit ? 'inherit' : 'pipe',
+      ...(opts.extraFds?.length
+        ? {
+            stdio: [
+              opts.inherit ? 'inherit' : (opts.stdin ?? 'pipe'),
+              opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe'),
+              opts.inherit ? 'inherit' : 'pipe',
+              ...opts.extraFds,
+            ] as Options['stdio'],
+          }
+        : {
+            stdin: opts.inherit ? 'inherit' : opts.stdin,
+            stdout: opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe'),
+            stderr: opts.inherit ? 'inherit' : 'pipe',
+          }),
+      detached: opts.detached,
       encoding: opts.binary ? 'buffer' : 'utf8',
       buffer: { stdout: !opts.use, stderr: true },
       stripFinalNewline: false,
