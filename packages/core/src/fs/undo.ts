@@ -101,6 +101,8 @@ export async function rollBack(target: string, log: string): Promise<boolean> {
 }
 
 export async function removeUndoLog(log: string): Promise<void> {
+  // the editor's command and output files, if it kept them there
+  for (const ext of ['.cmds', '.cmds.out', '.cmds.err']) await fsp.rm(`${log}${ext}`, { force: true });
   await fsp.rm(log, { force: true });
 }
 
@@ -109,7 +111,7 @@ export async function staleUndoLogs(target: string): Promise<string[]> {
   const prefix = `.${basename(target)}${MARK}`;
   const names = await fsp.readdir(dirname(target)).catch(() => [] as string[]);
   return names
-    .filter((n) => n.startsWith(prefix))
+    .filter((n) => n.startsWith(prefix) && !n.includes('.cmds'))
     .filter((n) => {
       const [pid, host] = n.slice(prefix.length).split('-');
       return host === HOST && Number.isInteger(Number(pid)) && !pidAlive(Number(pid));

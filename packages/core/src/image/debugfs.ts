@@ -1,3 +1,4 @@
+import { readFile, writeFile } from 'node:fs/promises';
 import { OverlayError } from '../errors';
 import { runTool } from '../tools/run';
 
@@ -15,14 +16,27 @@ export function debugfsQuote(path: string): string {
 export async function runDebugfs(
   image: string,
   commands: string[],
-  opts: { write?: boolean; allowErrors?: RegExp; detached?: boolean; extraFds?: number[] } = {},
+  opts: {
+    write?: boolean;
+    allowErrors?: RegExp;
+    detached?: boolean;
+    extraFds?: number[];
+    /** Read the commands from this file (written here first) rather than stdin: a debugfs that outlives us still gets them all. */
+    commandFile?: string;
+  } = {},
 ): Promise<string> {
-  const args = [...(opts.write ? ['-w'] : []), '-f', '-', image];
-  const { stdout, stderr } = await runTool('debugfs', args, {
-    input: `${commands.join('\n')}\n`,
+  const script = `${commands.join('\n')}\n`;
+  if (opts.commandFile) await writeFile(opts.commandFile, script, { mode: 0o600, flag: 'wx' });
+  const args = [...(opts.write ? ['-w'] : []), '-f', opts.commandFile ?? '-', image];
+  const files = opts.commandFile && { stdout: `${opts.commandFile}.out`, stderr: `${opts.commandFile}.err` };
+  let { stdout, stderr } = await runTool('debugfs', args, {
+    input: opts.commandFile ? undefined : script,
     detached: opts.detached,
     extraFds: opts.extraFds,
+    outputFiles: files || undefined,
   });
+  if (files)
+    [stdout, stderr] = await Promise.all([readFile(files.stdout, 'utf8'), readFile(files.stderr, 'utf8')]);
   const errors = stderr
     .split('\n')
     .filter((l) => l.trim() && !/^debugfs \d/.test(l) && !opts.allowErrors?.test(l));

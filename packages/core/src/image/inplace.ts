@@ -11,11 +11,11 @@ import { runDebugfs } from './debugfs';
  * Crash safety: `ea_rm` writes only the inode's inode-table block, its xattr block (or a new one
  * when the old one is shared), the block and inode bitmaps, the group descriptors and the
  * superblocks. The old content of all of those is saved in an undo log (fs/undo.ts) before
- * debugfs starts. debugfs runs in its own process group and inherits the image lock, so our own
- * death (Ctrl-C, a cancelled job, SIGKILL) never interrupts it and nobody else takes the image
- * while it runs. Only a SIGKILL aimed at debugfs itself can cut it short: the next operation that
- * locks the image finds the log of a dead process and, unless the edit is complete and e2fsck
- * finds the image clean, writes the old blocks back.
+ * debugfs starts. debugfs reads its commands from a file, runs in its own process group and
+ * inherits the image lock, so our own death (Ctrl-C, a cancelled job, SIGKILL) does not interrupt
+ * it and nobody else takes the image while it runs. Only a SIGKILL aimed at debugfs itself can cut
+ * it short: the next operation that locks the image finds the log of a dead process and, unless
+ * the edit is complete and e2fsck finds the image clean, writes the old blocks back.
  */
 
 /** `ea_rm <ino> NAME` (and `cd`, which writes nothing): the only edits made in place. */
@@ -99,6 +99,7 @@ export async function editInPlace(
     await runDebugfs(image, cmds, {
       write: true,
       detached: true,
+      commandFile: `${log}.cmds`,
       extraFds: opts.lockFd === undefined ? undefined : [opts.lockFd],
     });
     await fsyncPath(image);

@@ -102,6 +102,26 @@ async function planLayer(upper: string, lower: LowerListing | undefined) {
   return { exclude: exclude.sort(), pseudo: pseudo.sort(), warnings: warnings.sort(), files, whiteouts };
 }
 
+/**
+ * Progress of mksquashfs / unsquashfs from their own progress bar (`[===  ] 216/480  45%`, redrawn
+ * with \r): one line per 5 % step, the tool's other lines as they are.
+ */
+export function squashfsProgress(
+  tool: string,
+  onProgress?: (line: string) => void,
+): ((line: string) => void) | undefined {
+  if (!onProgress) return undefined;
+  let last = -1;
+  return (line) => {
+    const m = /\]\s+(\d+)\/(\d+)\s+(\d+)%/.exec(line);
+    if (!m) return onProgress(line);
+    const pct = Number(m[3]);
+    if (pct === last || (pct < 100 && pct - last < 5)) return;
+    last = pct;
+    onProgress(`${tool} ${pct}% (${m[1]}/${m[2]} blocks)`);
+  };
+}
+
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk);
@@ -128,6 +148,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
   await requireParentDir(o.output);
   const lock = await acquireLock(o.image, o.reset ? 'exclusive' : 'shared');
   try {
+    o.onProgress?.(`e2fsck -fn ${o.image} (it must be clean to be read)`);
     await requireCleanForReadOnlyMount(o.image);
     const lower = o.base || o.layers.length ? await lowerListing(o.base, o.layers) : undefined;
     const work = await mkdtemp(join(tmpdir(), 'overlay-commit-'));
@@ -146,17 +167,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
         await writeFile(pseudoFile, planned.pseudo.map((p) => `${p}\n`).join(''));
         await replaceAtomically(o.output, async (tmp) => {
           o.onProgress?.(`mksquashfs (${o.compression})`);
-          const args = [
-            upper,
-            tmp,
-            '-noappend',
-            '-no-progress',
-            '-xattrs',
-            '-ef',
-            excludeFile,
-            '-pf',
-            pseudoFile,
-          ];
+          const args = [upper, tmp, '-noappend', '-xattrs', '-ef', excludeFile, '-pf', pseudoFile];
           args.push(...compressionArgs(o.compression, o.level));
           // Root would copy trusted.overlay.* (opaque, origin, impure) into the layer, where an opaque
           // flag next to explicit whiteouts makes kernel readers list them as broken entries. Without
@@ -167,11 +178,15 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
               'setpriv',
               ['--bounding-set=-sys_admin', '--', requireTool('mksquashfs'), ...args],
               {
-                onLine: o.onProgress,
+                onLine: squashfsProgress('mksquashfs', o.onProgress),
                 timeoutSeconds: 3600,
               },
             );
-          } else await runTool('mksquashfs', args, { onLine: o.onProgress, timeoutSeconds: 3600 });
+          } else
+            await runTool('mksquashfs', args, {
+              onLine: squashfsProgress('mksquashfs', o.onProgress),
+              timeoutSeconds: 3600,
+            });
         });
       });
     } finally {
@@ -192,6 +207,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
       });
     }
     const bytes = (await stat(o.output)).size;
+    o.onProgress?.(`sha256 of ${o.output}`);
     return {
       layer: o.output,
       bytes,

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { replaceAtomically, requireParentDir } from '../fs/atomic';
 import { requireSquashfs } from '../image/format';
 import { runTool } from '../tools/run';
-import { type Compression, sha256File } from './commit';
+import { type Compression, sha256File, squashfsProgress } from './commit';
 import { squashEntries } from './lower';
 
 export interface SquashResult {
@@ -40,12 +40,16 @@ export async function squashLayers(
         // a deletion removes what earlier layers had; a new entry replaces an earlier whiteout
         if (st && (e.whiteout || st.isCharacterDevice())) await rm(path, { recursive: true, force: true });
       }
-      await runTool('unsquashfs', ['-f', '-no-progress', '-d', staging, layer], { timeoutSeconds: 3600 });
+      await runTool('unsquashfs', ['-f', '-d', staging, layer], {
+        onLine: squashfsProgress('unsquashfs', opts.onProgress),
+        timeoutSeconds: 3600,
+      });
     }
     for (const e of await squashEntriesOfDir(staging)) if (e) whiteouts++;
     await replaceAtomically(output, async (tmp) => {
-      await runTool('mksquashfs', [staging, tmp, '-noappend', '-no-progress', '-comp', opts.compression], {
-        onLine: opts.onProgress,
+      opts.onProgress?.(`mksquashfs (${opts.compression})`);
+      await runTool('mksquashfs', [staging, tmp, '-noappend', '-comp', opts.compression], {
+        onLine: squashfsProgress('mksquashfs', opts.onProgress),
         timeoutSeconds: 3600,
       });
     });
@@ -53,6 +57,7 @@ export async function squashLayers(
     await rm(staging, { recursive: true, force: true });
   }
   const { size } = await lstat(output);
+  opts.onProgress?.(`sha256 of ${output}`);
   return {
     layer: output,
     bytes: size,

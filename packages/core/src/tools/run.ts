@@ -1,4 +1,4 @@
-import { accessSync, constants } from 'node:fs';
+import { accessSync, closeSync, constants, openSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { execa, type Options, type Result, type ResultPromise } from 'execa';
 import { isOverlayError, OverlayError } from '../errors';
@@ -105,6 +105,11 @@ export interface RunToolOptions {
   detached?: boolean;
   /** Open descriptors the child inherits as fd 3, 4, ... (an image lock it must keep while it runs). */
   extraFds?: number[];
+  /**
+   * Send stdout and stderr to these files instead of pipes to us (a child that outlives us must not
+   * die of a closed pipe); the result then has empty stdout/stderr.
+   */
+  outputFiles?: { stdout: string; stderr: string };
 }
 
 export interface ToolResult {
@@ -147,6 +152,13 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
   const lines = opts.onLine;
   const started = process.hrtime.bigint();
   let result: Result;
+  // our own descriptors on the files, handed to the child as they are (execa would pipe through us)
+  const outFds = opts.outputFiles
+    ? ([
+        openSync(opts.outputFiles.stdout, 'wx', 0o600),
+        openSync(opts.outputFiles.stderr, 'wx', 0o600),
+      ] as const)
+    : undefined;
   try {
     const child = execa(file, args, {
       cwd: opts.cwd,
@@ -156,13 +168,13 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
       reject: false,
       timeout: timeout > 0 ? timeout * 1000 : undefined,
       killSignal: 'SIGKILL',
-      ...(opts.extraFds?.length
+      ...(opts.extraFds?.length || outFds
         ? {
             stdio: [
               opts.inherit ? 'inherit' : (opts.stdin ?? 'pipe'),
-              opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe'),
-              opts.inherit ? 'inherit' : 'pipe',
-              ...opts.extraFds,
+              outFds ? outFds[0] : (opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe')),
+              outFds ? outFds[1] : opts.inherit ? 'inherit' : 'pipe',
+              ...(opts.extraFds ?? []),
             ] as Options['stdio'],
           }
         : {
@@ -210,6 +222,8 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
     throw new OverlayError('E_TOOL_FAILED', `${name} could not be started: ${(e as Error).message}`, {
       cause: e,
     });
+  } finally {
+    for (const fd of outFds ?? []) closeSync(fd);
   }
   if (process.env.OVERLAY_TRACE) {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
