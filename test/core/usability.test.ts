@@ -186,3 +186,29 @@ describe('--json is exactly one object on stdout', () => {
     expect(r.exitCode).toBe(3);
   });
 });
+
+describe('progress on long operations', () => {
+  it('commit and squash report phases and the percentage mksquashfs/unsquashfs reach', async () => {
+    const p = await image('progress.img', '256');
+    const blob = join(dir, 'blob');
+    await execa('head', ['-c', String(40 * 2 ** 20), '/dev/urandom'], { stdout: { file: blob } });
+    await execa('debugfs', ['-w', '-R', `write ${blob} /upper/blob`, p]);
+    const layer = join(dir, 'progress.sqf');
+    const env = { OVERLAYCTL_QUIET: '' };
+    const c = await execa(process.execPath, [CLI, 'commit', p, '--output', layer], { env, reject: false });
+    expect(c.exitCode, c.stderr).toBe(0);
+    expect(c.stderr).toMatch(/… e2fsck -fn .* \(it must be clean to be read\)/);
+    expect(c.stderr).toMatch(/… mksquashfs \(zstd\)/);
+    expect(c.stderr).toMatch(/… mksquashfs 100% \(\d+\/\d+ blocks\)/);
+    expect(c.stderr).toMatch(/… sha256 of /);
+    // the redrawn bar is not passed on as it is
+    expect(c.stderr).not.toMatch(/\[=+/);
+    const q = await execa(process.execPath, [CLI, 'squash', layer, '--output', join(dir, 'squashed.sqf')], {
+      env,
+      reject: false,
+    });
+    expect(q.exitCode, q.stderr).toBe(0);
+    expect(q.stderr).toMatch(/… unsquashfs 100% \(\d+\/\d+ blocks\)/);
+    expect(q.stderr).toMatch(/… mksquashfs 100% /);
+  });
+});
