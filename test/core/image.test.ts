@@ -74,7 +74,7 @@ describe('create and info', () => {
     expect((await ctl(['create', join(dir, 'x.img'), '--size', '10'])).out.error.code).toBe(
       'E_INVALID_INPUT',
     );
-    expect((await ctl(['create', join(dir, 'x.img'), '--size', '1.5G'])).out.error.code).toBe(
+    expect((await ctl(['create', join(dir, 'x.img'), '--size', '1.3G'])).out.error.code).toBe(
       'E_INVALID_INPUT',
     );
     expect(
