@@ -154,8 +154,8 @@ export function parseTaskInput<S extends z.ZodObject>(
   if (issue.code === 'unrecognized_keys')
     message = `unknown input ${issue.keys.map((k) => nameStyle(k)).join(', ')}`;
   // a required field that was not given: name it and say what it wants (not "expected string")
-  else if (info && issue.path.length === 1 && input[info.name] === undefined)
-    message = `${nameStyle(info.name)} is required: ${info.description || info.kind}`;
+  else if (info && issue.code !== 'custom' && issue.path.length === 1 && input[info.name] === undefined)
+    message = `${nameStyle(info.name)}: required (${info.description || info.kind})`;
   throw new OverlayError('E_INVALID_INPUT', message, {
     details: { issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) },
   });
