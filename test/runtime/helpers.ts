@@ -38,7 +38,7 @@ export async function overlayctlAs(user: TestUser, args: string[], cwd?: string)
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
 
-/** The last line of stdout parsed as JSON (exec prints the command's output before it). */
+/** The last line of stdout parsed as JSON (with --json, stdout holds only the object). */
 export function lastJson(stdout: string): Record<string, unknown> {
   const lines = stdout.trim().split('\n');
   return JSON.parse(lines.at(-1)!);

@@ -47,7 +47,7 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec/build as an unpri
       'echo mine > /opt/work/x; id -u',
     ]);
     expect(w.exitCode, w.stderr).toBe(0);
-    expect(w.stdout).toContain(`${user.uid}\n`);
+    expect(w.stderr).toMatch(new RegExp(`^${user.uid}$`, 'm')); // --json: the command's stdout goes to stderr
     expect(lastJson(w.stdout)).toMatchObject({ exitCode: 0, fakeroot: false });
     const r = await as(['exec', own, '--base', base, '--', 'cat', '/opt/work/x']);
     expect(r.stdout).toContain('mine');
@@ -66,12 +66,12 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec/build as an unpri
       'echo fake > /opt/x; id -u',
     ]);
     expect(w.exitCode, w.stderr).toBe(0);
-    expect(w.stdout).toContain('0\n');
+    expect(w.stderr).toMatch(/^0$/m); // --json: the command's stdout goes to stderr
     expect(lastJson(w.stdout)).toMatchObject({ exitCode: 0, fakeroot: true });
     const r = await as(['exec', rooted, '--base', base, '--', 'cat', '/opt/x']);
     expect(r.stdout).toContain('fake');
     const ro = await as(['exec', rooted, '--ro', '--base', base, '--json', '--', 'cat', '/opt/x']);
-    expect(ro.stdout).toContain('fake');
+    expect(ro.stderr).toContain('fake');
     expect(lastJson(ro.stdout)).toMatchObject({ exitCode: 0, fakeroot: false });
     const refused = await as(['exec', rooted, '--ro', '--base', base, '--', 'sh', '-c', 'echo n > /opt/x']);
     expect(refused.exitCode).not.toBe(0);
