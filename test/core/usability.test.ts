@@ -211,4 +211,19 @@ describe('progress on long operations', () => {
     expect(q.stderr).toMatch(/… unsquashfs 100% \(\d+\/\d+ blocks\)/);
     expect(q.stderr).toMatch(/… mksquashfs 100% /);
   });
+
+  it('check --repair and normalize name their phases', async () => {
+    const p = await image('phases.img');
+    await execa('debugfs', ['-w', '-f', '-', p], {
+      input: 'freeb 300 20\nea_set /upper trusted.overlay.impure y\n',
+    });
+    const env = { OVERLAYCTL_QUIET: '' };
+    const c = await execa(process.execPath, [CLI, 'check', p, '--repair'], { env, reject: false });
+    expect(c.stderr).toMatch(/… .*phases\.img: metadata copy \(e2image -r\)/);
+    expect(c.stderr).toMatch(/… .*phases\.img: e2fsck -fy on the copy/);
+    expect(c.stderr).toMatch(/… .*phases\.img: repair: e2fsck -fy on the copy/);
+    const n = await execa(process.execPath, [CLI, 'normalize', p], { env, reject: false });
+    expect(n.stderr).toMatch(/… normalize: scanning /);
+    expect(n.stderr).toMatch(/… normalize: 1 edits, in place/);
+  });
 });

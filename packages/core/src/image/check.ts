@@ -44,19 +44,23 @@ function summarize(output: string): string[] {
  */
 async function fsckOnCopy(
   image: string,
+  progress: (m: string) => void,
 ): Promise<{ exit: number; output: string; method: CheckResult['method'] }> {
   const dir = await mkdtemp(join(tmpdir(), 'overlay-check-'));
   const copy = join(dir, 'copy.img');
   try {
     let method: CheckResult['method'] = 'metadata-copy';
     try {
+      progress(`${image}: metadata copy (e2image -r)`);
       await runTool('e2image', ['-r', image, copy], { timeoutSeconds: 600 });
     } catch (e) {
       if (isOverlayError(e, 'E_TIMEOUT') || isOverlayError(e, 'E_NO_SPACE')) throw e;
       method = 'full-copy';
       await rm(copy, { force: true });
+      progress(`${image}: full sparse copy (the metadata could not be read alone)`);
       await runTool('cp', ['--sparse=always', image, copy], { timeoutSeconds: 1800 });
     }
+    progress(`${image}: e2fsck -fy on the copy`);
     const r = await runTool('e2fsck', ['-fy', copy], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
     return { exit: r.exitCode, output: `${r.stdout}\n${r.stderr}`, method };
   } finally {
@@ -88,8 +92,14 @@ async function portabilityWarnings(path: string): Promise<string[]> {
  */
 export async function checkImage(
   path: string,
-  opts: { repair?: boolean /** the caller already holds a lock on the image */; lockHeld?: boolean } = {},
+  opts: {
+    repair?: boolean;
+    /** the caller already holds a lock on the image */
+    lockHeld?: boolean;
+    onProgress?: (line: string) => void;
+  } = {},
 ): Promise<CheckResult> {
+  const progress = opts.onProgress ?? (() => {});
   const started = Date.now();
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
     image: path,
@@ -111,7 +121,7 @@ export async function checkImage(
         return result({ status: 'locked', error: { code: e.code, message: e.message } });
       throw e;
     }
-    const first = await fsckOnCopy(path);
+    const first = await fsckOnCopy(path, progress);
     const status = statusFromExit(first.exit);
     const problems = summarize(first.output);
     const warnings = status === 'clean' ? await portabilityWarnings(path) : [];
@@ -129,7 +139,9 @@ export async function checkImage(
       });
     }
     await replaceAtomically(path, async (tmp) => {
+      progress(`${path}: repair: copying the image`);
       await copyImageFile(path, tmp);
+      progress(`${path}: repair: e2fsck -fy on the copy`);
       await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
       const again = await runTool('e2fsck', ['-fn', tmp], {
         okExitCodes: [1, 2, 4, 8],

@@ -44,11 +44,16 @@ async function inodeOf(image: string, path: string): Promise<number | null> {
  * Give every inode of upper/ (and upper/, work/ themselves) a new owner, on the image file
  * without a mount or Apptainer: debugfs rewrites the inodes of a copy, which then replaces the image.
  */
-export async function chownImage(path: string, owner: Owner): Promise<ImageInfo & { inodesChanged: number }> {
+export async function chownImage(
+  path: string,
+  owner: Owner,
+  onProgress: (line: string) => void = () => {},
+): Promise<ImageInfo & { inodesChanged: number }> {
   await requireExt3(path);
   let count = 0;
   await withLock(path, 'exclusive', () =>
     replaceAtomically(path, async (tmp) => {
+      onProgress(`copying ${path}`);
       await copyImageFile(path, tmp);
       const roots = (await Promise.all(['/upper', '/work'].map((p) => inodeOf(tmp, p)))).filter(
         (x): x is number => x !== null,
@@ -59,8 +64,10 @@ export async function chownImage(path: string, owner: Owner): Promise<ImageInfo 
         `sif <${ino}> uid ${owner.uid}`,
         `sif <${ino}> gid ${owner.gid}`,
       ]);
-      for (let i = 0; i < cmds.length; i += 20000)
+      for (let i = 0; i < cmds.length; i += 20000) {
+        onProgress(`new owner: inodes ${i / 2 + 1}-${Math.min(cmds.length, i + 20000) / 2} of ${count}`);
         await runDebugfs(tmp, cmds.slice(i, i + 20000), { write: true });
+      }
     }),
   );
   return { ...(await imageInfo(path)), inodesChanged: count };

@@ -205,13 +205,16 @@ export async function findNonPortableMarkers(image: string): Promise<NonPortable
  */
 export async function normalizeImage(
   image: string,
-  opts: { base?: string; layers?: string[]; lockHeld?: boolean } = {},
+  opts: { base?: string; layers?: string[]; lockHeld?: boolean; onProgress?: (line: string) => void } = {},
 ): Promise<NormalizeResult> {
+  const progress = opts.onProgress ?? (() => {});
   await requireExt3(image);
   const work = async (lockFd?: number) => {
+    progress(`normalize: scanning ${image} upper/`);
     let plan = await scan(image, undefined);
     // the lower stack is listed only when a replaced directory needs it (listing a base costs)
     if (plan.opaqueDirs > 0 && (opts.base || opts.layers?.length)) {
+      progress('normalize: listing the lower layers (replaced directories need them)');
       plan = await scan(image, await lowerListing(opts.base, opts.layers ?? []));
     }
     // removing xattrs only (a root exec) is done in place; anything else on a copy renamed into place
@@ -220,6 +223,8 @@ export async function normalizeImage(
       : canEditInPlace(plan.cmds)
         ? 'in-place'
         : 'copy';
+    if (rewrite !== 'none')
+      progress(`normalize: ${plan.cmds.length} edits, ${rewrite === 'in-place' ? 'in place' : 'on a copy'}`);
     if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd });
     if (rewrite === 'copy') {
       await replaceAtomically(image, async (tmp) => {

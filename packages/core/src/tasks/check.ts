@@ -13,11 +13,11 @@ export interface CheckBatchReport {
 /** Check a batch one image at a time; every image gets a status, whatever happens to the others. */
 export async function checkImages(
   paths: string[],
-  opts: { repair: boolean; onResult?: (r: CheckResult) => void },
+  opts: { repair: boolean; onResult?: (r: CheckResult) => void; onProgress?: (line: string) => void },
 ): Promise<CheckBatchReport> {
   const images: CheckResult[] = [];
   for (const path of paths) {
-    const r = await checkImage(path, { repair: opts.repair });
+    const r = await checkImage(path, { repair: opts.repair, onProgress: opts.onProgress });
     opts.onResult?.(r);
     images.push(r);
   }
@@ -46,6 +46,7 @@ export const checkTask = defineTask({
   run: (input, ctx) =>
     checkImages(input.images, {
       repair: input.repair,
+      onProgress: ctx.progress,
       onResult: (r) => {
         ctx.progress(`${r.image}: ${r.status}`);
         for (const w of r.warnings) ctx.warn(`${r.image}: ${w}`);

@@ -16,6 +16,6 @@ export const chownTask = defineTask({
         ctx.addIssue({ code: 'custom', path: ['fakeroot'], message: 'give --fakeroot or --uid N --gid N' });
       }
     }),
-  run: (input) => chownImage(input.image, ownerFrom(input)),
+  run: (input, ctx) => chownImage(input.image, ownerFrom(input), ctx.progress),
   render: (r) => `${r.inodesChanged} inodes changed\n${renderImageSummary(r)}`,
 });

@@ -73,7 +73,11 @@ export const execTask = defineTask({
     });
     let normalized: NormalizeResult | undefined;
     if (!input.ro && input.normalize) {
-      normalized = await normalizeImage(input.image, { base: input.base, layers: input.layer }).catch((e) => {
+      normalized = await normalizeImage(input.image, {
+        base: input.base,
+        layers: input.layer,
+        onProgress: ctx.progress,
+      }).catch((e) => {
         ctx.warn(`could not normalize ${input.image}: ${(e as Error).message}`);
         return undefined;
       });

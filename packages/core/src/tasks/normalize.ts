@@ -18,7 +18,11 @@ export const normalizeTask = defineTask({
     wait: waitField,
   }),
   async run(input, ctx) {
-    const r = await normalizeImage(input.image, { base: input.base, layers: input.layer });
+    const r = await normalizeImage(input.image, {
+      base: input.base,
+      layers: input.layer,
+      onProgress: ctx.progress,
+    });
     for (const w of r.warnings) ctx.warn(w);
     return r;
   },
