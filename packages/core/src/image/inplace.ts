@@ -50,7 +50,13 @@ export async function blocksAtRisk(
   image: string,
   inodes: number[],
 ): Promise<{ blockSize: number; blocks: number[] }> {
-  const { stdout } = await runTool('dumpe2fs', [image], { timeoutSeconds: 600 });
+  const [{ stdout }, inodeOut] = await Promise.all([
+    runTool('dumpe2fs', [image], { timeoutSeconds: 600 }),
+    runDebugfs(
+      image,
+      inodes.flatMap((i) => [`imap <${i}>`, `stat <${i}>`]),
+    ),
+  ]);
   const blockSize = Number(/^Block size:\s+(\d+)/m.exec(stdout)?.[1]);
   if (!blockSize) throw new Error(`dumpe2fs gave no block size for ${image}`);
   const set = new Set<number>();
@@ -64,12 +70,7 @@ export async function blocksAtRisk(
   for (const m of stdout.matchAll(/(?:Block|Inode) bitmap at (\d+)/g)) range(m[1]!);
   // the superblock sits at byte 1024: in block 0 (4 KiB blocks) or block 1 (1 KiB blocks)
   set.add(Math.floor(1024 / blockSize));
-  const out = blocks(
-    await runDebugfs(
-      image,
-      inodes.flatMap((i) => [`imap <${i}>`, `stat <${i}>`]),
-    ),
-  );
+  const out = blocks(inodeOut);
   inodes.forEach((_, k) => {
     const at = /located at block (\d+)/.exec(out[2 * k] ?? '')?.[1];
     if (!at) throw new Error(`debugfs imap gave no inode table block for inode ${inodes[k]}`);

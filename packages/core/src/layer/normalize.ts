@@ -26,20 +26,29 @@ function blocks(out: string): string[] {
 async function walkUpper(
   image: string,
 ): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
-  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ['stat /upper']))?.[1];
-  const rootNode: Node = { ino: Number(root), path: '', name: 'upper', mode: 0o040755 };
+  // the first level is listed by path: its `.` entry gives upper/'s inode (one debugfs run fewer)
+  const first = blocks(await runDebugfs(image, ['ls -p /upper']));
+  const dot = (first[0] ?? '')
+    .split('\n')
+    .map((l) => LS_LINE.exec(l))
+    .find((m) => m?.[3] === '.');
+  const rootNode: Node = { ino: Number(dot?.[1]), path: '', name: 'upper', mode: 0o040755 };
   const dirs: Node[] = [rootNode];
   const all: Node[] = [rootNode];
   const children = new Map<string, Node[]>();
   let level = [rootNode];
   const seenDirs = new Set<number>([rootNode.ino]);
+  let pending: string[] | undefined = first;
   while (level.length) {
-    const out = blocks(
-      await runDebugfs(
-        image,
-        level.map((d) => `ls -p <${d.ino}>`),
-      ),
-    );
+    const out =
+      pending ??
+      blocks(
+        await runDebugfs(
+          image,
+          level.map((d) => `ls -p <${d.ino}>`),
+        ),
+      );
+    pending = undefined;
     const next: Node[] = [];
     level.forEach((dir, i) => {
       const kids: Node[] = [];
@@ -88,22 +97,17 @@ export interface NonPortableMarkers {
 async function scan(image: string, lower: LowerListing | undefined) {
   const { dirs, all, children } = await walkUpper(image);
   const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
-  const devOut = chardevs.length
-    ? blocks(
-        await runDebugfs(
-          image,
-          chardevs.map((n) => `stat <${n.ino}>`),
-        ),
-      )
-    : [];
+  // device numbers and xattrs in one debugfs run
+  const out = blocks(
+    await runDebugfs(image, [
+      ...chardevs.map((n) => `stat <${n.ino}>`),
+      ...all.map((n) => `ea_list <${n.ino}>`),
+    ]),
+  );
+  const devOut = out.slice(0, chardevs.length);
+  const eaOut = out.slice(chardevs.length);
   const zeroDev = new Set(
     chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino),
-  );
-  const eaOut = blocks(
-    await runDebugfs(
-      image,
-      all.map((n) => `ea_list <${n.ino}>`),
-    ),
   );
   const xattrs = new Map<number, string[]>();
   all.forEach((n, i) => {
