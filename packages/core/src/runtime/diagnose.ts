@@ -66,7 +66,7 @@ export function diagnoseRuntimeFailure(
     return new OverlayError(
       'E_LOCKED',
       `${opts.image ?? 'the overlay image'} is in use by another process (${rt} refused to mount it)`,
-      { hint: 'wait for the other container or overlayctl job to finish, then retry', details },
+      { hint: 'wait for the other container or overlayctl job to finish, or pass --wait SECONDS', details },
     );
   }
   if (/upper dir.*not writable/i.test(text)) {
