@@ -49,10 +49,10 @@ afterAll(async () => {
 
 describe('input errors name the flag and what it wants', () => {
   it.each([
-    [['create', 'x.img'], /--size: required \(Image size/],
-    [['resize', 'x.img'], /--size: required \(New size/],
-    [['build', 'x.img', '--run', 'true'], /--base: required \(Base container/],
-    [['commit', 'x.img'], /--output: required \(The SquashFS layer/],
+    [['create', 'x.img'], /--size is required: Image size/],
+    [['resize', 'x.img'], /--size is required: New size/],
+    [['build', 'x.img', '--run', 'true'], /--base is required: Base container/],
+    [['commit', 'x.img'], /--output is required: The SquashFS layer/],
   ])('%j', async (args, message) => {
     const r = await ctl(args.map((a) => (a.endsWith('.img') ? join(dir, a) : a)));
     expect(r.exitCode).toBe(ERROR_CODES.E_INVALID_INPUT.exit);
