@@ -6,6 +6,7 @@ import {
   isOverlayError,
   OverlayError,
   parseTaskInput,
+  setProcessLockWait,
   type TaskContext,
   type TaskDef,
 } from '@overlay-action/core';
@@ -64,6 +65,8 @@ export function readInputs<T = Record<string, unknown>, X = Record<string, unkno
   }
   const extra = spec.extra ? parseTaskInput(extraTask(spec.extra), rawExtra, inputNameOf) : {};
   const input = parseTaskInput(spec.task, raw, inputNameOf);
+  // the `wait` input holds for every lock the step takes, whichever core function the entry calls
+  setProcessLockWait((input as { wait?: number }).wait);
   return { input: input as T, extra: extra as X };
 }
 

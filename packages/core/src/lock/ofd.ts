@@ -53,8 +53,18 @@ export function withLockWait<T>(seconds: number, fn: () => Promise<T>): Promise<
   return lockWait.run(seconds, fn);
 }
 
+let processWait: number | undefined;
+
+/**
+ * The wait for every lock this process takes outside a `withLockWait` scope: an action step is one
+ * process running one task, whose entry may call core functions directly (setup, check).
+ */
+export function setProcessLockWait(seconds: number | undefined): void {
+  processWait = seconds;
+}
+
 function waitSecondsFor(opts: { waitSeconds?: number }): number {
-  return opts.waitSeconds ?? lockWait.getStore() ?? 0;
+  return opts.waitSeconds ?? lockWait.getStore() ?? processWait ?? 0;
 }
 
 const lockedError = (path: string, mode: LockMode) =>

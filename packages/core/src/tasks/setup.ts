@@ -6,7 +6,6 @@ import { exists } from '../fs/atomic';
 import { checkImage } from '../image/check';
 import { createImage, PROFILES } from '../image/create';
 import { type ImageInfo, imageInfo } from '../image/info';
-import { withLockWait } from '../lock/ofd';
 import { sizeSchema } from '../size';
 import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { createFields, renderImageSummary } from './create';
@@ -170,9 +169,6 @@ async function phase<T>(ctx: SetupContext, name: string, fn: () => Promise<T>): 
 }
 
 export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promise<SetupOutput> {
-  // the action calls this directly (not setupTask.run): honour `wait` here too
-  if (input.wait !== undefined)
-    return withLockWait(input.wait, () => setupOverlay({ ...input, wait: undefined }, ctx));
   if (await exists(input.path)) {
     throw new OverlayError('E_EXISTS', `${input.path} already exists`, {
       hint: 'setup restores or creates the image itself: remove the file or choose another path',
