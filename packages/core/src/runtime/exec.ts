@@ -1,12 +1,12 @@
 import { resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
 import { probeLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
-import { resolveBase } from './base';
+import { findRuntime } from '../tools/runtime';
 import { diagnoseRuntimeFailure } from './diagnose';
-import { findRuntime } from './find';
 
 export type FakerootMode = 'auto' | boolean;
 
