@@ -41,7 +41,8 @@ export interface CommitResult {
   warnings: string[];
 }
 
-const escapePseudo = (p: string) => p.replace(/([\\ ])/g, '\\$1');
+/** A path as mksquashfs pseudo definitions spell it (spaces and backslashes escaped). */
+export const escapePseudo = (p: string) => p.replace(/([\\ ])/g, '\\$1');
 
 const isOpaqueByXattr = (dir: string) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === 'y');
 
