@@ -75,12 +75,17 @@ async function run(who: 'root' | 'user', argv: string[]) {
 
 describe('read-only readers of an ext3 overlay with deletions', () => {
   it('overlayctl exec --ro lists no deleted name, as root and as an ordinary user', async () => {
-    for (const who of ['root', 'user'] as const) {
+    for (const [who, fakeroot] of [
+      ['root', false],
+      ['user', false],
+      ['user', true],
+    ] as const) {
       const r = await run(who, [
         CLI,
         'exec',
         img,
         '--ro',
+        ...(fakeroot ? ['--fakeroot'] : []),
         '--layer',
         layer,
         '--base',

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { modeFromPerms, type SquashEntry } from '../../packages/core/src/layer/lower';
+import { mergeListings } from '../../packages/core/src/layer/squash';
 import { ensureBaseImage } from '../helpers/base-image';
 import { ensureTestUser, runAs, type TestUser } from '../helpers/users';
 
@@ -99,6 +101,32 @@ beforeAll(async () => {
   ];
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('merge planning', () => {
+  const e = (path: string, type = '-', whiteout = false): SquashEntry => ({
+    path,
+    type,
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    whiteout,
+  });
+  it('reads ls permission text, special bits included', () => {
+    expect(modeFromPerms('rwsr-x---')).toBe(0o4750);
+    expect(modeFromPerms('rwxrwxrwt')).toBe(0o1777);
+    expect(modeFromPerms('rw-r-Sr--')).toBe(0o2644);
+  });
+  it('whiteouts remove earlier subtrees, a directory over a deletion is recreated', () => {
+    const { merged, recreated } = mergeListings([
+      [e('', 'd'), e('a', 'd'), e('a/x'), e('a/d', 'd'), e('a/d/y'), e('f')],
+      [e('', 'd'), e('a', 'd'), e('a/d', 'c', true), e('f', 'd'), e('f/z')],
+      [e('', 'd'), e('a', 'd'), e('a/d', 'd'), e('a/d/n')],
+    ]);
+    expect([...merged.keys()].sort()).toEqual(['', 'a', 'a/d', 'a/d/n', 'a/x', 'f', 'f/z']);
+    expect(merged.get('a/d')?.layer).toBe(2);
+    expect([...recreated].sort()).toEqual(['a/d', 'f']);
+  });
+});
 
 describe('squash, unprivileged', () => {
   it('view over the squashed layer == view over the stack, for root and user readers', async () => {

@@ -20,34 +20,42 @@ interface Owned extends SquashEntry {
   layer: number;
 }
 
-/** Drop `path` and everything under it from the merged map. */
-function removeTree(merged: Map<string, Owned>, path: string) {
-  merged.delete(path);
-  const prefix = `${path}/`;
-  for (const key of merged.keys()) if (key.startsWith(prefix)) merged.delete(key);
-}
+const parentOf = (path: string) => (path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '');
 
 /**
  * The merged stack from the layers' listings alone, as overlayfs would show it: a later entry
  * replaces an earlier one, a 0:0 whiteout removes the earlier subtree (and stays, since the base
  * image below may have the name), a non-directory over a directory replaces the subtree.
+ * `recreated`: directories made over a deletion (or over a non-directory), under which the stack
+ * hides whatever the base has.
  */
 export function mergeListings(listings: SquashEntry[][]): {
   merged: Map<string, Owned>;
   recreated: Set<string>;
 } {
   const merged = new Map<string, Owned>();
-  // directories made over a deletion: what the base has under them stays hidden in the stack
+  const children = new Map<string, Set<string>>();
   const recreated = new Set<string>();
+  // a subtree's removal costs its size, not the whole map's
+  const removeTree = (path: string) => {
+    merged.delete(path);
+    recreated.delete(path);
+    for (const child of children.get(path) ?? []) removeTree(child);
+    children.delete(path);
+  };
   listings.forEach((entries, layer) => {
     for (const e of entries) {
       const prev = merged.get(e.path);
       if (prev && (e.whiteout || (prev.type === 'd') !== (e.type === 'd'))) {
-        removeTree(merged, e.path);
-        for (const r of recreated) if (r === e.path || r.startsWith(`${e.path}/`)) recreated.delete(r);
-        if (e.type === 'd' && prev.whiteout) recreated.add(e.path);
+        removeTree(e.path);
+        if (e.type === 'd') recreated.add(e.path);
       }
       merged.set(e.path, { ...e, layer });
+      if (e.path !== '') {
+        const parent = parentOf(e.path);
+        if (!children.has(parent)) children.set(parent, new Set());
+        children.get(parent)!.add(e.path);
+      }
     }
   });
   return { merged, recreated };

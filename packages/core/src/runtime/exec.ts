@@ -171,7 +171,6 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   // an unprivileged read-only stack holding an ext3 image: let fuse-overlayfs merge it (see above)
   const ext3InStack =
     ro &&
-    !fakeroot &&
     process.getuid?.() !== 0 &&
     (await Promise.all([image, ...layers].map((p) => detectFormat(p)))).some((f) =>
       f.format.startsWith('ext'),
