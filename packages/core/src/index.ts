@@ -16,6 +16,7 @@ export * from './image/format';
 export * from './image/info';
 export * from './image/resize';
 export * from './image/superblock';
+export * from './image/used';
 export * from './layer/commit';
 export * from './layer/fuse';
 export * from './layer/lower';
