@@ -105,7 +105,8 @@ const octal = (m: number) => m.toString(8).padStart(4, '0');
  * Works unprivileged: the merge is planned from the layers' listings (`unsquashfs -lln`); each
  * layer extracts only what survives from it (never a device node), and mksquashfs gets every
  * device (0:0 whiteouts included) and every owner and mode from the listing as pseudo definitions.
- * Xattrs come through extraction: all of them as root, `user.*` only otherwise (a warning says so).
+ * Xattrs come through extraction: all of them as root, `user.*` only otherwise (unsquashfs cannot
+ * set the other namespaces unprivileged; docs/layers.md says so).
  */
 export async function squashLayers(
   layers: string[],
