@@ -39,8 +39,10 @@ inputs:
 stdout: commit.json
 outputs:
   layer:
-    type: File
-    doc: The SquashFS layer
+    # optional only so that cwltool can still classify a failed job by its exit status: a
+    # missing output would turn a temporaryFail (E_LOCKED, 75) into a permanentFail
+    type: File?
+    doc: The SquashFS layer (always there when the job succeeded)
     outputBinding:
       glob: $(inputs.layer_name)
   report:
