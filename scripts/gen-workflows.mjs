@@ -94,7 +94,9 @@ export async function generate() {
     ...walk(join(root, 'packages/snakemake')),
     ...walk(join(root, 'packages/cwl')),
     ...walk(join(root, 'packages/nextflow')),
-  ].filter((p) => /\.(py|cwl|config|nf|yml|yaml)$/.test(p) || p.endsWith('Snakefile'));
+    join(root, 'docs/workflows.md'),
+    join(root, 'docs/nextflow.md'),
+  ].filter((p) => /\.(py|cwl|config|nf|yml|yaml|md)$/.test(p) || p.endsWith('Snakefile'));
   for (const path of sources) {
     const rel = relative(root, path);
     let text = readFileSync(path, 'utf8');
