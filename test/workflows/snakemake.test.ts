@@ -191,6 +191,14 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
       expect(log).toMatch(/^E_LOCKED: .*env\.img is in use.*\[exit 75: temporary, retry later\]$/m);
       expect(r.all).toContain('E_LOCKED');
       await expect(stat(join(dir, 'layers/env.sqf'))).rejects.toThrow();
+
+      // resize copies under `overlayctl lock --shared`, whose own failures exit 125: the wrapper
+      // still ends the job as retryable (75), because the code is E_LOCKED
+      const r2 = await snakemake(dir, join(WRAPPERS, 'resize/test/Snakefile'));
+      expect(r2.exitCode, describeRun(r2)).not.toBe(0);
+      const log2 = await readFile(join(dir, 'logs/resize.log'), 'utf8');
+      expect(log2).toMatch(/^E_LOCKED: .*\[exit 75: temporary, retry later\]$/m);
+      await expect(stat(join(dir, 'resized/env.img'))).rejects.toThrow();
     } finally {
       await holder.stop();
     }
