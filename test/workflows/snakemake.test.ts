@@ -78,6 +78,7 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
     const build = 'set -eu\nmkdir -p /opt/env\necho built-by-setup > /opt/env/greeting\n';
     const first = await workDir('setup-1');
     await writeFile(join(first, 'build.sh'), build);
+    await writeFile(join(first, 'environment.yml'), 'dependencies: [python=3.12]\n');
     const r1 = await snakemake(first, join(WRAPPERS, 'setup/test/Snakefile'), [
       '--config',
       `base=${base}`,
@@ -91,6 +92,7 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
 
     const second = await workDir('setup-2');
     await writeFile(join(second, 'build.sh'), build);
+    await writeFile(join(second, 'environment.yml'), 'dependencies: [python=3.12]\n');
     const r2 = await snakemake(second, join(WRAPPERS, 'setup/test/Snakefile'), [
       '--config',
       `base=${base}`,
@@ -103,6 +105,22 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
     expect(report2.save).toBeNull();
     expect(await readFile(join(second, 'logs/setup.log'), 'utf8')).toContain('cache hit');
     expect(await readThrough([join(second, 'env.img')], '/opt/env/greeting')).toBe('built-by-setup');
+
+    // another key file content: another key, so no exact hit and a build (on the partial match
+    // that setup's default restore keys find), saved under the new key
+    const third = await workDir('setup-3');
+    await writeFile(join(third, 'build.sh'), build);
+    await writeFile(join(third, 'environment.yml'), 'dependencies: [python=3.13]\n');
+    const r3 = await snakemake(third, join(WRAPPERS, 'setup/test/Snakefile'), [
+      '--config',
+      `base=${base}`,
+      `store=${store}`,
+    ]);
+    expect(r3.exitCode, describeRun(r3)).toBe(0);
+    const report3 = await readJson(join(third, 'env.setup.json'));
+    expect(report3.setup).toMatchObject({ cacheHit: false, built: true });
+    expect(report3.setup.cacheKey).not.toBe(report1.setup.cacheKey);
+    expect(report3.save).toMatchObject({ saved: true, key: report3.setup.cacheKey });
   });
 
   it('overlay/check: two clean images give a clean JSON report and a successful job', async () => {
@@ -158,7 +176,7 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
     const r = await snakemake(dir, join(WRAPPERS, 'commit/test/Snakefile'));
     expect(r.exitCode, describeRun(r)).toBe(0);
     const result = await readJson(join(dir, 'layers/env.commit.json'));
-    expect(result).toMatchObject({ compression: 'zstd' });
+    expect(result).toMatchObject({ compression: 'gzip' }); // params.compression reached overlayctl
     expect(result.sha256).toBe(await sha256File(join(dir, 'layers/env.sqf')));
     expect(await readThrough([join(dir, 'layers/env.sqf')], '/opt/env/greeting')).toBe(
       'hello from the overlay',

@@ -60,6 +60,14 @@ def fail_on_error(status, result):
     sys.exit(status or 1)
 
 
+def named(files, key):
+    """The files under `key` in snakemake.input/output, as a list of paths (none: [])."""
+    if key not in files.keys():
+        return []
+    value = files[key]
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
 def write_json(path, value):
     with open(path, "w") as out:
         json.dump(value, out, indent=2)

@@ -59,6 +59,14 @@ def fail_on_error(status, result):
     sys.exit(status or 1)
 
 
+def named(files, key):
+    """The files under `key` in snakemake.input/output, as a list of paths (none: [])."""
+    if key not in files.keys():
+        return []
+    value = files[key]
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
 def write_json(path, value):
     with open(path, "w") as out:
         json.dump(value, out, indent=2)
@@ -72,7 +80,7 @@ args = ["commit", image, "--output", layer, "--force"]
 for name in ("compression", "level", "base"):
     if snakemake.params.get(name):
         args += [f"--{name}", snakemake.params.get(name)]
-for lower in snakemake.input.get("layers", []) if "layers" in snakemake.input.keys() else []:
+for lower in named(snakemake.input, "layers"):
     args += ["--layer", lower]
 status, result = overlayctl(*args)
 fail_on_error(status, result)

@@ -61,6 +61,14 @@ def fail_on_error(status, result):
     sys.exit(status or 1)
 
 
+def named(files, key):
+    """The files under `key` in snakemake.input/output, as a list of paths (none: [])."""
+    if key not in files.keys():
+        return []
+    value = files[key]
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
 def write_json(path, value):
     with open(path, "w") as out:
         json.dump(value, out, indent=2)
@@ -77,14 +85,13 @@ for d in p.get("create_dirs", []):
     args += ["--create-dirs", d]
 if p.get("base"):
     args += ["--base", p.get("base")]
-script = snakemake.input.get("script") if "script" in snakemake.input.keys() else None
+script = named(snakemake.input, "script")
 if script:
-    with open(script) as f:
+    with open(script[0]) as f:
         args += ["--build", f.read()]
 elif p.get("build"):
     args += ["--build", p.get("build")]
-key_files = list(snakemake.input.get("key_files", [])) if "key_files" in snakemake.input.keys() else []
-for k in key_files:
+for k in named(snakemake.input, "key_files"):
     args += ["--key-files", k]
 store = p.get("store")
 if store:
