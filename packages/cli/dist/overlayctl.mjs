@@ -37938,14 +37938,13 @@ function printError(e, outcome) {
     const { code, message, hint, details } = err.toJSON();
     process.stdout.write(`${JSON.stringify({ error: { code, message, hint, details } })}
 `);
-  } else {
-    const oneLine = `${err.code}: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ""}`.replace(
-      /\s*\n\s*/g,
-      " | "
-    );
-    process.stderr.write(`${oneLine}
-`);
   }
+  const oneLine = `${err.code}: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ""}`.replace(
+    /\s*\n\s*/g,
+    " | "
+  );
+  process.stderr.write(`${oneLine}
+`);
 }
 function contextFor(json2) {
   const write2 = (prefix) => (m) => process.stderr.write(`${prefix}${m}
