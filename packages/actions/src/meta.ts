@@ -242,7 +242,7 @@ export function renderReference(): string {
     '',
     '| field | meaning |',
     '|---|---|',
-    '| `image` | the overlay image path, as given on the command line |',
+    '| `image` | the overlay image path, as given on the command line (`setup` names it `path`, as its input) |',
     '| `layer` | a SquashFS layer path (the output of `commit`, `squash`), as given |',
     '| `durationMs` | wall time of the operation in milliseconds (an integer); parts of it are `<part>Ms` |',
     '| `…Bytes`, `bytes` | sizes in bytes |',
