@@ -9,6 +9,7 @@ import { requireCleanForReadOnlyMount } from '../image/check';
 import { copyImageFile } from '../image/copy';
 import { requireExt3 } from '../image/format';
 import { acquireLock } from '../lock/ofd';
+import { formatBytes } from '../size';
 import { readXattr } from '../tools/native';
 import { requireTool, runTool } from '../tools/run';
 import { withFuse2fs } from './fuse';
@@ -112,7 +113,7 @@ export function squashfsProgress(
   onProgress?: (line: string) => void,
 ): ((line: string) => void) | undefined {
   if (!onProgress) return undefined;
-  let last = -1;
+  let last = -5; // the first reading is always shown
   return (line) => {
     const m = /\]\s+(\d+)\/(\d+)\s+(\d+)%/.exec(line);
     if (!m) return onProgress(line);
@@ -121,6 +122,35 @@ export function squashfsProgress(
     last = pct;
     onProgress(`${tool} ${pct}% (${m[1]}/${m[2]} blocks)`);
   };
+}
+
+/**
+ * While `step` runs, report every `everyMs` how much of `file` is written: mksquashfs redraws its
+ * bar only now and then when its output is not a terminal, so a long compression is never silent.
+ */
+export async function withOutputProgress<T>(
+  label: string,
+  file: string,
+  onProgress: ((line: string) => void) | undefined,
+  step: () => Promise<T>,
+  everyMs = 5000,
+): Promise<T> {
+  if (!onProgress) return step();
+  const started = Date.now();
+  const timer = setInterval(() => {
+    stat(file).then(
+      (st) =>
+        onProgress(
+          `${label}: ${formatBytes(st.size)} written, ${Math.round((Date.now() - started) / 1000)} s`,
+        ),
+      () => {},
+    );
+  }, everyMs);
+  try {
+    return await step();
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 export async function sha256File(path: string): Promise<string> {
@@ -174,20 +204,16 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
           // flag next to explicit whiteouts makes kernel readers list them as broken entries. Without
           // CAP_SYS_ADMIN those xattrs are invisible; keep them only when the opaque flag is the fallback.
           const keepTrusted = planned!.warnings.length > 0;
-          if (process.getuid?.() === 0 && !keepTrusted) {
-            await runTool(
-              'setpriv',
-              ['--bounding-set=-sys_admin', '--', requireTool('mksquashfs'), ...args],
-              {
-                onLine: squashfsProgress('mksquashfs', o.onProgress),
-                timeoutSeconds: 3600,
-              },
-            );
-          } else
-            await runTool('mksquashfs', args, {
+          const [file, argv] =
+            process.getuid?.() === 0 && !keepTrusted
+              ? ['setpriv', ['--bounding-set=-sys_admin', '--', requireTool('mksquashfs'), ...args]]
+              : ['mksquashfs', args];
+          await withOutputProgress('mksquashfs', tmp, o.onProgress, () =>
+            runTool(file, argv, {
               onLine: squashfsProgress('mksquashfs', o.onProgress),
               timeoutSeconds: 3600,
-            });
+            }),
+          );
         });
       });
     } finally {

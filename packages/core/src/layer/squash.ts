@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { replaceAtomically, requireParentDir } from '../fs/atomic';
 import { requireSquashfs } from '../image/format';
 import { runTool } from '../tools/run';
-import { type Compression, escapePseudo, sha256File, squashfsProgress } from './commit';
+import { type Compression, escapePseudo, sha256File, squashfsProgress, withOutputProgress } from './commit';
 import { type LowerListing, lowerListing, type SquashEntry, squashListing } from './lower';
 
 export interface SquashResult {
@@ -191,10 +191,12 @@ export async function squashLayers(
     await replaceAtomically(output, async (tmp) => {
       opts.onProgress?.(`mksquashfs (${opts.compression})`);
       const args = [tree, tmp, '-noappend', '-comp', opts.compression, '-pf', pseudoFile];
-      await runTool('mksquashfs', [...args, ...rootArgs], {
-        onLine: squashfsProgress('mksquashfs', opts.onProgress),
-        timeoutSeconds: 3600,
-      });
+      await withOutputProgress('mksquashfs', tmp, opts.onProgress, () =>
+        runTool('mksquashfs', [...args, ...rootArgs], {
+          onLine: squashfsProgress('mksquashfs', opts.onProgress),
+          timeoutSeconds: 3600,
+        }),
+      );
     });
     const { size } = await lstat(output);
     opts.onProgress?.(`sha256 of ${output}`);
