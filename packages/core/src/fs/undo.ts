@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { fromFsError } from '../errors';
 import { fsyncPath, HOST, pidAlive } from './atomic';
 
 /**
@@ -52,9 +53,12 @@ export async function writeUndoLog(
   try {
     await out.writeFile(Buffer.concat([body, sum]));
     await out.sync();
-  } finally {
+  } catch (e) {
     await out.close();
+    await fsp.rm(log, { force: true });
+    throw fromFsError(e, log); // a full disk is E_NO_SPACE, and nothing was edited
   }
+  await out.close();
   await fsyncPath(dirname(target)).catch(() => {});
   return log;
 }
