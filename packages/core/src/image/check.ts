@@ -11,7 +11,7 @@ import { hasErrorFlag, needsRecovery, requireExt3 } from './format';
 export type CheckStatus = 'clean' | 'repaired' | 'corrupt' | 'locked' | 'error';
 
 export interface CheckResult {
-  path: string;
+  image: string;
   status: CheckStatus;
   /** What e2fsck reported (a few lines), empty when clean. */
   problems: string[];
@@ -22,7 +22,7 @@ export interface CheckResult {
   /** Non-fatal findings, e.g. non-portable whiteout markers. */
   warnings: string[];
   error?: { code: string; message: string };
-  seconds: number;
+  durationMs: number;
 }
 
 const PROBLEM_LINE =
@@ -92,13 +92,13 @@ export async function checkImage(
 ): Promise<CheckResult> {
   const started = Date.now();
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
-    path,
+    image: path,
     problems: [],
     e2fsckExit: null,
     method: null,
     warnings: [],
     ...r,
-    seconds: Math.round((Date.now() - started) / 100) / 10,
+    durationMs: Date.now() - started,
   });
   let lock: Lock | undefined;
   try {

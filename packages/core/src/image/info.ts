@@ -7,7 +7,8 @@ import { apptainerExt3Problems, detectFormat, type ImageFormat } from './format'
 import { readSuperblock } from './superblock';
 
 export interface ImageInfo {
-  path: string;
+  /** The image path as given. */
+  image: string;
   format: ImageFormat;
   sizeBytes: number;
   allocatedBytes: number;
@@ -37,7 +38,7 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
   });
   const { format, ext } = await detectFormat(path);
   const base = {
-    path,
+    image: path,
     format,
     sizeBytes: st.size,
     allocatedBytes: st.blocks * 512,

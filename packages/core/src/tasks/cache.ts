@@ -6,7 +6,7 @@ import { openStore } from '../cache/stores';
 import { OverlayError } from '../errors';
 import { exists } from '../fs/atomic';
 import { requireExt3 } from '../image/format';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 import { setupKeyFields, setupKeys } from './setup';
 
@@ -35,6 +35,7 @@ export const cacheSaveTask = defineTask({
       .boolean()
       .default(false)
       .describe('When an entry exists under the key, verify it and replace it if it does not restore'),
+    wait: waitField,
   }),
   async run(input, ctx) {
     await requireExt3(input.image);
@@ -68,6 +69,7 @@ export const cacheRestoreTask = defineTask({
       .describe('Key prefix to fall back to (repeatable, in order)'),
     store: storeField,
     force: z.boolean().default(false).describe('Replace an existing file at the image path'),
+    wait: waitField,
   }),
   async run(input, ctx) {
     if (!input.force && (await exists(input.image)))

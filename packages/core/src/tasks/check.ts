@@ -1,6 +1,7 @@
 import { z } from 'zod';
+import { EXIT_STATUS } from '../errors';
 import { type CheckResult, checkImage } from '../image/check';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export interface CheckBatchReport {
@@ -22,7 +23,13 @@ export async function checkImages(
   }
   const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
   for (const r of images) counts[r.status]++;
-  const exitCode = images.every((r) => r.status === 'clean' || r.status === 'repaired') ? 0 : 1;
+  // the one exit-status table: a finding (corrupt, not checkable) is 1; only locked ones: try later
+  const exitCode =
+    counts.corrupt + counts.error > 0
+      ? EXIT_STATUS.findings
+      : counts.locked > 0
+        ? EXIT_STATUS.retryable
+        : EXIT_STATUS.ok;
   return { images, counts, exitCode };
 }
 
@@ -34,13 +41,14 @@ export const checkTask = defineTask({
   input: z.object({
     images: z.array(pathSchema).min(1, 'give at least one image').describe('Images to check'),
     repair: z.boolean().default(false).describe('Repair corrupt images (on a copy, renamed into place)'),
+    wait: waitField,
   }),
   run: (input, ctx) =>
     checkImages(input.images, {
       repair: input.repair,
       onResult: (r) => {
-        ctx.progress(`${r.path}: ${r.status}`);
-        for (const w of r.warnings) ctx.warn(`${r.path}: ${w}`);
+        ctx.progress(`${r.image}: ${r.status}`);
+        for (const w of r.warnings) ctx.warn(`${r.image}: ${w}`);
       },
     }),
   render: (report) =>
@@ -51,7 +59,7 @@ export const checkTask = defineTask({
           : r.problems.length
             ? ` (${r.problems.slice(0, 3).join('; ')})`
             : '';
-        return `${r.status.padEnd(8)} ${r.path}${detail}`;
+        return `${r.status.padEnd(8)} ${r.image}${detail}`;
       })
       .join('\n'),
 });

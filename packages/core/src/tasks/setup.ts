@@ -13,7 +13,7 @@ import { createImage, PROFILES } from '../image/create';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { resizeImage } from '../image/resize';
 import { formatBytes, sizeSchema } from '../size';
-import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema } from './common';
+import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { createFields, renderImageSummary } from './create';
 import { defineTask, type TaskContext } from './define';
 
@@ -95,6 +95,7 @@ export const setupInput = z
       .boolean()
       .default(true)
       .describe('fsck a restored image (a corrupt one is discarded and rebuilt) and an image before saving'),
+    wait: waitField,
   })
   .superRefine(checkOwner)
   .superRefine((v, ctx) => {
