@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import * as core from '@actions/core';
 import {
   forgetRestoreState,
+  isOverlayError,
   OverlayError,
   openStore,
   type SetupContext,
@@ -11,7 +12,16 @@ import {
 } from '@overlay-action/core';
 import { z } from 'zod';
 import { GitHubCacheStore } from '../github-cache-store';
-import { actionContext, readInputs, run, safeInfo, setOutputs, since, writeSummary } from '../runner';
+import {
+  actionContext,
+  failureLine,
+  readInputs,
+  run,
+  safeInfo,
+  setOutputs,
+  since,
+  writeSummary,
+} from '../runner';
 import { setupOverlaySpec } from '../specs';
 
 /** What main leaves for post: one JSON object in the action state, validated when post reads it. */
@@ -47,7 +57,7 @@ async function main(): Promise<void> {
       path: resolve(out.path),
       key: out.cacheKey,
       cacheHit: out.cacheHit,
-      store: input.store === undefined ? '' : input.store,
+      store: input.store === undefined ? '' : out.store,
       save: input.save,
       check: input.check,
       replaceKey: out.discarded?.key,
@@ -100,7 +110,11 @@ async function post(): Promise<void> {
     core.info('no cache store, cache: false, or the main step did not finish: nothing to save');
     return;
   }
-  const parsed = postState.safeParse(JSON.parse(raw));
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {}
+  const parsed = postState.safeParse(json);
   if (!parsed.success)
     throw new OverlayError(
       'E_INTERNAL',
@@ -113,25 +127,35 @@ async function post(): Promise<void> {
     return;
   }
   const store = state.store ? openStore(state.store) : new GitHubCacheStore();
-  const result = await saveOverlay(
-    {
-      path: state.path,
-      key: state.key,
-      cacheHit: state.cacheHit,
-      check: state.check,
-      replaceKey: state.replaceKey,
-    },
-    store,
-    actionContext(),
-  );
-  // read-only token / throttled: an info line, not a failure (the image itself is fine)
-  core.info(result.message);
-  await forgetRestoreState(state.path);
+  let status: string;
+  try {
+    const result = await saveOverlay(
+      {
+        path: state.path,
+        key: state.key,
+        cacheHit: state.cacheHit,
+        check: state.check,
+        replaceKey: state.replaceKey,
+      },
+      store,
+      actionContext(),
+    );
+    // saved, exists, unchanged, or refused (read-only token, throttled): an info line, not a failure
+    core.info(result.message);
+    status = result.saved ? 'saved' : result.message;
+  } catch (e) {
+    // the store failed (an upload that did not go through): the job's work is fine, say what happened
+    if (!isOverlayError(e, 'E_CACHE')) throw e;
+    core.warning(`the image was not saved: ${failureLine(e)}`, { title: 'cache save failed' });
+    status = `not saved: ${e.message}`;
+  } finally {
+    await forgetRestoreState(state.path);
+  }
   await writeSummary('setup-overlay (post)', [
     {
       image: state.path,
       info: await safeInfo(state.path),
-      status: result.saved ? 'saved' : result.message,
+      status,
       seconds: since(start),
     },
   ]);
