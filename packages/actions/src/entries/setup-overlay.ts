@@ -11,6 +11,7 @@ import {
   setupOverlay,
 } from '@overlay-action/core';
 import { z } from 'zod';
+import { restoreBase, saveBase } from '../base-cache';
 import { GitHubCacheStore } from '../github-cache-store';
 import {
   actionContext,
@@ -36,6 +37,8 @@ const postState = z.object({
   check: z.boolean(),
   /** The entry under the key failed verification at restore: replace it. */
   replaceKey: z.string().optional(),
+  /** The pulled base image in the Actions cache (a reference with a digest). */
+  base: z.object({ key: z.string(), path: z.string(), present: z.boolean() }).optional(),
 });
 type PostState = z.infer<typeof postState>;
 
@@ -49,6 +52,10 @@ function context(input: { cache: boolean; store?: string }): SetupContext {
 async function main(): Promise<void> {
   const start = process.hrtime.bigint();
   const { input } = readInputs<SetupInput>(setupOverlaySpec);
+  const base =
+    input.base !== undefined && input.cache && input.store === undefined
+      ? await restoreBase(input.base, (line) => core.info(line))
+      : undefined;
   const out = await setupOverlay(input, context(input));
 
   if (input.cache && out.store) {
@@ -61,6 +68,7 @@ async function main(): Promise<void> {
       save: input.save,
       check: input.check,
       replaceKey: out.discarded?.key,
+      base,
     };
     core.saveState(POST_STATE, JSON.stringify(state));
   }
@@ -126,6 +134,7 @@ async function post(): Promise<void> {
     await forgetRestoreState(state.path);
     return;
   }
+  if (state.base) await saveBase(state.base, (line) => core.info(line));
   const store = state.store ? openStore(state.store) : new GitHubCacheStore();
   let status: string;
   try {
