@@ -110,6 +110,31 @@ describe('setup with a directory store', () => {
     expect((await info(img)).upper).toEqual({ uid: 4321, gid: 4321 });
   });
 
+  it('a fallback gets the create-dir entries asked for, and sparse: false gets every block', async () => {
+    const store = join(dir, 's6');
+    await ctl(['setup', join(dir, 'd1.img'), '--size', '64M', '--cache-key', 'dirs', '--store', store]);
+    const img = join(dir, 'd2.img');
+    const r = await ctl([
+      'setup',
+      img,
+      '--size',
+      '64M',
+      '--cache-key',
+      'dirs',
+      '--create-dir',
+      '/opt/env',
+      '--no-sparse',
+      '--store',
+      store,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.out.cacheOutcome).toBe('partial');
+    expect(r.out.reconciled.join(' ')).toMatch(/created \/opt, \/opt\/env/);
+    const st = await execa('debugfs', ['-R', 'stat /upper/opt/env', img]);
+    expect(st.stdout).toMatch(new RegExp(`User:\\s+${process.getuid!()}\\s`));
+    expect(statSync(img).blocks * 512).toBeGreaterThanOrEqual(64 * MiB);
+  });
+
   it('another profile is never a fallback (not even through a restore-key), nor data larger than the size asked for', async () => {
     const store = join(dir, 's4');
     await ctl(['setup', join(dir, 'p1.img'), '--size', '128M', '--cache-key', 'prof', '--store', store]);

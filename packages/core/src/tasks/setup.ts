@@ -6,13 +6,17 @@ import { forgetRestoreState, restoreImage, saveImage } from '../cache/state';
 import type { CacheStore } from '../cache/store';
 import { openStore } from '../cache/stores';
 import { isOverlayError, OverlayError } from '../errors';
-import { exists } from '../fs/atomic';
+import { exists, replaceAtomically } from '../fs/atomic';
 import { checkImage } from '../image/check';
 import { chownImage } from '../image/chown';
-import { createImage, PROFILES } from '../image/create';
+import { copyImageFile } from '../image/copy';
+import { createImage, PROFILES, upperDirsFor } from '../image/create';
+import { debugfsQuote, runDebugfs, statInImage } from '../image/debugfs';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { resizeImage } from '../image/resize';
+import { withLock } from '../lock/ofd';
 import { formatBytes, sizeSchema } from '../size';
+import { runTool } from '../tools/run';
 import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { createFields, renderImageSummary } from './create';
 import { defineTask, type TaskContext } from './define';
@@ -213,7 +217,37 @@ async function reconcile(
     await chownImage(path, owner);
     done.push(`upper/ owner changed from ${info.upper.uid}:${info.upper.gid} to ${owner.uid}:${owner.gid}`);
   }
+  const missing: string[] = [];
+  for (const dir of upperDirsFor(input.createDir)) if (!(await statInImage(path, dir))) missing.push(dir);
+  if (missing.length) {
+    // like create: on a copy that replaces the image, so a kill leaves the old one or the new one
+    await withLock(path, 'exclusive', () =>
+      replaceAtomically(path, async (tmp) => {
+        await copyImageFile(path, tmp);
+        await runDebugfs(
+          tmp,
+          missing.flatMap((d) => {
+            const q = debugfsQuote(d);
+            return [
+              `mkdir ${q}`,
+              `sif ${q} mode 040755`,
+              `sif ${q} uid ${owner.uid}`,
+              `sif ${q} gid ${owner.gid}`,
+            ];
+          }),
+          { write: true },
+        );
+      }),
+    );
+    done.push(`created ${missing.map((d) => d.replace(/^\/upper/, '')).join(', ')}`);
+  }
   return null;
+}
+
+/** A restored image is sparse; `sparse: false` asks for every block allocated (fallocate keeps the data). */
+async function allocateAll(path: string, ctx: SetupContext): Promise<void> {
+  ctx.progress(`allocating every block of ${path} (sparse: false)`);
+  await runTool('fallocate', ['-l', String((await fsp.stat(path)).size), path], { timeoutSeconds: 1800 });
 }
 
 export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promise<SetupOutput> {
@@ -272,6 +306,7 @@ export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promis
           matchedKey = '';
         }
       }
+      if (outcome !== 'miss' && !input.sparse) await allocateAll(input.path, ctx);
     }
 
     let created = false;
