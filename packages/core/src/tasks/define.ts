@@ -153,8 +153,9 @@ export function parseTaskInput<S extends z.ZodObject>(
   let message = `${name === undefined ? '' : `${nameStyle(name)}: `}${issue.message}`;
   if (issue.code === 'unrecognized_keys')
     message = `unknown input ${issue.keys.map((k) => nameStyle(k)).join(', ')}`;
-  // a required field that was not given: name it and say what it wants (not "expected string")
-  else if (info && issue.path.length === 1 && input[info.name] === undefined)
+  // a required field that was not given: name it and say what it wants (not "expected string");
+  // a refinement's own message (custom: "required when build is given") stays
+  else if (info && issue.code !== 'custom' && issue.path.length === 1 && input[info.name] === undefined)
     message = `${nameStyle(info.name)} is required: ${info.description || info.kind}`;
   throw new OverlayError('E_INVALID_INPUT', message, {
     details: { issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) },
