@@ -69,6 +69,13 @@ describe('setup with a directory store', () => {
       env: { OVERLAY_CACHE_STORE: '' },
     });
     expect(none.stderr).toMatch(/--store DIR/);
+    // save and restore say what they are doing (progress on stderr)
+    const p = await execa(CLI, ['setup', join(dir, 'pr.img'), '--size', '64M', '--cache-key', 'envk'], {
+      reject: false,
+      env: { OVERLAY_CACHE_STORE: store },
+    });
+    expect(p.stderr).toMatch(/looking up envk-.* in /);
+    expect(p.stderr).toMatch(/unpacking envk-/);
     expect(none.stderr).not.toMatch(/store: DIR/);
   });
 

@@ -65,9 +65,16 @@ export async function restoreImage(
   store: CacheStore,
   keys: { primary: string; restoreKeys: string[] },
   image: string,
-  opts: { accept?: (image: string, key: string) => Promise<string | null> } = {},
+  opts: {
+    accept?: (image: string, key: string) => Promise<string | null>;
+    onProgress?: (line: string) => void;
+  } = {},
 ): Promise<RestoreResult> {
-  const found = await store.fetch(keys, (archive) => unpackImage(archive, image));
+  opts.onProgress?.(`looking up ${keys.primary} in ${store.spec}`);
+  const found = await store.fetch(keys, (archive, key) => {
+    opts.onProgress?.(`unpacking ${key} into ${image} (verified: digest, e2fsck)`);
+    return unpackImage(archive, image);
+  });
   if (!found) return { outcome: 'miss', warnings: [] };
   const { key, value: r } = found;
   if (!r.ok)
@@ -142,17 +149,23 @@ export async function saveImage(
   store: CacheStore,
   key: string,
   image: string,
-  opts: { check?: boolean; replace?: 'never' | 'corrupt' | 'always' } = {},
+  opts: {
+    check?: boolean;
+    replace?: 'never' | 'corrupt' | 'always';
+    onProgress?: (line: string) => void;
+  } = {},
 ): Promise<SaveResult> {
   const record = await readRestoreState(image);
   if (record && record.store === store.spec && record.key === key && (await store.has(key))) {
     if (await unchangedSince(record, image))
       return { saved: false, key, reason: 'unchanged', sha256: record.sha256 };
   }
+  opts.onProgress?.(`checking ${image} before saving${opts.check === false ? ' (size only)' : ' (e2fsck)'}`);
   await verifyForSave(image, { fsck: opts.check !== false });
   await store.ensureWritable();
   let replace = opts.replace === 'always';
   if (opts.replace === 'corrupt' && (await store.has(key))) {
+    opts.onProgress?.(`verifying the entry already stored under ${key}`);
     replace = !(await entryVerifies(store, key, image));
     if (!replace) return { saved: false, key, reason: 'exists' };
   }
@@ -160,6 +173,7 @@ export async function saveImage(
   const put = await store.put(
     key,
     async (archive) => {
+      opts.onProgress?.(`packing ${image} (blocks in use only) for ${store.spec}`);
       try {
         sha256 = (await packImage(image, archive)).sha256;
       } catch (e) {

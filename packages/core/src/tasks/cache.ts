@@ -41,6 +41,7 @@ export const cacheSaveTask = defineTask({
     await requireExt3(input.image);
     const r = await saveImage(openStore(input.store), validateKey(input.key), input.image, {
       replace: input.replaceCorrupt ? 'corrupt' : 'never',
+      onProgress: ctx.progress,
     });
     if (r.reason === 'exists')
       ctx.info(
@@ -80,6 +81,7 @@ export const cacheRestoreTask = defineTask({
       openStore(input.store),
       { primary: input.key, restoreKeys: input.restoreKey },
       input.image,
+      { onProgress: ctx.progress },
     );
     for (const w of r.warnings) ctx.warn(w);
     return r;

@@ -278,6 +278,7 @@ export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promis
     if (store) {
       const restored = await phase(ctx, `Restore ${input.path} (key ${primary})`, () =>
         restoreImage(store, { primary, restoreKeys }, input.path, {
+          onProgress: ctx.progress,
           accept: (path, key) =>
             key === primary ? Promise.resolve(null) : reconcile(path, input, ctx, reconciled),
         }),
@@ -409,6 +410,7 @@ export async function saveOverlay(
     saveImage(store, opts.key, opts.path, {
       check: opts.check,
       replace: opts.replaceKey === opts.key ? 'always' : 'never',
+      onProgress: ctx.progress,
     }),
   );
   const message = r.saved
