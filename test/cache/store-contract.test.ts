@@ -188,7 +188,7 @@ describe('the GitHub Actions cache as GitHub runs it today', () => {
     const r = await call({ op: 'restore', primary: 'g-trunc', image: out });
     server.setFaults({});
     expect(r.value).toMatchObject({ outcome: 'miss' });
-    expect(r.stdout).toMatch(/cache restore: .*Failed to restore/);
+    expect(r.stdout).toMatch(/^::warning::cache restore failed: .*Failed to restore/m);
     expect(existsSync(out)).toBe(false);
     expect(readdirSync(workspace)).toEqual([]);
     // a clean miss leaves nothing either

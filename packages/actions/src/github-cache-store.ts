@@ -1,6 +1,7 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as cache from '@actions/cache';
+import * as core from '@actions/core';
 import { type CacheStore, OverlayError, type PutResult } from '@overlay-action/core';
 
 /** What @actions/cache reported while it ran: it returns -1 / undefined and only logs why. */
@@ -88,7 +89,7 @@ export class GitHubCacheStore implements CacheStore {
       });
       if (!matched) {
         // the toolkit swallowed a failed download or extraction: report it, as a miss
-        for (const p of seen.problems) process.stdout.write(`cache restore: ${p}\n`);
+        for (const p of seen.problems) core.warning(`cache restore failed: ${p}`);
         return null;
       }
       return { key: matched, value: await use(this.archive, matched) };
