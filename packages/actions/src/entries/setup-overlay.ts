@@ -153,8 +153,9 @@ async function post(): Promise<void> {
     core.info(result.message);
     status = result.saved ? 'saved' : result.message;
   } catch (e) {
-    // the store failed (an upload that did not go through): the job's work is fine, say what happened
-    if (!isOverlayError(e, 'E_CACHE')) throw e;
+    // the store failed (an upload that did not go through) or the image is still in use: the job's
+    // work is fine, say what happened
+    if (!isOverlayError(e, 'E_CACHE') && !isOverlayError(e, 'E_LOCKED')) throw e;
     core.warning(`the image was not saved: ${failureLine(e)}`, { title: 'cache save failed' });
     status = `not saved: ${e.message}`;
   } finally {

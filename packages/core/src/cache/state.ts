@@ -3,8 +3,9 @@ import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import { isOverlayError, OverlayError } from '../errors';
 import { contentDigest } from '../fs/sparse';
-import { checkImage } from '../image/check';
+import { requireCleanForReadOnlyMount } from '../image/check';
 import { readSuperblock } from '../image/superblock';
+import { withLock } from '../lock/ofd';
 import { packImage, unpackImage } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
 
@@ -111,17 +112,24 @@ export async function verifyForSave(image: string, opts: { fsck?: boolean } = {}
       { hint: 'restore or rebuild the image; a truncated copy cannot be cached' },
     );
   if (opts.fsck === false) return;
-  const report = await checkImage(image, { repair: false });
-  if (report.status === 'locked')
-    throw new OverlayError('E_LOCKED', `${image} is in use by another process: not saving it`, {
-      hint: 'save after the container using it has exited',
-    });
-  if (report.status !== 'clean')
-    throw new OverlayError(
-      'E_INTEGRITY',
-      `${image} is ${report.status === 'error' ? 'not checkable' : 'corrupt'}${report.problems.length ? ` (${report.problems.slice(0, 3).join('; ')})` : ''}: not saving it`,
-      { hint: `overlayctl check ${image} --repair, then save again`, details: { problems: report.problems } },
-    );
+  // the same criterion the restore applies (e2fsck -fn of the image as it is, journal and error
+  // flags), in place: an image that passes here passes the restore's check
+  await withLock(image, 'shared', () => requireCleanForReadOnlyMount(image)).catch((e) => {
+    if (isOverlayError(e, 'E_LOCKED'))
+      throw new OverlayError('E_LOCKED', `${image} is in use by another process: not saving it`, {
+        hint: 'save after the container using it has exited (or pass --wait SECONDS)',
+      });
+    if (isOverlayError(e, 'E_INTEGRITY'))
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${e.message.replace(/; run check --repair first$/, '')}: not saving it`,
+        {
+          hint: `overlayctl check ${image} --repair, then save again`,
+          details: e.details,
+        },
+      );
+    throw e;
+  });
 }
 
 /** Does the entry under `key` restore (format, digest, fsck)? Unpacked to a scratch file next to `near`. */
@@ -160,7 +168,9 @@ export async function saveImage(
     if (await unchangedSince(record, image))
       return { saved: false, key, reason: 'unchanged', sha256: record.sha256 };
   }
-  opts.onProgress?.(`checking ${image} before saving${opts.check === false ? ' (size only)' : ' (e2fsck)'}`);
+  opts.onProgress?.(
+    `checking ${image} before saving${opts.check === false ? ' (size only)' : ' (e2fsck -fn)'}`,
+  );
   await verifyForSave(image, { fsck: opts.check !== false });
   await store.ensureWritable();
   let replace = opts.replace === 'always';
