@@ -1,20 +1,46 @@
 import { resolve } from 'node:path';
 import * as core from '@actions/core';
-import { type SetupContext, type SetupInput, saveOverlay, setupOverlay } from '@overlay-action/core';
+import {
+  forgetRestoreState,
+  isOverlayError,
+  OverlayError,
+  openStore,
+  type SetupContext,
+  type SetupInput,
+  saveOverlay,
+  setupOverlay,
+} from '@overlay-action/core';
+import { z } from 'zod';
+import { restoreBase, saveBase } from '../base-cache';
 import { GitHubCacheStore } from '../github-cache-store';
-import { actionContext, readInputs, run, safeInfo, setOutputs, since, writeSummary } from '../runner';
+import {
+  actionContext,
+  failureLine,
+  readInputs,
+  run,
+  safeInfo,
+  setOutputs,
+  since,
+  writeSummary,
+} from '../runner';
 import { setupOverlaySpec } from '../specs';
 
-/** What main leaves for post (action state; actions/cache calls these CACHE_KEY / CACHE_RESULT). */
-const State = {
-  path: 'IMAGE_PATH',
-  key: 'CACHE_KEY',
-  result: 'CACHE_RESULT',
-  digest: 'RESTORED_DIGEST',
-  store: 'STORE',
-  cache: 'CACHE',
-  check: 'CHECK',
-} as const;
+/** What main leaves for post: one JSON object in the action state, validated when post reads it. */
+const POST_STATE = 'SETUP_OVERLAY';
+const postState = z.object({
+  path: z.string().min(1),
+  key: z.string().min(1),
+  cacheHit: z.boolean(),
+  /** A store spec ('' = the Actions cache). */
+  store: z.string(),
+  save: z.boolean(),
+  check: z.boolean(),
+  /** The entry under the key failed verification at restore: replace it. */
+  replaceKey: z.string().optional(),
+  /** The pulled base image in the Actions cache (a reference with a digest). */
+  base: z.object({ key: z.string(), path: z.string(), present: z.boolean() }).optional(),
+});
+type PostState = z.infer<typeof postState>;
 
 function context(input: { cache: boolean; store?: string }): SetupContext {
   return {
@@ -26,16 +52,26 @@ function context(input: { cache: boolean; store?: string }): SetupContext {
 async function main(): Promise<void> {
   const start = process.hrtime.bigint();
   const { input } = readInputs<SetupInput>(setupOverlaySpec);
+  const base =
+    input.base !== undefined && input.cache && input.store === undefined
+      ? await restoreBase(input.base, (line) => core.info(line))
+      : undefined;
   const out = await setupOverlay(input, context(input));
 
-  // post runs in the same working directory, but absolute paths in the state don't depend on it
-  core.saveState(State.path, resolve(out.path));
-  core.saveState(State.key, out.cacheKey);
-  core.saveState(State.result, out.cacheOutcome);
-  core.saveState(State.digest, out.restoredDigest);
-  core.saveState(State.store, input.store === undefined ? '' : resolve(input.store));
-  core.saveState(State.cache, String(input.cache));
-  core.saveState(State.check, String(input.check));
+  if (input.cache && out.store) {
+    // post runs in the same working directory, but absolute paths don't depend on it
+    const state: PostState = {
+      path: resolve(out.path),
+      key: out.cacheKey,
+      cacheHit: out.cacheHit,
+      store: input.store === undefined ? '' : out.store,
+      save: input.save,
+      check: input.check,
+      replaceKey: out.discarded?.key,
+      base,
+    };
+    core.saveState(POST_STATE, JSON.stringify(state));
+  }
 
   if (out.discarded) {
     core.error(
@@ -45,6 +81,7 @@ async function main(): Promise<void> {
   }
   setOutputs({
     path: input.path,
+    base: out.basePath,
     'cache-hit': out.cacheHit,
     'cache-key': out.cacheKey,
     'cache-matched-key': out.cacheMatchedKey,
@@ -76,33 +113,59 @@ async function main(): Promise<void> {
 
 async function post(): Promise<void> {
   const start = process.hrtime.bigint();
-  const path = core.getState(State.path);
-  if (!path) {
-    core.info('the main step did not finish: nothing to save');
+  const raw = core.getState(POST_STATE);
+  if (!raw) {
+    core.info('no cache store, cache: false, or the main step did not finish: nothing to save');
     return;
   }
-  if (core.getState(State.cache) !== 'true') {
-    core.info('cache: false: nothing to save');
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {}
+  const parsed = postState.safeParse(json);
+  if (!parsed.success)
+    throw new OverlayError(
+      'E_INTERNAL',
+      `the state main left for post is malformed: ${parsed.error.message}`,
+    );
+  const state = parsed.data;
+  if (!state.save) {
+    core.info('save: false: the image is not saved');
+    await forgetRestoreState(state.path);
     return;
   }
-  const store = core.getState(State.store) || undefined;
-  const result = await saveOverlay(
-    {
-      path,
-      key: core.getState(State.key),
-      cacheHit: core.getState(State.result) === 'hit',
-      restoredDigest: core.getState(State.digest),
-      check: core.getState(State.check) !== 'false',
+  if (state.base) await saveBase(state.base, (line) => core.info(line));
+  const store = state.store ? openStore(state.store) : new GitHubCacheStore();
+  let status: string;
+  try {
+    const result = await saveOverlay(
+      {
+        path: state.path,
+        key: state.key,
+        cacheHit: state.cacheHit,
+        check: state.check,
+        replaceKey: state.replaceKey,
+      },
       store,
-    },
-    context({ cache: true, store }),
-  );
-  core.info(result.reason);
+      actionContext(),
+    );
+    // saved, exists, unchanged, or refused (read-only token, throttled): an info line, not a failure
+    core.info(result.message);
+    status = result.saved ? 'saved' : result.message;
+  } catch (e) {
+    // the store failed (an upload that did not go through) or the image is still in use: the job's
+    // work is fine, say what happened
+    if (!isOverlayError(e, 'E_CACHE') && !isOverlayError(e, 'E_LOCKED')) throw e;
+    core.warning(`the image was not saved: ${failureLine(e)}`, { title: 'cache save failed' });
+    status = `not saved: ${e.message}`;
+  } finally {
+    await forgetRestoreState(state.path);
+  }
   await writeSummary('setup-overlay (post)', [
     {
-      image: path,
-      info: await safeInfo(path),
-      status: result.saved ? 'saved' : result.reason,
+      image: state.path,
+      info: await safeInfo(state.path),
+      status,
       seconds: since(start),
     },
   ]);
