@@ -2172,9 +2172,9 @@ var require_dispatcher_base = __commonJS({
       }
       close(callback2) {
         if (callback2 === void 0) {
-          return new Promise((resolve9, reject) => {
+          return new Promise((resolve10, reject) => {
             this.close((err, data) => {
-              return err ? reject(err) : resolve9(data);
+              return err ? reject(err) : resolve10(data);
             });
           });
         }
@@ -2212,12 +2212,12 @@ var require_dispatcher_base = __commonJS({
           err = null;
         }
         if (callback2 === void 0) {
-          return new Promise((resolve9, reject) => {
+          return new Promise((resolve10, reject) => {
             this.destroy(err, (err2, data) => {
               return err2 ? (
                 /* istanbul ignore next: should never error */
                 reject(err2)
-              ) : resolve9(data);
+              ) : resolve10(data);
             });
           });
         }
@@ -4484,8 +4484,8 @@ var require_util2 = __commonJS({
     function createDeferredPromise() {
       let res;
       let rej;
-      const promise3 = new Promise((resolve9, reject) => {
-        res = resolve9;
+      const promise3 = new Promise((resolve10, reject) => {
+        res = resolve10;
         rej = reject;
       });
       return { promise: promise3, resolve: res, reject: rej };
@@ -5797,7 +5797,7 @@ var require_client_h1 = __commonJS({
       kResume,
       kHTTPContext
     } = require_symbols();
-    var constants10 = require_constants2();
+    var constants12 = require_constants2();
     var EMPTY_BUF = Buffer.alloc(0);
     var FastBuffer = Buffer[Symbol.species];
     var addListener = util.addListener;
@@ -5872,7 +5872,7 @@ var require_client_h1 = __commonJS({
       constructor(client, socket, { exports: exports2 }) {
         assert2(Number.isFinite(client[kMaxHeadersSize]) && client[kMaxHeadersSize] > 0);
         this.llhttp = exports2;
-        this.ptr = this.llhttp.llhttp_alloc(constants10.TYPE.RESPONSE);
+        this.ptr = this.llhttp.llhttp_alloc(constants12.TYPE.RESPONSE);
         this.client = client;
         this.socket = socket;
         this.timeout = null;
@@ -5967,11 +5967,11 @@ var require_client_h1 = __commonJS({
             currentBufferRef = null;
           }
           const offset = llhttp.llhttp_get_error_pos(this.ptr) - currentBufferPtr;
-          if (ret !== constants10.ERROR.OK) {
+          if (ret !== constants12.ERROR.OK) {
             const body = data.subarray(offset);
-            if (ret === constants10.ERROR.PAUSED_UPGRADE) {
+            if (ret === constants12.ERROR.PAUSED_UPGRADE) {
               this.onUpgrade(body);
-            } else if (ret === constants10.ERROR.PAUSED) {
+            } else if (ret === constants12.ERROR.PAUSED) {
               this.paused = true;
               socket.unshift(body);
             } else {
@@ -5994,10 +5994,10 @@ var require_client_h1 = __commonJS({
         } finally {
           currentParser = null;
         }
-        if (ret === constants10.ERROR.OK) {
+        if (ret === constants12.ERROR.OK) {
           return null;
         }
-        if (ret === constants10.ERROR.PAUSED || ret === constants10.ERROR.PAUSED_UPGRADE) {
+        if (ret === constants12.ERROR.PAUSED || ret === constants12.ERROR.PAUSED_UPGRADE) {
           this.paused = true;
           return null;
         }
@@ -6014,7 +6014,7 @@ var require_client_h1 = __commonJS({
           const len = new Uint8Array(llhttp.memory.buffer, ptr).indexOf(0);
           message = "Response does not match the HTTP/1.1 protocol (" + Buffer.from(llhttp.memory.buffer, ptr, len).toString() + ")";
         }
-        return new HTTPParserError(message, constants10.ERROR[ret], data);
+        return new HTTPParserError(message, constants12.ERROR[ret], data);
       }
       destroy() {
         assert2(this.ptr != null);
@@ -6194,7 +6194,7 @@ var require_client_h1 = __commonJS({
           socket[kBlocking] = false;
           client[kResume]();
         }
-        return pause ? constants10.ERROR.PAUSED : 0;
+        return pause ? constants12.ERROR.PAUSED : 0;
       }
       onBody(buf) {
         const { client, socket, statusCode, maxResponseSize } = this;
@@ -6216,7 +6216,7 @@ var require_client_h1 = __commonJS({
         }
         this.bytesRead += buf.length;
         if (request.onData(buf) === false) {
-          return constants10.ERROR.PAUSED;
+          return constants12.ERROR.PAUSED;
         }
       }
       onMessageComplete() {
@@ -6252,13 +6252,13 @@ var require_client_h1 = __commonJS({
         if (socket[kWriting]) {
           assert2(client[kRunning] === 0);
           util.destroy(socket, new InformationalError("reset"));
-          return constants10.ERROR.PAUSED;
+          return constants12.ERROR.PAUSED;
         } else if (!shouldKeepAlive) {
           util.destroy(socket, new InformationalError("reset"));
-          return constants10.ERROR.PAUSED;
+          return constants12.ERROR.PAUSED;
         } else if (socket[kReset] && client[kRunning] === 0) {
           util.destroy(socket, new InformationalError("reset"));
-          return constants10.ERROR.PAUSED;
+          return constants12.ERROR.PAUSED;
         } else if (client[kPipelining] == null || client[kPipelining] === 1) {
           setImmediate(() => client[kResume]());
         } else {
@@ -6736,12 +6736,12 @@ upgrade: ${upgrade}\r
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve9, reject) => {
+      const waitForDrain = () => new Promise((resolve10, reject) => {
         assert2(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve9;
+          callback2 = resolve10;
         }
       });
       socket.on("close", onDrain).on("drain", onDrain);
@@ -7411,12 +7411,12 @@ var require_client_h2 = __commonJS({
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve9, reject) => {
+      const waitForDrain = () => new Promise((resolve10, reject) => {
         assert2(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve9;
+          callback2 = resolve10;
         }
       });
       h2stream.on("close", onDrain).on("drain", onDrain);
@@ -7895,16 +7895,16 @@ var require_client = __commonJS({
         return this[kNeedDrain] < 2;
       }
       async [kClose]() {
-        return new Promise((resolve9) => {
+        return new Promise((resolve10) => {
           if (this[kSize]) {
-            this[kClosedResolve] = resolve9;
+            this[kClosedResolve] = resolve10;
           } else {
-            resolve9(null);
+            resolve10(null);
           }
         });
       }
       async [kDestroy](err) {
-        return new Promise((resolve9) => {
+        return new Promise((resolve10) => {
           const requests = this[kQueue].splice(this[kPendingIdx]);
           for (let i2 = 0; i2 < requests.length; i2++) {
             const request = requests[i2];
@@ -7915,7 +7915,7 @@ var require_client = __commonJS({
               this[kClosedResolve]();
               this[kClosedResolve] = null;
             }
-            resolve9(null);
+            resolve10(null);
           };
           if (this[kHTTPContext]) {
             this[kHTTPContext].destroy(err, callback2);
@@ -7966,7 +7966,7 @@ var require_client = __commonJS({
         });
       }
       try {
-        const socket = await new Promise((resolve9, reject) => {
+        const socket = await new Promise((resolve10, reject) => {
           client[kConnector]({
             host,
             hostname: hostname4,
@@ -7978,7 +7978,7 @@ var require_client = __commonJS({
             if (err) {
               reject(err);
             } else {
-              resolve9(socket2);
+              resolve10(socket2);
             }
           });
         });
@@ -8314,8 +8314,8 @@ var require_pool_base = __commonJS({
         if (this[kQueue].isEmpty()) {
           await Promise.all(this[kClients].map((c3) => c3.close()));
         } else {
-          await new Promise((resolve9) => {
-            this[kClosedResolve] = resolve9;
+          await new Promise((resolve10) => {
+            this[kClosedResolve] = resolve10;
           });
         }
       }
@@ -9584,7 +9584,7 @@ var require_readable = __commonJS({
         if (this._readableState.closeEmitted) {
           return null;
         }
-        return await new Promise((resolve9, reject) => {
+        return await new Promise((resolve10, reject) => {
           if (this[kContentLength] > limit) {
             this.destroy(new AbortError());
           }
@@ -9597,7 +9597,7 @@ var require_readable = __commonJS({
             if (signal?.aborted) {
               reject(signal.reason ?? new AbortError());
             } else {
-              resolve9(null);
+              resolve10(null);
             }
           }).on("error", noop3).on("data", function(chunk) {
             limit -= chunk.length;
@@ -9616,7 +9616,7 @@ var require_readable = __commonJS({
     }
     async function consume(stream, type) {
       assert2(!stream[kConsume]);
-      return new Promise((resolve9, reject) => {
+      return new Promise((resolve10, reject) => {
         if (isUnusable(stream)) {
           const rState = stream._readableState;
           if (rState.destroyed && rState.closeEmitted === false) {
@@ -9633,7 +9633,7 @@ var require_readable = __commonJS({
             stream[kConsume] = {
               type,
               stream,
-              resolve: resolve9,
+              resolve: resolve10,
               reject,
               length: 0,
               body: []
@@ -9703,18 +9703,18 @@ var require_readable = __commonJS({
       return buffer;
     }
     function consumeEnd(consume2) {
-      const { type, body, resolve: resolve9, stream, length } = consume2;
+      const { type, body, resolve: resolve10, stream, length } = consume2;
       try {
         if (type === "text") {
-          resolve9(chunksDecode(body, length));
+          resolve10(chunksDecode(body, length));
         } else if (type === "json") {
-          resolve9(JSON.parse(chunksDecode(body, length)));
+          resolve10(JSON.parse(chunksDecode(body, length)));
         } else if (type === "arrayBuffer") {
-          resolve9(chunksConcat(body, length).buffer);
+          resolve10(chunksConcat(body, length).buffer);
         } else if (type === "blob") {
-          resolve9(new Blob(body, { type: stream[kContentType] }));
+          resolve10(new Blob(body, { type: stream[kContentType] }));
         } else if (type === "bytes") {
-          resolve9(chunksConcat(body, length));
+          resolve10(chunksConcat(body, length));
         }
         consumeFinish(consume2);
       } catch (err) {
@@ -9971,9 +9971,9 @@ var require_api_request = __commonJS({
     };
     function request(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve9, reject) => {
+        return new Promise((resolve10, reject) => {
           request.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve9(data);
+            return err ? reject(err) : resolve10(data);
           });
         });
       }
@@ -10196,9 +10196,9 @@ var require_api_stream = __commonJS({
     };
     function stream(opts, factory, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve9, reject) => {
+        return new Promise((resolve10, reject) => {
           stream.call(this, opts, factory, (err, data) => {
-            return err ? reject(err) : resolve9(data);
+            return err ? reject(err) : resolve10(data);
           });
         });
       }
@@ -10483,9 +10483,9 @@ var require_api_upgrade = __commonJS({
     };
     function upgrade(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve9, reject) => {
+        return new Promise((resolve10, reject) => {
           upgrade.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve9(data);
+            return err ? reject(err) : resolve10(data);
           });
         });
       }
@@ -10577,9 +10577,9 @@ var require_api_connect = __commonJS({
     };
     function connect(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve9, reject) => {
+        return new Promise((resolve10, reject) => {
           connect.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve9(data);
+            return err ? reject(err) : resolve10(data);
           });
         });
       }
@@ -14442,7 +14442,7 @@ var require_fetch = __commonJS({
       function dispatch({ body }) {
         const url2 = requestCurrentURL(request);
         const agent = fetchParams.controller.dispatcher;
-        return new Promise((resolve9, reject) => agent.dispatch(
+        return new Promise((resolve10, reject) => agent.dispatch(
           {
             path: url2.pathname + url2.search,
             origin: url2.origin,
@@ -14518,7 +14518,7 @@ var require_fetch = __commonJS({
               }
               this.body = new Readable4({ read: resume });
               const onError = this.onError.bind(this);
-              resolve9({
+              resolve10({
                 status,
                 statusText,
                 headersList,
@@ -14561,7 +14561,7 @@ var require_fetch = __commonJS({
               for (let i2 = 0; i2 < rawHeaders.length; i2 += 2) {
                 headersList.append(bufferToLowerCasedHeaderName(rawHeaders[i2]), rawHeaders[i2 + 1].toString("latin1"), true);
               }
-              resolve9({
+              resolve10({
                 status,
                 statusText: STATUS_CODES[status],
                 headersList,
@@ -18302,8 +18302,8 @@ var require_util8 = __commonJS({
       return true;
     }
     function delay(ms) {
-      return new Promise((resolve9) => {
-        setTimeout(resolve9, ms).unref();
+      return new Promise((resolve10) => {
+        setTimeout(resolve10, ms).unref();
       });
     }
     module.exports = {
@@ -19181,6 +19181,15 @@ function fromFsError(e, path6) {
   const code = e?.code;
   if (code === "ENOENT") return new OverlayError("E_NOT_FOUND", `${path6}: no such file`, { cause: e });
   if (code === "EEXIST") return new OverlayError("E_EXISTS", `${path6}: already exists`, { cause: e });
+  if (code === "EFBIG")
+    return new OverlayError(
+      "E_INVALID_INPUT",
+      `${path6}: the size is larger than the host allows for one file (its filesystem, or ulimit -f)`,
+      {
+        hint: "choose a smaller size, or put the image on a filesystem that takes files this large",
+        cause: e
+      }
+    );
   if (code === "ENOSPC" || code === "EDQUOT")
     return new OverlayError("E_NO_SPACE", `${path6}: no space left on device`, { cause: e });
   return e;
@@ -19200,6 +19209,10 @@ var init_errors = __esm({
       E_NOT_EXT3: {
         exit: 2,
         meaning: "An Apptainer ext3 overlay is needed, but the file is SquashFS, ext4 or ext2 without journal."
+      },
+      E_NOT_SQUASHFS: {
+        exit: 2,
+        meaning: "A SquashFS layer is needed, but the file is an ext2/3/4 image (commit it into a layer first)."
       },
       E_LOCKED: {
         exit: 75,
@@ -20337,12 +20350,12 @@ var require_isexe = __commonJS({
         if (typeof Promise !== "function") {
           throw new TypeError("callback not provided");
         }
-        return new Promise(function(resolve9, reject) {
+        return new Promise(function(resolve10, reject) {
           isexe(path6, options || {}, function(er, is) {
             if (er) {
               reject(er);
             } else {
-              resolve9(is);
+              resolve10(is);
             }
           });
         });
@@ -20408,27 +20421,27 @@ var require_which = __commonJS({
         opt = {};
       const { pathEnv, pathExt, pathExtExe } = getPathInfo(cmd, opt);
       const found = [];
-      const step = (i2) => new Promise((resolve9, reject) => {
+      const step = (i2) => new Promise((resolve10, reject) => {
         if (i2 === pathEnv.length)
-          return opt.all && found.length ? resolve9(found) : reject(getNotFoundError(cmd));
+          return opt.all && found.length ? resolve10(found) : reject(getNotFoundError(cmd));
         const ppRaw = pathEnv[i2];
         const pathPart = /^".*"$/.test(ppRaw) ? ppRaw.slice(1, -1) : ppRaw;
         const pCmd = path6.join(pathPart, cmd);
         const p = !pathPart && /^\.[\\\/]/.test(cmd) ? cmd.slice(0, 2) + pCmd : pCmd;
-        resolve9(subStep(p, i2, 0));
+        resolve10(subStep(p, i2, 0));
       });
-      const subStep = (p, i2, ii) => new Promise((resolve9, reject) => {
+      const subStep = (p, i2, ii) => new Promise((resolve10, reject) => {
         if (ii === pathExt.length)
-          return resolve9(step(i2 + 1));
+          return resolve10(step(i2 + 1));
         const ext = pathExt[ii];
         isexe(p + ext, { pathExt: pathExtExe }, (er, is) => {
           if (!er && is) {
             if (opt.all)
               found.push(p + ext);
             else
-              return resolve9(p + ext);
+              return resolve10(p + ext);
           }
-          return resolve9(subStep(p, i2, ii + 1));
+          return resolve10(subStep(p, i2, ii + 1));
         });
       });
       return cb ? step(0).then((res) => cb(null, res), cb) : step(0);
@@ -21508,8 +21521,8 @@ var init_deferred = __esm({
   "node_modules/execa/lib/utils/deferred.js"() {
     createDeferred = () => {
       const methods = {};
-      const promise3 = new Promise((resolve9, reject) => {
-        Object.assign(methods, { resolve: resolve9, reject });
+      const promise3 = new Promise((resolve10, reject) => {
+        Object.assign(methods, { resolve: resolve10, reject });
       });
       return Object.assign(promise3, methods);
     };
@@ -23333,11 +23346,11 @@ function prettyMilliseconds(milliseconds, options) {
   add2(Number(parsed.minutes), "minute", "m");
   if (!options.hideSeconds) {
     if (options.separateMilliseconds || options.formatSubMilliseconds || !options.colonNotation && milliseconds < 1e3 && !options.subSecondsAsDecimals) {
-      const seconds2 = Number(parsed.seconds);
+      const seconds = Number(parsed.seconds);
       const milliseconds2 = Number(parsed.milliseconds);
       const microseconds = Number(parsed.microseconds);
       const nanoseconds = Number(parsed.nanoseconds);
-      add2(seconds2, "second", "s");
+      add2(seconds, "second", "s");
       if (options.formatSubMilliseconds) {
         add2(milliseconds2, "millisecond", "ms");
         add2(microseconds, "microsecond", "\xB5s");
@@ -23356,9 +23369,9 @@ function prettyMilliseconds(milliseconds, options) {
         );
       }
     } else {
-      const seconds2 = (isBigInt ? Number(milliseconds % ONE_DAY_IN_MILLISECONDS) : milliseconds) / 1e3 % 60;
+      const seconds = (isBigInt ? Number(milliseconds % ONE_DAY_IN_MILLISECONDS) : milliseconds) / 1e3 % 60;
       const secondsDecimalDigits = typeof options.secondsDecimalDigits === "number" ? options.secondsDecimalDigits : 1;
-      const secondsFixed = floorDecimals(seconds2, secondsDecimalDigits);
+      const secondsFixed = floorDecimals(seconds, secondsDecimalDigits);
       const secondsString = options.keepDecimalsOnWholeSeconds ? secondsFixed : secondsFixed.replace(/\.0+$/, "");
       add2(Number.parseFloat(secondsString), "second", "s", secondsString);
     }
@@ -26807,11 +26820,11 @@ var init_concurrent = __esm({
       const promises3 = weakMap.get(stream);
       const promise3 = createDeferred();
       promises3.push(promise3);
-      const resolve9 = promise3.resolve.bind(promise3);
-      return { resolve: resolve9, promises: promises3 };
+      const resolve10 = promise3.resolve.bind(promise3);
+      return { resolve: resolve10, promises: promises3 };
     };
-    waitForConcurrentStreams = async ({ resolve: resolve9, promises: promises3 }, subprocess) => {
-      resolve9();
+    waitForConcurrentStreams = async ({ resolve: resolve10, promises: promises3 }, subprocess) => {
+      resolve10();
       const [isSubprocessExit] = await Promise.race([
         Promise.allSettled([true, subprocess]),
         Promise.all([false, ...promises3])
@@ -27518,7 +27531,7 @@ var init_execa = __esm({
 });
 
 // packages/core/src/tools/run.ts
-import { accessSync, constants as constants6 } from "node:fs";
+import { accessSync, closeSync, constants as constants6, openSync } from "node:fs";
 import { delimiter, join } from "node:path";
 function findTool(name, env = process.env) {
   const key = `${name}\0${env.PATH ?? ""}`;
@@ -27573,6 +27586,10 @@ async function runTool(name, args, opts = {}) {
   const lines = opts.onLine;
   const started = process.hrtime.bigint();
   let result;
+  const outFds = opts.outputFiles ? [
+    openSync(opts.outputFiles.stdout, "wx", 384),
+    openSync(opts.outputFiles.stderr, "wx", 384)
+  ] : void 0;
   try {
     const child = execa(file2, args, {
       cwd: opts.cwd,
@@ -27582,9 +27599,19 @@ async function runTool(name, args, opts = {}) {
       reject: false,
       timeout: timeout > 0 ? timeout * 1e3 : void 0,
       killSignal: "SIGKILL",
-      stdin: opts.inherit ? "inherit" : opts.stdin,
-      stdout: opts.inherit ? "inherit" : opts.stdout ?? "pipe",
-      stderr: opts.inherit ? "inherit" : "pipe",
+      ...opts.extraFds?.length || outFds ? {
+        stdio: [
+          opts.inherit ? "inherit" : opts.stdin ?? "pipe",
+          outFds ? outFds[0] : opts.stdout ?? (opts.inherit ? "inherit" : "pipe"),
+          outFds ? outFds[1] : opts.inherit ? "inherit" : "pipe",
+          ...opts.extraFds ?? []
+        ]
+      } : {
+        stdin: opts.inherit ? "inherit" : opts.stdin,
+        stdout: opts.stdout ?? (opts.inherit ? "inherit" : "pipe"),
+        stderr: opts.inherit ? "inherit" : "pipe"
+      },
+      detached: opts.detached,
       encoding: opts.binary ? "buffer" : "utf8",
       buffer: { stdout: !opts.use, stderr: true },
       stripFinalNewline: false,
@@ -27620,6 +27647,8 @@ async function runTool(name, args, opts = {}) {
     throw new OverlayError("E_TOOL_FAILED", `${name} could not be started: ${e.message}`, {
       cause: e
     });
+  } finally {
+    for (const fd of outFds ?? []) closeSync(fd);
   }
   if (process.env.OVERLAY_TRACE) {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
@@ -27724,7 +27753,16 @@ async function fsyncPath(path6) {
     await fh.close();
   }
 }
+async function requireParentDir(target) {
+  const dir = dirname(target);
+  const st = await fsp.stat(dir).catch(() => null);
+  if (!st?.isDirectory())
+    throw new OverlayError("E_NOT_FOUND", `${target}: directory ${dir} does not exist`, {
+      hint: `create it first (mkdir -p ${dir}) or choose another path`
+    });
+}
 async function replaceAtomically(target, build2, opts = {}) {
+  await requireParentDir(target);
   await removeStaleTemps(target);
   const tmp = tempPathFor(target);
   if (opts.precreate !== false) await createExclusive(tmp, opts.mode ?? 420);
@@ -27905,520 +27943,6 @@ var init_resolve = __esm({
     init_run();
     init_runtime();
     PULL_SCHEMES = ["docker", "oras", "library", "https", "http", "shub"];
-  }
-});
-
-// node_modules/fdir/dist/index.mjs
-import { createRequire } from "module";
-import { basename as basename2, dirname as dirname2, normalize, relative, resolve as resolve2, sep } from "path";
-import * as nativeFs from "fs";
-function cleanPath(path6) {
-  let normalized = normalize(path6);
-  if (normalized.length > 1 && normalized[normalized.length - 1] === sep) normalized = normalized.substring(0, normalized.length - 1);
-  return normalized;
-}
-function convertSlashes(path6, separator) {
-  return path6.replace(SLASHES_REGEX, separator);
-}
-function isRootDirectory(path6) {
-  return path6 === "/" || WINDOWS_ROOT_DIR_REGEX.test(path6);
-}
-function normalizePath(path6, options) {
-  const { resolvePaths, normalizePath: normalizePath$1, pathSeparator } = options;
-  const pathNeedsCleaning = process.platform === "win32" && path6.includes("/") || path6.startsWith(".");
-  if (resolvePaths) path6 = resolve2(path6);
-  if (normalizePath$1 || pathNeedsCleaning) path6 = cleanPath(path6);
-  if (path6 === ".") return "";
-  const needsSeperator = path6[path6.length - 1] !== pathSeparator;
-  return convertSlashes(needsSeperator ? path6 + pathSeparator : path6, pathSeparator);
-}
-function joinPathWithBasePath(filename, directoryPath) {
-  return directoryPath + filename;
-}
-function joinPathWithRelativePath(root, options) {
-  return function(filename, directoryPath) {
-    const sameRoot = directoryPath.startsWith(root);
-    if (sameRoot) return directoryPath.slice(root.length) + filename;
-    else return convertSlashes(relative(root, directoryPath), options.pathSeparator) + options.pathSeparator + filename;
-  };
-}
-function joinPath(filename) {
-  return filename;
-}
-function joinDirectoryPath(filename, directoryPath, separator) {
-  return directoryPath + filename + separator;
-}
-function build$7(root, options) {
-  const { relativePaths, includeBasePath } = options;
-  return relativePaths && root ? joinPathWithRelativePath(root, options) : includeBasePath ? joinPathWithBasePath : joinPath;
-}
-function pushDirectoryWithRelativePath(root) {
-  return function(directoryPath, paths) {
-    paths.push(directoryPath.substring(root.length) || ".");
-  };
-}
-function pushDirectoryFilterWithRelativePath(root) {
-  return function(directoryPath, paths, filters) {
-    const relativePath = directoryPath.substring(root.length) || ".";
-    if (filters.every((filter) => filter(relativePath, true))) paths.push(relativePath);
-  };
-}
-function build$6(root, options) {
-  const { includeDirs, filters, relativePaths } = options;
-  if (!includeDirs) return empty$2;
-  if (relativePaths) return filters && filters.length ? pushDirectoryFilterWithRelativePath(root) : pushDirectoryWithRelativePath(root);
-  return filters && filters.length ? pushDirectoryFilter : pushDirectory;
-}
-function build$5(options) {
-  const { excludeFiles, filters, onlyCounts } = options;
-  if (excludeFiles) return empty$1;
-  if (filters && filters.length) return onlyCounts ? pushFileFilterAndCount : pushFileFilter;
-  else if (onlyCounts) return pushFileCount;
-  else return pushFile;
-}
-function build$4(options) {
-  return options.group ? getArrayGroup : getArray;
-}
-function build$3(options) {
-  return options.group ? groupFiles : empty;
-}
-function build$2(options, isSynchronous) {
-  if (!options.resolveSymlinks || options.excludeSymlinks) return null;
-  return isSynchronous ? resolveSymlinks : resolveSymlinksAsync;
-}
-function isRecursive(path6, resolved2, state) {
-  if (state.options.useRealPaths) return isRecursiveUsingRealPaths(resolved2, state);
-  let parent = dirname2(path6);
-  let depth = 1;
-  while (parent !== state.root && depth < 2) {
-    const resolvedPath = state.symlinks.get(parent);
-    const isSameRoot = !!resolvedPath && (resolvedPath === resolved2 || resolvedPath.startsWith(resolved2) || resolved2.startsWith(resolvedPath));
-    if (isSameRoot) depth++;
-    else parent = dirname2(parent);
-  }
-  state.symlinks.set(path6, resolved2);
-  return depth > 1;
-}
-function isRecursiveUsingRealPaths(resolved2, state) {
-  return state.visited.includes(resolved2 + state.options.pathSeparator);
-}
-function report(error63, callback$1, output2, suppressErrors) {
-  if (error63 && !suppressErrors) callback$1(error63, output2);
-  else callback$1(null, output2);
-}
-function build$1(options, isSynchronous) {
-  const { onlyCounts, group: group2, maxFiles } = options;
-  if (onlyCounts) return isSynchronous ? onlyCountsSync : onlyCountsAsync;
-  else if (group2) return isSynchronous ? groupsSync : groupsAsync;
-  else if (maxFiles) return isSynchronous ? limitFilesSync : limitFilesAsync;
-  else return isSynchronous ? defaultSync : defaultAsync;
-}
-function build(isSynchronous) {
-  return isSynchronous ? walkSync : walkAsync;
-}
-function promise(root, options) {
-  return new Promise((resolve$1, reject) => {
-    callback(root, options, (err, output2) => {
-      if (err) return reject(err);
-      resolve$1(output2);
-    });
-  });
-}
-function callback(root, options, callback$1) {
-  let walker = new Walker(root, options, callback$1);
-  walker.start();
-}
-function sync(root, options) {
-  const walker = new Walker(root, options);
-  return walker.start();
-}
-var __require2, SLASHES_REGEX, WINDOWS_ROOT_DIR_REGEX, pushDirectory, pushDirectoryFilter, empty$2, pushFileFilterAndCount, pushFileFilter, pushFileCount, pushFile, empty$1, getArray, getArrayGroup, groupFiles, empty, resolveSymlinksAsync, resolveSymlinks, onlyCountsSync, groupsSync, defaultSync, limitFilesSync, onlyCountsAsync, defaultAsync, limitFilesAsync, groupsAsync, readdirOpts, walkAsync, walkSync, Queue, Counter, Aborter, Walker, APIBuilder, pm, Builder;
-var init_dist = __esm({
-  "node_modules/fdir/dist/index.mjs"() {
-    __require2 = /* @__PURE__ */ createRequire(import.meta.url);
-    SLASHES_REGEX = /[\\/]/g;
-    WINDOWS_ROOT_DIR_REGEX = /^[a-z]:[\\/]$/i;
-    pushDirectory = (directoryPath, paths) => {
-      paths.push(directoryPath || ".");
-    };
-    pushDirectoryFilter = (directoryPath, paths, filters) => {
-      const path6 = directoryPath || ".";
-      if (filters.every((filter) => filter(path6, true))) paths.push(path6);
-    };
-    empty$2 = () => {
-    };
-    pushFileFilterAndCount = (filename, _paths, counts, filters) => {
-      if (filters.every((filter) => filter(filename, false))) counts.files++;
-    };
-    pushFileFilter = (filename, paths, _counts, filters) => {
-      if (filters.every((filter) => filter(filename, false))) paths.push(filename);
-    };
-    pushFileCount = (_filename, _paths, counts, _filters) => {
-      counts.files++;
-    };
-    pushFile = (filename, paths) => {
-      paths.push(filename);
-    };
-    empty$1 = () => {
-    };
-    getArray = (paths) => {
-      return paths;
-    };
-    getArrayGroup = () => {
-      return [""].slice(0, 0);
-    };
-    groupFiles = (groups, directory, files) => {
-      groups.push({
-        directory,
-        files,
-        dir: directory
-      });
-    };
-    empty = () => {
-    };
-    resolveSymlinksAsync = function(path6, state, callback$1) {
-      const { queue, fs: fs3, options: { suppressErrors } } = state;
-      queue.enqueue();
-      fs3.realpath(path6, (error63, resolvedPath) => {
-        if (error63) return queue.dequeue(suppressErrors ? null : error63, state);
-        fs3.stat(resolvedPath, (error$1, stat10) => {
-          if (error$1) return queue.dequeue(suppressErrors ? null : error$1, state);
-          if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
-          callback$1(stat10, resolvedPath);
-          queue.dequeue(null, state);
-        });
-      });
-    };
-    resolveSymlinks = function(path6, state, callback$1) {
-      const { queue, fs: fs3, options: { suppressErrors } } = state;
-      queue.enqueue();
-      try {
-        const resolvedPath = fs3.realpathSync(path6);
-        const stat10 = fs3.statSync(resolvedPath);
-        if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
-        callback$1(stat10, resolvedPath);
-      } catch (e) {
-        if (!suppressErrors) throw e;
-      }
-    };
-    onlyCountsSync = (state) => {
-      return state.counts;
-    };
-    groupsSync = (state) => {
-      return state.groups;
-    };
-    defaultSync = (state) => {
-      return state.paths;
-    };
-    limitFilesSync = (state) => {
-      return state.paths.slice(0, state.options.maxFiles);
-    };
-    onlyCountsAsync = (state, error63, callback$1) => {
-      report(error63, callback$1, state.counts, state.options.suppressErrors);
-      return null;
-    };
-    defaultAsync = (state, error63, callback$1) => {
-      report(error63, callback$1, state.paths, state.options.suppressErrors);
-      return null;
-    };
-    limitFilesAsync = (state, error63, callback$1) => {
-      report(error63, callback$1, state.paths.slice(0, state.options.maxFiles), state.options.suppressErrors);
-      return null;
-    };
-    groupsAsync = (state, error63, callback$1) => {
-      report(error63, callback$1, state.groups, state.options.suppressErrors);
-      return null;
-    };
-    readdirOpts = { withFileTypes: true };
-    walkAsync = (state, crawlPath, directoryPath, currentDepth, callback$1) => {
-      state.queue.enqueue();
-      if (currentDepth < 0) return state.queue.dequeue(null, state);
-      const { fs: fs3 } = state;
-      state.visited.push(crawlPath);
-      state.counts.directories++;
-      fs3.readdir(crawlPath || ".", readdirOpts, (error63, entries = []) => {
-        callback$1(entries, directoryPath, currentDepth);
-        state.queue.dequeue(state.options.suppressErrors ? null : error63, state);
-      });
-    };
-    walkSync = (state, crawlPath, directoryPath, currentDepth, callback$1) => {
-      const { fs: fs3 } = state;
-      if (currentDepth < 0) return;
-      state.visited.push(crawlPath);
-      state.counts.directories++;
-      let entries = [];
-      try {
-        entries = fs3.readdirSync(crawlPath || ".", readdirOpts);
-      } catch (e) {
-        if (!state.options.suppressErrors) throw e;
-      }
-      callback$1(entries, directoryPath, currentDepth);
-    };
-    Queue = class {
-      count = 0;
-      constructor(onQueueEmpty) {
-        this.onQueueEmpty = onQueueEmpty;
-      }
-      enqueue() {
-        this.count++;
-        return this.count;
-      }
-      dequeue(error63, output2) {
-        if (this.onQueueEmpty && (--this.count <= 0 || error63)) {
-          this.onQueueEmpty(error63, output2);
-          if (error63) {
-            output2.controller.abort();
-            this.onQueueEmpty = void 0;
-          }
-        }
-      }
-    };
-    Counter = class {
-      _files = 0;
-      _directories = 0;
-      set files(num) {
-        this._files = num;
-      }
-      get files() {
-        return this._files;
-      }
-      set directories(num) {
-        this._directories = num;
-      }
-      get directories() {
-        return this._directories;
-      }
-      /**
-      * @deprecated use `directories` instead
-      */
-      /* c8 ignore next 3 */
-      get dirs() {
-        return this._directories;
-      }
-    };
-    Aborter = class {
-      aborted = false;
-      abort() {
-        this.aborted = true;
-      }
-    };
-    Walker = class {
-      root;
-      isSynchronous;
-      state;
-      joinPath;
-      pushDirectory;
-      pushFile;
-      getArray;
-      groupFiles;
-      resolveSymlink;
-      walkDirectory;
-      callbackInvoker;
-      constructor(root, options, callback$1) {
-        this.isSynchronous = !callback$1;
-        this.callbackInvoker = build$1(options, this.isSynchronous);
-        this.root = normalizePath(root, options);
-        this.state = {
-          root: isRootDirectory(this.root) ? this.root : this.root.slice(0, -1),
-          paths: [""].slice(0, 0),
-          groups: [],
-          counts: new Counter(),
-          options,
-          queue: new Queue((error63, state) => this.callbackInvoker(state, error63, callback$1)),
-          symlinks: /* @__PURE__ */ new Map(),
-          visited: [""].slice(0, 0),
-          controller: new Aborter(),
-          fs: options.fs || nativeFs
-        };
-        this.joinPath = build$7(this.root, options);
-        this.pushDirectory = build$6(this.root, options);
-        this.pushFile = build$5(options);
-        this.getArray = build$4(options);
-        this.groupFiles = build$3(options);
-        this.resolveSymlink = build$2(options, this.isSynchronous);
-        this.walkDirectory = build(this.isSynchronous);
-      }
-      start() {
-        this.pushDirectory(this.root, this.state.paths, this.state.options.filters);
-        this.walkDirectory(this.state, this.root, this.root, this.state.options.maxDepth, this.walk);
-        return this.isSynchronous ? this.callbackInvoker(this.state, null) : null;
-      }
-      walk = (entries, directoryPath, depth) => {
-        const { paths, options: { filters, resolveSymlinks: resolveSymlinks$1, excludeSymlinks, exclude, maxFiles, signal, useRealPaths, pathSeparator }, controller } = this.state;
-        if (controller.aborted || signal && signal.aborted || maxFiles && paths.length > maxFiles) return;
-        const files = this.getArray(this.state.paths);
-        for (let i2 = 0; i2 < entries.length; ++i2) {
-          const entry = entries[i2];
-          if (entry.isFile() || entry.isSymbolicLink() && !resolveSymlinks$1 && !excludeSymlinks) {
-            const filename = this.joinPath(entry.name, directoryPath);
-            this.pushFile(filename, files, this.state.counts, filters);
-          } else if (entry.isDirectory()) {
-            let path6 = joinDirectoryPath(entry.name, directoryPath, this.state.options.pathSeparator);
-            if (exclude && exclude(entry.name, path6)) continue;
-            this.pushDirectory(path6, paths, filters);
-            this.walkDirectory(this.state, path6, path6, depth - 1, this.walk);
-          } else if (this.resolveSymlink && entry.isSymbolicLink()) {
-            let path6 = joinPathWithBasePath(entry.name, directoryPath);
-            this.resolveSymlink(path6, this.state, (stat10, resolvedPath) => {
-              if (stat10.isDirectory()) {
-                resolvedPath = normalizePath(resolvedPath, this.state.options);
-                if (exclude && exclude(entry.name, useRealPaths ? resolvedPath : path6 + pathSeparator)) return;
-                this.walkDirectory(this.state, resolvedPath, useRealPaths ? resolvedPath : path6 + pathSeparator, depth - 1, this.walk);
-              } else {
-                resolvedPath = useRealPaths ? resolvedPath : path6;
-                const filename = basename2(resolvedPath);
-                const directoryPath$1 = normalizePath(dirname2(resolvedPath), this.state.options);
-                resolvedPath = this.joinPath(filename, directoryPath$1);
-                this.pushFile(resolvedPath, files, this.state.counts, filters);
-              }
-            });
-          }
-        }
-        this.groupFiles(this.state.groups, directoryPath, files);
-      };
-    };
-    APIBuilder = class {
-      constructor(root, options) {
-        this.root = root;
-        this.options = options;
-      }
-      withPromise() {
-        return promise(this.root, this.options);
-      }
-      withCallback(cb) {
-        callback(this.root, this.options, cb);
-      }
-      sync() {
-        return sync(this.root, this.options);
-      }
-    };
-    pm = null;
-    try {
-      __require2.resolve("picomatch");
-      pm = __require2("picomatch");
-    } catch {
-    }
-    Builder = class {
-      globCache = {};
-      options = {
-        maxDepth: Infinity,
-        suppressErrors: true,
-        pathSeparator: sep,
-        filters: []
-      };
-      globFunction;
-      constructor(options) {
-        this.options = {
-          ...this.options,
-          ...options
-        };
-        this.globFunction = this.options.globFunction;
-      }
-      group() {
-        this.options.group = true;
-        return this;
-      }
-      withPathSeparator(separator) {
-        this.options.pathSeparator = separator;
-        return this;
-      }
-      withBasePath() {
-        this.options.includeBasePath = true;
-        return this;
-      }
-      withRelativePaths() {
-        this.options.relativePaths = true;
-        return this;
-      }
-      withDirs() {
-        this.options.includeDirs = true;
-        return this;
-      }
-      withMaxDepth(depth) {
-        this.options.maxDepth = depth;
-        return this;
-      }
-      withMaxFiles(limit) {
-        this.options.maxFiles = limit;
-        return this;
-      }
-      withFullPaths() {
-        this.options.resolvePaths = true;
-        this.options.includeBasePath = true;
-        return this;
-      }
-      withErrors() {
-        this.options.suppressErrors = false;
-        return this;
-      }
-      withSymlinks({ resolvePaths = true } = {}) {
-        this.options.resolveSymlinks = true;
-        this.options.useRealPaths = resolvePaths;
-        return this.withFullPaths();
-      }
-      withAbortSignal(signal) {
-        this.options.signal = signal;
-        return this;
-      }
-      normalize() {
-        this.options.normalizePath = true;
-        return this;
-      }
-      filter(predicate) {
-        this.options.filters.push(predicate);
-        return this;
-      }
-      onlyDirs() {
-        this.options.excludeFiles = true;
-        this.options.includeDirs = true;
-        return this;
-      }
-      exclude(predicate) {
-        this.options.exclude = predicate;
-        return this;
-      }
-      onlyCounts() {
-        this.options.onlyCounts = true;
-        return this;
-      }
-      crawl(root) {
-        return new APIBuilder(root || ".", this.options);
-      }
-      withGlobFunction(fn) {
-        this.globFunction = fn;
-        return this;
-      }
-      /**
-      * @deprecated Pass options using the constructor instead:
-      * ```ts
-      * new fdir(options).crawl("/path/to/root");
-      * ```
-      * This method will be removed in v7.0
-      */
-      /* c8 ignore next 4 */
-      crawlWithOptions(root, options) {
-        this.options = {
-          ...this.options,
-          ...options
-        };
-        return new APIBuilder(root || ".", this.options);
-      }
-      glob(...patterns) {
-        if (this.globFunction) return this.globWithOptions(patterns);
-        return this.globWithOptions(patterns, ...[{ dot: true }]);
-      }
-      globWithOptions(patterns, ...options) {
-        const globFn = this.globFunction || pm;
-        if (!globFn) throw new Error("Please specify a glob function to use glob matching.");
-        var isMatch = this.globCache[patterns.join("\0")];
-        if (!isMatch) {
-          isMatch = globFn(patterns, ...options);
-          this.globCache[patterns.join("\0")] = isMatch;
-        }
-        this.options.filters.push((path6) => isMatch(path6));
-        return this;
-      }
-    };
   }
 });
 
@@ -29030,7 +28554,7 @@ var require_scan = __commonJS({
 var require_parse3 = __commonJS({
   "node_modules/picomatch/lib/parse.js"(exports, module) {
     "use strict";
-    var constants10 = require_constants6();
+    var constants12 = require_constants6();
     var utils = require_utils2();
     var {
       MAX_LENGTH,
@@ -29038,7 +28562,7 @@ var require_parse3 = __commonJS({
       REGEX_NON_SPECIAL_CHARS,
       REGEX_SPECIAL_CHARS_BACKREF,
       REPLACEMENTS
-    } = constants10;
+    } = constants12;
     var expandRange = (args, options) => {
       if (typeof options.expandRange === "function") {
         return options.expandRange(...args, options);
@@ -29247,7 +28771,7 @@ var require_parse3 = __commonJS({
       if (options.maxExtglobRecursion === false) {
         return { risky: false };
       }
-      const max = typeof options.maxExtglobRecursion === "number" ? options.maxExtglobRecursion : constants10.DEFAULT_MAX_EXTGLOB_RECURSION;
+      const max = typeof options.maxExtglobRecursion === "number" ? options.maxExtglobRecursion : constants12.DEFAULT_MAX_EXTGLOB_RECURSION;
       const branches = splitTopLevel(body).map((branch) => branch.trim());
       if (branches.length > 1) {
         if (branches.some((branch) => branch === "") || branches.some((branch) => /^[*?]+$/.test(branch)) || hasRepeatedCharPrefixOverlap(branches)) {
@@ -29293,8 +28817,8 @@ var require_parse3 = __commonJS({
       const bos = { type: "bos", value: "", output: opts.prepend || "" };
       const tokens = [bos];
       const capture = opts.capture ? "" : "?:";
-      const PLATFORM_CHARS = constants10.globChars(opts.windows);
-      const EXTGLOB_CHARS = constants10.extglobChars(PLATFORM_CHARS);
+      const PLATFORM_CHARS = constants12.globChars(opts.windows);
+      const EXTGLOB_CHARS = constants12.extglobChars(PLATFORM_CHARS);
       const {
         DOT_LITERAL,
         PLUS_LITERAL,
@@ -29990,7 +29514,7 @@ var require_parse3 = __commonJS({
         NO_DOTS_SLASH,
         STAR,
         START_ANCHOR
-      } = constants10.globChars(opts.windows);
+      } = constants12.globChars(opts.windows);
       const nodot = opts.dot ? NO_DOTS : NO_DOT;
       const slashDot = opts.dot ? NO_DOTS_SLASH : NO_DOT;
       const capture = opts.capture ? "" : "?:";
@@ -30048,7 +29572,7 @@ var require_picomatch = __commonJS({
     var scan2 = require_scan();
     var parse3 = require_parse3();
     var utils = require_utils2();
-    var constants10 = require_constants6();
+    var constants12 = require_constants6();
     var isObject3 = (val) => val && typeof val === "object" && !Array.isArray(val);
     var picomatch2 = (glob2, options, returnState = false) => {
       if (Array.isArray(glob2)) {
@@ -30176,7 +29700,7 @@ var require_picomatch = __commonJS({
         return /$^/;
       }
     };
-    picomatch2.constants = constants10;
+    picomatch2.constants = constants12;
     module.exports = picomatch2;
   }
 });
@@ -30195,275 +29719,6 @@ var require_picomatch2 = __commonJS({
     }
     Object.assign(picomatch2, pico);
     module.exports = picomatch2;
-  }
-});
-
-// node_modules/tinyglobby/dist/index.mjs
-import { readdir as readdir2, readdirSync, realpath, realpathSync, stat as stat2, statSync as statSync2 } from "fs";
-import { isAbsolute, posix, resolve as resolve3 } from "path";
-import { fileURLToPath as fileURLToPath3 } from "url";
-function getPartialMatcher(patterns, options = {}) {
-  const patternsCount = patterns.length;
-  const patternsParts = Array(patternsCount);
-  const matchers = Array(patternsCount);
-  let i2, j;
-  for (i2 = 0; i2 < patternsCount; i2++) {
-    const parts = splitPattern(patterns[i2]);
-    patternsParts[i2] = parts;
-    const partsCount = parts.length;
-    const partMatchers = Array(partsCount);
-    for (j = 0; j < partsCount; j++) partMatchers[j] = (0, import_picomatch.default)(parts[j], options);
-    matchers[i2] = partMatchers;
-  }
-  return (input2) => {
-    const inputParts = input2.split("/");
-    if (inputParts[0] === ".." && ONLY_PARENT_DIRECTORIES.test(input2)) return true;
-    for (i2 = 0; i2 < patternsCount; i2++) {
-      const patternParts = patternsParts[i2];
-      const matcher = matchers[i2];
-      const inputPatternCount = inputParts.length;
-      const minParts = Math.min(inputPatternCount, patternParts.length);
-      j = 0;
-      while (j < minParts) {
-        const part = patternParts[j];
-        if (part.includes("/")) return true;
-        if (!matcher[j](inputParts[j])) break;
-        if (!options.noglobstar && part === "**") return true;
-        j++;
-      }
-      if (j === inputPatternCount) return true;
-    }
-    return false;
-  };
-}
-function buildFormat(cwd, root, absolute) {
-  if (cwd === root || root.startsWith(`${cwd}/`)) {
-    if (absolute) {
-      const start = cwd.length + +!isRoot(cwd);
-      return (p, isDir) => p.slice(start, isDir ? -1 : void 0) || ".";
-    }
-    const prefix = root.slice(cwd.length + 1);
-    if (prefix) return (p, isDir) => {
-      if (p === ".") return prefix;
-      const result = `${prefix}/${p}`;
-      return isDir ? result.slice(0, -1) : result;
-    };
-    return (p, isDir) => isDir && p !== "." ? p.slice(0, -1) : p;
-  }
-  if (absolute) return (p) => posix.relative(cwd, p) || ".";
-  return (p) => posix.relative(cwd, `${root}/${p}`) || ".";
-}
-function buildRelative(cwd, root) {
-  if (root.startsWith(`${cwd}/`)) {
-    const prefix = root.slice(cwd.length + 1);
-    return (p) => `${prefix}/${p}`;
-  }
-  return (p) => {
-    const result = posix.relative(cwd, `${root}/${p}`);
-    return p[p.length - 1] === "/" && result !== "" ? `${result}/` : result || ".";
-  };
-}
-function ensureNonDriveRelativePath(path6) {
-  return path6.replace(DRIVE_RELATIVE_PATH, (match) => `${match}/`);
-}
-function splitPattern(path6) {
-  var _result$parts;
-  const result = import_picomatch.default.scan(path6, splitPatternOptions);
-  return ((_result$parts = result.parts) === null || _result$parts === void 0 ? void 0 : _result$parts.length) ? result.parts : [path6];
-}
-function isDynamicPattern(pattern, options) {
-  if ((options === null || options === void 0 ? void 0 : options.caseSensitiveMatch) === false) return true;
-  const scan2 = import_picomatch.default.scan(pattern);
-  return scan2.isGlob || scan2.negated;
-}
-function log(...tasks) {
-  console.log(`[tinyglobby ${(/* @__PURE__ */ new Date()).toLocaleTimeString("es")}]`, ...tasks);
-}
-function ensureStringArray(value) {
-  return typeof value === "string" ? [value] : value !== null && value !== void 0 ? value : [];
-}
-function normalizePattern(pattern, opts, props, isIgnore) {
-  var _PARENT_DIRECTORY$exe;
-  const cwd = opts.cwd;
-  let result = pattern;
-  if (pattern[pattern.length - 1] === "/") result = pattern.slice(0, -1);
-  if (result[result.length - 1] !== "*" && opts.expandDirectories) result += "/**";
-  const escapedCwd = escapePath(cwd);
-  result = isAbsolute(result.replace(ESCAPING_BACKSLASHES, "")) ? posix.relative(escapedCwd, result) : posix.normalize(result);
-  const parentDir = (_PARENT_DIRECTORY$exe = PARENT_DIRECTORY.exec(result)) === null || _PARENT_DIRECTORY$exe === void 0 ? void 0 : _PARENT_DIRECTORY$exe[0];
-  const parts = splitPattern(result);
-  if (parentDir) {
-    const n2 = (parentDir.length + 1) / 3;
-    let i2 = 0;
-    const cwdParts = escapedCwd.split("/");
-    while (i2 < n2 && parts[i2 + n2] === cwdParts[cwdParts.length + i2 - n2]) {
-      result = result.slice(0, (n2 - i2 - 1) * 3) + result.slice((n2 - i2) * 3 + parts[i2 + n2].length + 1) || ".";
-      i2++;
-    }
-    const potentialRoot = posix.join(cwd, parentDir.slice(i2 * 3));
-    if (potentialRoot[0] !== "." && props.root.length > potentialRoot.length) {
-      props.root = ensureNonDriveRelativePath(potentialRoot);
-      props.depthOffset = -n2 + i2;
-    }
-  }
-  if (!isIgnore && props.depthOffset >= 0) {
-    var _props$commonPath;
-    (_props$commonPath = props.commonPath) !== null && _props$commonPath !== void 0 || (props.commonPath = parts);
-    const newCommonPath = [];
-    const length = Math.min(props.commonPath.length, parts.length);
-    for (let i2 = 0; i2 < length; i2++) {
-      const part = parts[i2];
-      if (part === "**" && !parts[i2 + 1]) {
-        newCommonPath.pop();
-        break;
-      }
-      if (i2 === parts.length - 1 || part !== props.commonPath[i2] || isDynamicPattern(part)) break;
-      newCommonPath.push(part);
-    }
-    props.depthOffset = newCommonPath.length;
-    props.commonPath = newCommonPath;
-    props.root = ensureNonDriveRelativePath(newCommonPath.length > 0 ? posix.join(cwd, ...newCommonPath) : cwd);
-  }
-  return result;
-}
-function processPatterns(options, patterns, props) {
-  const matchPatterns = [];
-  const ignorePatterns = [];
-  for (const pattern of options.ignore) {
-    if (!pattern) continue;
-    if (pattern[0] !== "!" || pattern[1] === "(") ignorePatterns.push(normalizePattern(pattern, options, props, true));
-  }
-  for (const pattern of patterns) {
-    if (!pattern) continue;
-    if (pattern[0] !== "!" || pattern[1] === "(") matchPatterns.push(normalizePattern(pattern, options, props, false));
-    else if (pattern[1] !== "!" || pattern[2] === "(") ignorePatterns.push(normalizePattern(pattern.slice(1), options, props, true));
-  }
-  return {
-    match: matchPatterns,
-    ignore: ignorePatterns
-  };
-}
-function buildCrawler(options, patterns) {
-  const cwd = options.cwd;
-  const props = {
-    root: cwd,
-    depthOffset: 0
-  };
-  const processed = processPatterns(options, patterns, props);
-  if (options.debug) log("internal processing patterns:", processed);
-  const { absolute, caseSensitiveMatch, debug: debug2, dot, followSymbolicLinks, onlyDirectories } = options;
-  const root = props.root.replace(BACKSLASHES, "");
-  const matchOptions = {
-    dot,
-    nobrace: options.braceExpansion === false,
-    nocase: !caseSensitiveMatch,
-    noextglob: options.extglob === false,
-    noglobstar: options.globstar === false,
-    posix: true
-  };
-  const matcher = (0, import_picomatch.default)(processed.match, matchOptions);
-  const ignore = (0, import_picomatch.default)(processed.ignore, matchOptions);
-  const partialMatcher = getPartialMatcher(processed.match, matchOptions);
-  const format2 = buildFormat(cwd, root, absolute);
-  const excludeFormatter = absolute ? format2 : buildFormat(cwd, root, true);
-  const excludePredicate = (_, p) => {
-    const relativePath = excludeFormatter(p, true);
-    return relativePath !== "." && !partialMatcher(relativePath) || ignore(relativePath);
-  };
-  let maxDepth;
-  if (options.deep !== void 0) maxDepth = Math.round(options.deep - props.depthOffset);
-  const crawler = new Builder({
-    filters: [debug2 ? (p, isDirectory2) => {
-      const path6 = format2(p, isDirectory2);
-      const matches = matcher(path6) && !ignore(path6);
-      if (matches) log(`matched ${path6}`);
-      return matches;
-    } : (p, isDirectory2) => {
-      const path6 = format2(p, isDirectory2);
-      return matcher(path6) && !ignore(path6);
-    }],
-    exclude: debug2 ? (_, p) => {
-      const skipped = excludePredicate(_, p);
-      log(`${skipped ? "skipped" : "crawling"} ${p}`);
-      return skipped;
-    } : excludePredicate,
-    fs: options.fs,
-    pathSeparator: "/",
-    relativePaths: !absolute,
-    resolvePaths: absolute,
-    includeBasePath: absolute,
-    resolveSymlinks: followSymbolicLinks,
-    excludeSymlinks: !followSymbolicLinks,
-    excludeFiles: onlyDirectories,
-    includeDirs: onlyDirectories || !options.onlyFiles,
-    maxDepth,
-    signal: options.signal
-  }).crawl(root);
-  if (options.debug) log("internal properties:", {
-    ...props,
-    root
-  });
-  return [crawler, cwd !== root && !absolute && buildRelative(cwd, root)];
-}
-function formatPaths(paths, mapper) {
-  if (mapper) for (let i2 = paths.length - 1; i2 >= 0; i2--) paths[i2] = mapper(paths[i2]);
-  return paths;
-}
-function getOptions(options) {
-  const opts = Object.assign({}, options);
-  for (const key in defaultOptions) if (opts[key] === void 0) Object.assign(opts, { [key]: defaultOptions[key] });
-  opts.cwd = (opts.cwd instanceof URL ? fileURLToPath3(opts.cwd) : resolve3(opts.cwd || process.cwd())).replace(BACKSLASHES, "/");
-  opts.ignore = ensureStringArray(opts.ignore);
-  opts.fs && (opts.fs = {
-    readdir: opts.fs.readdir || readdir2,
-    readdirSync: opts.fs.readdirSync || readdirSync,
-    realpath: opts.fs.realpath || realpath,
-    realpathSync: opts.fs.realpathSync || realpathSync,
-    stat: opts.fs.stat || stat2,
-    statSync: opts.fs.statSync || statSync2
-  });
-  if (opts.debug) log("globbing with options:", opts);
-  return opts;
-}
-function getCrawler(globInput, inputOptions = {}) {
-  var _ref;
-  if (globInput && (inputOptions === null || inputOptions === void 0 ? void 0 : inputOptions.patterns)) throw new Error("Cannot pass patterns as both an argument and an option");
-  const isModern = isReadonlyArray(globInput) || typeof globInput === "string";
-  const patterns = ensureStringArray((_ref = isModern ? globInput : globInput.patterns) !== null && _ref !== void 0 ? _ref : "**/*");
-  const options = getOptions(isModern ? inputOptions : globInput);
-  return patterns.length > 0 ? buildCrawler(options, patterns) : [];
-}
-async function glob(globInput, options) {
-  const [crawler, relative2] = getCrawler(globInput, options);
-  return crawler ? formatPaths(await crawler.withPromise(), relative2) : [];
-}
-var import_picomatch, isReadonlyArray, BACKSLASHES, DRIVE_RELATIVE_PATH, isWin, ONLY_PARENT_DIRECTORIES, WIN32_ROOT_DIR, isRoot, splitPatternOptions, POSIX_UNESCAPED_GLOB_SYMBOLS, WIN32_UNESCAPED_GLOB_SYMBOLS, escapePosixPath, escapeWin32Path, escapePath, PARENT_DIRECTORY, ESCAPING_BACKSLASHES, defaultOptions;
-var init_dist2 = __esm({
-  "node_modules/tinyglobby/dist/index.mjs"() {
-    init_dist();
-    import_picomatch = __toESM(require_picomatch2(), 1);
-    isReadonlyArray = Array.isArray;
-    BACKSLASHES = /\\/g;
-    DRIVE_RELATIVE_PATH = /^[A-Za-z]:$/;
-    isWin = process.platform === "win32";
-    ONLY_PARENT_DIRECTORIES = /^(\/?\.\.)+$/;
-    WIN32_ROOT_DIR = /^[A-Z]:\/$/i;
-    isRoot = isWin ? (p) => WIN32_ROOT_DIR.test(p) : (p) => p === "/";
-    splitPatternOptions = { parts: true };
-    POSIX_UNESCAPED_GLOB_SYMBOLS = /(?<!\\)([()[\]{}*?|]|^!|[!+@](?=\()|\\(?![()[\]{}!*+?@|]))/g;
-    WIN32_UNESCAPED_GLOB_SYMBOLS = /(?<!\\)([()[\]{}]|^!|[!+@](?=\())/g;
-    escapePosixPath = (path6) => path6.replace(POSIX_UNESCAPED_GLOB_SYMBOLS, "\\$&");
-    escapeWin32Path = (path6) => path6.replace(WIN32_UNESCAPED_GLOB_SYMBOLS, "\\$&");
-    escapePath = isWin ? escapeWin32Path : escapePosixPath;
-    PARENT_DIRECTORY = /^(\/?\.\.)+/;
-    ESCAPING_BACKSLASHES = /\\(?=[()[\]{}!*+?@|])/g;
-    defaultOptions = {
-      caseSensitiveMatch: true,
-      debug: !!process.env.TINYGLOBBY_DEBUG,
-      expandDirectories: true,
-      followSymbolicLinks: true,
-      onlyFiles: true
-    };
   }
 });
 
@@ -30521,105 +29776,6 @@ var init_native2 = __esm({
   }
 });
 
-// packages/core/src/fs/sparse.ts
-import { createHash as createHash3 } from "node:crypto";
-import { open as open2, stat as stat3 } from "node:fs/promises";
-function intersectRegions(a2, b) {
-  const out = [];
-  let j = 0;
-  for (const [s, e] of a2) {
-    while (j < b.length && b[j][1] <= s) j++;
-    for (let k = j; k < b.length && b[k][0] < e; k++) {
-      const [bs, be] = b[k];
-      out.push([Math.max(s, bs), Math.min(e, be)]);
-    }
-  }
-  return out;
-}
-async function dataExtents(path6) {
-  const { lib } = nativeLibc();
-  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
-  const fh = await open2(path6, "r");
-  try {
-    const size = (await fh.stat()).size;
-    const extents = [];
-    let pos = 0;
-    while (pos < size) {
-      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
-      if (start < 0) break;
-      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
-      extents.push([start, end]);
-      pos = end;
-    }
-    return extents;
-  } finally {
-    await fh.close();
-  }
-}
-async function* dataRuns(path6, within) {
-  const fh = await open2(path6, "r");
-  try {
-    const extents = await dataExtents(path6);
-    for (const [start, end] of within ? intersectRegions(extents, within) : extents) {
-      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
-        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-        let runStart = -1;
-        for (let b = 0; b < bytesRead; b += BLOCK) {
-          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
-          if (!zero && runStart < 0) runStart = b;
-          else if (zero && runStart >= 0) {
-            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
-            runStart = -1;
-          }
-        }
-        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
-      }
-    }
-  } finally {
-    await fh.close();
-  }
-}
-async function contentDigest(path6, within) {
-  const size = (await stat3(path6)).size;
-  const hash2 = new ContentHash(size);
-  for await (const run2 of dataRuns(path6, within)) hash2.update(run2.offset, run2.data);
-  return hash2.digest();
-}
-var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
-var init_sparse = __esm({
-  "packages/core/src/fs/sparse.ts"() {
-    "use strict";
-    init_native2();
-    SEEK_DATA = 3;
-    SEEK_HOLE = 4;
-    BLOCK = 4096;
-    ZERO_BLOCK = Buffer.alloc(BLOCK);
-    RUN_MAX = 4 * 1024 * 1024;
-    ContentHash = class {
-      hash = createHash3("sha256");
-      offset = Buffer.alloc(8);
-      constructor(size) {
-        this.hash.update(`size:${size}
-`);
-      }
-      update(offset, data) {
-        for (let b = 0; b < data.length; b += BLOCK) {
-          const block = data.subarray(b, Math.min(b + BLOCK, data.length));
-          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
-          this.offset.writeBigUInt64BE(BigInt(offset + b));
-          this.hash.update(this.offset);
-          this.hash.update(block);
-        }
-      }
-      digest() {
-        return this.hash.digest("hex");
-      }
-    };
-  }
-});
-
 // packages/core/src/image/format.ts
 import { promises as fsp3 } from "node:fs";
 async function readHead(path6, bytes = 4096) {
@@ -30656,6 +29812,13 @@ async function detectFormat(path6) {
     return { format: format2, ext };
   }
   throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not an ext2/3/4 or SquashFS image`);
+}
+async function requireSquashfs(path6) {
+  const { format: format2 } = await detectFormat(path6);
+  if (format2 !== "squashfs")
+    throw new OverlayError("E_NOT_SQUASHFS", `${path6} is an ${format2} image, not a SquashFS layer`, {
+      hint: `make a layer from it first: overlayctl commit ${path6} --output LAYER.sqf`
+    });
 }
 function apptainerExt3Problems(ext) {
   const problems = [];
@@ -30735,669 +29898,117 @@ var init_superblock = __esm({
   }
 });
 
-// packages/core/src/image/used.ts
-async function usedRegions(image) {
-  const r = await runTool("dumpe2fs", [image], { timeoutSeconds: 600 }).catch(() => void 0);
-  if (!r) return void 0;
-  const sb = parseDumpe2fs(r.stdout);
-  if (sb.state !== "clean" || sb.features.includes("needs_recovery") || !sb.blockSize || !sb.blockCount)
-    return void 0;
-  const free = [];
-  for (const m of r.stdout.matchAll(/^[ \t]+Free blocks: (.*)$/gm)) {
-    for (const part of m[1].split(",")) {
-      const t = part.trim();
-      if (!t) continue;
-      const [a2, b] = t.split("-").map(Number);
-      free.push([a2, (b ?? a2) + 1]);
-    }
-  }
-  const listed = free.reduce((n2, [a2, b]) => n2 + b - a2, 0);
-  if (listed !== sb.freeBlocks) return void 0;
-  free.sort((x, y) => x[0] - y[0]);
-  const used = [];
-  let at = 0;
-  for (const [a2, b] of [...free, [sb.blockCount, sb.blockCount]]) {
-    if (a2 > at) {
-      const start = Math.floor(at * sb.blockSize / ALIGN) * ALIGN;
-      const end = Math.ceil(a2 * sb.blockSize / ALIGN) * ALIGN;
-      const last = used[used.length - 1];
-      if (last && start <= last[1]) last[1] = Math.max(last[1], end);
-      else used.push([start, end]);
-    }
-    at = Math.max(at, b);
-  }
-  return used;
+// packages/core/src/fs/undo.ts
+import { createHash as createHash4, randomBytes as randomBytes2 } from "node:crypto";
+import { constants as constants8, promises as fsp4 } from "node:fs";
+import { basename as basename3, dirname as dirname4, join as join5 } from "node:path";
+function undoLogPath(target) {
+  return join5(
+    dirname4(target),
+    `.${basename3(target)}${MARK}${process.pid}-${HOST}-${randomBytes2(4).toString("hex")}`
+  );
 }
-var ALIGN;
-var init_used = __esm({
-  "packages/core/src/image/used.ts"() {
-    "use strict";
-    init_run();
-    init_superblock();
-    ALIGN = 4096;
-  }
-});
-
-// packages/core/src/lock/ofd.ts
-import { closeSync, constants as constants8, openSync } from "node:fs";
-function getFfi() {
-  if (ffi) return ffi;
-  const koffi = loadKoffi();
-  const libc2 = koffi.load("libc.so.6");
-  koffi.struct("ov_flock", {
-    l_type: "short",
-    l_whence: "short",
-    l_start: "int64",
-    l_len: "int64",
-    l_pid: "int"
-  });
-  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
-  ffi = { fcntl, errno: () => koffi.errno() };
-  return ffi;
-}
-function trySetLock(fd, type) {
-  const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
-  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
-  const e = errno();
-  if (e === EAGAIN || e === EACCES) return false;
-  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
-}
-async function acquireLock(path6, mode, opts = {}) {
-  let fd;
-  try {
-    fd = openSync(path6, mode === "exclusive" ? constants8.O_RDWR : constants8.O_RDONLY);
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1e3;
-  try {
-    for (; ; ) {
-      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
-      if (Date.now() >= deadline) {
-        throw new OverlayError(
-          "E_LOCKED",
-          `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
-          { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
-        );
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  } catch (e) {
-    closeSync(fd);
-    throw e;
-  }
-  let released = false;
-  return {
-    path: path6,
-    mode,
-    release() {
-      if (released) return;
-      released = true;
-      closeSync(fd);
-    }
-  };
-}
-async function withLock(path6, mode, fn, opts = {}) {
-  const lock = await acquireLock(path6, mode, opts);
-  try {
-    return await fn();
-  } finally {
-    lock.release();
-  }
-}
-function probeLock(path6) {
-  const attempt = (flags, type) => {
-    let fd;
-    try {
-      fd = openSync(path6, flags);
-    } catch (e) {
-      if (e.code === "EACCES") return null;
-      throw fromFsError(e, path6);
-    }
-    try {
-      return trySetLock(fd, type);
-    } finally {
-      closeSync(fd);
-    }
-  };
-  if (attempt(constants8.O_RDONLY, F_RDLCK) === false) return "write";
-  if (attempt(constants8.O_RDWR, F_WRLCK) === false) return "read";
-  return "free";
-}
-var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi;
-var init_ofd = __esm({
-  "packages/core/src/lock/ofd.ts"() {
-    "use strict";
-    init_errors();
-    init_native2();
-    F_OFD_SETLK = 37;
-    F_RDLCK = 0;
-    F_WRLCK = 1;
-    EAGAIN = 11;
-    EACCES = 13;
-  }
-});
-
-// packages/core/src/cache/zstd.ts
-import { once as once9 } from "node:events";
-async function zstdVersion() {
-  return (await runTool("zstd", ["--version"]).catch(() => ({ stdout: "?" }))).stdout.trim();
-}
-async function send(stream, chunk) {
-  if (stream.destroyed) throw new Error("the compressor exited early");
-  if (stream.write(chunk)) return;
-  const ac = new AbortController();
-  try {
-    await Promise.race([
-      once9(stream, "drain", { signal: ac.signal }),
-      once9(stream, "close", { signal: ac.signal }).then(() => {
-        throw new Error("the compressor exited early");
-      })
-    ]);
-  } finally {
-    ac.abort();
-  }
-}
-async function compressTo(file2, produce) {
-  await runTool("zstd", ["-T0", `-${LEVEL}`, "-q", "-f", "-o", file2], {
-    stdin: "pipe",
-    timeoutSeconds: 3600,
-    use: async (child) => {
-      await produce(child.stdin);
-      child.stdin.end();
-    }
-  });
-}
-async function decompressFrom(file2, consume) {
-  let result;
-  await runTool("zstd", ["-d", "-q", "-c", "--", file2], {
-    timeoutSeconds: 3600,
-    use: async (child) => {
-      result = await consume(child.stdout);
-    }
-  });
-  return result;
-}
-var LEVEL;
-var init_zstd = __esm({
-  "packages/core/src/cache/zstd.ts"() {
-    "use strict";
-    init_run();
-    LEVEL = 3;
-  }
-});
-
-// packages/core/src/cache/pack.ts
-import { closeSync as closeSync2, fdatasyncSync, ftruncateSync, openSync as openSync2, write } from "node:fs";
-import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
-import { basename as basename3, dirname as dirname4, resolve as resolve4 } from "node:path";
-function lengthPrefixed(json2) {
-  const body = Buffer.from(JSON.stringify(json2));
+async function writeUndoLog(target, blockSize, blocks3, meta3 = {}) {
+  const sorted = [...new Set(blocks3)].sort((a2, b) => a2 - b);
+  const header = Buffer.from(JSON.stringify({ blockSize, blocks: sorted, meta: meta3 }));
   const len = Buffer.alloc(4);
-  len.writeUInt32BE(body.length);
-  return Buffer.concat([len, body]);
-}
-function recordHead(offset, length) {
-  const b = Buffer.alloc(12);
-  b.writeBigUInt64BE(offset);
-  b.writeUInt32BE(length, 8);
-  return b;
-}
-async function packRegions(image) {
-  const size = (await stat4(image)).size;
-  const used = await usedRegions(image);
-  if (!used) return [[0, size]];
-  return used.map(([a2, b]) => [a2, Math.min(b, size)]).filter(([a2, b]) => b > a2);
-}
-async function* packedRuns(image, regions) {
-  yield* dataRuns(image, regions ?? await packRegions(image));
-}
-async function imageContentDigest(image) {
-  return contentDigest(image, await packRegions(image));
-}
-async function packImage(imagePath, archivePath) {
-  const image = resolve4(imagePath);
-  await requireExt3(image);
-  const lock = await acquireLock(image, "shared");
+  len.writeUInt32LE(header.length);
+  const data = Buffer.alloc(sorted.length * blockSize);
+  const fh = await fsp4.open(target, constants8.O_RDONLY);
   try {
-    const [head, st, zstd] = await Promise.all([readHead(image), stat4(image), zstdVersion()]);
-    const header = {
-      formatVersion: CACHE_FORMAT_VERSION,
-      imageName: basename3(image),
-      sizeBytes: st.size,
-      fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : "",
-      tools: { zstd, node: process.version },
-      created: (/* @__PURE__ */ new Date()).toISOString()
-    };
-    const hash2 = new ContentHash(st.size);
-    let trailer;
-    await traced(
-      "read + hash + compress",
-      () => compressTo(resolve4(archivePath), async (sink) => {
-        let dataBytes = 0;
-        await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
-        for await (const run2 of packedRuns(image)) {
-          hash2.update(run2.offset, run2.data);
-          dataBytes += run2.data.length;
-          await send(sink, recordHead(BigInt(run2.offset), run2.data.length));
-          await send(sink, run2.data);
-        }
-        trailer = { sha256: hash2.digest(), dataBytes };
-        await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
-      })
-    );
-    return { ...header, ...trailer };
+    for (const [i2, b] of sorted.entries()) await fh.read(data, i2 * blockSize, blockSize, b * blockSize);
   } finally {
-    lock.release();
+    await fh.close();
   }
-}
-function startWriteback(fd) {
+  const body = Buffer.concat([MAGIC, len, header, data]);
+  const sum = createHash4("sha256").update(body).digest();
+  const log2 = undoLogPath(target);
+  const out = await fsp4.open(
+    log2,
+    constants8.O_CREAT | constants8.O_EXCL | constants8.O_WRONLY | constants8.O_NOFOLLOW,
+    384
+  );
   try {
-    syncFileRange ??= nativeLibc().lib.func(
-      "int sync_file_range(int fd, int64_t off, int64_t n, unsigned int flags)"
-    );
-    syncFileRange(
-      fd,
-      0,
-      0,
-      2
-      /* SYNC_FILE_RANGE_WRITE */
-    );
-  } catch {
-  }
-}
-async function writeFully(fd, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const n2 = await new Promise(
-      (ok, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
-    );
-    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
-    done += n2;
-  }
-}
-async function decode(stream, fd) {
-  const reader = new ByteReader(stream);
-  const magic = await reader.take(MAGIC.length);
-  if (!magic?.equals(MAGIC)) throw new ArchiveError("foreign archive (not an overlay-action cache archive)");
-  const header = await reader.json();
-  if (header.formatVersion !== CACHE_FORMAT_VERSION)
-    throw new ArchiveError(`cache format ${header.formatVersion}, expected ${CACHE_FORMAT_VERSION}`);
-  const size = header.sizeBytes;
-  if (!Number.isSafeInteger(size) || size <= 0 || size % 4096)
-    throw new ArchiveError(`implausible image size ${size}`);
-  ftruncateSync(fd, size);
-  const hash2 = new ContentHash(size);
-  let next = 0;
-  let dataBytes = 0;
-  let sinceKick = 0;
-  for (; ; ) {
-    const head = await reader.need(12);
-    const offset = head.readBigUInt64BE(0);
-    const length = head.readUInt32BE(8);
-    if (offset === END && length === 0) break;
-    const at = Number(offset);
-    if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
-      throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
-    const data = await reader.need(length);
-    const written = writeFully(fd, data, at);
-    hash2.update(at, data);
-    await written;
-    next = at + length;
-    dataBytes += length;
-    sinceKick += length;
-    if (sinceKick >= 64 * 1024 * 1024) {
-      startWriteback(fd);
-      sinceKick = 0;
-    }
-  }
-  const trailer = await reader.json();
-  if (await reader.take(1) !== null) throw new ArchiveError("trailing data after the archive");
-  return { manifest: { ...header, ...trailer }, computed: { sha256: hash2.digest(), dataBytes } };
-}
-async function unpackImage(archivePath, targetPath) {
-  const archive = resolve4(archivePath);
-  const target = resolve4(targetPath);
-  await removeStaleTemps(target);
-  const tmp = tempPathFor(target);
-  let fd;
-  try {
-    fd = openSync2(tmp, "wx", 420);
+    await out.writeFile(Buffer.concat([body, sum]));
+    await out.sync();
   } catch (e) {
-    throw new OverlayError("E_CACHE", `cannot create ${tmp}: ${e.message}`);
+    await out.close();
+    await fsp4.rm(log2, { force: true });
+    throw fromFsError(e, log2);
   }
-  let lock;
-  let fdOpen = true;
-  try {
-    let decoded;
-    try {
-      decoded = await traced(
-        "decompress + write + hash",
-        () => decompressFrom(archive, (source) => decode(source, fd))
-      );
-    } catch (e) {
-      const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : e;
-      if (isOverlayError(e, "E_NO_SPACE") || cause.code === "ENOSPC")
-        throw new OverlayError("E_NO_SPACE", `no space left to restore ${target}`);
-      const why = cause instanceof ArchiveError ? cause.message : `corrupt archive: ${cause.message}`;
-      return { ok: false, reason: why };
-    }
-    const { manifest, computed } = decoded;
-    if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
-      return { ok: false, reason: "content digest mismatch" };
-    await traced("fdatasync", () => fdatasyncSync(fd));
-    closeSync2(fd);
-    fdOpen = false;
-    const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
-      okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
-      // any verdict is a verdict (12 = aborted)
-      timeoutSeconds: 1800
-    });
-    if (fsck.exitCode !== 0)
-      return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
-    if (await exists2(target)) lock = await acquireLock(target, "exclusive");
-    await rename2(tmp, target);
-    await fsyncPath(dirname4(target)).catch(() => {
-    });
-    return { ok: true, manifest };
-  } finally {
-    if (fdOpen) closeSync2(fd);
-    lock?.release();
-    await rm2(tmp, { force: true });
-  }
-}
-var CACHE_FORMAT_VERSION, ARCHIVE_SUFFIX, MAGIC, END, MAX_JSON, formatUuid, ByteReader, syncFileRange, ArchiveError;
-var init_pack = __esm({
-  "packages/core/src/cache/pack.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_sparse();
-    init_format();
-    init_used();
-    init_ofd();
-    init_native2();
-    init_run();
-    init_zstd();
-    CACHE_FORMAT_VERSION = 3;
-    ARCHIVE_SUFFIX = ".ovc.zst";
-    MAGIC = Buffer.from("OVERLAY-ACTION-CACHE\n");
-    END = 0xffffffffffffffffn;
-    MAX_JSON = 64 * 1024;
-    formatUuid = (b) => b.toString("hex").replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, "$1-$2-$3-$4-$5");
-    ByteReader = class {
-      chunks = [];
-      buffered = 0;
-      source;
-      constructor(stream) {
-        this.source = stream[Symbol.asyncIterator]();
-      }
-      /** Exactly n bytes, or null at a clean end of stream (nothing buffered). */
-      async take(n2) {
-        while (this.buffered < n2) {
-          const next = await this.source.next();
-          if (next.done) {
-            if (this.buffered === 0) return null;
-            throw new Error(`truncated archive (needed ${n2} bytes, ${this.buffered} left)`);
-          }
-          this.chunks.push(next.value);
-          this.buffered += next.value.length;
-        }
-        const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-        this.chunks = all.length > n2 ? [all.subarray(n2)] : [];
-        this.buffered -= n2;
-        return all.subarray(0, n2);
-      }
-      async need(n2) {
-        const b = await this.take(n2);
-        if (!b) throw new Error("truncated archive");
-        return b;
-      }
-      async json() {
-        const len = (await this.need(4)).readUInt32BE(0);
-        if (len > MAX_JSON) throw new Error(`implausible header length ${len}`);
-        return JSON.parse((await this.need(len)).toString("utf8"));
-      }
-    };
-    ArchiveError = class extends Error {
-    };
-  }
-});
-
-// packages/core/src/cache/key.ts
-var key_exports = {};
-__export(key_exports, {
-  deriveKey: () => deriveKey,
-  validateKey: () => validateKey
-});
-import { createHash as createHash4 } from "node:crypto";
-import { readFile } from "node:fs/promises";
-import { arch as arch2, platform as platform3 } from "node:os";
-import { resolve as resolve5 } from "node:path";
-function stable(value) {
-  if (value === null || typeof value !== "object") return JSON.stringify(value ?? null);
-  if (Array.isArray(value)) return `[${value.map(stable).join(",")}]`;
-  return `{${Object.keys(value).sort().filter((k) => value[k] !== void 0).map((k) => `${JSON.stringify(k)}:${stable(value[k])}`).join(",")}}`;
-}
-async function deriveKey(inputs) {
-  const prefix = inputs.prefix.trim().replace(/[,\s]+/g, "-") || "overlay";
-  if (prefix.length > 400)
-    throw new OverlayError("E_INVALID_INPUT", "cache key prefix is longer than 400 characters");
-  const cwd = inputs.cwd ?? process.cwd();
-  const files = inputs.files.length ? (await glob(inputs.files, { cwd, dot: true, onlyFiles: true })).sort() : [];
-  if (inputs.files.length && files.length === 0) {
-    throw new OverlayError("E_NOT_FOUND", `no file matches ${inputs.files.join(", ")}`);
-  }
-  const fileHash = createHash4("sha256");
-  for (const f of files) fileHash.update(`${f}\0${sha(await readFile(resolve5(cwd, f)))}
-`);
-  const head = `${prefix}-${platform3()}-${arch2()}-v${CACHE_FORMAT_VERSION}`;
-  const optionsHash = sha(stable(inputs.options)).slice(0, 16);
-  const key = `${head}-${optionsHash}-${fileHash.digest("hex").slice(0, 16)}`;
-  return { key, restoreKeys: [`${head}-${optionsHash}-`, `${head}-`], files };
-}
-function validateKey(key) {
-  if (!key || key.length > 512 || key.includes(",")) {
-    throw new OverlayError("E_INVALID_INPUT", "a cache key must be 1-512 characters without commas");
-  }
-  return key;
-}
-var sha;
-var init_key = __esm({
-  "packages/core/src/cache/key.ts"() {
-    "use strict";
-    init_dist2();
-    init_errors();
-    init_pack();
-    sha = (s) => createHash4("sha256").update(s).digest("hex");
-  }
-});
-
-// packages/core/src/cache/local-store.ts
-var local_store_exports = {};
-__export(local_store_exports, {
-  LocalStore: () => LocalStore,
-  defaultStoreDir: () => defaultStoreDir
-});
-import { createHash as createHash5 } from "node:crypto";
-import { link, lstat as lstat2, mkdir as mkdir2, readdir as readdir3, readFile as readFile2, rm as rm3, stat as stat5, utimes, writeFile as writeFile2 } from "node:fs/promises";
-import { homedir as homedir3 } from "node:os";
-import { join as join5 } from "node:path";
-function defaultStoreDir() {
-  return process.env.OVERLAY_CACHE_STORE || join5(process.env.XDG_CACHE_HOME || join5(homedir3(), ".cache"), "overlay-action", "store");
-}
-async function publishOnce(tmp, final) {
-  try {
-    await link(tmp, final);
-    return true;
-  } catch (e) {
-    if (e.code === "EEXIST") return false;
-    throw fromFsError(e, final);
-  } finally {
-    await rm3(tmp, { force: true });
-  }
-}
-var LocalStore;
-var init_local_store = __esm({
-  "packages/core/src/cache/local-store.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_key();
-    init_pack();
-    LocalStore = class {
-      constructor(dir = defaultStoreDir()) {
-        this.dir = dir;
-      }
-      dir;
-      kind = "local";
-      paths(key) {
-        const base = join5(this.dir, createHash5("sha256").update(key).digest("hex").slice(0, 40));
-        return { archive: `${base}${ARCHIVE_SUFFIX}`, meta: `${base}.json` };
-      }
-      /** Refuse a directory others can plant files in (world-writable without the sticky bit). */
-      async ensureDir() {
-        await mkdir2(this.dir, { recursive: true, mode: 493 }).catch((e) => {
-          throw fromFsError(e, this.dir);
-        });
-        const st = await lstat2(this.dir);
-        if (!st.isDirectory()) throw new OverlayError("E_UNSAFE_PATH", `${this.dir} is not a directory`);
-        if (st.mode & 2 && !(st.mode & 512)) {
-          throw new OverlayError(
-            "E_UNSAFE_PATH",
-            `cache store ${this.dir} is writable by everyone (mode ${(st.mode & 4095).toString(8)})`,
-            {
-              hint: `chmod o-w ${this.dir} (or +t)`
-            }
-          );
-        }
-      }
-      async entries() {
-        let names;
-        try {
-          names = await readdir3(this.dir);
-        } catch {
-          return [];
-        }
-        const out = [];
-        for (const name of names.filter((n2) => n2.endsWith(".json") && !n2.startsWith("."))) {
-          const meta3 = join5(this.dir, name);
-          try {
-            const m = JSON.parse(await readFile2(meta3, "utf8"));
-            out.push({
-              ...m,
-              lastUsed: (await stat5(meta3)).mtimeMs,
-              meta: meta3,
-              archive: meta3.replace(/\.json$/, ARCHIVE_SUFFIX)
-            });
-          } catch {
-          }
-        }
-        return out;
-      }
-      async save(key, image) {
-        validateKey(key);
-        await this.ensureDir();
-        const { archive, meta: meta3 } = this.paths(key);
-        if (await exists2(meta3)) return { saved: false, key, reason: "exists" };
-        const tmp = tempPathFor(archive);
-        let manifest;
-        try {
-          manifest = await packImage(image, tmp);
-        } catch (e) {
-          await rm3(tmp, { force: true });
-          throw isOverlayError(e) ? e : new OverlayError("E_CACHE", `cannot write to ${this.dir}: ${e.message}`);
-        }
-        const bytes = (await stat5(tmp)).size;
-        if (!await publishOnce(tmp, archive)) return { saved: false, key, reason: "exists" };
-        const metaTmp = tempPathFor(meta3);
-        const entry = { key, created: (/* @__PURE__ */ new Date()).toISOString(), bytes, sha256: manifest.sha256 };
-        try {
-          await writeFile2(metaTmp, JSON.stringify(entry), { flag: "wx" });
-        } catch (e) {
-          await rm3(metaTmp, { force: true });
-          await rm3(archive, { force: true });
-          throw fromFsError(e, metaTmp);
-        }
-        if (!await publishOnce(metaTmp, meta3)) return { saved: false, key, reason: "exists" };
-        return { saved: true, key, bytes, sha256: manifest.sha256 };
-      }
-      async restore(keys, target) {
-        const all = (await this.entries()).sort((a2, b) => b.created.localeCompare(a2.created));
-        const candidates = [];
-        const exact = all.find((e) => e.key === keys.primary);
-        if (exact) candidates.push({ entry: exact, outcome: "hit" });
-        for (const prefix of keys.restoreKeys) {
-          for (const e of all)
-            if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: "partial" });
-        }
-        const warnings = [];
-        const rejected = [];
-        const best = candidates[0];
-        if (best) {
-          const r = await unpackImage(best.entry.archive, target);
-          if (r.ok) {
-            const now = /* @__PURE__ */ new Date();
-            await utimes(best.entry.meta, now, now).catch(() => {
-            });
-            return { outcome: best.outcome, matchedKey: best.entry.key, sha256: r.manifest.sha256, warnings };
-          }
-          warnings.push(`cache entry ${best.entry.key} not usable: ${r.reason}`);
-          rejected.push({ key: best.entry.key, reason: r.reason });
-        }
-        return { outcome: "miss", warnings, rejected };
-      }
-      /** Delete least recently used entries until the store holds at most `maxBytes`. */
-      async prune(maxBytes) {
-        const all = (await this.entries()).sort((a2, b) => a2.lastUsed - b.lastUsed);
-        let total = all.reduce((s, e) => s + e.bytes, 0);
-        const removed = [];
-        for (const e of all) {
-          if (total <= maxBytes) break;
-          await rm3(e.meta, { force: true });
-          await rm3(e.archive, { force: true });
-          total -= e.bytes;
-          removed.push(e.key);
-        }
-        return { removed, bytes: total };
-      }
-    };
-  }
-});
-
-// packages/core/src/image/copy.ts
-import { chmod as chmod2, chown, stat as stat7 } from "node:fs/promises";
-async function copyImageFile(src, dst) {
-  const st = await stat7(src);
-  const sparse = st.blocks * 512 < st.size;
-  await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], {
-    timeoutSeconds: 3600
+  await out.close();
+  await fsyncPath(dirname4(target)).catch(() => {
   });
-  await chmod2(dst, st.mode & 4095);
-  if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
+  return log2;
 }
-async function isSparseFile(path6) {
-  const st = await stat7(path6);
-  return st.blocks * 512 < st.size;
+async function readUndoLog(log2) {
+  const buf = await fsp4.readFile(log2).catch(() => null);
+  if (!buf || buf.length < MAGIC.length + 4 + 32 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) return null;
+  const body = buf.subarray(0, buf.length - 32);
+  if (!createHash4("sha256").update(body).digest().equals(buf.subarray(buf.length - 32)))
+    return null;
+  const hlen = body.readUInt32LE(MAGIC.length);
+  const start = MAGIC.length + 4;
+  const header = JSON.parse(body.subarray(start, start + hlen).toString());
+  return { ...header, data: body.subarray(start + hlen) };
 }
-var init_copy = __esm({
-  "packages/core/src/image/copy.ts"() {
+async function rollBack(target, log2) {
+  const undo = await readUndoLog(log2);
+  if (!undo) return false;
+  const fh = await fsp4.open(target, constants8.O_WRONLY);
+  try {
+    for (const [i2, b] of undo.blocks.entries())
+      await fh.write(undo.data, i2 * undo.blockSize, undo.blockSize, b * undo.blockSize);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return true;
+}
+async function removeUndoLog(log2) {
+  for (const ext of [".cmds", ".cmds.out", ".cmds.err"]) await fsp4.rm(`${log2}${ext}`, { force: true });
+  await fsp4.rm(log2, { force: true });
+}
+async function staleUndoLogs(target) {
+  const prefix = `.${basename3(target)}${MARK}`;
+  const names = await fsp4.readdir(dirname4(target)).catch(() => []);
+  return names.filter((n2) => n2.startsWith(prefix) && !n2.includes(".cmds")).filter((n2) => {
+    const [pid, host] = n2.slice(prefix.length).split("-");
+    return host === HOST && Number.isInteger(Number(pid)) && !pidAlive(Number(pid));
+  }).map((n2) => join5(dirname4(target), n2));
+}
+var MAGIC, MARK;
+var init_undo = __esm({
+  "packages/core/src/fs/undo.ts"() {
     "use strict";
-    init_run();
+    init_errors();
+    init_atomic();
+    MAGIC = Buffer.from("OVUNDO1\n");
+    MARK = ".ovundo-";
   }
 });
 
 // packages/core/src/image/debugfs.ts
+import { readFile, writeFile as writeFile2 } from "node:fs/promises";
 function debugfsQuote(path6) {
   if (/["\n\r\0]/.test(path6))
     throw new OverlayError("E_INVALID_INPUT", `unsupported character in path ${JSON.stringify(path6)}`);
   return `"${path6}"`;
 }
 async function runDebugfs(image, commands, opts = {}) {
-  const args = [...opts.write ? ["-w"] : [], "-f", "-", image];
-  const { stdout, stderr } = await runTool("debugfs", args, { input: `${commands.join("\n")}
-` });
+  const script = `${commands.join("\n")}
+`;
+  if (opts.commandFile) await writeFile2(opts.commandFile, script, { mode: 384, flag: "wx" });
+  const args = [...opts.write ? ["-w"] : [], "-f", opts.commandFile ?? "-", image];
+  const files = opts.commandFile && { stdout: `${opts.commandFile}.out`, stderr: `${opts.commandFile}.err` };
+  let { stdout, stderr } = await runTool("debugfs", args, {
+    input: opts.commandFile ? void 0 : script,
+    detached: opts.detached,
+    extraFds: opts.extraFds,
+    outputFiles: files || void 0
+  });
+  if (files)
+    [stdout, stderr] = await Promise.all([readFile(files.stdout, "utf8"), readFile(files.stderr, "utf8")]);
   const errors = stderr.split("\n").filter((l) => l.trim() && !/^debugfs \d/.test(l) && !opts.allowErrors?.test(l));
   if (errors.length) {
     throw new OverlayError("E_TOOL_FAILED", `debugfs on ${image}: ${errors.slice(-5).join("; ")}`, {
@@ -31422,8 +30033,272 @@ var init_debugfs = __esm({
   }
 });
 
+// packages/core/src/image/inplace.ts
+function canEditInPlace(cmds) {
+  return cmds.length > 0 && cmds.every((c3) => IN_PLACE_CMD.test(c3)) && cmds.some((c3) => c3.startsWith("ea_rm"));
+}
+function targetsOf(cmds) {
+  const byIno = /* @__PURE__ */ new Map();
+  for (const c3 of cmds) {
+    const m = IN_PLACE_CMD.exec(c3);
+    if (!m?.[1]) continue;
+    const ino = Number(m[1]);
+    byIno.set(ino, [...byIno.get(ino) ?? [], m[2]]);
+  }
+  return [...byIno].map(([ino, names]) => ({ ino, names }));
+}
+async function blocksAtRisk(image, inodes) {
+  const [{ stdout }, inodeOut] = await Promise.all([
+    runTool("dumpe2fs", [image], { timeoutSeconds: 600 }),
+    runDebugfs(
+      image,
+      inodes.flatMap((i2) => [`imap <${i2}>`, `stat <${i2}>`])
+    )
+  ]);
+  const blockSize = Number(/^Block size:\s+(\d+)/m.exec(stdout)?.[1]);
+  if (!blockSize) throw new Error(`dumpe2fs gave no block size for ${image}`);
+  const set2 = /* @__PURE__ */ new Set();
+  const range = (a2, b) => {
+    for (let x = Number(a2); x <= Number(b ?? a2); x++) set2.add(x);
+  };
+  for (const m of stdout.matchAll(/superblock at (\d+), Group descriptors at (\d+)-(\d+)/g)) {
+    range(m[1]);
+    range(m[2], m[3]);
+  }
+  for (const m of stdout.matchAll(/(?:Block|Inode) bitmap at (\d+)/g)) range(m[1]);
+  set2.add(Math.floor(1024 / blockSize));
+  const out = blocks(inodeOut);
+  inodes.forEach((_, k) => {
+    const at = /located at block (\d+)/.exec(out[2 * k] ?? "")?.[1];
+    if (!at) throw new Error(`debugfs imap gave no inode table block for inode ${inodes[k]}`);
+    set2.add(Number(at));
+    const acl = Number(/File ACL:\s*(\d+)/.exec(out[2 * k + 1] ?? "")?.[1] ?? 0);
+    if (acl) set2.add(acl);
+  });
+  return { blockSize, blocks: [...set2] };
+}
+async function editInPlace(image, cmds, opts = {}) {
+  const targets = targetsOf(cmds);
+  const risk = await blocksAtRisk(
+    image,
+    targets.map((t) => t.ino)
+  );
+  const log2 = await writeUndoLog(image, risk.blockSize, risk.blocks, { targets });
+  try {
+    await runDebugfs(image, cmds, {
+      write: true,
+      detached: true,
+      commandFile: `${log2}.cmds`,
+      extraFds: opts.lockFd === void 0 ? void 0 : [opts.lockFd]
+    });
+    await fsyncPath(image);
+  } catch (e) {
+    await rollBack(image, log2);
+    await removeUndoLog(log2);
+    throw e;
+  }
+  await removeUndoLog(log2);
+}
+async function editComplete(image, targets) {
+  const lists = blocks(
+    await runDebugfs(
+      image,
+      targets.map((t) => `ea_list <${t.ino}>`)
+    ).catch(() => "")
+  );
+  const left = targets.some((t, k) => t.names.some((n2) => (lists[k] ?? n2).includes(`${n2} (`)));
+  if (left || lists.length !== targets.length) return false;
+  const fsck = await runTool("e2fsck", ["-fn", image], { okExitCodes: [1, 2, 4, 8], timeoutSeconds: 1800 });
+  return fsck.exitCode === 0;
+}
+async function recoverInterruptedEdits(image) {
+  const logs = await staleUndoLogs(image);
+  for (const log2 of logs) {
+    const undo = await readUndoLog(log2);
+    if (undo && !await editComplete(image, undo.meta.targets ?? []))
+      await rollBack(image, log2);
+    await removeUndoLog(log2);
+  }
+  return logs;
+}
+var IN_PLACE_CMD, blocks;
+var init_inplace = __esm({
+  "packages/core/src/image/inplace.ts"() {
+    "use strict";
+    init_atomic();
+    init_undo();
+    init_run();
+    init_debugfs();
+    IN_PLACE_CMD = /^(?:cd .*|ea_rm <(\d+)> (\S+))$/;
+    blocks = (out) => out.split(/^debugfs: .*$/m).slice(1);
+  }
+});
+
+// packages/core/src/lock/ofd.ts
+import { AsyncLocalStorage } from "node:async_hooks";
+import { closeSync as closeSync2, constants as constants9, openSync as openSync2 } from "node:fs";
+function getFfi() {
+  if (ffi) return ffi;
+  const koffi = loadKoffi();
+  const libc2 = koffi.load("libc.so.6");
+  koffi.struct("ov_flock", {
+    l_type: "short",
+    l_whence: "short",
+    l_start: "int64",
+    l_len: "int64",
+    l_pid: "int"
+  });
+  const fcntl = libc2.func("int fcntl(int fd, int cmd, ...)");
+  ffi = { fcntl, errno: () => koffi.errno() };
+  return ffi;
+}
+function withLockWait(seconds, fn) {
+  return lockWait.run(seconds, fn);
+}
+function setProcessLockWait(seconds) {
+  processWait = seconds;
+}
+function waitSecondsFor(opts) {
+  return opts.waitSeconds ?? lockWait.getStore() ?? processWait ?? 0;
+}
+function trySetLock(fd, type) {
+  const { fcntl, errno } = getFfi();
+  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
+  const e = errno();
+  if (e === EAGAIN || e === EACCES) return false;
+  throw new OverlayError("E_TOOL_FAILED", `fcntl(F_OFD_SETLK) failed with errno ${e}`);
+}
+async function acquireLock(path6, mode, opts = {}) {
+  if (mode === "shared") await finishInterruptedEdits(path6);
+  let fd;
+  try {
+    fd = openSync2(path6, mode === "exclusive" ? constants9.O_RDWR : constants9.O_RDONLY);
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  const deadline = Date.now() + waitSecondsFor(opts) * 1e3;
+  try {
+    for (; ; ) {
+      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
+      if (Date.now() >= deadline) throw lockedError(path6, mode);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (e) {
+    closeSync2(fd);
+    throw e;
+  }
+  let released = false;
+  const lock = {
+    path: path6,
+    mode,
+    fd,
+    release() {
+      if (released) return;
+      released = true;
+      closeSync2(fd);
+    }
+  };
+  if (mode === "exclusive") {
+    try {
+      await recoverInterruptedEdits(path6);
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+  return lock;
+}
+async function finishInterruptedEdits(path6) {
+  if (!(await staleUndoLogs(path6)).length) return;
+  await acquireLock(path6, "exclusive", { waitSeconds: 0 }).then(
+    (l) => l.release(),
+    () => {
+    }
+  );
+}
+async function withLock(path6, mode, fn, opts = {}) {
+  const lock = await acquireLock(path6, mode, opts);
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+function probeLock(path6) {
+  const attempt = (flags, type) => {
+    let fd;
+    try {
+      fd = openSync2(path6, flags);
+    } catch (e) {
+      if (e.code === "EACCES") return null;
+      throw fromFsError(e, path6);
+    }
+    try {
+      return trySetLock(fd, type);
+    } finally {
+      closeSync2(fd);
+    }
+  };
+  if (attempt(constants9.O_RDONLY, F_RDLCK) === false) return "write";
+  if (attempt(constants9.O_RDWR, F_WRLCK) === false) return "read";
+  return "free";
+}
+async function awaitLockFree(path6, mode, opts = {}) {
+  const deadline = Date.now() + waitSecondsFor(opts) * 1e3;
+  for (; ; ) {
+    const held = probeLock(path6);
+    if (held === "free" || held === "read" && mode === "shared") return;
+    if (Date.now() >= deadline) throw lockedError(path6, mode);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+var F_OFD_SETLK, F_RDLCK, F_WRLCK, EAGAIN, EACCES, ffi, lockWait, processWait, lockedError;
+var init_ofd = __esm({
+  "packages/core/src/lock/ofd.ts"() {
+    "use strict";
+    init_errors();
+    init_undo();
+    init_inplace();
+    init_native2();
+    F_OFD_SETLK = 37;
+    F_RDLCK = 0;
+    F_WRLCK = 1;
+    EAGAIN = 11;
+    EACCES = 13;
+    lockWait = new AsyncLocalStorage();
+    lockedError = (path6, mode) => new OverlayError(
+      "E_LOCKED",
+      `${path6} is in use${mode === "exclusive" ? "" : " for writing"} by another process (Apptainer or overlayctl)`,
+      { hint: "wait for the other job to finish, or pass --wait SECONDS", details: { path: path6, mode } }
+    );
+  }
+});
+
+// packages/core/src/image/copy.ts
+import { chmod as chmod2, chown, stat as stat6 } from "node:fs/promises";
+async function copyImageFile(src, dst) {
+  const st = await stat6(src);
+  const sparse = st.blocks * 512 < st.size;
+  await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], {
+    timeoutSeconds: 3600
+  });
+  await chmod2(dst, st.mode & 4095);
+  if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
+}
+async function isSparseFile(path6) {
+  const st = await stat6(path6);
+  return st.blocks * 512 < st.size;
+}
+var init_copy = __esm({
+  "packages/core/src/image/copy.ts"() {
+    "use strict";
+    init_run();
+  }
+});
+
 // packages/core/src/layer/lower.ts
-import { mkdtemp, readdir as readdir4, rm as rm5 } from "node:fs/promises";
+import { mkdtemp, readdir as readdir4, rm as rm4 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
 import { join as join7 } from "node:path";
 function modeFromPerms(perms) {
@@ -31474,7 +30349,7 @@ async function sifEntries(sif) {
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
     return await squashEntries(part);
   } finally {
-    await rm5(dir, { recursive: true, force: true });
+    await rm4(dir, { recursive: true, force: true });
   }
 }
 async function dirEntries(root) {
@@ -31578,24 +30453,27 @@ __export(normalize_exports, {
   findNonPortableMarkers: () => findNonPortableMarkers,
   normalizeImage: () => normalizeImage
 });
-function blocks(out) {
+function blocks2(out) {
   return out.split(/^debugfs: .*$/m).slice(1);
 }
 async function walkUpper(image) {
-  const root = /Inode:\s*(\d+)/.exec(await runDebugfs(image, ["stat /upper"]))?.[1];
-  const rootNode = { ino: Number(root), path: "", name: "upper", mode: 16877 };
+  const first = blocks2(await runDebugfs(image, ["ls -p /upper"]));
+  const dot = (first[0] ?? "").split("\n").map((l) => LS_LINE.exec(l)).find((m) => m?.[3] === ".");
+  const rootNode = { ino: Number(dot?.[1]), path: "", name: "upper", mode: 16877 };
   const dirs = [rootNode];
   const all = [rootNode];
   const children = /* @__PURE__ */ new Map();
   let level = [rootNode];
   const seenDirs = /* @__PURE__ */ new Set([rootNode.ino]);
+  let pending = first;
   while (level.length) {
-    const out = blocks(
+    const out = pending ?? blocks2(
       await runDebugfs(
         image,
         level.map((d) => `ls -p <${d.ino}>`)
       )
     );
+    pending = void 0;
     const next = [];
     level.forEach((dir, i2) => {
       const kids = [];
@@ -31625,20 +30503,16 @@ async function walkUpper(image) {
 async function scan(image, lower) {
   const { dirs, all, children } = await walkUpper(image);
   const chardevs = all.filter((n2) => (n2.mode & S_IFMT) === 8192);
-  const devOut = chardevs.length ? blocks(
-    await runDebugfs(
-      image,
-      chardevs.map((n2) => `stat <${n2.ino}>`)
-    )
-  ) : [];
+  const out = blocks2(
+    await runDebugfs(image, [
+      ...chardevs.map((n2) => `stat <${n2.ino}>`),
+      ...all.map((n2) => `ea_list <${n2.ino}>`)
+    ])
+  );
+  const devOut = out.slice(0, chardevs.length);
+  const eaOut = out.slice(chardevs.length);
   const zeroDev = new Set(
     chardevs.filter((_, i2) => /major\/minor number:\s*00:00/.test(devOut[i2] ?? "")).map((n2) => n2.ino)
-  );
-  const eaOut = blocks(
-    await runDebugfs(
-      image,
-      all.map((n2) => `ea_list <${n2.ino}>`)
-    )
   );
   const xattrs = /* @__PURE__ */ new Map();
   all.forEach((n2, i2) => {
@@ -31721,29 +30595,44 @@ async function findNonPortableMarkers(image) {
   return { count: markers.length, examples: markers.slice(0, 5).map((n2) => `/upper/${n2.path}`) };
 }
 async function normalizeImage(image, opts = {}) {
+  const progress = opts.onProgress ?? (() => {
+  });
   await requireExt3(image);
-  const work = async () => {
+  const work = async (lockFd) => {
+    progress(`normalize: scanning ${image} upper/`);
     let plan = await scan(image, void 0);
     if (plan.opaqueDirs > 0 && (opts.base || opts.layers?.length)) {
+      progress("normalize: listing the lower layers (replaced directories need them)");
       plan = await scan(image, await lowerListing(opts.base, opts.layers ?? []));
     }
-    if (plan.cmds.length) {
+    const rewrite = !plan.cmds.length ? "none" : canEditInPlace(plan.cmds) ? "in-place" : "copy";
+    if (rewrite !== "none")
+      progress(`normalize: ${plan.cmds.length} edits, ${rewrite === "in-place" ? "in place" : "on a copy"}`);
+    if (rewrite === "in-place") await editInPlace(image, plan.cmds, { lockFd });
+    if (rewrite === "copy") {
       await replaceAtomically(image, async (tmp) => {
         await copyImageFile(image, tmp);
         await runDebugfs(tmp, plan.cmds, { write: true });
       });
     }
     return {
-      path: image,
+      image,
       deletionsRewritten: plan.deletions,
       opaqueDirs: plan.opaqueDirs,
       explicitWhiteouts: plan.explicit,
       xattrsStripped: plan.stripped,
       changed: plan.cmds.length > 0,
+      rewrite,
       warnings: plan.warnings
     };
   };
-  return opts.lockHeld ? work() : withLock(image, "exclusive", work);
+  if (opts.lockHeld) return work();
+  const lock = await acquireLock(image, "exclusive");
+  try {
+    return await work(lock.fd);
+  } finally {
+    lock.release();
+  }
 }
 var LS_LINE, S_IFMT;
 var init_normalize2 = __esm({
@@ -31753,6 +30642,7 @@ var init_normalize2 = __esm({
     init_copy();
     init_debugfs();
     init_format();
+    init_inplace();
     init_ofd();
     init_lower();
     init_whiteouts();
@@ -31762,30 +30652,33 @@ var init_normalize2 = __esm({
 });
 
 // packages/core/src/image/check.ts
-import { mkdtemp as mkdtemp2, rm as rm6 } from "node:fs/promises";
+import { mkdtemp as mkdtemp2, rm as rm5 } from "node:fs/promises";
 import { tmpdir as tmpdir4 } from "node:os";
 import { join as join8 } from "node:path";
 function summarize(output2) {
   return output2.split("\n").map((l) => l.trim()).filter((l) => l && PROBLEM_LINE.test(l) && !/^Pass \d/.test(l)).slice(0, 12);
 }
-async function fsckOnCopy(image) {
+async function fsckOnCopy(image, progress) {
   const dir = await mkdtemp2(join8(tmpdir4(), "overlay-check-"));
   const copy = join8(dir, "copy.img");
   try {
     let method = "metadata-copy";
     try {
+      progress(`${image}: metadata copy (e2image -r)`);
       await runTool("e2image", ["-r", image, copy], { timeoutSeconds: 600 });
     } catch (e) {
       if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
       method = "full-copy";
-      await rm6(copy, { force: true });
+      await rm5(copy, { force: true });
+      progress(`${image}: full sparse copy (the metadata could not be read alone)`);
       await runTool("cp", ["--sparse=always", image, copy], { timeoutSeconds: 1800 });
     }
+    progress(`${image}: e2fsck -fy on the copy`);
     const r = await runTool("e2fsck", ["-fy", copy], { okExitCodes: [1, 2, 4, 8, 12], timeoutSeconds: 1800 });
     return { exit: r.exitCode, output: `${r.stdout}
 ${r.stderr}`, method };
   } finally {
-    await rm6(dir, { recursive: true, force: true });
+    await rm5(dir, { recursive: true, force: true });
   }
 }
 function statusFromExit(exit) {
@@ -31801,15 +30694,17 @@ async function portabilityWarnings(path6) {
   ] : [];
 }
 async function checkImage(path6, opts = {}) {
+  const progress = opts.onProgress ?? (() => {
+  });
   const started = Date.now();
   const result = (r) => ({
-    path: path6,
+    image: path6,
     problems: [],
     e2fsckExit: null,
     method: null,
     warnings: [],
     ...r,
-    seconds: Math.round((Date.now() - started) / 100) / 10
+    durationMs: Date.now() - started
   });
   let lock;
   try {
@@ -31822,7 +30717,7 @@ async function checkImage(path6, opts = {}) {
         return result({ status: "locked", error: { code: e.code, message: e.message } });
       throw e;
     }
-    const first = await fsckOnCopy(path6);
+    const first = await fsckOnCopy(path6, progress);
     const status = statusFromExit(first.exit);
     const problems = summarize(first.output);
     const warnings = status === "clean" ? await portabilityWarnings(path6) : [];
@@ -31837,7 +30732,9 @@ async function checkImage(path6, opts = {}) {
       });
     }
     await replaceAtomically(path6, async (tmp) => {
+      progress(`${path6}: repair: copying the image`);
       await copyImageFile(path6, tmp);
+      progress(`${path6}: repair: e2fsck -fy on the copy`);
       await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
       const again = await runTool("e2fsck", ["-fn", tmp], {
         okExitCodes: [1, 2, 4, 8],
@@ -31885,15 +30782,16 @@ var init_check = __esm({
 });
 
 // packages/core/src/image/info.ts
-import { promises as fsp4 } from "node:fs";
+import { promises as fsp5 } from "node:fs";
 async function imageInfo(path6) {
   await removeStaleTemps(path6);
-  const st = await fsp4.stat(path6).catch((e) => {
+  await finishInterruptedEdits(path6);
+  const st = await fsp5.stat(path6).catch((e) => {
     throw fromFsError(e, path6);
   });
   const { format: format2, ext } = await detectFormat(path6);
   const base = {
-    path: path6,
+    image: path6,
     format: format2,
     sizeBytes: st.size,
     allocatedBytes: st.blocks * 512,
@@ -31950,6 +30848,7 @@ var init_info2 = __esm({
     "use strict";
     init_errors();
     init_atomic();
+    init_ofd();
     init_run();
     init_debugfs();
     init_format();
@@ -31958,8 +30857,8 @@ var init_info2 = __esm({
 });
 
 // packages/core/src/image/create.ts
-import { createWriteStream as createWriteStream2, promises as fsp5 } from "node:fs";
-import { dirname as dirname6 } from "node:path";
+import { createWriteStream as createWriteStream2, promises as fsp6 } from "node:fs";
+import { dirname as dirname7 } from "node:path";
 import { pipeline } from "node:stream/promises";
 function currentOwner() {
   return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
@@ -31986,8 +30885,8 @@ async function allocate(path6, size) {
   }
 }
 async function createImage(opts) {
-  const parent = dirname6(opts.path);
-  const parentStat = await fsp5.stat(parent).catch((e) => {
+  const parent = dirname7(opts.path);
+  const parentStat = await fsp6.stat(parent).catch((e) => {
     throw fromFsError(e, parent);
   });
   if (!parentStat.isDirectory()) throw new OverlayError("E_NOT_FOUND", `${parent} is not a directory`);
@@ -31998,7 +30897,7 @@ async function createImage(opts) {
   const build2 = () => replaceAtomically(opts.path, async (tmp) => {
     const { uid, gid } = opts.owner;
     opts.onProgress?.(`${opts.sparse ? "sizing" : "allocating"} ${opts.sizeBytes} bytes`);
-    if (opts.sparse) await fsp5.truncate(tmp, opts.sizeBytes);
+    if (opts.sparse) await fsp6.truncate(tmp, opts.sizeBytes);
     else await allocate(tmp, opts.sizeBytes);
     const extended2 = [`root_owner=${uid}:${gid}`, ...opts.sparse ? [] : ["nodiscard"]];
     opts.onProgress?.("mkfs.ext3");
@@ -32051,7 +30950,7 @@ var init_create2 = __esm({
 });
 
 // packages/core/src/runtime/diagnose.ts
-import { closeSync as closeSync3, constants as constants9, openSync as openSync3, readFileSync as readFileSync3 } from "node:fs";
+import { closeSync as closeSync4, constants as constants11, openSync as openSync4, readFileSync as readFileSync3 } from "node:fs";
 function readProc(path6) {
   try {
     return readFileSync3(path6, "utf8").trim();
@@ -32062,7 +30961,7 @@ function readProc(path6) {
 function probeHost() {
   let devFuse = "ok";
   try {
-    closeSync3(openSync3("/dev/fuse", constants9.O_RDWR));
+    closeSync4(openSync4("/dev/fuse", constants11.O_RDWR));
   } catch (e) {
     const code = e.code ?? "error";
     devFuse = code === "ENOENT" ? "missing" : code;
@@ -32088,7 +30987,7 @@ function diagnoseRuntimeFailure(stderr, opts = {}) {
     return new OverlayError(
       "E_LOCKED",
       `${opts.image ?? "the overlay image"} is in use by another process (${rt} refused to mount it)`,
-      { hint: "wait for the other container or overlayctl job to finish, then retry", details }
+      { hint: "wait for the other container or overlayctl job to finish, or pass --wait SECONDS", details }
     );
   }
   if (/upper dir.*not writable/i.test(text)) {
@@ -32149,9 +31048,9 @@ var init_diagnose = __esm({
 });
 
 // packages/core/src/runtime/exec.ts
-import { mkdtemp as mkdtemp6, readFile as readFile4, rm as rm10, writeFile as writeFile6 } from "node:fs/promises";
+import { mkdtemp as mkdtemp6, readFile as readFile5, rm as rm10, writeFile as writeFile7 } from "node:fs/promises";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join11, resolve as resolve6 } from "node:path";
+import { join as join12, resolve as resolve7 } from "node:path";
 async function chooseFakeroot(image, opts = {}) {
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   if (uid === 0 || opts.ro) return { fakeroot: false, upperUid: null };
@@ -32169,7 +31068,7 @@ function checkOverlayPath(path6, what) {
       }
     );
   }
-  return resolve6(path6);
+  return resolve7(path6);
 }
 function execArgs(o2) {
   const args = ["exec"];
@@ -32187,13 +31086,13 @@ async function driverOverlayConfig(runtime) {
   const cfg = await runTool(runtime.name, ["buildcfg"], { timeoutSeconds: 60 }).catch(() => void 0);
   const conf = /^\w+_CONF_FILE=(.+)$/m.exec(cfg?.stdout ?? "")?.[1];
   if (!conf || /^\w+_SUID_INSTALL=1$/m.test(cfg?.stdout ?? "")) return void 0;
-  const text = await readFile4(conf, "utf8").catch(() => void 0);
+  const text = await readFile5(conf, "utf8").catch(() => void 0);
   if (text === void 0 || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return void 0;
   const line = /^\s*enable overlay\s*=.*$/m;
   const driver = "enable overlay = driver";
-  const dir = await mkdtemp6(join11(tmpdir6(), "overlay-conf-"));
-  const file2 = join11(dir, "apptainer.conf");
-  await writeFile6(file2, line.test(text) ? text.replace(line, driver) : `${text}
+  const dir = await mkdtemp6(join12(tmpdir6(), "overlay-conf-"));
+  const file2 = join12(dir, "apptainer.conf");
+  await writeFile7(file2, line.test(text) ? text.replace(line, driver) : `${text}
 ${driver}
 `, {
     mode: 420
@@ -32213,17 +31112,8 @@ async function runInContainer(o2) {
   if (ro) await detectFormat(image);
   else await requireExt3(image);
   for (const layer of layers) await detectFormat(layer);
-  const lock = probeLock(image);
-  if (lock === "write" || lock === "read" && !ro) {
-    throw new OverlayError(
-      "E_LOCKED",
-      `${image} is in use${lock === "write" ? " for writing" : ""} by another process`,
-      {
-        hint: "wait for the other container or overlayctl job to finish, then retry",
-        details: { path: image, held: lock }
-      }
-    );
-  }
+  await awaitLockFree(image, ro ? "shared" : "exclusive");
+  await finishInterruptedEdits(image);
   const fakeroot = o2.fakeroot === void 0 || o2.fakeroot === "auto" ? (await chooseFakeroot(image, { ro })).fakeroot : o2.fakeroot;
   const base = await resolveBase(o2.base, { onProgress: o2.onProgress });
   const ext3InStack = ro && process.getuid?.() !== 0 && (await Promise.all([image, ...layers].map((p) => detectFormat(p)))).some(
@@ -32253,7 +31143,7 @@ async function runInContainer(o2) {
     timeoutSeconds: o2.timeoutSeconds ?? 0,
     okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
     stdin: o2.stdin ?? "inherit",
-    stdout: stdout === "inherit" ? "inherit" : "pipe",
+    stdout: stdout === "inherit" ? "inherit" : stdout === "stderr" ? 2 : "pipe",
     onLine: stdout === "capture" ? void 0 : onLine
   }).finally(() => {
     process.off("SIGINT", waitForChild);
@@ -32300,9 +31190,9 @@ __export(build_exports, {
   buildInOverlay: () => buildInOverlay,
   checkBuilt: () => checkBuilt
 });
-import { promises as fsp6 } from "node:fs";
+import { promises as fsp7 } from "node:fs";
 import { tmpdir as tmpdir7 } from "node:os";
-import { join as join12, resolve as resolve7 } from "node:path";
+import { join as join13, resolve as resolve8 } from "node:path";
 async function checkBuilt(path6) {
   const r = await checkImage(path6);
   return { status: r.status, problems: r.problems };
@@ -32312,12 +31202,12 @@ async function buildInOverlay(o2) {
   if (given.length !== 1)
     throw new OverlayError("E_INVALID_INPUT", "give exactly one of --script FILE or --run COMMAND");
   const started = Date.now();
-  const image = resolve7(o2.image);
+  const image = resolve8(o2.image);
   const progress = o2.onProgress ?? ((line) => process.stderr.write(`${line}
 `));
-  let scriptFile = o2.scriptFile === void 0 ? void 0 : resolve7(o2.scriptFile);
+  let scriptFile = o2.scriptFile === void 0 ? void 0 : resolve8(o2.scriptFile);
   if (scriptFile) {
-    const st = await fsp6.stat(scriptFile).catch(() => null);
+    const st = await fsp7.stat(scriptFile).catch(() => null);
     if (!st?.isFile()) throw new OverlayError("E_NOT_FOUND", `build script ${o2.scriptFile} does not exist`);
   }
   const created = !await exists2(image);
@@ -32326,9 +31216,9 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp6.mkdtemp(join12(tmpdir7(), "overlayctl-build-"));
-    scriptFile = join12(tempDir, "build.sh");
-    await fsp6.writeFile(scriptFile, o2.script, { mode: 420 });
+    tempDir = await fsp7.mkdtemp(join13(tmpdir7(), "overlayctl-build-"));
+    scriptFile = join13(tempDir, "build.sh");
+    await fsp7.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
   const binds = [...o2.binds ?? [], ...scriptFile ? [`${scriptFile}:${SCRIPT_IN_CONTAINER}:ro`] : []];
@@ -32390,15 +31280,15 @@ async function buildInOverlay(o2) {
         () => replaceAtomically(image, async (tmp) => {
           progress(`copying ${o2.image} (sparse)`);
           await runTool("cp", ["--sparse=always", image, tmp], { timeoutSeconds: 3600 });
-          const st = await fsp6.stat(image);
-          await fsp6.chmod(tmp, st.mode & 4095);
-          if (process.getuid?.() === 0) await fsp6.chown(tmp, st.uid, st.gid);
+          const st = await fsp7.stat(image);
+          await fsp7.chmod(tmp, st.mode & 4095);
+          if (process.getuid?.() === 0) await fsp7.chown(tmp, st.uid, st.gid);
           await buildOn(tmp);
         })
       );
     }
   } finally {
-    if (tempDir) await fsp6.rm(tempDir, { recursive: true, force: true });
+    if (tempDir) await fsp7.rm(tempDir, { recursive: true, force: true });
   }
   return {
     image,
@@ -32430,8 +31320,8 @@ var init_build = __esm({
 });
 
 // packages/actions/src/entries/commit-layer.ts
-import { createHash as createHash7 } from "node:crypto";
-import { createReadStream as createReadStream3, promises as fsp9 } from "node:fs";
+import { createHash as createHash8 } from "node:crypto";
+import { createReadStream as createReadStream3, promises as fsp10 } from "node:fs";
 
 // node_modules/@actions/core/lib/command.js
 import * as os from "os";
@@ -32598,11 +31488,11 @@ import { EOL as EOL3 } from "os";
 import { constants, promises } from "fs";
 var __awaiter = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve9) {
-      resolve9(value);
+    return value instanceof P ? value : new P(function(resolve10) {
+      resolve10(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve9, reject) {
+  return new (P || (P = Promise))(function(resolve10, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -32618,7 +31508,7 @@ var __awaiter = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve9(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve10(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -32897,11 +31787,11 @@ var arch = os3.arch();
 // node_modules/@actions/core/lib/core.js
 var __awaiter2 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve9) {
-      resolve9(value);
+    return value instanceof P ? value : new P(function(resolve10) {
+      resolve10(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve9, reject) {
+  return new (P || (P = Promise))(function(resolve10, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -32917,7 +31807,7 @@ var __awaiter2 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve9(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve10(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -32992,556 +31882,1388 @@ function saveState(name, value) {
 
 // packages/core/src/index.ts
 init_resolve();
-init_key();
-init_local_store();
-init_pack();
 
-// packages/core/src/cache/state.ts
-init_pack();
-import { readFile as readFile3, rm as rm4, stat as stat6, writeFile as writeFile3 } from "node:fs/promises";
-import { basename as basename4, dirname as dirname5, join as join6 } from "node:path";
-function statePath(image) {
-  return join6(dirname5(image), `.${basename4(image)}.overlay-cache.json`);
-}
-async function fileIdentity(image) {
-  const s = await stat6(image, { bigint: true });
-  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-}
-async function readRestoreState(image) {
-  try {
-    return JSON.parse(await readFile3(statePath(image), "utf8"));
-  } catch {
-    return null;
-  }
-}
-async function restoreImage(store, keys, image) {
-  const r = await store.restore(keys, image);
-  if (r.outcome !== "miss" && r.matchedKey && r.sha256) {
-    const state = { key: r.matchedKey, sha256: r.sha256, file: await fileIdentity(image) };
-    await writeFile3(statePath(image), JSON.stringify(state));
-  }
-  return r;
-}
-async function saveImage(store, key, image) {
-  const state = await readRestoreState(image);
-  if (state) {
-    if (state.file && state.file === await fileIdentity(image))
-      return { saved: false, key, reason: "unchanged", sha256: state.sha256 };
-    const sha2562 = await imageContentDigest(image);
-    if (state.sha256 === sha2562) return { saved: false, key, reason: "unchanged", sha256: sha2562 };
-  }
-  return store.save(key, image);
-}
+// packages/core/src/cache/key.ts
+import { createHash as createHash5 } from "node:crypto";
+import { readFile as readFile2 } from "node:fs/promises";
+import { arch as arch2, platform as platform3 } from "node:os";
+import { resolve as resolve5 } from "node:path";
 
-// packages/core/src/index.ts
-init_errors();
-init_atomic();
-init_sparse();
-init_check();
+// node_modules/tinyglobby/dist/index.mjs
+import { readdir as readdir2, readdirSync, realpath, realpathSync, stat as stat2, statSync as statSync2 } from "fs";
+import { isAbsolute, posix, resolve as resolve3 } from "path";
+import { fileURLToPath as fileURLToPath3 } from "url";
 
-// packages/core/src/image/chown.ts
-init_atomic();
-init_ofd();
-init_copy();
-init_debugfs();
-init_format();
-init_info2();
-var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
-async function listInodesUnder(image, roots) {
-  const seen = new Set(roots);
-  let level = roots;
-  while (level.length) {
-    const out = await runDebugfs(
-      image,
-      level.map((ino) => `ls -p <${ino}>`)
-    );
-    const next = [];
-    for (const line of out.split("\n")) {
-      const m = LS_LINE2.exec(line);
-      if (!m) continue;
-      const ino = Number(m[1]);
-      const name = m[3];
-      if (name === "." || name === ".." || ino === 0 || seen.has(ino)) continue;
-      seen.add(ino);
-      const mode = Number.parseInt(m[2], 8);
-      if ((mode & 61440) === 16384) next.push(ino);
-    }
-    level = next;
-  }
-  return [...seen];
+// node_modules/fdir/dist/index.mjs
+import { createRequire } from "module";
+import { basename as basename2, dirname as dirname2, normalize, relative, resolve as resolve2, sep } from "path";
+import * as nativeFs from "fs";
+var __require2 = /* @__PURE__ */ createRequire(import.meta.url);
+function cleanPath(path6) {
+  let normalized = normalize(path6);
+  if (normalized.length > 1 && normalized[normalized.length - 1] === sep) normalized = normalized.substring(0, normalized.length - 1);
+  return normalized;
 }
-async function inodeOf(image, path6) {
-  const out = await runDebugfs(image, [`stat ${path6}`], { allowErrors: /not found/i }).catch(() => "");
-  const m = /Inode:\s*(\d+)/.exec(out);
-  return m ? Number(m[1]) : null;
+var SLASHES_REGEX = /[\\/]/g;
+function convertSlashes(path6, separator) {
+  return path6.replace(SLASHES_REGEX, separator);
 }
-async function chownImage(path6, owner) {
-  await requireExt3(path6);
-  let count2 = 0;
-  await withLock(
-    path6,
-    "exclusive",
-    () => replaceAtomically(path6, async (tmp) => {
-      await copyImageFile(path6, tmp);
-      const roots = (await Promise.all(["/upper", "/work"].map((p) => inodeOf(tmp, p)))).filter(
-        (x) => x !== null
-      );
-      const inodes = await listInodesUnder(tmp, roots);
-      count2 = inodes.length;
-      const cmds = inodes.flatMap((ino) => [
-        `sif <${ino}> uid ${owner.uid}`,
-        `sif <${ino}> gid ${owner.gid}`
-      ]);
-      for (let i2 = 0; i2 < cmds.length; i2 += 2e4)
-        await runDebugfs(tmp, cmds.slice(i2, i2 + 2e4), { write: true });
-    })
-  );
-  return { ...await imageInfo(path6), inodesChanged: count2 };
+var WINDOWS_ROOT_DIR_REGEX = /^[a-z]:[\\/]$/i;
+function isRootDirectory(path6) {
+  return path6 === "/" || WINDOWS_ROOT_DIR_REGEX.test(path6);
 }
-
-// packages/core/src/index.ts
-init_copy();
-init_create2();
-init_debugfs();
-init_format();
-init_info2();
-
-// packages/core/src/image/resize.ts
-init_errors();
-init_atomic();
-init_ofd();
-init_run();
-init_copy();
-init_format();
-init_info2();
-init_superblock();
-import { stat as stat8, truncate } from "node:fs/promises";
-async function minimumSizeBytes(path6) {
-  const sb = await readSuperblock(path6);
-  const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
-  const blocks2 = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
-  if (!Number.isFinite(blocks2))
-    throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path6}`);
-  return blocks2 * sb.blockSize;
+function normalizePath(path6, options) {
+  const { resolvePaths, normalizePath: normalizePath$1, pathSeparator } = options;
+  const pathNeedsCleaning = process.platform === "win32" && path6.includes("/") || path6.startsWith(".");
+  if (resolvePaths) path6 = resolve2(path6);
+  if (normalizePath$1 || pathNeedsCleaning) path6 = cleanPath(path6);
+  if (path6 === ".") return "";
+  const needsSeperator = path6[path6.length - 1] !== pathSeparator;
+  return convertSlashes(needsSeperator ? path6 + pathSeparator : path6, pathSeparator);
 }
-async function resizeImage(path6, sizeBytes, opts = {}) {
-  await requireExt3(path6);
-  const previousSizeBytes = await withLock(path6, "exclusive", async () => {
-    const before = (await stat8(path6)).size;
-    if (before === sizeBytes) return before;
-    if (sizeBytes < before) {
-      const min = await minimumSizeBytes(path6);
-      if (sizeBytes < min) {
-        throw new OverlayError(
-          "E_SHRINK_TOO_SMALL",
-          `${path6} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
-          { details: { minimumBytes: min, requestedBytes: sizeBytes } }
-        );
-      }
-    }
-    const sparse = await isSparseFile(path6);
-    await replaceAtomically(path6, async (tmp) => {
-      opts.onProgress?.("copying the image");
-      await copyImageFile(path6, tmp);
-      opts.onProgress?.("e2fsck -fy (resize2fs needs a checked filesystem)");
-      const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      if (fsck.exitCode === 4)
-        throw new OverlayError("E_INTEGRITY", `${path6} has errors e2fsck cannot fix; run check --repair`);
-      const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
-      try {
-        if (sizeBytes > before) {
-          if (sparse) await truncate(tmp, sizeBytes);
-          else await runTool("fallocate", ["-l", String(sizeBytes), tmp]);
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
-        } else {
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
-          await truncate(tmp, sizeBytes);
-        }
-      } catch (e) {
-        if (isOverlayError(e, "E_TOOL_FAILED") && /smaller than minimum|No space left on device/i.test(e.message)) {
-          throw new OverlayError("E_SHRINK_TOO_SMALL", `${path6} cannot shrink to ${sizeArg}: ${e.message}`);
-        }
-        throw e;
-      }
-      const check2 = await runTool("e2fsck", ["-fn", tmp], {
-        okExitCodes: [1, 2, 4, 8],
-        timeoutSeconds: 1800
-      });
-      if (check2.exitCode !== 0)
-        throw new OverlayError("E_INTEGRITY", `resized copy of ${path6} did not check clean`);
-    });
-    return before;
+function joinPathWithBasePath(filename, directoryPath) {
+  return directoryPath + filename;
+}
+function joinPathWithRelativePath(root, options) {
+  return function(filename, directoryPath) {
+    const sameRoot = directoryPath.startsWith(root);
+    if (sameRoot) return directoryPath.slice(root.length) + filename;
+    else return convertSlashes(relative(root, directoryPath), options.pathSeparator) + options.pathSeparator + filename;
+  };
+}
+function joinPath(filename) {
+  return filename;
+}
+function joinDirectoryPath(filename, directoryPath, separator) {
+  return directoryPath + filename + separator;
+}
+function build$7(root, options) {
+  const { relativePaths, includeBasePath } = options;
+  return relativePaths && root ? joinPathWithRelativePath(root, options) : includeBasePath ? joinPathWithBasePath : joinPath;
+}
+function pushDirectoryWithRelativePath(root) {
+  return function(directoryPath, paths) {
+    paths.push(directoryPath.substring(root.length) || ".");
+  };
+}
+function pushDirectoryFilterWithRelativePath(root) {
+  return function(directoryPath, paths, filters) {
+    const relativePath = directoryPath.substring(root.length) || ".";
+    if (filters.every((filter) => filter(relativePath, true))) paths.push(relativePath);
+  };
+}
+var pushDirectory = (directoryPath, paths) => {
+  paths.push(directoryPath || ".");
+};
+var pushDirectoryFilter = (directoryPath, paths, filters) => {
+  const path6 = directoryPath || ".";
+  if (filters.every((filter) => filter(path6, true))) paths.push(path6);
+};
+var empty$2 = () => {
+};
+function build$6(root, options) {
+  const { includeDirs, filters, relativePaths } = options;
+  if (!includeDirs) return empty$2;
+  if (relativePaths) return filters && filters.length ? pushDirectoryFilterWithRelativePath(root) : pushDirectoryWithRelativePath(root);
+  return filters && filters.length ? pushDirectoryFilter : pushDirectory;
+}
+var pushFileFilterAndCount = (filename, _paths, counts, filters) => {
+  if (filters.every((filter) => filter(filename, false))) counts.files++;
+};
+var pushFileFilter = (filename, paths, _counts, filters) => {
+  if (filters.every((filter) => filter(filename, false))) paths.push(filename);
+};
+var pushFileCount = (_filename, _paths, counts, _filters) => {
+  counts.files++;
+};
+var pushFile = (filename, paths) => {
+  paths.push(filename);
+};
+var empty$1 = () => {
+};
+function build$5(options) {
+  const { excludeFiles, filters, onlyCounts } = options;
+  if (excludeFiles) return empty$1;
+  if (filters && filters.length) return onlyCounts ? pushFileFilterAndCount : pushFileFilter;
+  else if (onlyCounts) return pushFileCount;
+  else return pushFile;
+}
+var getArray = (paths) => {
+  return paths;
+};
+var getArrayGroup = () => {
+  return [""].slice(0, 0);
+};
+function build$4(options) {
+  return options.group ? getArrayGroup : getArray;
+}
+var groupFiles = (groups, directory, files) => {
+  groups.push({
+    directory,
+    files,
+    dir: directory
   });
-  const info2 = await imageInfo(path6);
-  return { ...info2, previousSizeBytes, changed: previousSizeBytes !== sizeBytes };
+};
+var empty = () => {
+};
+function build$3(options) {
+  return options.group ? groupFiles : empty;
+}
+var resolveSymlinksAsync = function(path6, state, callback$1) {
+  const { queue, fs: fs3, options: { suppressErrors } } = state;
+  queue.enqueue();
+  fs3.realpath(path6, (error63, resolvedPath) => {
+    if (error63) return queue.dequeue(suppressErrors ? null : error63, state);
+    fs3.stat(resolvedPath, (error$1, stat10) => {
+      if (error$1) return queue.dequeue(suppressErrors ? null : error$1, state);
+      if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
+      callback$1(stat10, resolvedPath);
+      queue.dequeue(null, state);
+    });
+  });
+};
+var resolveSymlinks = function(path6, state, callback$1) {
+  const { queue, fs: fs3, options: { suppressErrors } } = state;
+  queue.enqueue();
+  try {
+    const resolvedPath = fs3.realpathSync(path6);
+    const stat10 = fs3.statSync(resolvedPath);
+    if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
+    callback$1(stat10, resolvedPath);
+  } catch (e) {
+    if (!suppressErrors) throw e;
+  }
+};
+function build$2(options, isSynchronous) {
+  if (!options.resolveSymlinks || options.excludeSymlinks) return null;
+  return isSynchronous ? resolveSymlinks : resolveSymlinksAsync;
+}
+function isRecursive(path6, resolved2, state) {
+  if (state.options.useRealPaths) return isRecursiveUsingRealPaths(resolved2, state);
+  let parent = dirname2(path6);
+  let depth = 1;
+  while (parent !== state.root && depth < 2) {
+    const resolvedPath = state.symlinks.get(parent);
+    const isSameRoot = !!resolvedPath && (resolvedPath === resolved2 || resolvedPath.startsWith(resolved2) || resolved2.startsWith(resolvedPath));
+    if (isSameRoot) depth++;
+    else parent = dirname2(parent);
+  }
+  state.symlinks.set(path6, resolved2);
+  return depth > 1;
+}
+function isRecursiveUsingRealPaths(resolved2, state) {
+  return state.visited.includes(resolved2 + state.options.pathSeparator);
+}
+var onlyCountsSync = (state) => {
+  return state.counts;
+};
+var groupsSync = (state) => {
+  return state.groups;
+};
+var defaultSync = (state) => {
+  return state.paths;
+};
+var limitFilesSync = (state) => {
+  return state.paths.slice(0, state.options.maxFiles);
+};
+var onlyCountsAsync = (state, error63, callback$1) => {
+  report(error63, callback$1, state.counts, state.options.suppressErrors);
+  return null;
+};
+var defaultAsync = (state, error63, callback$1) => {
+  report(error63, callback$1, state.paths, state.options.suppressErrors);
+  return null;
+};
+var limitFilesAsync = (state, error63, callback$1) => {
+  report(error63, callback$1, state.paths.slice(0, state.options.maxFiles), state.options.suppressErrors);
+  return null;
+};
+var groupsAsync = (state, error63, callback$1) => {
+  report(error63, callback$1, state.groups, state.options.suppressErrors);
+  return null;
+};
+function report(error63, callback$1, output2, suppressErrors) {
+  if (error63 && !suppressErrors) callback$1(error63, output2);
+  else callback$1(null, output2);
+}
+function build$1(options, isSynchronous) {
+  const { onlyCounts, group: group2, maxFiles } = options;
+  if (onlyCounts) return isSynchronous ? onlyCountsSync : onlyCountsAsync;
+  else if (group2) return isSynchronous ? groupsSync : groupsAsync;
+  else if (maxFiles) return isSynchronous ? limitFilesSync : limitFilesAsync;
+  else return isSynchronous ? defaultSync : defaultAsync;
+}
+var readdirOpts = { withFileTypes: true };
+var walkAsync = (state, crawlPath, directoryPath, currentDepth, callback$1) => {
+  state.queue.enqueue();
+  if (currentDepth < 0) return state.queue.dequeue(null, state);
+  const { fs: fs3 } = state;
+  state.visited.push(crawlPath);
+  state.counts.directories++;
+  fs3.readdir(crawlPath || ".", readdirOpts, (error63, entries = []) => {
+    callback$1(entries, directoryPath, currentDepth);
+    state.queue.dequeue(state.options.suppressErrors ? null : error63, state);
+  });
+};
+var walkSync = (state, crawlPath, directoryPath, currentDepth, callback$1) => {
+  const { fs: fs3 } = state;
+  if (currentDepth < 0) return;
+  state.visited.push(crawlPath);
+  state.counts.directories++;
+  let entries = [];
+  try {
+    entries = fs3.readdirSync(crawlPath || ".", readdirOpts);
+  } catch (e) {
+    if (!state.options.suppressErrors) throw e;
+  }
+  callback$1(entries, directoryPath, currentDepth);
+};
+function build(isSynchronous) {
+  return isSynchronous ? walkSync : walkAsync;
+}
+var Queue = class {
+  count = 0;
+  constructor(onQueueEmpty) {
+    this.onQueueEmpty = onQueueEmpty;
+  }
+  enqueue() {
+    this.count++;
+    return this.count;
+  }
+  dequeue(error63, output2) {
+    if (this.onQueueEmpty && (--this.count <= 0 || error63)) {
+      this.onQueueEmpty(error63, output2);
+      if (error63) {
+        output2.controller.abort();
+        this.onQueueEmpty = void 0;
+      }
+    }
+  }
+};
+var Counter = class {
+  _files = 0;
+  _directories = 0;
+  set files(num) {
+    this._files = num;
+  }
+  get files() {
+    return this._files;
+  }
+  set directories(num) {
+    this._directories = num;
+  }
+  get directories() {
+    return this._directories;
+  }
+  /**
+  * @deprecated use `directories` instead
+  */
+  /* c8 ignore next 3 */
+  get dirs() {
+    return this._directories;
+  }
+};
+var Aborter = class {
+  aborted = false;
+  abort() {
+    this.aborted = true;
+  }
+};
+var Walker = class {
+  root;
+  isSynchronous;
+  state;
+  joinPath;
+  pushDirectory;
+  pushFile;
+  getArray;
+  groupFiles;
+  resolveSymlink;
+  walkDirectory;
+  callbackInvoker;
+  constructor(root, options, callback$1) {
+    this.isSynchronous = !callback$1;
+    this.callbackInvoker = build$1(options, this.isSynchronous);
+    this.root = normalizePath(root, options);
+    this.state = {
+      root: isRootDirectory(this.root) ? this.root : this.root.slice(0, -1),
+      paths: [""].slice(0, 0),
+      groups: [],
+      counts: new Counter(),
+      options,
+      queue: new Queue((error63, state) => this.callbackInvoker(state, error63, callback$1)),
+      symlinks: /* @__PURE__ */ new Map(),
+      visited: [""].slice(0, 0),
+      controller: new Aborter(),
+      fs: options.fs || nativeFs
+    };
+    this.joinPath = build$7(this.root, options);
+    this.pushDirectory = build$6(this.root, options);
+    this.pushFile = build$5(options);
+    this.getArray = build$4(options);
+    this.groupFiles = build$3(options);
+    this.resolveSymlink = build$2(options, this.isSynchronous);
+    this.walkDirectory = build(this.isSynchronous);
+  }
+  start() {
+    this.pushDirectory(this.root, this.state.paths, this.state.options.filters);
+    this.walkDirectory(this.state, this.root, this.root, this.state.options.maxDepth, this.walk);
+    return this.isSynchronous ? this.callbackInvoker(this.state, null) : null;
+  }
+  walk = (entries, directoryPath, depth) => {
+    const { paths, options: { filters, resolveSymlinks: resolveSymlinks$1, excludeSymlinks, exclude, maxFiles, signal, useRealPaths, pathSeparator }, controller } = this.state;
+    if (controller.aborted || signal && signal.aborted || maxFiles && paths.length > maxFiles) return;
+    const files = this.getArray(this.state.paths);
+    for (let i2 = 0; i2 < entries.length; ++i2) {
+      const entry = entries[i2];
+      if (entry.isFile() || entry.isSymbolicLink() && !resolveSymlinks$1 && !excludeSymlinks) {
+        const filename = this.joinPath(entry.name, directoryPath);
+        this.pushFile(filename, files, this.state.counts, filters);
+      } else if (entry.isDirectory()) {
+        let path6 = joinDirectoryPath(entry.name, directoryPath, this.state.options.pathSeparator);
+        if (exclude && exclude(entry.name, path6)) continue;
+        this.pushDirectory(path6, paths, filters);
+        this.walkDirectory(this.state, path6, path6, depth - 1, this.walk);
+      } else if (this.resolveSymlink && entry.isSymbolicLink()) {
+        let path6 = joinPathWithBasePath(entry.name, directoryPath);
+        this.resolveSymlink(path6, this.state, (stat10, resolvedPath) => {
+          if (stat10.isDirectory()) {
+            resolvedPath = normalizePath(resolvedPath, this.state.options);
+            if (exclude && exclude(entry.name, useRealPaths ? resolvedPath : path6 + pathSeparator)) return;
+            this.walkDirectory(this.state, resolvedPath, useRealPaths ? resolvedPath : path6 + pathSeparator, depth - 1, this.walk);
+          } else {
+            resolvedPath = useRealPaths ? resolvedPath : path6;
+            const filename = basename2(resolvedPath);
+            const directoryPath$1 = normalizePath(dirname2(resolvedPath), this.state.options);
+            resolvedPath = this.joinPath(filename, directoryPath$1);
+            this.pushFile(resolvedPath, files, this.state.counts, filters);
+          }
+        });
+      }
+    }
+    this.groupFiles(this.state.groups, directoryPath, files);
+  };
+};
+function promise(root, options) {
+  return new Promise((resolve$1, reject) => {
+    callback(root, options, (err, output2) => {
+      if (err) return reject(err);
+      resolve$1(output2);
+    });
+  });
+}
+function callback(root, options, callback$1) {
+  let walker = new Walker(root, options, callback$1);
+  walker.start();
+}
+function sync(root, options) {
+  const walker = new Walker(root, options);
+  return walker.start();
+}
+var APIBuilder = class {
+  constructor(root, options) {
+    this.root = root;
+    this.options = options;
+  }
+  withPromise() {
+    return promise(this.root, this.options);
+  }
+  withCallback(cb) {
+    callback(this.root, this.options, cb);
+  }
+  sync() {
+    return sync(this.root, this.options);
+  }
+};
+var pm = null;
+try {
+  __require2.resolve("picomatch");
+  pm = __require2("picomatch");
+} catch {
+}
+var Builder = class {
+  globCache = {};
+  options = {
+    maxDepth: Infinity,
+    suppressErrors: true,
+    pathSeparator: sep,
+    filters: []
+  };
+  globFunction;
+  constructor(options) {
+    this.options = {
+      ...this.options,
+      ...options
+    };
+    this.globFunction = this.options.globFunction;
+  }
+  group() {
+    this.options.group = true;
+    return this;
+  }
+  withPathSeparator(separator) {
+    this.options.pathSeparator = separator;
+    return this;
+  }
+  withBasePath() {
+    this.options.includeBasePath = true;
+    return this;
+  }
+  withRelativePaths() {
+    this.options.relativePaths = true;
+    return this;
+  }
+  withDirs() {
+    this.options.includeDirs = true;
+    return this;
+  }
+  withMaxDepth(depth) {
+    this.options.maxDepth = depth;
+    return this;
+  }
+  withMaxFiles(limit) {
+    this.options.maxFiles = limit;
+    return this;
+  }
+  withFullPaths() {
+    this.options.resolvePaths = true;
+    this.options.includeBasePath = true;
+    return this;
+  }
+  withErrors() {
+    this.options.suppressErrors = false;
+    return this;
+  }
+  withSymlinks({ resolvePaths = true } = {}) {
+    this.options.resolveSymlinks = true;
+    this.options.useRealPaths = resolvePaths;
+    return this.withFullPaths();
+  }
+  withAbortSignal(signal) {
+    this.options.signal = signal;
+    return this;
+  }
+  normalize() {
+    this.options.normalizePath = true;
+    return this;
+  }
+  filter(predicate) {
+    this.options.filters.push(predicate);
+    return this;
+  }
+  onlyDirs() {
+    this.options.excludeFiles = true;
+    this.options.includeDirs = true;
+    return this;
+  }
+  exclude(predicate) {
+    this.options.exclude = predicate;
+    return this;
+  }
+  onlyCounts() {
+    this.options.onlyCounts = true;
+    return this;
+  }
+  crawl(root) {
+    return new APIBuilder(root || ".", this.options);
+  }
+  withGlobFunction(fn) {
+    this.globFunction = fn;
+    return this;
+  }
+  /**
+  * @deprecated Pass options using the constructor instead:
+  * ```ts
+  * new fdir(options).crawl("/path/to/root");
+  * ```
+  * This method will be removed in v7.0
+  */
+  /* c8 ignore next 4 */
+  crawlWithOptions(root, options) {
+    this.options = {
+      ...this.options,
+      ...options
+    };
+    return new APIBuilder(root || ".", this.options);
+  }
+  glob(...patterns) {
+    if (this.globFunction) return this.globWithOptions(patterns);
+    return this.globWithOptions(patterns, ...[{ dot: true }]);
+  }
+  globWithOptions(patterns, ...options) {
+    const globFn = this.globFunction || pm;
+    if (!globFn) throw new Error("Please specify a glob function to use glob matching.");
+    var isMatch = this.globCache[patterns.join("\0")];
+    if (!isMatch) {
+      isMatch = globFn(patterns, ...options);
+      this.globCache[patterns.join("\0")] = isMatch;
+    }
+    this.options.filters.push((path6) => isMatch(path6));
+    return this;
+  }
+};
+
+// node_modules/tinyglobby/dist/index.mjs
+var import_picomatch = __toESM(require_picomatch2(), 1);
+var isReadonlyArray = Array.isArray;
+var BACKSLASHES = /\\/g;
+var DRIVE_RELATIVE_PATH = /^[A-Za-z]:$/;
+var isWin = process.platform === "win32";
+var ONLY_PARENT_DIRECTORIES = /^(\/?\.\.)+$/;
+function getPartialMatcher(patterns, options = {}) {
+  const patternsCount = patterns.length;
+  const patternsParts = Array(patternsCount);
+  const matchers = Array(patternsCount);
+  let i2, j;
+  for (i2 = 0; i2 < patternsCount; i2++) {
+    const parts = splitPattern(patterns[i2]);
+    patternsParts[i2] = parts;
+    const partsCount = parts.length;
+    const partMatchers = Array(partsCount);
+    for (j = 0; j < partsCount; j++) partMatchers[j] = (0, import_picomatch.default)(parts[j], options);
+    matchers[i2] = partMatchers;
+  }
+  return (input2) => {
+    const inputParts = input2.split("/");
+    if (inputParts[0] === ".." && ONLY_PARENT_DIRECTORIES.test(input2)) return true;
+    for (i2 = 0; i2 < patternsCount; i2++) {
+      const patternParts = patternsParts[i2];
+      const matcher = matchers[i2];
+      const inputPatternCount = inputParts.length;
+      const minParts = Math.min(inputPatternCount, patternParts.length);
+      j = 0;
+      while (j < minParts) {
+        const part = patternParts[j];
+        if (part.includes("/")) return true;
+        if (!matcher[j](inputParts[j])) break;
+        if (!options.noglobstar && part === "**") return true;
+        j++;
+      }
+      if (j === inputPatternCount) return true;
+    }
+    return false;
+  };
+}
+var WIN32_ROOT_DIR = /^[A-Z]:\/$/i;
+var isRoot = isWin ? (p) => WIN32_ROOT_DIR.test(p) : (p) => p === "/";
+function buildFormat(cwd, root, absolute) {
+  if (cwd === root || root.startsWith(`${cwd}/`)) {
+    if (absolute) {
+      const start = cwd.length + +!isRoot(cwd);
+      return (p, isDir) => p.slice(start, isDir ? -1 : void 0) || ".";
+    }
+    const prefix = root.slice(cwd.length + 1);
+    if (prefix) return (p, isDir) => {
+      if (p === ".") return prefix;
+      const result = `${prefix}/${p}`;
+      return isDir ? result.slice(0, -1) : result;
+    };
+    return (p, isDir) => isDir && p !== "." ? p.slice(0, -1) : p;
+  }
+  if (absolute) return (p) => posix.relative(cwd, p) || ".";
+  return (p) => posix.relative(cwd, `${root}/${p}`) || ".";
+}
+function buildRelative(cwd, root) {
+  if (root.startsWith(`${cwd}/`)) {
+    const prefix = root.slice(cwd.length + 1);
+    return (p) => `${prefix}/${p}`;
+  }
+  return (p) => {
+    const result = posix.relative(cwd, `${root}/${p}`);
+    return p[p.length - 1] === "/" && result !== "" ? `${result}/` : result || ".";
+  };
+}
+function ensureNonDriveRelativePath(path6) {
+  return path6.replace(DRIVE_RELATIVE_PATH, (match) => `${match}/`);
+}
+var splitPatternOptions = { parts: true };
+function splitPattern(path6) {
+  var _result$parts;
+  const result = import_picomatch.default.scan(path6, splitPatternOptions);
+  return ((_result$parts = result.parts) === null || _result$parts === void 0 ? void 0 : _result$parts.length) ? result.parts : [path6];
+}
+var POSIX_UNESCAPED_GLOB_SYMBOLS = /(?<!\\)([()[\]{}*?|]|^!|[!+@](?=\()|\\(?![()[\]{}!*+?@|]))/g;
+var WIN32_UNESCAPED_GLOB_SYMBOLS = /(?<!\\)([()[\]{}]|^!|[!+@](?=\())/g;
+var escapePosixPath = (path6) => path6.replace(POSIX_UNESCAPED_GLOB_SYMBOLS, "\\$&");
+var escapeWin32Path = (path6) => path6.replace(WIN32_UNESCAPED_GLOB_SYMBOLS, "\\$&");
+var escapePath = isWin ? escapeWin32Path : escapePosixPath;
+function isDynamicPattern(pattern, options) {
+  if ((options === null || options === void 0 ? void 0 : options.caseSensitiveMatch) === false) return true;
+  const scan2 = import_picomatch.default.scan(pattern);
+  return scan2.isGlob || scan2.negated;
+}
+function log(...tasks) {
+  console.log(`[tinyglobby ${(/* @__PURE__ */ new Date()).toLocaleTimeString("es")}]`, ...tasks);
+}
+function ensureStringArray(value) {
+  return typeof value === "string" ? [value] : value !== null && value !== void 0 ? value : [];
+}
+var PARENT_DIRECTORY = /^(\/?\.\.)+/;
+var ESCAPING_BACKSLASHES = /\\(?=[()[\]{}!*+?@|])/g;
+function normalizePattern(pattern, opts, props, isIgnore) {
+  var _PARENT_DIRECTORY$exe;
+  const cwd = opts.cwd;
+  let result = pattern;
+  if (pattern[pattern.length - 1] === "/") result = pattern.slice(0, -1);
+  if (result[result.length - 1] !== "*" && opts.expandDirectories) result += "/**";
+  const escapedCwd = escapePath(cwd);
+  result = isAbsolute(result.replace(ESCAPING_BACKSLASHES, "")) ? posix.relative(escapedCwd, result) : posix.normalize(result);
+  const parentDir = (_PARENT_DIRECTORY$exe = PARENT_DIRECTORY.exec(result)) === null || _PARENT_DIRECTORY$exe === void 0 ? void 0 : _PARENT_DIRECTORY$exe[0];
+  const parts = splitPattern(result);
+  if (parentDir) {
+    const n2 = (parentDir.length + 1) / 3;
+    let i2 = 0;
+    const cwdParts = escapedCwd.split("/");
+    while (i2 < n2 && parts[i2 + n2] === cwdParts[cwdParts.length + i2 - n2]) {
+      result = result.slice(0, (n2 - i2 - 1) * 3) + result.slice((n2 - i2) * 3 + parts[i2 + n2].length + 1) || ".";
+      i2++;
+    }
+    const potentialRoot = posix.join(cwd, parentDir.slice(i2 * 3));
+    if (potentialRoot[0] !== "." && props.root.length > potentialRoot.length) {
+      props.root = ensureNonDriveRelativePath(potentialRoot);
+      props.depthOffset = -n2 + i2;
+    }
+  }
+  if (!isIgnore && props.depthOffset >= 0) {
+    var _props$commonPath;
+    (_props$commonPath = props.commonPath) !== null && _props$commonPath !== void 0 || (props.commonPath = parts);
+    const newCommonPath = [];
+    const length = Math.min(props.commonPath.length, parts.length);
+    for (let i2 = 0; i2 < length; i2++) {
+      const part = parts[i2];
+      if (part === "**" && !parts[i2 + 1]) {
+        newCommonPath.pop();
+        break;
+      }
+      if (i2 === parts.length - 1 || part !== props.commonPath[i2] || isDynamicPattern(part)) break;
+      newCommonPath.push(part);
+    }
+    props.depthOffset = newCommonPath.length;
+    props.commonPath = newCommonPath;
+    props.root = ensureNonDriveRelativePath(newCommonPath.length > 0 ? posix.join(cwd, ...newCommonPath) : cwd);
+  }
+  return result;
+}
+function processPatterns(options, patterns, props) {
+  const matchPatterns = [];
+  const ignorePatterns = [];
+  for (const pattern of options.ignore) {
+    if (!pattern) continue;
+    if (pattern[0] !== "!" || pattern[1] === "(") ignorePatterns.push(normalizePattern(pattern, options, props, true));
+  }
+  for (const pattern of patterns) {
+    if (!pattern) continue;
+    if (pattern[0] !== "!" || pattern[1] === "(") matchPatterns.push(normalizePattern(pattern, options, props, false));
+    else if (pattern[1] !== "!" || pattern[2] === "(") ignorePatterns.push(normalizePattern(pattern.slice(1), options, props, true));
+  }
+  return {
+    match: matchPatterns,
+    ignore: ignorePatterns
+  };
+}
+function buildCrawler(options, patterns) {
+  const cwd = options.cwd;
+  const props = {
+    root: cwd,
+    depthOffset: 0
+  };
+  const processed = processPatterns(options, patterns, props);
+  if (options.debug) log("internal processing patterns:", processed);
+  const { absolute, caseSensitiveMatch, debug: debug2, dot, followSymbolicLinks, onlyDirectories } = options;
+  const root = props.root.replace(BACKSLASHES, "");
+  const matchOptions = {
+    dot,
+    nobrace: options.braceExpansion === false,
+    nocase: !caseSensitiveMatch,
+    noextglob: options.extglob === false,
+    noglobstar: options.globstar === false,
+    posix: true
+  };
+  const matcher = (0, import_picomatch.default)(processed.match, matchOptions);
+  const ignore = (0, import_picomatch.default)(processed.ignore, matchOptions);
+  const partialMatcher = getPartialMatcher(processed.match, matchOptions);
+  const format2 = buildFormat(cwd, root, absolute);
+  const excludeFormatter = absolute ? format2 : buildFormat(cwd, root, true);
+  const excludePredicate = (_, p) => {
+    const relativePath = excludeFormatter(p, true);
+    return relativePath !== "." && !partialMatcher(relativePath) || ignore(relativePath);
+  };
+  let maxDepth;
+  if (options.deep !== void 0) maxDepth = Math.round(options.deep - props.depthOffset);
+  const crawler = new Builder({
+    filters: [debug2 ? (p, isDirectory2) => {
+      const path6 = format2(p, isDirectory2);
+      const matches = matcher(path6) && !ignore(path6);
+      if (matches) log(`matched ${path6}`);
+      return matches;
+    } : (p, isDirectory2) => {
+      const path6 = format2(p, isDirectory2);
+      return matcher(path6) && !ignore(path6);
+    }],
+    exclude: debug2 ? (_, p) => {
+      const skipped = excludePredicate(_, p);
+      log(`${skipped ? "skipped" : "crawling"} ${p}`);
+      return skipped;
+    } : excludePredicate,
+    fs: options.fs,
+    pathSeparator: "/",
+    relativePaths: !absolute,
+    resolvePaths: absolute,
+    includeBasePath: absolute,
+    resolveSymlinks: followSymbolicLinks,
+    excludeSymlinks: !followSymbolicLinks,
+    excludeFiles: onlyDirectories,
+    includeDirs: onlyDirectories || !options.onlyFiles,
+    maxDepth,
+    signal: options.signal
+  }).crawl(root);
+  if (options.debug) log("internal properties:", {
+    ...props,
+    root
+  });
+  return [crawler, cwd !== root && !absolute && buildRelative(cwd, root)];
+}
+function formatPaths(paths, mapper) {
+  if (mapper) for (let i2 = paths.length - 1; i2 >= 0; i2--) paths[i2] = mapper(paths[i2]);
+  return paths;
+}
+var defaultOptions = {
+  caseSensitiveMatch: true,
+  debug: !!process.env.TINYGLOBBY_DEBUG,
+  expandDirectories: true,
+  followSymbolicLinks: true,
+  onlyFiles: true
+};
+function getOptions(options) {
+  const opts = Object.assign({}, options);
+  for (const key in defaultOptions) if (opts[key] === void 0) Object.assign(opts, { [key]: defaultOptions[key] });
+  opts.cwd = (opts.cwd instanceof URL ? fileURLToPath3(opts.cwd) : resolve3(opts.cwd || process.cwd())).replace(BACKSLASHES, "/");
+  opts.ignore = ensureStringArray(opts.ignore);
+  opts.fs && (opts.fs = {
+    readdir: opts.fs.readdir || readdir2,
+    readdirSync: opts.fs.readdirSync || readdirSync,
+    realpath: opts.fs.realpath || realpath,
+    realpathSync: opts.fs.realpathSync || realpathSync,
+    stat: opts.fs.stat || stat2,
+    statSync: opts.fs.statSync || statSync2
+  });
+  if (opts.debug) log("globbing with options:", opts);
+  return opts;
+}
+function getCrawler(globInput, inputOptions = {}) {
+  var _ref;
+  if (globInput && (inputOptions === null || inputOptions === void 0 ? void 0 : inputOptions.patterns)) throw new Error("Cannot pass patterns as both an argument and an option");
+  const isModern = isReadonlyArray(globInput) || typeof globInput === "string";
+  const patterns = ensureStringArray((_ref = isModern ? globInput : globInput.patterns) !== null && _ref !== void 0 ? _ref : "**/*");
+  const options = getOptions(isModern ? inputOptions : globInput);
+  return patterns.length > 0 ? buildCrawler(options, patterns) : [];
+}
+async function glob(globInput, options) {
+  const [crawler, relative2] = getCrawler(globInput, options);
+  return crawler ? formatPaths(await crawler.withPromise(), relative2) : [];
 }
 
-// packages/core/src/index.ts
-init_superblock();
-init_used();
+// packages/core/src/cache/key.ts
+init_errors();
 
-// packages/core/src/layer/commit.ts
+// packages/core/src/cache/pack.ts
 init_errors();
 init_atomic();
-init_check();
-init_copy();
+import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3, write } from "node:fs";
+import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
+import { basename as basename4, dirname as dirname5, resolve as resolve4 } from "node:path";
+
+// packages/core/src/fs/sparse.ts
+init_native2();
+import { createHash as createHash3 } from "node:crypto";
+import { open as open2, stat as stat3 } from "node:fs/promises";
+var SEEK_DATA = 3;
+var SEEK_HOLE = 4;
+var BLOCK = 4096;
+var ZERO_BLOCK = Buffer.alloc(BLOCK);
+var lseek;
+function intersectRegions(a2, b) {
+  const out = [];
+  let j = 0;
+  for (const [s, e] of a2) {
+    while (j < b.length && b[j][1] <= s) j++;
+    for (let k = j; k < b.length && b[k][0] < e; k++) {
+      const [bs, be] = b[k];
+      out.push([Math.max(s, bs), Math.min(e, be)]);
+    }
+  }
+  return out;
+}
+async function dataExtents(path6) {
+  const { lib } = nativeLibc();
+  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
+  const fh = await open2(path6, "r");
+  try {
+    const size = (await fh.stat()).size;
+    const extents = [];
+    let pos = 0;
+    while (pos < size) {
+      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
+      if (start < 0) break;
+      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
+      extents.push([start, end]);
+      pos = end;
+    }
+    return extents;
+  } finally {
+    await fh.close();
+  }
+}
+var RUN_MAX = 4 * 1024 * 1024;
+async function* dataRuns(path6, within) {
+  const fh = await open2(path6, "r");
+  try {
+    const extents = await dataExtents(path6);
+    for (const [start, end] of within ? intersectRegions(extents, within) : extents) {
+      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
+        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        let runStart = -1;
+        for (let b = 0; b < bytesRead; b += BLOCK) {
+          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
+          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
+          if (!zero && runStart < 0) runStart = b;
+          else if (zero && runStart >= 0) {
+            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
+            runStart = -1;
+          }
+        }
+        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+var ContentHash = class {
+  hash = createHash3("sha256");
+  offset = Buffer.alloc(8);
+  constructor(size) {
+    this.hash.update(`size:${size}
+`);
+  }
+  update(offset, data) {
+    for (let b = 0; b < data.length; b += BLOCK) {
+      const block = data.subarray(b, Math.min(b + BLOCK, data.length));
+      if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
+      this.offset.writeBigUInt64BE(BigInt(offset + b));
+      this.hash.update(this.offset);
+      this.hash.update(block);
+    }
+  }
+  digest() {
+    return this.hash.digest("hex");
+  }
+};
+async function contentDigest(path6, within) {
+  const size = (await stat3(path6)).size;
+  const hash2 = new ContentHash(size);
+  for await (const run2 of dataRuns(path6, within)) hash2.update(run2.offset, run2.data);
+  return hash2.digest();
+}
+
+// packages/core/src/cache/pack.ts
 init_format();
+
+// packages/core/src/image/used.ts
+init_run();
+init_superblock();
+var ALIGN = 4096;
+async function usedRegions(image) {
+  const r = await runTool("dumpe2fs", [image], { timeoutSeconds: 600 }).catch(() => void 0);
+  if (!r) return void 0;
+  const sb = parseDumpe2fs(r.stdout);
+  if (sb.state !== "clean" || sb.features.includes("needs_recovery") || !sb.blockSize || !sb.blockCount)
+    return void 0;
+  const free = [];
+  for (const m of r.stdout.matchAll(/^[ \t]+Free blocks: (.*)$/gm)) {
+    for (const part of m[1].split(",")) {
+      const t = part.trim();
+      if (!t) continue;
+      const [a2, b] = t.split("-").map(Number);
+      free.push([a2, (b ?? a2) + 1]);
+    }
+  }
+  const listed = free.reduce((n2, [a2, b]) => n2 + b - a2, 0);
+  if (listed !== sb.freeBlocks) return void 0;
+  free.sort((x, y) => x[0] - y[0]);
+  const used = [];
+  let at = 0;
+  for (const [a2, b] of [...free, [sb.blockCount, sb.blockCount]]) {
+    if (a2 > at) {
+      const start = Math.floor(at * sb.blockSize / ALIGN) * ALIGN;
+      const end = Math.ceil(a2 * sb.blockSize / ALIGN) * ALIGN;
+      const last = used[used.length - 1];
+      if (last && start <= last[1]) last[1] = Math.max(last[1], end);
+      else used.push([start, end]);
+    }
+    at = Math.max(at, b);
+  }
+  return used;
+}
+
+// packages/core/src/cache/pack.ts
 init_ofd();
 init_native2();
 init_run();
-import { createHash as createHash6 } from "node:crypto";
-import { createReadStream as createReadStream2, lstatSync } from "node:fs";
-import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat9, writeFile as writeFile4 } from "node:fs/promises";
-import { tmpdir as tmpdir5 } from "node:os";
-import { join as join9 } from "node:path";
 
-// packages/core/src/layer/fuse.ts
-init_atomic();
+// packages/core/src/cache/zstd.ts
 init_run();
-import { mkdtemp as mkdtemp3, rm as rm7 } from "node:fs/promises";
-async function withFuse2fs(image, mode, fn) {
-  await clearStaleMounts();
-  const mnt = await mkdtemp3(mountDirPrefix());
-  const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
+import { once as once9 } from "node:events";
+var LEVEL = 3;
+async function zstdVersion() {
+  return (await runTool("zstd", ["--version"]).catch(() => ({ stdout: "?" }))).stdout.trim();
+}
+async function send(stream, chunk) {
+  if (stream.destroyed) throw new Error("the compressor exited early");
+  if (stream.write(chunk)) return;
+  const ac = new AbortController();
   try {
-    if (kernel) {
-      await runTool("mount", ["-t", "ext3", "-o", mode === "ro" ? "ro,loop,noload" : "loop", image, mnt], {
-        timeoutSeconds: 120
-      });
-    } else {
-      await runTool("fuse2fs", ["-o", `${mode},fakeroot`, image, mnt], { timeoutSeconds: 120 });
-    }
-  } catch (e) {
-    await rm7(mnt, { recursive: true, force: true }).catch(() => {
-    });
-    throw e;
-  }
-  try {
-    return await fn(mnt);
+    await Promise.race([
+      once9(stream, "drain", { signal: ac.signal }),
+      once9(stream, "close", { signal: ac.signal }).then(() => {
+        throw new Error("the compressor exited early");
+      })
+    ]);
   } finally {
-    const unmount = kernel ? "umount" : findTool("fusermount3") ? "fusermount3" : "fusermount";
-    const lazy2 = kernel ? ["-l", mnt] : ["-uz", mnt];
-    await runTool(unmount, kernel ? [mnt] : ["-u", mnt], { timeoutSeconds: 120 }).catch(
-      () => runTool(unmount, lazy2).catch(() => {
+    ac.abort();
+  }
+}
+async function compressTo(file2, produce) {
+  await runTool("zstd", ["-T0", `-${LEVEL}`, "-q", "-f", "-o", file2], {
+    stdin: "pipe",
+    timeoutSeconds: 3600,
+    use: async (child) => {
+      await produce(child.stdin);
+      child.stdin.end();
+    }
+  });
+}
+async function decompressFrom(file2, consume) {
+  let result;
+  await runTool("zstd", ["-d", "-q", "-c", "--", file2], {
+    timeoutSeconds: 3600,
+    use: async (child) => {
+      result = await consume(child.stdout);
+    }
+  });
+  return result;
+}
+
+// packages/core/src/cache/pack.ts
+var CACHE_FORMAT_VERSION = 3;
+var ARCHIVE_SUFFIX = ".ovc.zst";
+var MAGIC2 = Buffer.from("OVERLAY-ACTION-CACHE\n");
+var END = 0xffffffffffffffffn;
+var MAX_JSON = 64 * 1024;
+var formatUuid = (b) => b.toString("hex").replace(/^(.{8})(.{4})(.{4})(.{4})(.{12})$/, "$1-$2-$3-$4-$5");
+function lengthPrefixed(json2) {
+  const body = Buffer.from(JSON.stringify(json2));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(body.length);
+  return Buffer.concat([len, body]);
+}
+function recordHead(offset, length) {
+  const b = Buffer.alloc(12);
+  b.writeBigUInt64BE(offset);
+  b.writeUInt32BE(length, 8);
+  return b;
+}
+async function packRegions(image) {
+  const size = (await stat4(image)).size;
+  const used = await usedRegions(image);
+  if (!used) return [[0, size]];
+  return used.map(([a2, b]) => [a2, Math.min(b, size)]).filter(([a2, b]) => b > a2);
+}
+async function* packedRuns(image, regions) {
+  yield* dataRuns(image, regions ?? await packRegions(image));
+}
+async function imageContentDigest(image) {
+  return contentDigest(image, await packRegions(image));
+}
+async function packImage(imagePath, archivePath) {
+  const image = resolve4(imagePath);
+  await requireExt3(image);
+  const lock = await acquireLock(image, "shared");
+  try {
+    const [head, st, zstd] = await Promise.all([readHead(image), stat4(image), zstdVersion()]);
+    const header = {
+      formatVersion: CACHE_FORMAT_VERSION,
+      imageName: basename4(image),
+      sizeBytes: st.size,
+      fsUuid: head.length >= 1144 ? formatUuid(head.subarray(1024 + 104, 1024 + 120)) : "",
+      tools: { zstd, node: process.version },
+      created: (/* @__PURE__ */ new Date()).toISOString()
+    };
+    const hash2 = new ContentHash(st.size);
+    let trailer;
+    await traced(
+      "read + hash + compress",
+      () => compressTo(resolve4(archivePath), async (sink) => {
+        let dataBytes = 0;
+        await send(sink, Buffer.concat([MAGIC2, lengthPrefixed(header)]));
+        for await (const run2 of packedRuns(image)) {
+          hash2.update(run2.offset, run2.data);
+          dataBytes += run2.data.length;
+          await send(sink, recordHead(BigInt(run2.offset), run2.data.length));
+          await send(sink, run2.data);
+        }
+        trailer = { sha256: hash2.digest(), dataBytes };
+        await send(sink, Buffer.concat([recordHead(END, 0), lengthPrefixed(trailer)]));
       })
     );
-    await rm7(mnt, { recursive: true, force: true }).catch(() => {
-    });
-  }
-}
-
-// packages/core/src/layer/commit.ts
-init_lower();
-init_whiteouts();
-var COMPRESSIONS = ["zstd", "gzip", "lz4", "xz"];
-var escapePseudo = (p) => p.replace(/([\\ ])/g, "\\$1");
-var isOpaqueByXattr = (dir) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === "y");
-async function planLayer(upper, lower) {
-  const exclude = [];
-  const pseudo = [];
-  const warnings = [];
-  let files = 0;
-  let whiteouts = 0;
-  const walk = async (rel) => {
-    const dir = rel ? join9(upper, rel) : upper;
-    const entries = [];
-    for (const d of await readdir5(dir, { withFileTypes: true })) {
-      let kind = "other";
-      let whiteoutDevice = false;
-      if (d.isDirectory()) kind = "dir";
-      else if (d.isFile()) kind = "file";
-      else if (d.isSymbolicLink()) kind = "symlink";
-      else if (d.isCharacterDevice()) {
-        kind = "chardev";
-        whiteoutDevice = lstatSync(join9(dir, d.name)).rdev === 0;
-      }
-      entries.push({ name: d.name, kind, whiteoutDevice });
-    }
-    const plan = planDirectory(
-      entries,
-      isOpaqueByXattr(dir),
-      lower?.get(rel) ?? (lower ? /* @__PURE__ */ new Set() : void 0)
-    );
-    if (plan.needsOpaqueXattr) {
-      warnings.push(
-        `/${rel} replaced a lower directory; give --base/--layer so every reader hides the old content (kept: the trusted.overlay.opaque flag, honoured by root readers only, when a root writer set it)`
-      );
-    }
-    const existingDevices = new Set(
-      entries.filter((e) => e.kind === "chardev" && e.whiteoutDevice).map((e) => e.name)
-    );
-    for (const name of plan.drop) exclude.push(rel ? `${rel}/${name}` : name);
-    for (const name of plan.whiteouts) {
-      whiteouts++;
-      if (!existingDevices.has(name))
-        pseudo.push(`${escapePseudo(rel ? `${rel}/${name}` : name)} c 0000 0 0 0 0`);
-    }
-    const dropped = new Set(plan.drop);
-    const kept = entries.filter((e) => !dropped.has(e.name));
-    files += kept.length;
-    await Promise.all(
-      kept.filter((e) => e.kind === "dir").map((e) => walk(rel ? `${rel}/${e.name}` : e.name))
-    );
-  };
-  await walk("");
-  return { exclude: exclude.sort(), pseudo: pseudo.sort(), warnings: warnings.sort(), files, whiteouts };
-}
-async function sha256File(path6) {
-  const hash2 = createHash6("sha256");
-  for await (const chunk of createReadStream2(path6)) hash2.update(chunk);
-  return hash2.digest("hex");
-}
-function compressionArgs(c3, level) {
-  const args = ["-comp", c3];
-  if (level === void 0) return args;
-  if (c3 === "lz4") return [...args, ...level > 0 ? ["-Xhc"] : []];
-  if (c3 === "xz") return args;
-  return [...args, "-Xcompression-level", String(level)];
-}
-async function commitLayer(o2) {
-  const started = Date.now();
-  await requireExt3(o2.image);
-  const lock = await acquireLock(o2.image, o2.reset ? "exclusive" : "shared");
-  try {
-    await requireCleanForReadOnlyMount(o2.image);
-    const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join9(tmpdir5(), "overlay-commit-"));
-    let planned;
-    try {
-      await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join9(mnt, "upper");
-        if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
-          throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
-        }
-        o2.onProgress?.("planning whiteouts");
-        planned = await planLayer(upper, lower);
-        const excludeFile = join9(work, "exclude");
-        const pseudoFile = join9(work, "pseudo");
-        await writeFile4(excludeFile, planned.exclude.map((p) => `${p}
-`).join(""));
-        await writeFile4(pseudoFile, planned.pseudo.map((p) => `${p}
-`).join(""));
-        await replaceAtomically(o2.output, async (tmp) => {
-          o2.onProgress?.(`mksquashfs (${o2.compression})`);
-          const args = [
-            upper,
-            tmp,
-            "-noappend",
-            "-no-progress",
-            "-xattrs",
-            "-ef",
-            excludeFile,
-            "-pf",
-            pseudoFile
-          ];
-          args.push(...compressionArgs(o2.compression, o2.level));
-          const keepTrusted = planned.warnings.length > 0;
-          if (process.getuid?.() === 0 && !keepTrusted) {
-            await runTool(
-              "setpriv",
-              ["--bounding-set=-sys_admin", "--", requireTool("mksquashfs"), ...args],
-              {
-                onLine: o2.onProgress,
-                timeoutSeconds: 3600
-              }
-            );
-          } else await runTool("mksquashfs", args, { onLine: o2.onProgress, timeoutSeconds: 3600 });
-        });
-      });
-    } finally {
-      await rm8(work, { recursive: true, force: true });
-    }
-    if (o2.reset) {
-      o2.onProgress?.("reset: emptying upper/ and work/");
-      await replaceAtomically(o2.image, async (tmp) => {
-        await copyImageFile(o2.image, tmp);
-        await withFuse2fs(tmp, "rw", async (mnt) => {
-          for (const dir of ["upper", "work"]) {
-            for (const name of await readdir5(join9(mnt, dir)))
-              await rm8(join9(mnt, dir, name), { recursive: true, force: true });
-          }
-        });
-        await runTool("e2fsck", ["-fy", "-E", "discard", tmp], { okExitCodes: [1, 2] });
-      });
-    }
-    const bytes = (await stat9(o2.output)).size;
-    return {
-      layer: o2.output,
-      bytes,
-      files: planned.files,
-      compression: o2.compression,
-      sha256: await sha256File(o2.output),
-      seconds: Math.round((Date.now() - started) / 100) / 10,
-      whiteouts: planned.whiteouts,
-      reset: o2.reset,
-      warnings: planned.warnings
-    };
+    return { ...header, ...trailer };
   } finally {
     lock.release();
   }
 }
-
-// packages/core/src/index.ts
-init_lower();
-init_normalize2();
-
-// packages/core/src/layer/squash.ts
-init_atomic();
-init_run();
-import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp5, readdir as readdir6, rm as rm9, writeFile as writeFile5 } from "node:fs/promises";
-import { dirname as dirname7, join as join10 } from "node:path";
-init_lower();
-var parentOf = (path6) => path6.includes("/") ? path6.slice(0, path6.lastIndexOf("/")) : "";
-function mergeListings(listings) {
-  const merged = /* @__PURE__ */ new Map();
-  const children = /* @__PURE__ */ new Map();
-  const recreated = /* @__PURE__ */ new Set();
-  const removeTree = (path6) => {
-    merged.delete(path6);
-    recreated.delete(path6);
-    for (const child of children.get(path6) ?? []) removeTree(child);
-    children.delete(path6);
-  };
-  listings.forEach((entries, layer) => {
-    for (const e of entries) {
-      const prev = merged.get(e.path);
-      if (prev && (e.whiteout || prev.type === "d" !== (e.type === "d"))) {
-        removeTree(e.path);
-        if (e.type === "d") recreated.add(e.path);
+var ByteReader = class {
+  chunks = [];
+  buffered = 0;
+  source;
+  constructor(stream) {
+    this.source = stream[Symbol.asyncIterator]();
+  }
+  /** Exactly n bytes, or null at a clean end of stream (nothing buffered). */
+  async take(n2) {
+    while (this.buffered < n2) {
+      const next = await this.source.next();
+      if (next.done) {
+        if (this.buffered === 0) return null;
+        throw new Error(`truncated archive (needed ${n2} bytes, ${this.buffered} left)`);
       }
-      merged.set(e.path, { ...e, layer });
-      if (e.path !== "") {
-        const parent = parentOf(e.path);
-        if (!children.has(parent)) children.set(parent, /* @__PURE__ */ new Set());
-        children.get(parent).add(e.path);
-      }
+      this.chunks.push(next.value);
+      this.buffered += next.value.length;
     }
-  });
-  return { merged, recreated };
-}
-function hideBaseUnder(merged, recreated, base) {
-  const out = [];
-  const under = (p) => [...recreated].some((r) => p === r || p.startsWith(`${r}/`));
-  for (const [dir, names] of base) {
-    if (!under(dir) || merged.get(dir)?.type !== "d") continue;
-    for (const name of names) {
-      const path6 = `${dir}/${name}`;
-      if (!merged.has(path6)) out.push(path6);
-    }
+    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    this.chunks = all.length > n2 ? [all.subarray(n2)] : [];
+    this.buffered -= n2;
+    return all.subarray(0, n2);
   }
-  return out.sort();
-}
-async function openUp(root) {
-  await chmod3(root, 448);
-  for (const d of await readdir6(root, { recursive: true, withFileTypes: true })) {
-    if (d.isSymbolicLink()) continue;
-    const p = join10(d.parentPath, d.name);
-    const want = d.isDirectory() ? 448 : d.isFile() ? 384 : 0;
-    if (!want) continue;
-    const { mode } = await lstat3(p);
-    if ((mode & want) !== want) await chmod3(p, mode & 4095 | want);
+  async need(n2) {
+    const b = await this.take(n2);
+    if (!b) throw new Error("truncated archive");
+    return b;
   }
-}
-var DEVICE_TYPES = /* @__PURE__ */ new Set(["c", "b"]);
-var octal = (m) => m.toString(8).padStart(4, "0");
-async function squashLayers(layers, output2, opts) {
-  const started = Date.now();
-  const root = process.getuid?.() === 0;
-  const listings = [];
-  for (const layer of layers) listings.push(await squashListing(layer));
-  const { merged, recreated } = mergeListings(listings);
-  const warnings = [];
-  if (recreated.size && opts.base) {
-    for (const path6 of hideBaseUnder(merged, recreated, await lowerListing(opts.base, []))) {
-      merged.set(path6, { path: path6, type: "c", mode: 0, uid: 0, gid: 0, dev: [0, 0], whiteout: true, layer: -1 });
-    }
-  } else if (recreated.size) {
-    warnings.push(
-      `${[...recreated].map((p) => `/${p}`).join(", ")} deleted and made again in a later layer: give --base so the merged layer keeps hiding the base image's old content there`
-    );
+  async json() {
+    const len = (await this.need(4)).readUInt32BE(0);
+    if (len > MAX_JSON) throw new Error(`implausible header length ${len}`);
+    return JSON.parse((await this.need(len)).toString("utf8"));
   }
-  const staging = await mkdtemp5(join10(dirname7(output2), ".squash-"));
+};
+var syncFileRange;
+function startWriteback(fd) {
   try {
-    const tree = join10(staging, "root");
-    for (const [i2, layer] of layers.entries()) {
-      const exclude = listings[i2].filter((e) => e.path !== "").filter((e) => {
-        const m = merged.get(e.path);
-        if (m?.type === "d" && e.type === "d") return false;
-        return m?.layer !== i2 || DEVICE_TYPES.has(e.type);
-      }).map((e) => e.path);
-      const excludeFile = join10(staging, `exclude-${i2}`);
-      await writeFile5(excludeFile, exclude.map((p) => `${p}
-`).join(""));
-      opts.onProgress?.(`extracting ${layer}`);
-      const r = await runTool(
-        "unsquashfs",
-        [
-          "-f",
-          "-no-progress",
-          "-no-wildcards",
-          ...root ? [] : ["-user-xattrs"],
-          "-exclude-file",
-          excludeFile,
-          "-d",
-          tree,
-          layer
-        ],
-        { timeoutSeconds: 3600 }
+    syncFileRange ??= nativeLibc().lib.func(
+      "int sync_file_range(int fd, int64_t off, int64_t n, unsigned int flags)"
+    );
+    syncFileRange(
+      fd,
+      0,
+      0,
+      2
+      /* SYNC_FILE_RANGE_WRITE */
+    );
+  } catch {
+  }
+}
+var ArchiveError = class extends Error {
+};
+async function writeFully(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
+}
+async function decode(stream, fd) {
+  const reader = new ByteReader(stream);
+  const magic = await reader.take(MAGIC2.length);
+  if (!magic?.equals(MAGIC2)) throw new ArchiveError("foreign archive (not an overlay-action cache archive)");
+  const header = await reader.json();
+  if (header.formatVersion !== CACHE_FORMAT_VERSION)
+    throw new ArchiveError(`cache format ${header.formatVersion}, expected ${CACHE_FORMAT_VERSION}`);
+  const size = header.sizeBytes;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 4096)
+    throw new ArchiveError(`implausible image size ${size}`);
+  ftruncateSync(fd, size);
+  const hash2 = new ContentHash(size);
+  let next = 0;
+  let dataBytes = 0;
+  let sinceKick = 0;
+  for (; ; ) {
+    const head = await reader.need(12);
+    const offset = head.readBigUInt64BE(0);
+    const length = head.readUInt32BE(8);
+    if (offset === END && length === 0) break;
+    const at = Number(offset);
+    if (length === 0 || length > RUN_MAX || at % 4096 || at < next || at + length > size)
+      throw new ArchiveError(`corrupt archive (record at ${offset}, ${length} bytes)`);
+    const data = await reader.need(length);
+    const written = writeFully(fd, data, at);
+    hash2.update(at, data);
+    await written;
+    next = at + length;
+    dataBytes += length;
+    sinceKick += length;
+    if (sinceKick >= 64 * 1024 * 1024) {
+      startWriteback(fd);
+      sinceKick = 0;
+    }
+  }
+  const trailer = await reader.json();
+  if (await reader.take(1) !== null) throw new ArchiveError("trailing data after the archive");
+  return { manifest: { ...header, ...trailer }, computed: { sha256: hash2.digest(), dataBytes } };
+}
+async function unpackImage(archivePath, targetPath) {
+  const archive = resolve4(archivePath);
+  const target = resolve4(targetPath);
+  await removeStaleTemps(target);
+  const tmp = tempPathFor(target);
+  let fd;
+  try {
+    fd = openSync3(tmp, "wx", 420);
+  } catch (e) {
+    throw new OverlayError("E_CACHE", `cannot create ${tmp}: ${e.message}`);
+  }
+  let lock;
+  let fdOpen = true;
+  try {
+    let decoded;
+    try {
+      decoded = await traced(
+        "decompress + write + hash",
+        () => decompressFrom(archive, (source) => decode(source, fd))
       );
-      if (/xattr/i.test(r.stderr)) warnings.push(`${layer}: ${r.stderr.trim().split("\n")[0]}`);
-      if (!root) await openUp(tree);
+    } catch (e) {
+      const cause = isOverlayError(e) && e.cause instanceof Error ? e.cause : e;
+      if (isOverlayError(e, "E_NO_SPACE") || cause.code === "ENOSPC")
+        throw new OverlayError("E_NO_SPACE", `no space left to restore ${target}`);
+      const why = cause instanceof ArchiveError ? cause.message : `corrupt archive: ${cause.message}`;
+      return { ok: false, reason: why };
     }
-    const pseudo = [];
-    let whiteouts = 0;
-    for (const e of merged.values()) {
-      if (e.path === "") continue;
-      const name = escapePseudo(e.path);
-      if (DEVICE_TYPES.has(e.type)) {
-        if (e.whiteout) whiteouts++;
-        const [major, minor] = e.dev ?? [0, 0];
-        pseudo.push(`${name} ${e.type} ${octal(e.mode)} ${e.uid} ${e.gid} ${major} ${minor}`);
-      } else if (!root) {
-        pseudo.push(`${name} m ${octal(e.mode)} ${e.uid} ${e.gid}`);
-      }
-    }
-    const pseudoFile = join10(staging, "pseudo");
-    await writeFile5(pseudoFile, pseudo.map((p) => `${p}
-`).join(""));
-    const top = merged.get("");
-    const rootArgs = top ? ["-root-mode", octal(top.mode), "-root-uid", String(top.uid), "-root-gid", String(top.gid)] : [];
-    await mkdir3(tree, { recursive: true });
-    await replaceAtomically(output2, async (tmp) => {
-      const args = [tree, tmp, "-noappend", "-no-progress", "-comp", opts.compression, "-pf", pseudoFile];
-      await runTool("mksquashfs", [...args, ...rootArgs], { onLine: opts.onProgress, timeoutSeconds: 3600 });
+    const { manifest, computed } = decoded;
+    if (computed.sha256 !== manifest.sha256 || computed.dataBytes !== manifest.dataBytes)
+      return { ok: false, reason: "content digest mismatch" };
+    await traced("fdatasync", () => fdatasyncSync(fd));
+    closeSync3(fd);
+    fdOpen = false;
+    const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
+      okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
+      // any verdict is a verdict (12 = aborted)
+      timeoutSeconds: 1800
     });
-    const { size } = await lstat3(output2);
-    return {
-      layer: output2,
-      bytes: size,
-      layers: layers.length,
-      whiteouts,
-      sha256: await sha256File(output2),
-      seconds: Math.round((Date.now() - started) / 100) / 10,
-      warnings
-    };
+    if (fsck.exitCode !== 0)
+      return { ok: false, reason: `restored image fails e2fsck (exit ${fsck.exitCode})` };
+    if (await exists2(target)) lock = await acquireLock(target, "exclusive");
+    await rename2(tmp, target);
+    await fsyncPath(dirname5(target)).catch(() => {
+    });
+    return { ok: true, manifest };
   } finally {
-    await rm9(staging, { recursive: true, force: true });
+    if (fdOpen) closeSync3(fd);
+    lock?.release();
+    await rm2(tmp, { force: true });
   }
 }
 
-// packages/core/src/index.ts
-init_whiteouts();
-init_ofd();
-init_build();
+// packages/core/src/cache/key.ts
+var sha = (s) => createHash5("sha256").update(s).digest("hex");
+function stable(value) {
+  if (value === null || typeof value !== "object") return JSON.stringify(value ?? null);
+  if (Array.isArray(value)) return `[${value.map(stable).join(",")}]`;
+  return `{${Object.keys(value).sort().filter((k) => value[k] !== void 0).map((k) => `${JSON.stringify(k)}:${stable(value[k])}`).join(",")}}`;
+}
+async function deriveKey(inputs) {
+  const prefix = inputs.prefix.trim().replace(/[,\s]+/g, "-") || "overlay";
+  if (prefix.length > 400)
+    throw new OverlayError("E_INVALID_INPUT", "cache key prefix is longer than 400 characters");
+  const cwd = inputs.cwd ?? process.cwd();
+  const files = inputs.files.length ? (await glob(inputs.files, { cwd, dot: true, onlyFiles: true })).sort() : [];
+  if (inputs.files.length && files.length === 0) {
+    throw new OverlayError("E_NOT_FOUND", `no file matches ${inputs.files.join(", ")}`);
+  }
+  const fileHash = createHash5("sha256");
+  for (const f of files) fileHash.update(`${f}\0${sha(await readFile2(resolve5(cwd, f)))}
+`);
+  const head = `${prefix}-${platform3()}-${arch2()}-v${CACHE_FORMAT_VERSION}-${sha(stable(inputs.fixed ?? {})).slice(0, 8)}`;
+  const optionsHash = sha(stable(inputs.options)).slice(0, 16);
+  const key = `${head}-${optionsHash}-${fileHash.digest("hex").slice(0, 16)}`;
+  return { key, restoreKeys: [`${head}-${optionsHash}-`, `${head}-`], files };
+}
+function validateKey(key) {
+  if (!key || key.length > 512 || key.includes(",")) {
+    throw new OverlayError("E_INVALID_INPUT", "a cache key must be 1-512 characters without commas");
+  }
+  return key;
+}
 
-// packages/core/src/runtime/demo.ts
+// packages/core/src/cache/local-store.ts
 init_errors();
 init_atomic();
-init_create2();
-import { promises as fsp7 } from "node:fs";
-import { join as join13, resolve as resolve8 } from "node:path";
+import { createHash as createHash6 } from "node:crypto";
+import { constants as constants10 } from "node:fs";
+import { access as access2, link, lstat as lstat2, mkdir as mkdir2, readdir as readdir3, readFile as readFile3, rm as rm3, stat as stat5, utimes, writeFile as writeFile3 } from "node:fs/promises";
+import { homedir as homedir3 } from "node:os";
+import { join as join6, resolve as resolve6 } from "node:path";
+function defaultStoreDir() {
+  return process.env.OVERLAY_CACHE_STORE || join6(process.env.XDG_CACHE_HOME || join6(homedir3(), ".cache"), "overlay-action", "store");
+}
+async function publishOnce(tmp, final) {
+  try {
+    await link(tmp, final);
+    return true;
+  } catch (e) {
+    if (e.code === "EEXIST") return false;
+    throw fromFsError(e, final);
+  } finally {
+    await rm3(tmp, { force: true });
+  }
+}
+function notWritable(dir, e) {
+  const code = e.code;
+  const why = code === "EACCES" || code === "EPERM" ? "permission denied" : code === "EROFS" ? "read-only filesystem" : e.message;
+  return new OverlayError("E_CACHE", `cache store ${dir} is not writable by this user: ${why}`, {
+    hint: `use a store directory you can write (--store DIR or OVERLAY_CACHE_STORE), or grant write permission on ${dir}`,
+    cause: e
+  });
+}
+var LocalStore = class {
+  kind = "local";
+  dir;
+  spec;
+  constructor(dir = defaultStoreDir()) {
+    this.dir = dir;
+    this.spec = resolve6(dir);
+  }
+  paths(key) {
+    const base = join6(this.dir, createHash6("sha256").update(key).digest("hex").slice(0, 40));
+    return { archive: `${base}${ARCHIVE_SUFFIX}`, meta: `${base}.json` };
+  }
+  /** Create the directory, refuse one others can plant files in, and fail early when it is not writable. */
+  async ensureWritable() {
+    await mkdir2(this.dir, { recursive: true, mode: 493 }).catch((e) => {
+      const err = fromFsError(e, this.dir);
+      throw err instanceof OverlayError ? err : notWritable(this.dir, e);
+    });
+    const st = await lstat2(this.dir);
+    if (!st.isDirectory()) throw new OverlayError("E_UNSAFE_PATH", `${this.dir} is not a directory`);
+    if (st.mode & 2 && !(st.mode & 512)) {
+      throw new OverlayError(
+        "E_UNSAFE_PATH",
+        `cache store ${this.dir} is writable by everyone (mode ${(st.mode & 4095).toString(8)})`,
+        { hint: `chmod o-w ${this.dir} (or +t)` }
+      );
+    }
+    await access2(this.dir, constants10.W_OK | constants10.X_OK).catch((e) => {
+      throw notWritable(this.dir, e);
+    });
+  }
+  async entries() {
+    let names;
+    try {
+      names = await readdir3(this.dir);
+    } catch {
+      return [];
+    }
+    const out = [];
+    for (const name of names.filter((n2) => n2.endsWith(".json") && !n2.startsWith("."))) {
+      const meta3 = join6(this.dir, name);
+      try {
+        const m = JSON.parse(await readFile3(meta3, "utf8"));
+        out.push({
+          ...m,
+          lastUsed: (await stat5(meta3)).mtimeMs,
+          meta: meta3,
+          archive: meta3.replace(/\.json$/, ARCHIVE_SUFFIX)
+        });
+      } catch {
+      }
+    }
+    return out;
+  }
+  async has(key) {
+    return exists2(this.paths(key).meta);
+  }
+  async delete(key) {
+    const { archive, meta: meta3 } = this.paths(key);
+    const had = await exists2(meta3);
+    try {
+      await rm3(meta3, { force: true });
+      await rm3(archive, { force: true });
+    } catch (e) {
+      throw notWritable(this.dir, e);
+    }
+    return had;
+  }
+  async put(key, write2, opts = {}) {
+    validateKey(key);
+    await this.ensureWritable();
+    const { archive, meta: meta3 } = this.paths(key);
+    if (!opts.replace && await exists2(meta3)) return { status: "exists" };
+    const tmp = tempPathFor(archive);
+    try {
+      await write2(tmp);
+    } catch (e) {
+      await rm3(tmp, { force: true });
+      throw e;
+    }
+    const bytes = (await stat5(tmp)).size;
+    if (opts.replace) await this.delete(key);
+    if (!await publishOnce(tmp, archive)) return { status: "exists" };
+    const metaTmp = tempPathFor(meta3);
+    const entry = { key, created: (/* @__PURE__ */ new Date()).toISOString(), bytes };
+    try {
+      await writeFile3(metaTmp, JSON.stringify(entry), { flag: "wx" });
+    } catch (e) {
+      await rm3(metaTmp, { force: true });
+      await rm3(archive, { force: true });
+      throw fromFsError(e, metaTmp);
+    }
+    if (!await publishOnce(metaTmp, meta3)) return { status: "exists" };
+    return { status: "saved", bytes };
+  }
+  async fetch(keys, use) {
+    const all = (await this.entries()).sort((a2, b) => b.created.localeCompare(a2.created));
+    let best = all.find((e) => e.key === keys.primary);
+    for (const prefix of keys.restoreKeys) {
+      if (best) break;
+      best = all.find((e) => e.key.startsWith(prefix));
+    }
+    if (!best) return null;
+    const value = await use(best.archive, best.key);
+    const now = /* @__PURE__ */ new Date();
+    await utimes(best.meta, now, now).catch(() => {
+    });
+    return { key: best.key, value };
+  }
+  /** Delete least recently used entries until the store holds at most `maxBytes`. */
+  async prune(maxBytes) {
+    const all = (await this.entries()).sort((a2, b) => a2.lastUsed - b.lastUsed);
+    let total = all.reduce((s, e) => s + e.bytes, 0);
+    const removed = [];
+    for (const e of all) {
+      if (total <= maxBytes) break;
+      await rm3(e.meta, { force: true });
+      await rm3(e.archive, { force: true });
+      total -= e.bytes;
+      removed.push(e.key);
+    }
+    return { removed, bytes: total };
+  }
+};
+
+// packages/core/src/cache/state.ts
+import { readFile as readFile4, rm as rm6, stat as stat7, writeFile as writeFile4 } from "node:fs/promises";
+import { basename as basename5, dirname as dirname6, join as join9 } from "node:path";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -38610,7 +38332,7 @@ var recursive = /* @__PURE__ */ new WeakMap();
 var NONE = 0;
 var ASSUMED = 1;
 var PROVEN = 2;
-function isRecursive2(inst, stack, resolve9) {
+function isRecursive2(inst, stack, resolve10) {
   const cached2 = recursive.get(inst);
   if (cached2 !== void 0)
     return cached2 ? PROVEN : NONE;
@@ -38620,7 +38342,7 @@ function isRecursive2(inst, stack, resolve9) {
   let result = NONE;
   const check2 = (child) => {
     if (result !== PROVEN && child?._zod) {
-      const answer = isRecursive2(child, stack, resolve9);
+      const answer = isRecursive2(child, stack, resolve10);
       if (answer > result)
         result = answer;
     }
@@ -38631,7 +38353,7 @@ function isRecursive2(inst, stack, resolve9) {
       const desc = Object.getOwnPropertyDescriptor(sh, key);
       if (spread && !desc.enumerable)
         continue;
-      const child = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve9) : NONE;
+      const child = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve10) : NONE;
       if (child > answer)
         answer = child;
     }
@@ -38695,7 +38417,7 @@ function isRecursive2(inst, stack, resolve9) {
       break;
     // `$ZodLazy` caches its inner on the def, so a resolved edge is followed exactly
     case "lazy": {
-      const inner = def._cachedInner ?? (resolve9 ? inst._zod.innerType : void 0);
+      const inner = def._cachedInner ?? (resolve10 ? inst._zod.innerType : void 0);
       merge2(inner ? isRecursive2(inner, stack, false) : ASSUMED);
       break;
     }
@@ -53260,32 +52982,360 @@ function date4(params) {
   return _coercedDate(ZodDate, params);
 }
 
+// packages/core/src/cache/state.ts
+init_errors();
+init_check();
+init_superblock();
+init_ofd();
+function statePath(image) {
+  return join9(dirname6(image), `.${basename5(image)}.overlay-cache.json`);
+}
+var restoreRecord = external_exports.object({
+  /** CacheStore.spec of the store the image came from. */
+  store: external_exports.string(),
+  key: external_exports.string(),
+  sha256: external_exports.string(),
+  /** The file's identity; any write or metadata change moves ctime. */
+  file: external_exports.string()
+});
+async function fileIdentity(image) {
+  const s = await stat7(image, { bigint: true });
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+}
+async function readRestoreState(image) {
+  try {
+    return restoreRecord.parse(JSON.parse(await readFile4(statePath(image), "utf8")));
+  } catch {
+    return null;
+  }
+}
+async function writeRestoreState(image, store, key, sha2562) {
+  const record2 = { store: store.spec, key, sha256: sha2562, file: await fileIdentity(image) };
+  await writeFile4(statePath(image), JSON.stringify(record2)).catch(() => {
+  });
+}
+async function forgetRestoreState(image) {
+  await rm6(statePath(image), { force: true });
+}
+async function unchangedSince(record2, image) {
+  if (record2.file === await fileIdentity(image)) return true;
+  return record2.sha256 === await imageContentDigest(image);
+}
+async function restoreImage(store, keys, image, opts = {}) {
+  opts.onProgress?.(`looking up ${keys.primary} in ${store.spec}`);
+  const found = await store.fetch(keys, (archive, key2) => {
+    opts.onProgress?.(`unpacking ${key2} into ${image} (verified: digest, e2fsck)`);
+    return unpackImage(archive, image);
+  });
+  if (!found) return { outcome: "miss", warnings: [] };
+  const { key, value: r } = found;
+  if (!r.ok)
+    return {
+      outcome: "miss",
+      warnings: [`cache entry ${key} not usable: ${r.reason}`],
+      rejected: [{ key, reason: r.reason }]
+    };
+  const refusal = opts.accept ? await opts.accept(image, key) : null;
+  if (refusal) {
+    await rm6(image, { force: true });
+    return { outcome: "miss", warnings: [`cache entry ${key} not used: ${refusal}`] };
+  }
+  await writeRestoreState(image, store, key, r.manifest.sha256);
+  return {
+    outcome: key === keys.primary ? "hit" : "partial",
+    matchedKey: key,
+    sha256: r.manifest.sha256,
+    warnings: []
+  };
+}
+async function verifyForSave(image, opts = {}) {
+  const sb = await readSuperblock(image).catch(() => null);
+  const size = (await stat7(image)).size;
+  if (sb && size < sb.blockCount * sb.blockSize)
+    throw new OverlayError(
+      "E_INTEGRITY",
+      `${image} is truncated (${size} bytes, its filesystem needs ${sb.blockCount * sb.blockSize}): not saving it`,
+      { hint: "restore or rebuild the image; a truncated copy cannot be cached" }
+    );
+  if (opts.fsck === false) return;
+  await withLock(image, "shared", () => requireCleanForReadOnlyMount(image)).catch((e) => {
+    if (isOverlayError(e, "E_LOCKED"))
+      throw new OverlayError("E_LOCKED", `${image} is in use by another process: not saving it`, {
+        hint: "save after the container using it has exited (or pass --wait SECONDS)"
+      });
+    if (isOverlayError(e, "E_INTEGRITY"))
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${e.message.replace(/; run check --repair first$/, "")}: not saving it`,
+        {
+          hint: `overlayctl check ${image} --repair, then save again`,
+          details: e.details
+        }
+      );
+    throw e;
+  });
+}
+async function entryVerifies(store, key, near) {
+  const scratch = join9(dirname6(near), `.${basename5(near)}.verify-${process.pid}`);
+  try {
+    const found = await store.fetch(
+      { primary: key, restoreKeys: [] },
+      (archive) => unpackImage(archive, scratch)
+    );
+    return found?.key === key && found.value.ok;
+  } finally {
+    await rm6(scratch, { force: true });
+  }
+}
+async function saveImage(store, key, image, opts = {}) {
+  const record2 = await readRestoreState(image);
+  if (record2 && record2.store === store.spec && record2.key === key && await store.has(key)) {
+    if (await unchangedSince(record2, image))
+      return { saved: false, key, reason: "unchanged", sha256: record2.sha256 };
+  }
+  opts.onProgress?.(
+    `checking ${image} before saving${opts.check === false ? " (size only)" : " (e2fsck -fn)"}`
+  );
+  await verifyForSave(image, { fsck: opts.check !== false });
+  await store.ensureWritable();
+  let replace = opts.replace === "always";
+  if (opts.replace === "corrupt" && await store.has(key)) {
+    opts.onProgress?.(`verifying the entry already stored under ${key}`);
+    replace = !await entryVerifies(store, key, image);
+    if (!replace) return { saved: false, key, reason: "exists" };
+  }
+  let sha2562 = "";
+  const put = await store.put(
+    key,
+    async (archive) => {
+      opts.onProgress?.(`packing ${image} (blocks in use only) for ${store.spec}`);
+      try {
+        sha2562 = (await packImage(image, archive)).sha256;
+      } catch (e) {
+        if (isOverlayError(e)) throw e;
+        throw new OverlayError(
+          "E_CACHE",
+          `cannot write the cache archive ${archive}: ${e.message}`
+        );
+      }
+    },
+    { replace }
+  );
+  if (put.status === "exists") return { saved: false, key, reason: "exists" };
+  if (put.status === "refused") return { saved: false, key, reason: "refused", message: put.message };
+  await writeRestoreState(image, store, key, sha2562);
+  return { saved: true, key, bytes: put.bytes, sha256: sha2562, ...replace ? { replaced: true } : {} };
+}
+
+// packages/core/src/cache/stores.ts
+init_errors();
+var STORE_SPEC_FORMS = "a directory path (./store, /shared/overlay-cache)";
+function openStore(spec) {
+  const s = spec ?? defaultStoreDir();
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(s)?.[1]?.toLowerCase();
+  if (scheme === "oras")
+    throw new OverlayError("E_INVALID_INPUT", `store ${s}: registry stores (oras://) are not supported yet`, {
+      hint: `use ${STORE_SPEC_FORMS}`
+    });
+  if (scheme)
+    throw new OverlayError("E_INVALID_INPUT", `store ${s}: ${scheme}:// stores are not supported`, {
+      hint: `a store is ${STORE_SPEC_FORMS}`
+    });
+  if (!s.trim()) throw new OverlayError("E_INVALID_INPUT", "store: empty store spec");
+  return new LocalStore(s);
+}
+
+// packages/core/src/index.ts
+init_errors();
+init_atomic();
+init_check();
+
+// packages/core/src/image/chown.ts
+init_atomic();
+init_ofd();
+init_copy();
+init_debugfs();
+init_format();
+init_info2();
+var LS_LINE2 = /^\/(\d+)\/(\d+)\/\d+\/\d+\/(.*)\/[^/]*\/$/;
+async function listInodesUnder(image, roots) {
+  const seen = new Set(roots);
+  let level = roots;
+  while (level.length) {
+    const out = await runDebugfs(
+      image,
+      level.map((ino) => `ls -p <${ino}>`)
+    );
+    const next = [];
+    for (const line of out.split("\n")) {
+      const m = LS_LINE2.exec(line);
+      if (!m) continue;
+      const ino = Number(m[1]);
+      const name = m[3];
+      if (name === "." || name === ".." || ino === 0 || seen.has(ino)) continue;
+      seen.add(ino);
+      const mode = Number.parseInt(m[2], 8);
+      if ((mode & 61440) === 16384) next.push(ino);
+    }
+    level = next;
+  }
+  return [...seen];
+}
+async function inodeOf(image, path6) {
+  const out = await runDebugfs(image, [`stat ${path6}`], { allowErrors: /not found/i }).catch(() => "");
+  const m = /Inode:\s*(\d+)/.exec(out);
+  return m ? Number(m[1]) : null;
+}
+async function chownImage(path6, owner, onProgress = () => {
+}) {
+  await requireExt3(path6);
+  let count2 = 0;
+  await withLock(
+    path6,
+    "exclusive",
+    () => replaceAtomically(path6, async (tmp) => {
+      onProgress(`copying ${path6}`);
+      await copyImageFile(path6, tmp);
+      const roots = (await Promise.all(["/upper", "/work"].map((p) => inodeOf(tmp, p)))).filter(
+        (x) => x !== null
+      );
+      const inodes = await listInodesUnder(tmp, roots);
+      count2 = inodes.length;
+      const cmds = inodes.flatMap((ino) => [
+        `sif <${ino}> uid ${owner.uid}`,
+        `sif <${ino}> gid ${owner.gid}`
+      ]);
+      for (let i2 = 0; i2 < cmds.length; i2 += 2e4) {
+        onProgress(`new owner: inodes ${i2 / 2 + 1}-${Math.min(cmds.length, i2 + 2e4) / 2} of ${count2}`);
+        await runDebugfs(tmp, cmds.slice(i2, i2 + 2e4), { write: true });
+      }
+    })
+  );
+  return { ...await imageInfo(path6), inodesChanged: count2 };
+}
+
+// packages/core/src/index.ts
+init_copy();
+init_create2();
+init_debugfs();
+init_format();
+init_info2();
+
+// packages/core/src/image/resize.ts
+init_errors();
+init_atomic();
+init_ofd();
+init_run();
+init_copy();
+init_format();
+init_info2();
+init_superblock();
+import { stat as stat8, truncate } from "node:fs/promises";
+async function minimumSizeBytes(path6) {
+  const sb = await readSuperblock(path6);
+  const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
+  const blocks3 = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
+  if (!Number.isFinite(blocks3))
+    throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path6}`);
+  return blocks3 * sb.blockSize;
+}
+async function resizeImage(path6, sizeBytes, opts = {}) {
+  await requireExt3(path6);
+  const previousSizeBytes = await withLock(path6, "exclusive", async () => {
+    const before = (await stat8(path6)).size;
+    if (before === sizeBytes) return before;
+    if (sizeBytes < before) {
+      const min = await minimumSizeBytes(path6);
+      if (sizeBytes < min) {
+        throw new OverlayError(
+          "E_SHRINK_TOO_SMALL",
+          `${path6} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
+          { details: { minimumBytes: min, requestedBytes: sizeBytes } }
+        );
+      }
+    }
+    const sparse = await isSparseFile(path6);
+    await replaceAtomically(path6, async (tmp) => {
+      opts.onProgress?.("copying the image");
+      await copyImageFile(path6, tmp);
+      opts.onProgress?.("e2fsck -fy (resize2fs needs a checked filesystem)");
+      const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+      if (fsck.exitCode === 4)
+        throw new OverlayError("E_INTEGRITY", `${path6} has errors e2fsck cannot fix; run check --repair`);
+      const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
+      try {
+        if (sizeBytes > before) {
+          if (sparse) await truncate(tmp, sizeBytes);
+          else await runTool("fallocate", ["-l", String(sizeBytes), tmp]);
+          opts.onProgress?.(`resize2fs ${sizeArg}`);
+          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+        } else {
+          opts.onProgress?.(`resize2fs ${sizeArg}`);
+          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+          await truncate(tmp, sizeBytes);
+        }
+      } catch (e) {
+        if (isOverlayError(e, "E_TOOL_FAILED") && /smaller than minimum|No space left on device/i.test(e.message)) {
+          throw new OverlayError("E_SHRINK_TOO_SMALL", `${path6} cannot shrink to ${sizeArg}: ${e.message}`);
+        }
+        throw e;
+      }
+      const check2 = await runTool("e2fsck", ["-fn", tmp], {
+        okExitCodes: [1, 2, 4, 8],
+        timeoutSeconds: 1800
+      });
+      if (check2.exitCode !== 0)
+        throw new OverlayError("E_INTEGRITY", `resized copy of ${path6} did not check clean`);
+    });
+    return before;
+  });
+  const info2 = await imageInfo(path6);
+  return { ...info2, previousSizeBytes, changed: previousSizeBytes !== sizeBytes };
+}
+
+// packages/core/src/index.ts
+init_superblock();
+
+// packages/core/src/layer/commit.ts
+init_errors();
+init_atomic();
+init_check();
+init_copy();
+init_format();
+init_ofd();
+import { createHash as createHash7 } from "node:crypto";
+import { createReadStream as createReadStream2, lstatSync } from "node:fs";
+import { mkdtemp as mkdtemp4, readdir as readdir5, rm as rm8, stat as stat9, writeFile as writeFile5 } from "node:fs/promises";
+import { tmpdir as tmpdir5 } from "node:os";
+import { join as join10 } from "node:path";
+
 // packages/core/src/size.ts
 var MiB = 1024 * 1024;
 var MIN_IMAGE_BYTES = 64 * MiB;
 var UNITS = { K: 1024, M: MiB, G: 1024 * MiB, T: 1024 * 1024 * MiB };
+var MAX_IMAGE_BYTES = 2 ** 44 - 4096;
 function parseSize(text) {
-  const m = /^\s*(\d+)\s*([kmgt])?(i?b)?\s*$/i.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt])?(i?b)?\s*$/i.exec(text);
   if (!m) return null;
   const n2 = Number(m[1]);
   if (m[3] && !m[2]) return null;
   const bytes = n2 * (m[2] ? UNITS[m[2].toUpperCase()] : MiB);
-  return Number.isSafeInteger(bytes) ? bytes : null;
+  return Number.isFinite(bytes) && bytes <= Number.MAX_SAFE_INTEGER ? bytes : null;
 }
-var sizeSchema = external_exports.union([external_exports.string(), external_exports.number().int()]).transform((v, ctx) => {
-  const bytes = parseSize(String(v));
-  if (bytes === null) {
-    ctx.addIssue({ code: "custom", message: `"${v}" is not a size: use MiB (256) or a unit (512M, 4G)` });
+var sizeSchema = external_exports.union([external_exports.string(), external_exports.number()]).transform((v, ctx) => {
+  const fail2 = (message) => {
+    ctx.addIssue({ code: "custom", message });
     return external_exports.NEVER;
-  }
-  if (bytes < MIN_IMAGE_BYTES) {
-    ctx.addIssue({ code: "custom", message: `${v} is below the 64 MiB minimum Apptainer accepts` });
-    return external_exports.NEVER;
-  }
-  if (bytes % 4096 !== 0) {
-    ctx.addIssue({ code: "custom", message: `${v} is not a whole number of 4 KiB blocks` });
-    return external_exports.NEVER;
-  }
+  };
+  const text = String(v);
+  const bytes = parseSize(text);
+  if (bytes === null) return fail2(`"${v}" is not a size: use MiB (256) or a unit (512M, 4G, 1.5G)`);
+  if (text.includes(".") && bytes % MiB !== 0)
+    return fail2(`${v} is ${(bytes / MiB).toFixed(2)} MiB: give a size that is a whole number of MiB`);
+  if (bytes < MIN_IMAGE_BYTES) return fail2(`${v} is below the 64 MiB minimum Apptainer accepts`);
+  if (bytes > MAX_IMAGE_BYTES)
+    return fail2(`${v} is above what an ext3 image can hold (16 TiB less 4 KiB, e.g. 16383G)`);
+  if (bytes % 4096 !== 0) return fail2(`${v} is not a whole number of 4 KiB blocks`);
   return bytes;
 });
 function formatBytes(n2) {
@@ -53299,7 +53349,390 @@ function formatBytes(n2) {
   return `${i2 === 0 ? v : v.toFixed(1)} ${units[i2]}`;
 }
 
+// packages/core/src/layer/commit.ts
+init_native2();
+init_run();
+
+// packages/core/src/layer/fuse.ts
+init_atomic();
+init_run();
+import { mkdtemp as mkdtemp3, rm as rm7 } from "node:fs/promises";
+async function withFuse2fs(image, mode, fn) {
+  await clearStaleMounts();
+  const mnt = await mkdtemp3(mountDirPrefix());
+  const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
+  try {
+    if (kernel) {
+      await runTool("mount", ["-t", "ext3", "-o", mode === "ro" ? "ro,loop,noload" : "loop", image, mnt], {
+        timeoutSeconds: 120
+      });
+    } else {
+      await runTool("fuse2fs", ["-o", `${mode},fakeroot`, image, mnt], { timeoutSeconds: 120 });
+    }
+  } catch (e) {
+    await rm7(mnt, { recursive: true, force: true }).catch(() => {
+    });
+    throw e;
+  }
+  try {
+    return await fn(mnt);
+  } finally {
+    const unmount = kernel ? "umount" : findTool("fusermount3") ? "fusermount3" : "fusermount";
+    const lazy2 = kernel ? ["-l", mnt] : ["-uz", mnt];
+    await runTool(unmount, kernel ? [mnt] : ["-u", mnt], { timeoutSeconds: 120 }).catch(
+      () => runTool(unmount, lazy2).catch(() => {
+      })
+    );
+    await rm7(mnt, { recursive: true, force: true }).catch(() => {
+    });
+  }
+}
+
+// packages/core/src/layer/commit.ts
+init_lower();
+init_whiteouts();
+var COMPRESSIONS = ["zstd", "gzip", "lz4", "xz"];
+var escapePseudo = (p) => p.replace(/([\\ ])/g, "\\$1");
+var isOpaqueByXattr = (dir) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === "y");
+async function planLayer(upper, lower) {
+  const exclude = [];
+  const pseudo = [];
+  const warnings = [];
+  let files = 0;
+  let whiteouts = 0;
+  const walk = async (rel) => {
+    const dir = rel ? join10(upper, rel) : upper;
+    const entries = [];
+    for (const d of await readdir5(dir, { withFileTypes: true })) {
+      let kind = "other";
+      let whiteoutDevice = false;
+      if (d.isDirectory()) kind = "dir";
+      else if (d.isFile()) kind = "file";
+      else if (d.isSymbolicLink()) kind = "symlink";
+      else if (d.isCharacterDevice()) {
+        kind = "chardev";
+        whiteoutDevice = lstatSync(join10(dir, d.name)).rdev === 0;
+      }
+      entries.push({ name: d.name, kind, whiteoutDevice });
+    }
+    const plan = planDirectory(
+      entries,
+      isOpaqueByXattr(dir),
+      lower?.get(rel) ?? (lower ? /* @__PURE__ */ new Set() : void 0)
+    );
+    if (plan.needsOpaqueXattr) {
+      warnings.push(
+        `/${rel} replaced a lower directory; give --base/--layer so every reader hides the old content (kept: the trusted.overlay.opaque flag, honoured by root readers only, when a root writer set it)`
+      );
+    }
+    const existingDevices = new Set(
+      entries.filter((e) => e.kind === "chardev" && e.whiteoutDevice).map((e) => e.name)
+    );
+    for (const name of plan.drop) exclude.push(rel ? `${rel}/${name}` : name);
+    for (const name of plan.whiteouts) {
+      whiteouts++;
+      if (!existingDevices.has(name))
+        pseudo.push(`${escapePseudo(rel ? `${rel}/${name}` : name)} c 0000 0 0 0 0`);
+    }
+    const dropped = new Set(plan.drop);
+    const kept = entries.filter((e) => !dropped.has(e.name));
+    files += kept.length;
+    await Promise.all(
+      kept.filter((e) => e.kind === "dir").map((e) => walk(rel ? `${rel}/${e.name}` : e.name))
+    );
+  };
+  await walk("");
+  return { exclude: exclude.sort(), pseudo: pseudo.sort(), warnings: warnings.sort(), files, whiteouts };
+}
+function squashfsProgress(tool, onProgress) {
+  if (!onProgress) return void 0;
+  let last = -5;
+  return (line) => {
+    const m = /\]\s+(\d+)\/(\d+)\s+(\d+)%/.exec(line);
+    if (!m) return onProgress(line);
+    const pct = Number(m[3]);
+    if (pct === last || pct < 100 && pct - last < 5) return;
+    last = pct;
+    onProgress(`${tool} ${pct}% (${m[1]}/${m[2]} blocks)`);
+  };
+}
+async function withOutputProgress(label, file2, onProgress, step, everyMs = 5e3) {
+  if (!onProgress) return step();
+  const started = Date.now();
+  const timer = setInterval(() => {
+    stat9(file2).then(
+      (st) => onProgress(
+        `${label}: ${formatBytes(st.size)} written, ${Math.round((Date.now() - started) / 1e3)} s`
+      ),
+      () => {
+      }
+    );
+  }, everyMs);
+  try {
+    return await step();
+  } finally {
+    clearInterval(timer);
+  }
+}
+async function sha256File(path6) {
+  const hash2 = createHash7("sha256");
+  for await (const chunk of createReadStream2(path6)) hash2.update(chunk);
+  return hash2.digest("hex");
+}
+function compressionArgs(c3, level) {
+  const args = ["-comp", c3];
+  if (level === void 0) return args;
+  if (c3 === "lz4") return [...args, ...level > 0 ? ["-Xhc"] : []];
+  if (c3 === "xz") return args;
+  return [...args, "-Xcompression-level", String(level)];
+}
+async function commitLayer(o2) {
+  const started = Date.now();
+  await requireExt3(o2.image);
+  await requireParentDir(o2.output);
+  const lock = await acquireLock(o2.image, o2.reset ? "exclusive" : "shared");
+  try {
+    o2.onProgress?.(`e2fsck -fn ${o2.image} (it must be clean to be read)`);
+    await requireCleanForReadOnlyMount(o2.image);
+    const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
+    const work = await mkdtemp4(join10(tmpdir5(), "overlay-commit-"));
+    let planned;
+    try {
+      await withFuse2fs(o2.image, "ro", async (mnt) => {
+        const upper = join10(mnt, "upper");
+        if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
+          throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
+        }
+        o2.onProgress?.("planning whiteouts");
+        planned = await planLayer(upper, lower);
+        const excludeFile = join10(work, "exclude");
+        const pseudoFile = join10(work, "pseudo");
+        await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
+`).join(""));
+        await writeFile5(pseudoFile, planned.pseudo.map((p) => `${p}
+`).join(""));
+        await replaceAtomically(o2.output, async (tmp) => {
+          o2.onProgress?.(`mksquashfs (${o2.compression})`);
+          const args = [upper, tmp, "-noappend", "-xattrs", "-ef", excludeFile, "-pf", pseudoFile];
+          args.push(...compressionArgs(o2.compression, o2.level));
+          const keepTrusted = planned.warnings.length > 0;
+          const [file2, argv] = process.getuid?.() === 0 && !keepTrusted ? ["setpriv", ["--bounding-set=-sys_admin", "--", requireTool("mksquashfs"), ...args]] : ["mksquashfs", args];
+          await withOutputProgress(
+            "mksquashfs",
+            tmp,
+            o2.onProgress,
+            () => runTool(file2, argv, {
+              onLine: squashfsProgress("mksquashfs", o2.onProgress),
+              timeoutSeconds: 3600
+            })
+          );
+        });
+      });
+    } finally {
+      await rm8(work, { recursive: true, force: true });
+    }
+    if (o2.reset) {
+      o2.onProgress?.("reset: emptying upper/ and work/");
+      await replaceAtomically(o2.image, async (tmp) => {
+        await copyImageFile(o2.image, tmp);
+        await withFuse2fs(tmp, "rw", async (mnt) => {
+          for (const dir of ["upper", "work"]) {
+            for (const name of await readdir5(join10(mnt, dir)))
+              await rm8(join10(mnt, dir, name), { recursive: true, force: true });
+          }
+        });
+        await runTool("e2fsck", ["-fy", "-E", "discard", tmp], { okExitCodes: [1, 2] });
+      });
+    }
+    const bytes = (await stat9(o2.output)).size;
+    o2.onProgress?.(`sha256 of ${o2.output}`);
+    return {
+      layer: o2.output,
+      bytes,
+      files: planned.files,
+      compression: o2.compression,
+      sha256: await sha256File(o2.output),
+      durationMs: Date.now() - started,
+      whiteouts: planned.whiteouts,
+      reset: o2.reset,
+      warnings: planned.warnings
+    };
+  } finally {
+    lock.release();
+  }
+}
+
+// packages/core/src/index.ts
+init_lower();
+init_normalize2();
+
+// packages/core/src/layer/squash.ts
+init_atomic();
+init_format();
+init_run();
+import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp5, readdir as readdir6, rm as rm9, writeFile as writeFile6 } from "node:fs/promises";
+import { dirname as dirname8, join as join11 } from "node:path";
+init_lower();
+var parentOf = (path6) => path6.includes("/") ? path6.slice(0, path6.lastIndexOf("/")) : "";
+function mergeListings(listings) {
+  const merged = /* @__PURE__ */ new Map();
+  const children = /* @__PURE__ */ new Map();
+  const recreated = /* @__PURE__ */ new Set();
+  const removeTree = (path6) => {
+    merged.delete(path6);
+    recreated.delete(path6);
+    for (const child of children.get(path6) ?? []) removeTree(child);
+    children.delete(path6);
+  };
+  listings.forEach((entries, layer) => {
+    for (const e of entries) {
+      const prev = merged.get(e.path);
+      if (prev && (e.whiteout || prev.type === "d" !== (e.type === "d"))) {
+        removeTree(e.path);
+        if (e.type === "d") recreated.add(e.path);
+      }
+      merged.set(e.path, { ...e, layer });
+      if (e.path !== "") {
+        const parent = parentOf(e.path);
+        if (!children.has(parent)) children.set(parent, /* @__PURE__ */ new Set());
+        children.get(parent).add(e.path);
+      }
+    }
+  });
+  return { merged, recreated };
+}
+function hideBaseUnder(merged, recreated, base) {
+  const out = [];
+  const under = (p) => [...recreated].some((r) => p === r || p.startsWith(`${r}/`));
+  for (const [dir, names] of base) {
+    if (!under(dir) || merged.get(dir)?.type !== "d") continue;
+    for (const name of names) {
+      const path6 = `${dir}/${name}`;
+      if (!merged.has(path6)) out.push(path6);
+    }
+  }
+  return out.sort();
+}
+async function openUp(root) {
+  await chmod3(root, 448);
+  for (const d of await readdir6(root, { recursive: true, withFileTypes: true })) {
+    if (d.isSymbolicLink()) continue;
+    const p = join11(d.parentPath, d.name);
+    const want = d.isDirectory() ? 448 : d.isFile() ? 384 : 0;
+    if (!want) continue;
+    const { mode } = await lstat3(p);
+    if ((mode & want) !== want) await chmod3(p, mode & 4095 | want);
+  }
+}
+var DEVICE_TYPES = /* @__PURE__ */ new Set(["c", "b"]);
+var octal = (m) => m.toString(8).padStart(4, "0");
+async function squashLayers(layers, output2, opts) {
+  const started = Date.now();
+  for (const layer of layers) await requireSquashfs(layer);
+  await requireParentDir(output2);
+  const root = process.getuid?.() === 0;
+  const listings = [];
+  for (const layer of layers) listings.push(await squashListing(layer));
+  const { merged, recreated } = mergeListings(listings);
+  const warnings = [];
+  if (recreated.size && opts.base) {
+    for (const path6 of hideBaseUnder(merged, recreated, await lowerListing(opts.base, []))) {
+      merged.set(path6, { path: path6, type: "c", mode: 0, uid: 0, gid: 0, dev: [0, 0], whiteout: true, layer: -1 });
+    }
+  } else if (recreated.size) {
+    warnings.push(
+      `${[...recreated].map((p) => `/${p}`).join(", ")} deleted and made again in a later layer: give --base so the merged layer keeps hiding the base image's old content there`
+    );
+  }
+  const staging = await mkdtemp5(join11(dirname8(output2), ".squash-"));
+  try {
+    const tree = join11(staging, "root");
+    for (const [i2, layer] of layers.entries()) {
+      const exclude = listings[i2].filter((e) => e.path !== "").filter((e) => {
+        const m = merged.get(e.path);
+        if (m?.type === "d" && e.type === "d") return false;
+        return m?.layer !== i2 || DEVICE_TYPES.has(e.type);
+      }).map((e) => e.path);
+      const excludeFile = join11(staging, `exclude-${i2}`);
+      await writeFile6(excludeFile, exclude.map((p) => `${p}
+`).join(""));
+      opts.onProgress?.(`extracting ${layer}`);
+      const r = await runTool(
+        "unsquashfs",
+        [
+          "-f",
+          "-no-wildcards",
+          ...root ? [] : ["-user-xattrs"],
+          "-exclude-file",
+          excludeFile,
+          "-d",
+          tree,
+          layer
+        ],
+        { onLine: squashfsProgress("unsquashfs", opts.onProgress), timeoutSeconds: 3600 }
+      );
+      if (/xattr/i.test(r.stderr)) warnings.push(`${layer}: ${r.stderr.trim().split("\n")[0]}`);
+      if (!root) await openUp(tree);
+    }
+    const pseudo = [];
+    let whiteouts = 0;
+    for (const e of merged.values()) {
+      if (e.path === "") continue;
+      const name = escapePseudo(e.path);
+      if (DEVICE_TYPES.has(e.type)) {
+        if (e.whiteout) whiteouts++;
+        const [major, minor] = e.dev ?? [0, 0];
+        pseudo.push(`${name} ${e.type} ${octal(e.mode)} ${e.uid} ${e.gid} ${major} ${minor}`);
+      } else if (!root) {
+        pseudo.push(`${name} m ${octal(e.mode)} ${e.uid} ${e.gid}`);
+      }
+    }
+    const pseudoFile = join11(staging, "pseudo");
+    await writeFile6(pseudoFile, pseudo.map((p) => `${p}
+`).join(""));
+    const top = merged.get("");
+    const rootArgs = top ? ["-root-mode", octal(top.mode), "-root-uid", String(top.uid), "-root-gid", String(top.gid)] : [];
+    await mkdir3(tree, { recursive: true });
+    await replaceAtomically(output2, async (tmp) => {
+      opts.onProgress?.(`mksquashfs (${opts.compression})`);
+      const args = [tree, tmp, "-noappend", "-comp", opts.compression, "-pf", pseudoFile];
+      await withOutputProgress(
+        "mksquashfs",
+        tmp,
+        opts.onProgress,
+        () => runTool("mksquashfs", [...args, ...rootArgs], {
+          onLine: squashfsProgress("mksquashfs", opts.onProgress),
+          timeoutSeconds: 3600
+        })
+      );
+    });
+    const { size } = await lstat3(output2);
+    opts.onProgress?.(`sha256 of ${output2}`);
+    return {
+      layer: output2,
+      bytes: size,
+      layers: layers.length,
+      whiteouts,
+      sha256: await sha256File(output2),
+      durationMs: Date.now() - started,
+      warnings
+    };
+  } finally {
+    await rm9(staging, { recursive: true, force: true });
+  }
+}
+
+// packages/core/src/index.ts
+init_whiteouts();
+init_ofd();
+init_build();
+
 // packages/core/src/runtime/demo.ts
+init_errors();
+init_atomic();
+init_create2();
+import { promises as fsp8 } from "node:fs";
+import { join as join14, resolve as resolve9 } from "node:path";
 init_run();
 init_runtime();
 init_build();
@@ -53325,34 +53758,33 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp7.readdir(dir).catch(() => [])).map((f) => join13(dir, f))
+    ...(await fsp8.readdir(dir).catch(() => [])).map((f) => join14(dir, f))
   ];
   for (const file2 of files) {
-    const text = await fsp7.readFile(file2, "utf8").catch(() => "");
+    const text = await fsp8.readFile(file2, "utf8").catch(() => "");
     for (const m of text.matchAll(/^(?:URIs:|deb(?:\s+\[[^\]]*\])?)\s+(\S+)/gm)) {
       if (/^https?:\/\//.test(m[1]) && !/security/.test(m[1])) return m[1];
     }
   }
   return "http://deb.debian.org/debian";
 }
-var seconds = (ms) => Math.round(ms / 10) / 100;
 async function demoBase(dir, log2) {
-  const sif = join13(dir, "base.sif");
-  const def = join13(dir, "base.def");
+  const sif = join14(dir, "base.sif");
+  const def = join14(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
 `;
   const t0 = Date.now();
-  if (await exists2(sif) && await fsp7.readFile(def, "utf8").catch(() => "") === recipe) {
-    return { path: sif, built: false, seconds: 0 };
+  if (await exists2(sif) && await fsp8.readFile(def, "utf8").catch(() => "") === recipe) {
+    return { path: sif, built: false, durationMs: 0 };
   }
   if (!findTool("debootstrap") && process.getuid?.() === 0 && findTool("apt-get")) {
     log2("installing debootstrap (apt-get)");
     await runTool("apt-get", ["install", "-y", "-q", "--no-install-recommends", "debootstrap"]);
   }
   const runtime = findRuntime();
-  await fsp7.writeFile(def, recipe);
+  await fsp8.writeFile(def, recipe);
   log2(`building base.sif: Debian bookworm minbase from ${recipe.split("MirrorURL: ")[1].trim()}`);
   const fakeroot = process.getuid?.() === 0 ? [] : ["--fakeroot"];
   await replaceAtomically(
@@ -53360,22 +53792,22 @@ MirrorURL: ${await hostMirror()}
     (tmp) => runTool(runtime.name, ["build", ...fakeroot, tmp, def], { timeoutSeconds: 1800, onLine: log2 }),
     { precreate: false }
   );
-  return { path: sif, built: true, seconds: seconds(Date.now() - t0) };
+  return { path: sif, built: true, durationMs: Date.now() - t0 };
 }
 async function runDemo(o2) {
   const started = Date.now();
-  const dir = resolve8(o2.dir);
-  await fsp7.mkdir(join13(dir, "apt/archives/partial"), { recursive: true });
-  await fsp7.mkdir(join13(dir, "apt/lists/partial"), { recursive: true });
+  const dir = resolve9(o2.dir);
+  await fsp8.mkdir(join14(dir, "apt/archives/partial"), { recursive: true });
+  await fsp8.mkdir(join14(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join13(dir, "env.img");
-  await fsp7.rm(image, { force: true });
+  const image = join14(dir, "env.img");
+  await fsp8.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join13(dir, "install.sh");
-  await fsp7.writeFile(script, INSTALL_SH);
+  const script = join14(dir, "install.sh");
+  await fsp8.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
     image,
@@ -53399,7 +53831,7 @@ async function runDemo(o2) {
   o2.info("3/4 check");
   const t1 = Date.now();
   const check2 = await checkBuilt(image);
-  const checkSeconds = seconds(Date.now() - t1);
+  const checkMs = Date.now() - t1;
   o2.info("4/4 run the installed software read-only");
   const command = ["python3", "-c", CHECK_PY];
   const run2 = await runInContainer({ image, ro: true, base: base.path, command, stdout: "capture" });
@@ -53409,18 +53841,18 @@ async function runDemo(o2) {
     });
   return {
     dir,
-    base: { ...base, sizeBytes: (await fsp7.stat(base.path)).size },
+    base: { ...base, sizeBytes: (await fsp8.stat(base.path)).size },
     image: built.info,
     packages: PACKAGES,
     packagesInstalled,
-    buildSeconds: seconds(built.durationMs),
-    check: { status: check2.status, seconds: checkSeconds },
+    buildMs: built.durationMs,
+    check: { status: check2.status, durationMs: checkMs },
     run: {
       command: ["apptainer", "exec", "--overlay", "env.img:ro", "base.sif", ...command],
       output: run2.stdout ?? "",
-      seconds: seconds(run2.durationMs)
+      durationMs: run2.durationMs
     },
-    totalSeconds: seconds(Date.now() - started)
+    durationMs: Date.now() - started
   };
 }
 
@@ -53429,8 +53861,8 @@ init_diagnose();
 init_exec();
 
 // packages/core/src/tasks/cache.ts
-init_key();
-init_local_store();
+init_errors();
+init_atomic();
 init_format();
 
 // packages/core/src/tasks/common.ts
@@ -53459,12 +53891,21 @@ function ownerFrom(v) {
   if (v.uid !== void 0 && v.gid !== void 0) return { uid: v.uid, gid: v.gid };
   return currentOwner();
 }
+var waitField = external_exports.number().min(0).max(86400).optional().describe("Seconds to wait while the image is in use (default: fail at once with E_LOCKED)");
 var containerDirSchema = external_exports.string().refine((p) => p.startsWith("/") && p.length > 1, "must be an absolute path such as /opt/env").refine((p) => !p.split("/").some((s) => s === ".." || s === "."), "may not contain . or .. components").refine((p) => !/["\0\n\r\\]/.test(p), "may not contain quotes, backslashes or control characters");
 
 // packages/core/src/tasks/define.ts
 init_errors();
+init_ofd();
 function defineTask(def) {
-  return def;
+  if (!("wait" in def.input.shape)) return def;
+  return {
+    ...def,
+    run: (input2, ctx) => {
+      const wait = input2.wait;
+      return wait === void 0 ? def.run(input2, ctx) : withLockWait(wait, () => def.run(input2, ctx));
+    }
+  };
 }
 function kebab(name) {
   return name.replace(/[A-Z]/g, (c3) => `-${c3.toLowerCase()}`);
@@ -53524,137 +53965,34 @@ function coerceRawInput(task, raw) {
   return out;
 }
 function parseTaskInput(task, raw, nameStyle = (f) => `--${kebab(f)}`) {
-  const result = task.input.strict().safeParse(coerceRawInput(task, raw));
+  const input2 = coerceRawInput(task, raw);
+  const result = task.input.strict().safeParse(input2);
   if (result.success) return result.data;
   const issue3 = result.error.issues[0];
-  let message = issue3.message;
+  const name = issue3.path.length ? String(issue3.path[0]) : void 0;
+  const info2 = name === void 0 ? void 0 : taskFields(task).find((f) => f.name === name);
+  let message = `${name === void 0 ? "" : `${nameStyle(name)}: `}${issue3.message}`;
   if (issue3.code === "unrecognized_keys")
     message = `unknown input ${issue3.keys.map((k) => nameStyle(k)).join(", ")}`;
-  const field = issue3.path.length ? `${nameStyle(String(issue3.path[0]))}: ` : "";
-  throw new OverlayError("E_INVALID_INPUT", `${field}${message}`, {
+  else if (info2 && issue3.code !== "custom" && issue3.path.length === 1 && input2[info2.name] === void 0)
+    message = `${nameStyle(info2.name)} is required: ${info2.description || info2.kind}`;
+  throw new OverlayError("E_INVALID_INPUT", message, {
     details: { issues: result.error.issues.map((i2) => ({ path: i2.path.join("."), message: i2.message })) }
   });
 }
 
-// packages/core/src/tasks/cache.ts
-var keySchema = external_exports.string().min(1).max(512).refine((k) => !k.includes(","), "may not contain commas").describe("Cache key (at most 512 characters, no commas)");
-var storeField = pathSchema.optional().describe("Local store directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)");
-var cacheSaveTask = defineTask({
-  name: "cache save",
-  summary: "Save an overlay image into a local cache store (sparse-aware, verified; no-op when unchanged)",
-  positional: ["image"],
-  input: external_exports.object({
-    image: pathSchema.describe("The ext3 overlay image"),
-    key: keySchema,
-    store: storeField
-  }),
-  async run(input2, ctx) {
-    await requireExt3(input2.image);
-    const r = await saveImage(new LocalStore(input2.store), validateKey(input2.key), input2.image);
-    if (r.reason === "exists")
-      ctx.info(`cache entry ${input2.key} already exists (entries are immutable): not saved`);
-    if (r.reason === "unchanged") ctx.info("image unchanged since it was restored: not saved");
-    return r;
-  },
-  render: (r) => r.saved ? `saved ${r.key} (${r.bytes} bytes)` : `not saved (${r.reason}): ${r.key}`
-});
-var cacheRestoreTask = defineTask({
-  name: "cache restore",
-  summary: "Restore an overlay image from a local cache store: hit, partial (restore-key) or miss",
-  positional: ["image"],
-  input: external_exports.object({
-    image: pathSchema.describe("Where to put the image"),
-    key: keySchema,
-    restoreKey: external_exports.array(external_exports.string().min(1)).default([]).describe("Key prefix to fall back to (repeatable, in order)"),
-    store: storeField
-  }),
-  async run(input2, ctx) {
-    const r = await restoreImage(
-      new LocalStore(input2.store),
-      { primary: input2.key, restoreKeys: input2.restoreKey },
-      input2.image
-    );
-    for (const w of r.warnings) ctx.warn(w);
-    return r;
-  },
-  render: (r) => r.outcome === "miss" ? "miss" : `${r.outcome}: ${r.matchedKey}`
-});
-var cacheKeyTask = defineTask({
-  name: "cache key",
-  summary: "Derive a cache key (and restore-keys) from files, create options and the base image",
-  input: external_exports.object({
-    prefix: external_exports.string().default("overlay").describe("Key prefix"),
-    files: external_exports.array(external_exports.string()).default([]).describe("Glob of files whose content goes into the key (repeatable)"),
-    size: sizeSchema.optional().describe("Image size"),
-    profile: external_exports.string().optional().describe("Filesystem profile"),
-    owner: external_exports.string().optional().describe("Owner of upper/ (fakeroot, caller or UID:GID)"),
-    base: external_exports.string().optional().describe("Base image reference"),
-    baseDigest: external_exports.string().optional().describe("Digest of the base image, when known"),
-    build: external_exports.string().optional().describe("The build command")
-  }),
-  run: (input2) => deriveKey({
-    prefix: input2.prefix,
-    files: input2.files,
-    options: {
-      size: input2.size,
-      profile: input2.profile,
-      owner: input2.owner,
-      base: input2.base,
-      baseDigest: input2.baseDigest,
-      build: input2.build
-    }
-  }),
-  render: (k) => [k.key, ...k.restoreKeys.map((r) => `  restore-key: ${r}`)].join("\n")
-});
-var cachePruneTask = defineTask({
-  name: "cache prune",
-  summary: "Shrink a local cache store to a size budget, least recently used entries first",
-  input: external_exports.object({
-    store: storeField,
-    maxSize: external_exports.string().regex(/^\d+\s*[kmgt]?(i?b)?$/i, "a size such as 10G").describe("Budget: MiB or with a unit (10G)")
-  }),
-  async run(input2) {
-    const m = /^(\d+)\s*([kmgt])?/i.exec(input2.maxSize);
-    const unit = { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m[2] ?? "M").toUpperCase()] ?? 2 ** 20;
-    return new LocalStore(input2.store).prune(Number(m[1]) * unit);
-  },
-  render: (r) => `removed ${r.removed.length} entries; store holds ${r.bytes} bytes`
-});
-
-// packages/core/src/tasks/check.ts
+// packages/core/src/tasks/setup.ts
+import { promises as fsp9 } from "node:fs";
+init_resolve();
+init_errors();
+init_atomic();
 init_check();
-async function checkImages(paths, opts) {
-  const images = [];
-  for (const path6 of paths) {
-    const r = await checkImage(path6, { repair: opts.repair });
-    opts.onResult?.(r);
-    images.push(r);
-  }
-  const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
-  for (const r of images) counts[r.status]++;
-  const exitCode = images.every((r) => r.status === "clean" || r.status === "repaired") ? 0 : 1;
-  return { images, counts, exitCode };
-}
-var checkTask = defineTask({
-  name: "check",
-  summary: "Check (and with --repair, crash-safely repair) ext3 overlays with e2fsck; lock-aware, never waits",
-  positional: ["images"],
-  input: external_exports.object({
-    images: external_exports.array(pathSchema).min(1, "give at least one image").describe("Images to check"),
-    repair: external_exports.boolean().default(false).describe("Repair corrupt images (on a copy, renamed into place)")
-  }),
-  run: (input2, ctx) => checkImages(input2.images, {
-    repair: input2.repair,
-    onResult: (r) => {
-      ctx.progress(`${r.path}: ${r.status}`);
-      for (const w of r.warnings) ctx.warn(`${r.path}: ${w}`);
-    }
-  }),
-  render: (report2) => report2.images.map((r) => {
-    const detail = r.error ? ` (${r.error.code}: ${r.error.message})` : r.problems.length ? ` (${r.problems.slice(0, 3).join("; ")})` : "";
-    return `${r.status.padEnd(8)} ${r.path}${detail}`;
-  }).join("\n")
-});
+init_copy();
+init_create2();
+init_debugfs();
+init_info2();
+init_ofd();
+init_run();
 
 // packages/core/src/tasks/create.ts
 init_create2();
@@ -53680,7 +54018,7 @@ function createOptionsFrom(input2) {
 }
 function renderImageSummary(i2) {
   const lines = [
-    `${i2.path}: ${i2.format}, ${formatBytes(i2.sizeBytes)} (${formatBytes(i2.allocatedBytes)} allocated${i2.sparse ? ", sparse" : ""})`
+    `${i2.image}: ${i2.format}, ${formatBytes(i2.sizeBytes)} (${formatBytes(i2.allocatedBytes)} allocated${i2.sparse ? ", sparse" : ""})`
   ];
   if (i2.usedBytes !== null)
     lines.push(`  used ${formatBytes(i2.usedBytes)}, free ${formatBytes(i2.freeBytes ?? 0)}`);
@@ -53709,7 +54047,8 @@ var createTask = defineTask({
   input: external_exports.object({
     image: pathSchema.describe("Path of the image to create"),
     ...createFields,
-    force: external_exports.boolean().default(false).describe("Replace an existing file")
+    force: external_exports.boolean().default(false).describe("Replace an existing file"),
+    wait: waitField
   }).superRefine(checkOwner),
   async run(input2, ctx) {
     return createImage({
@@ -53722,18 +54061,442 @@ var createTask = defineTask({
   render: renderImageSummary
 });
 
+// packages/core/src/tasks/setup.ts
+var DEFAULT_SIZE = "1G";
+var KEY_VERSION = "v1";
+var cacheKeySchema = external_exports.string().max(200, "at most 200 characters").regex(/^[A-Za-z0-9._+=-]+$/, "use letters, digits and . _ + = - only");
+var setupKeyFields = {
+  size: external_exports.union([external_exports.string(), external_exports.number().int()]).default(DEFAULT_SIZE).pipe(sizeSchema).describe("Size of the image: MiB (256) or with a unit (512M, 4G); at least 64 MiB"),
+  profile: createFields.profile,
+  sparse: createFields.sparse,
+  ...ownerFields,
+  createDir: external_exports.array(containerDirSchema).default([]).describe("Directory to create under upper/ in a new image (repeatable; one per line in the action)"),
+  base: external_exports.string().min(1).refine((s) => !/[\0\n\r]/.test(s), "may not contain NUL or newline characters").optional().describe("Container for the build: a SIF path or a reference (docker://\u2026, oras://\u2026)"),
+  build: external_exports.string().optional().describe(
+    "Script run inside the overlay (on base) unless the image was an exact cache hit; on a partial hit it runs on the restored image"
+  ),
+  cacheKey: cacheKeySchema.default("overlay").describe("Key prefix; the key adds a digest of the image settings, base, build and key-files"),
+  keyFiles: external_exports.array(pathSchema).default([]).describe(
+    "Globs whose file contents go into the key, e.g. environment.yml (repeatable; one per line in the action)"
+  ),
+  restoreKeys: external_exports.array(cacheKeySchema).default([]).describe(
+    "Key prefixes tried in order when the exact key misses (repeatable; one per line in the action)"
+  )
+};
+var setupInput = external_exports.object({
+  path: pathSchema.describe("Image file to restore or create (e.g. env.img)"),
+  ...setupKeyFields,
+  cache: external_exports.boolean().default(true).describe("Restore the image from the cache (and save it, see save)"),
+  save: external_exports.boolean().default(true).describe(
+    "Save the image to the cache when it was not an exact hit (the action saves in its post step; false: restore only, e.g. on pull requests)"
+  ),
+  store: external_exports.string().min(1).optional().describe(
+    "Cache store: a directory (self-hosted runners, clusters). Default: the Actions cache in the action, $OVERLAY_CACHE_STORE on the command line"
+  ),
+  check: external_exports.boolean().default(true).describe("fsck a restored image (a corrupt one is discarded and rebuilt) and an image before saving"),
+  wait: waitField
+}).superRefine(checkOwner).superRefine((v, ctx) => {
+  if (v.build?.trim() && v.base === void 0)
+    ctx.addIssue({ code: "custom", path: ["base"], message: "required when build is given" });
+});
+function storeFor(input2, ctx) {
+  if (input2.store !== void 0) return openStore(input2.store);
+  if (ctx.cacheStore) return ctx.cacheStore;
+  return process.env.OVERLAY_CACHE_STORE ? openStore(process.env.OVERLAY_CACHE_STORE) : void 0;
+}
+async function setupKeys(input2) {
+  const derived2 = await deriveKey({
+    prefix: input2.cacheKey,
+    files: input2.keyFiles,
+    fixed: { version: KEY_VERSION, profile: input2.profile },
+    options: {
+      size: input2.size,
+      sparse: input2.sparse,
+      owner: input2.fakeroot ? "fakeroot" : input2.uid !== void 0 ? `${input2.uid}:${input2.gid}` : "caller",
+      createDirs: input2.createDir,
+      base: input2.base ?? "",
+      build: input2.build ?? ""
+    }
+  });
+  return { primary: derived2.key, restoreKeys: [.../* @__PURE__ */ new Set([...input2.restoreKeys, ...derived2.restoreKeys])] };
+}
+async function phase(ctx, name, fn) {
+  return ctx.group ? ctx.group(name, fn) : fn();
+}
+async function reconcile(path6, input2, ctx, done) {
+  const info2 = await imageInfo(path6);
+  const wanted = PROFILES[input2.profile].inodeRatio;
+  if (info2.inodeRatio && Math.abs(Math.log2(info2.inodeRatio / wanted)) > 0.5)
+    return `its inode ratio (${info2.inodeRatio} bytes/inode) is not profile ${input2.profile}'s (${wanted})`;
+  if (info2.sizeBytes !== input2.size) {
+    try {
+      await resizeImage(path6, input2.size, { onProgress: ctx.progress });
+    } catch (e) {
+      if (isOverlayError(e, "E_SHRINK_TOO_SMALL"))
+        return `its data does not fit in the requested size ${formatBytes(input2.size)}`;
+      throw e;
+    }
+    done.push(`resized from ${formatBytes(info2.sizeBytes)} to ${formatBytes(input2.size)}`);
+  }
+  const owner = ownerFrom(input2);
+  if (info2.upper && (info2.upper.uid !== owner.uid || info2.upper.gid !== owner.gid)) {
+    await chownImage(path6, owner);
+    done.push(`upper/ owner changed from ${info2.upper.uid}:${info2.upper.gid} to ${owner.uid}:${owner.gid}`);
+  }
+  const missing = [];
+  for (const dir of upperDirsFor(input2.createDir)) if (!await statInImage(path6, dir)) missing.push(dir);
+  if (missing.length) {
+    await withLock(
+      path6,
+      "exclusive",
+      () => replaceAtomically(path6, async (tmp) => {
+        await copyImageFile(path6, tmp);
+        await runDebugfs(
+          tmp,
+          missing.flatMap((d) => {
+            const q = debugfsQuote(d);
+            return [
+              `mkdir ${q}`,
+              `sif ${q} mode 040755`,
+              `sif ${q} uid ${owner.uid}`,
+              `sif ${q} gid ${owner.gid}`
+            ];
+          }),
+          { write: true }
+        );
+      })
+    );
+    done.push(`created ${missing.map((d) => d.replace(/^\/upper/, "")).join(", ")}`);
+  }
+  return null;
+}
+async function allocateAll(path6, ctx) {
+  ctx.progress(`allocating every block of ${path6} (sparse: false)`);
+  await runTool("fallocate", ["-l", String((await fsp9.stat(path6)).size), path6], { timeoutSeconds: 1800 });
+}
+async function setupOverlay(input2, ctx) {
+  if (await exists2(input2.path)) {
+    throw new OverlayError("E_EXISTS", `${input2.path} already exists`, {
+      hint: "setup restores or creates the image itself: remove the file or choose another path"
+    });
+  }
+  const store = input2.cache ? storeFor(input2, ctx) : void 0;
+  if (input2.cache && !store)
+    ctx.info("no cache store given (--store DIR or OVERLAY_CACHE_STORE); the image is not cached");
+  const { primary, restoreKeys } = await setupKeys(input2);
+  if (store && input2.save)
+    await store.ensureWritable().catch((e) => {
+      if (!isOverlayError(e, "E_CACHE")) throw e;
+      throw new OverlayError("E_CACHE", e.message, {
+        hint: `${e.hint}; or --no-save to only restore from it`
+      });
+    });
+  let outcome = store ? "miss" : "disabled";
+  let matchedKey = "";
+  let discarded = null;
+  const reconciled = [];
+  try {
+    if (store) {
+      const restored = await phase(
+        ctx,
+        `Restore ${input2.path} (key ${primary})`,
+        () => restoreImage(store, { primary, restoreKeys }, input2.path, {
+          onProgress: ctx.progress,
+          accept: (path6, key) => key === primary ? Promise.resolve(null) : reconcile(path6, input2, ctx, reconciled)
+        })
+      );
+      outcome = restored.outcome;
+      matchedKey = restored.matchedKey ?? "";
+      for (const w of restored.warnings) ctx.warn(w);
+      const bad = restored.rejected?.[0];
+      if (outcome === "miss" && bad) discarded = { key: bad.key, status: "corrupt", problems: [bad.reason] };
+      ctx.info(
+        outcome === "miss" ? `cache miss for ${primary}` : `cache ${outcome === "hit" ? "hit" : "partial hit"}: restored ${matchedKey} to ${input2.path}${reconciled.length ? ` (${reconciled.join("; ")})` : ""}`
+      );
+      if (outcome !== "miss" && input2.check) {
+        const report2 = await phase(
+          ctx,
+          `Check ${input2.path}`,
+          () => checkImage(input2.path, { repair: false })
+        );
+        if (report2.status !== "clean") {
+          discarded = { key: matchedKey, status: report2.status, problems: report2.problems };
+          ctx.warn(
+            `${input2.path}: the image restored from ${matchedKey} is ${report2.status}${report2.problems.length ? ` (${report2.problems.join("; ")})` : ""}; discarding it and creating a new one`
+          );
+          await discard(input2.path);
+          outcome = "miss";
+          matchedKey = "";
+        }
+      }
+      if (outcome !== "miss" && !input2.sparse) await allocateAll(input2.path, ctx);
+    }
+    let created = false;
+    if (outcome === "miss" || outcome === "disabled") {
+      await forgetRestoreState(input2.path);
+      await phase(
+        ctx,
+        `Create ${input2.path}`,
+        () => createImage({
+          path: input2.path,
+          sizeBytes: input2.size,
+          inodeRatio: PROFILES[input2.profile].inodeRatio,
+          reservedPercent: 0,
+          sparse: input2.sparse,
+          owner: ownerFrom(input2),
+          createDirs: input2.createDir,
+          force: false,
+          onProgress: ctx.progress
+        })
+      );
+      created = true;
+    }
+    let basePath = "";
+    if (input2.base !== void 0)
+      basePath = (await phase(ctx, `Base ${input2.base}`, () => resolveBase(input2.base, { onProgress: ctx.progress }))).path;
+    let built = false;
+    if (outcome !== "hit" && input2.build?.trim()) {
+      const { buildInOverlay: buildInOverlay2 } = await Promise.resolve().then(() => (init_build(), build_exports));
+      await phase(
+        ctx,
+        `Build in ${input2.path} (on ${input2.base})`,
+        () => buildInOverlay2({
+          image: input2.path,
+          base: basePath,
+          script: input2.build,
+          // the run follows the owner of upper/; the build normalizes deletion markers itself
+          fakeroot: "auto",
+          onProgress: ctx.progress
+        })
+      );
+      built = true;
+    }
+    const info2 = await imageInfo(input2.path);
+    return {
+      path: input2.path,
+      cacheHit: outcome === "hit",
+      cacheOutcome: outcome,
+      cacheKey: primary,
+      cacheMatchedKey: matchedKey,
+      restoreKeys,
+      discarded,
+      store: store?.spec ?? "",
+      created,
+      built,
+      reconciled,
+      basePath,
+      saved: null,
+      sizeBytes: info2.sizeBytes,
+      usedBytes: info2.usedBytes,
+      inodesUsedPercent: info2.inodesUsedPercent,
+      info: info2
+    };
+  } catch (e) {
+    await discard(input2.path);
+    throw e;
+  }
+}
+async function discard(path6) {
+  await fsp9.rm(path6, { force: true });
+  await forgetRestoreState(path6);
+}
+async function saveOverlay(opts, store, ctx) {
+  if (opts.cacheHit)
+    return { saved: false, reason: "hit", message: `exact cache hit on ${opts.key}: nothing to save` };
+  if (!await exists2(opts.path))
+    return { saved: false, reason: "gone", message: `${opts.path} no longer exists: nothing to save` };
+  const r = await phase(
+    ctx,
+    `Save ${opts.path} (key ${opts.key})`,
+    () => saveImage(store, opts.key, opts.path, {
+      check: opts.check,
+      replace: opts.replaceKey === opts.key ? "always" : "never",
+      onProgress: ctx.progress
+    })
+  );
+  const message = r.saved ? `saved ${opts.path} as ${opts.key}${r.replaced ? " (replacing a corrupt entry)" : ""}` : r.reason === "exists" ? `an entry ${opts.key} already exists (entries are immutable): not saved` : r.reason === "unchanged" ? `${opts.path} is unchanged since it was restored from ${opts.key}: nothing to save` : `the cache store did not take the entry: ${r.message ?? "refused"}`;
+  return { saved: r.saved, reason: r.saved ? "saved" : r.reason ?? "not saved", message };
+}
+var setupTask = defineTask({
+  name: "setup",
+  summary: "Restore an overlay from a cache (or create it), build inside it, check it, save it (what the action does)",
+  positional: ["path"],
+  input: setupInput,
+  run: async (input2, ctx) => {
+    const out = await setupOverlay(input2, ctx);
+    const store = input2.cache && input2.save ? storeFor(input2, ctx) : void 0;
+    if (store) {
+      out.saved = await saveOverlay(
+        {
+          path: out.path,
+          key: out.cacheKey,
+          cacheHit: out.cacheHit,
+          check: input2.check,
+          replaceKey: out.discarded?.key
+        },
+        store,
+        ctx
+      );
+      ctx.info(out.saved.message);
+    }
+    return out;
+  },
+  render: (o2) => [
+    `${o2.path}: ${o2.cacheOutcome === "hit" ? "restored (exact key)" : o2.cacheOutcome === "partial" ? `restored from ${o2.cacheMatchedKey}` : "created"}${o2.built ? ", built" : ""}${o2.saved?.saved ? ", saved" : ""}`,
+    `  key ${o2.cacheKey}`,
+    ...o2.basePath ? [`  base ${o2.basePath}`] : [],
+    renderImageSummary(o2.info)
+  ].join("\n")
+});
+
+// packages/core/src/tasks/cache.ts
+var keySchema = external_exports.string().min(1).max(512).refine((k) => !k.includes(","), "may not contain commas").describe("Cache key (at most 512 characters, no commas)");
+var storeField = external_exports.string().min(1).optional().describe("Cache store: a directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)");
+var cacheSaveTask = defineTask({
+  name: "cache save",
+  summary: "Save an overlay image into a cache store: verified first (not truncated, e2fsck clean); no-op when it is what was restored from this store under this key",
+  positional: ["image"],
+  input: external_exports.object({
+    image: pathSchema.describe("The ext3 overlay image"),
+    key: keySchema,
+    store: storeField,
+    replaceCorrupt: external_exports.boolean().default(false).describe("When an entry exists under the key, verify it and replace it if it does not restore"),
+    wait: waitField
+  }),
+  async run(input2, ctx) {
+    await requireExt3(input2.image);
+    const r = await saveImage(openStore(input2.store), validateKey(input2.key), input2.image, {
+      replace: input2.replaceCorrupt ? "corrupt" : "never",
+      onProgress: ctx.progress
+    });
+    if (r.reason === "exists")
+      ctx.info(
+        `cache entry ${input2.key} already exists (entries are immutable): not saved${input2.replaceCorrupt ? " (it verified)" : ""}`
+      );
+    if (r.reason === "unchanged") ctx.info("image unchanged since it was restored from this key: not saved");
+    if (r.replaced) ctx.info(`the entry ${input2.key} did not verify: replaced`);
+    return r;
+  },
+  render: (r) => r.saved ? `saved ${r.key} (${r.bytes} bytes)${r.replaced ? ", replacing a corrupt entry" : ""}` : `not saved (${r.reason}): ${r.key}`
+});
+var cacheRestoreTask = defineTask({
+  name: "cache restore",
+  summary: "Restore an overlay image from a cache store: hit, partial (restore-key) or miss",
+  positional: ["image"],
+  input: external_exports.object({
+    image: pathSchema.describe("Where to put the image"),
+    key: keySchema,
+    restoreKey: external_exports.array(external_exports.string().min(1)).default([]).describe("Key prefix to fall back to (repeatable, in order)"),
+    store: storeField,
+    force: external_exports.boolean().default(false).describe("Replace an existing file at the image path"),
+    wait: waitField
+  }),
+  async run(input2, ctx) {
+    if (!input2.force && await exists2(input2.image))
+      throw new OverlayError("E_EXISTS", `${input2.image} already exists`, {
+        hint: "pass --force to replace it with the cached image, or restore to another path"
+      });
+    const r = await restoreImage(
+      openStore(input2.store),
+      { primary: input2.key, restoreKeys: input2.restoreKey },
+      input2.image,
+      { onProgress: ctx.progress }
+    );
+    for (const w of r.warnings) ctx.warn(w);
+    return r;
+  },
+  render: (r) => r.outcome === "miss" ? "miss" : `${r.outcome}: ${r.matchedKey}`
+});
+var cacheDeleteTask = defineTask({
+  name: "cache delete",
+  summary: "Delete the entry under a key from a cache store (e.g. one that no longer restores)",
+  positional: ["key"],
+  input: external_exports.object({ key: keySchema, store: storeField }),
+  async run(input2) {
+    const store = openStore(input2.store);
+    await store.ensureWritable();
+    return { key: input2.key, deleted: await store.delete(validateKey(input2.key)) };
+  },
+  render: (r) => r.deleted ? `deleted ${r.key}` : `no entry ${r.key}`
+});
+var cacheKeyTask = defineTask({
+  name: "cache key",
+  summary: "Derive setup's cache key (and restore-keys) from the same options setup takes",
+  input: external_exports.object(setupKeyFields),
+  run: async (input2) => {
+    const k = await setupKeys(input2);
+    return { key: k.primary, restoreKeys: k.restoreKeys };
+  },
+  render: (k) => [k.key, ...k.restoreKeys.map((r) => `  restore-key: ${r}`)].join("\n")
+});
+var cachePruneTask = defineTask({
+  name: "cache prune",
+  summary: "Shrink a local cache store to a size budget, least recently used entries first",
+  input: external_exports.object({
+    store: storeField,
+    maxSize: external_exports.string().regex(/^\d+\s*[kmgt]?(i?b)?$/i, "a size such as 10G").describe("Budget: MiB or with a unit (10G)")
+  }),
+  async run(input2) {
+    const store = openStore(input2.store);
+    if (!(store instanceof LocalStore))
+      throw new OverlayError("E_INVALID_INPUT", `cache prune works on a directory store, not ${store.spec}`);
+    const m = /^(\d+)\s*([kmgt])?/i.exec(input2.maxSize);
+    const unit = { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m[2] ?? "M").toUpperCase()] ?? 2 ** 20;
+    return store.prune(Number(m[1]) * unit);
+  },
+  render: (r) => `removed ${r.removed.length} entries; store holds ${r.bytes} bytes`
+});
+
+// packages/core/src/tasks/check.ts
+init_errors();
+init_check();
+async function checkImages(paths, opts) {
+  const images = [];
+  for (const path6 of paths) {
+    const r = await checkImage(path6, { repair: opts.repair, onProgress: opts.onProgress });
+    opts.onResult?.(r);
+    images.push(r);
+  }
+  const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
+  for (const r of images) counts[r.status]++;
+  const exitCode = counts.corrupt + counts.error > 0 ? EXIT_STATUS.findings : counts.locked > 0 ? EXIT_STATUS.retryable : EXIT_STATUS.ok;
+  return { images, counts, exitCode };
+}
+var checkTask = defineTask({
+  name: "check",
+  summary: "Check (and with --repair, crash-safely repair) ext3 overlays with e2fsck; lock-aware, never waits",
+  positional: ["images"],
+  input: external_exports.object({
+    images: external_exports.array(pathSchema).min(1, "give at least one image").describe("Images to check"),
+    repair: external_exports.boolean().default(false).describe("Repair corrupt images (on a copy, renamed into place)"),
+    wait: waitField
+  }),
+  run: (input2, ctx) => checkImages(input2.images, {
+    repair: input2.repair,
+    onProgress: ctx.progress,
+    onResult: (r) => {
+      ctx.progress(`${r.image}: ${r.status}`);
+      for (const w of r.warnings) ctx.warn(`${r.image}: ${w}`);
+    }
+  }),
+  render: (report2) => report2.images.map((r) => {
+    const detail = r.error ? ` (${r.error.code}: ${r.error.message})` : r.problems.length ? ` (${r.problems.slice(0, 3).join("; ")})` : "";
+    return `${r.status.padEnd(8)} ${r.image}${detail}`;
+  }).join("\n")
+});
+
 // packages/core/src/tasks/chown.ts
 var chownTask = defineTask({
   name: "chown",
   summary: "Give every inode of upper/ (and work/) a new owner: unprivileged, no mount, no Apptainer",
   positional: ["image"],
-  input: external_exports.object({ image: pathSchema.describe("The ext3 overlay image"), ...ownerFields }).superRefine((v, ctx) => {
+  input: external_exports.object({ image: pathSchema.describe("The ext3 overlay image"), ...ownerFields, wait: waitField }).superRefine((v, ctx) => {
     checkOwner(v, ctx);
     if (!v.fakeroot && v.uid === void 0) {
       ctx.addIssue({ code: "custom", path: ["fakeroot"], message: "give --fakeroot or --uid N --gid N" });
     }
   }),
-  run: (input2) => chownImage(input2.image, ownerFrom(input2)),
+  run: (input2, ctx) => chownImage(input2.image, ownerFrom(input2), ctx.progress),
   render: (r) => `${r.inodesChanged} inodes changed
 ${renderImageSummary(r)}`
 });
@@ -53751,7 +54514,8 @@ var commitTask = defineTask({
     reset: external_exports.boolean().default(false).describe("Empty upper/ after a successful commit"),
     base: external_exports.string().optional().describe("Base image below the overlay (to hide replaced directories exactly)"),
     layer: external_exports.array(pathSchema).default([]).describe("Lower SquashFS layer, in stacking order (repeatable)"),
-    force: external_exports.boolean().default(false).describe("Replace an existing output file")
+    force: external_exports.boolean().default(false).describe("Replace an existing output file"),
+    wait: waitField
   }).superRefine((v, ctx) => {
     if (v.level !== void 0 && v.compression === "gzip" && (v.level < 1 || v.level > 9)) {
       ctx.addIssue({ code: "custom", path: ["level"], message: "gzip levels are 1-9" });
@@ -53772,7 +54536,7 @@ var commitTask = defineTask({
     for (const w of r.warnings) ctx.warn(w);
     return r;
   },
-  render: (r) => `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${r.seconds}s
+  render: (r) => `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${(r.durationMs / 1e3).toFixed(1)} s
 sha256 ${r.sha256}${r.reset ? "\noverlay reset: upper/ is empty" : ""}`
 });
 
@@ -53808,7 +54572,8 @@ var execTask = defineTask({
     ...containerFields,
     ro: external_exports.boolean().default(false).describe("Mount the overlay read-only (several readers may share it)"),
     normalize: external_exports.boolean().default(true).describe("After a writable session, make deletion markers portable (--no-normalize to keep them)"),
-    fakeroot: external_exports.boolean().optional().describe("Force --fakeroot on or off (default: on when upper/ belongs to root or another user)")
+    fakeroot: external_exports.boolean().optional().describe("Force --fakeroot on or off (default: on when upper/ belongs to root or another user)"),
+    wait: waitField
   }),
   async run(input2, ctx) {
     const r = await runInContainer({
@@ -53820,11 +54585,17 @@ var execTask = defineTask({
       env: envRecord(input2.env),
       pwd: input2.pwd,
       base: input2.base,
-      command: input2.command
+      command: input2.command,
+      // with --json stdout carries only the result object: the command's output goes to stderr
+      stdout: ctx.json ? "stderr" : "inherit"
     });
     let normalized;
     if (!input2.ro && input2.normalize) {
-      normalized = await normalizeImage(input2.image, { base: input2.base, layers: input2.layer }).catch((e) => {
+      normalized = await normalizeImage(input2.image, {
+        base: input2.base,
+        layers: input2.layer,
+        onProgress: ctx.progress
+      }).catch((e) => {
         ctx.warn(`could not normalize ${input2.image}: ${e.message}`);
         return void 0;
       });
@@ -53855,7 +54626,8 @@ var buildTask = defineTask({
     run: external_exports.string().min(1).optional().describe("Shell command line run with /bin/sh -e -c (e.g. 'make install')"),
     ...createFields,
     normalize: external_exports.boolean().default(true).describe("Make deletion markers portable after the build (--no-normalize to keep them)"),
-    size: external_exports.union([external_exports.string(), external_exports.number().int()]).default("1G").pipe(sizeSchema).describe("Size of a new image: MiB (256) or with a unit (512M, 4G); default 1G")
+    size: external_exports.union([external_exports.string(), external_exports.number().int()]).default("1G").pipe(sizeSchema).describe("Size of a new image: MiB (256) or with a unit (512M, 4G); default 1G"),
+    wait: waitField
   }).superRefine(checkOwner).superRefine((v, ctx) => {
     if (v.script === void 0 === (v.run === void 0))
       ctx.addIssue({
@@ -53898,18 +54670,19 @@ var buildTask = defineTask({
 });
 
 // packages/core/src/tasks/demo.ts
+var sec = (ms) => (ms / 1e3).toFixed(1);
 function render(d) {
   const i2 = d.image;
   return [
     `overlayctl demo: artefacts in ${d.dir}`,
-    `  base     base.sif ${formatBytes(d.base.sizeBytes)}, Debian bookworm minbase (${d.base.built ? `built in ${d.base.seconds} s` : "reused"})`,
+    `  base     base.sif ${formatBytes(d.base.sizeBytes)}, Debian bookworm minbase (${d.base.built ? `built in ${sec(d.base.durationMs)} s` : "reused"})`,
     `  overlay  env.img ${formatBytes(i2.sizeBytes)} sparse ext3, small profile: ${formatBytes(i2.allocatedBytes)} on disk, ${formatBytes(i2.usedBytes ?? 0)} used (inode tables and journal included)`,
-    `  install  ${d.packagesInstalled} Debian packages (${d.packages.join(" ")}) by apt in the container, ${d.buildSeconds} s`,
+    `  install  ${d.packagesInstalled} Debian packages (${d.packages.join(" ")}) by apt in the container, ${sec(d.buildMs)} s`,
     `  files    ${i2.inodesUsed} files and directories in the overlay (${i2.inodesUsedPercent}% of its inodes)`,
-    `  check    ${d.check.status} (${d.check.seconds} s)`,
-    `  run      ${d.run.command.slice(0, 5).join(" ")} python3 -c \u2026 (${d.run.seconds} s):`,
+    `  check    ${d.check.status} (${sec(d.check.durationMs)} s)`,
+    `  run      ${d.run.command.slice(0, 5).join(" ")} python3 -c \u2026 (${sec(d.run.durationMs)} s):`,
     ...d.run.output.trim().split("\n").map((l) => `           ${l}`),
-    `  total    ${d.totalSeconds} s`
+    `  total    ${sec(d.durationMs)} s`
   ].join("\n");
 }
 var demoTask = defineTask({
@@ -53945,9 +54718,9 @@ var lockTask = defineTask({
     image: pathSchema.describe("The image to lock"),
     command: external_exports.array(external_exports.string()).min(1, "give a command after --").describe("Command to run while locked"),
     shared: external_exports.boolean().default(false).describe("Take a read (shared) lock instead of a write lock"),
-    wait: external_exports.number().min(0).max(86400).optional().describe("Seconds to wait for the lock (default: fail at once)")
+    wait: waitField
   }),
-  async run(input2) {
+  async run(input2, ctx) {
     return withLock(
       input2.image,
       input2.shared ? "shared" : "exclusive",
@@ -53956,6 +54729,8 @@ var lockTask = defineTask({
         try {
           const r = await runTool(cmd, args, {
             inherit: true,
+            // with --json stdout carries only the result object: the command's output goes to stderr
+            stdout: ctx.json ? 2 : void 0,
             timeoutSeconds: 0,
             okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1)
           });
@@ -53981,14 +54756,19 @@ var normalizeTask = defineTask({
   input: external_exports.object({
     image: pathSchema.describe("The ext3 overlay image"),
     base: external_exports.string().optional().describe("Base image below the overlay (to hide replaced directories exactly)"),
-    layer: external_exports.array(pathSchema).default([]).describe("Lower SquashFS layer, in stacking order (repeatable)")
+    layer: external_exports.array(pathSchema).default([]).describe("Lower SquashFS layer, in stacking order (repeatable)"),
+    wait: waitField
   }),
   async run(input2, ctx) {
-    const r = await normalizeImage(input2.image, { base: input2.base, layers: input2.layer });
+    const r = await normalizeImage(input2.image, {
+      base: input2.base,
+      layers: input2.layer,
+      onProgress: ctx.progress
+    });
     for (const w of r.warnings) ctx.warn(w);
     return r;
   },
-  render: (r) => r.changed ? `${r.path}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped` : `${r.path}: already portable`
+  render: (r) => r.changed ? `${r.image}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped` : `${r.image}: already portable`
 });
 
 // packages/core/src/tasks/resize.ts
@@ -53998,182 +54778,12 @@ var resizeTask = defineTask({
   positional: ["image"],
   input: external_exports.object({
     image: pathSchema.describe("The ext3 overlay image"),
-    size: sizeSchema.describe("New size: MiB (256) or with a unit (512M, 4G)")
+    size: sizeSchema.describe("New size: MiB (256) or with a unit (512M, 4G)"),
+    wait: waitField
   }),
   run: (input2, ctx) => resizeImage(input2.image, input2.size, { onProgress: ctx.progress }),
   render: (r) => `${r.changed ? `resized from ${formatBytes(r.previousSizeBytes)}` : "size unchanged"}
 ${renderImageSummary(r)}`
-});
-
-// packages/core/src/tasks/setup.ts
-import { promises as fsp8 } from "node:fs";
-init_errors();
-init_atomic();
-init_check();
-init_create2();
-init_info2();
-var DEFAULT_SIZE = "1G";
-var KEY_VERSION = "v1";
-var cacheKeySchema = external_exports.string().max(200, "at most 200 characters").regex(/^[A-Za-z0-9._+=-]+$/, "use letters, digits and . _ + = - only");
-var setupInput = external_exports.object({
-  path: pathSchema.describe("Image file to restore or create (e.g. env.img)"),
-  size: external_exports.union([external_exports.string(), external_exports.number().int()]).default(DEFAULT_SIZE).pipe(sizeSchema).describe("Size of a new image: MiB (256) or with a unit (512M, 4G); at least 64 MiB"),
-  profile: createFields.profile,
-  sparse: createFields.sparse,
-  ...ownerFields,
-  createDirs: external_exports.array(containerDirSchema).default([]).describe("Directories to create under upper/ in a new image (one per line)"),
-  base: external_exports.string().min(1).refine((s) => !/[\0\n\r]/.test(s), "may not contain NUL or newline characters").optional().describe("Container for the build: a SIF path or a reference (docker://\u2026, oras://\u2026)"),
-  build: external_exports.string().optional().describe(
-    "Script run inside the overlay (on base) unless the image was an exact cache hit; on a partial hit it runs on the restored image"
-  ),
-  cache: external_exports.boolean().default(true).describe("Restore the image from the cache and save it in the post step"),
-  cacheKey: cacheKeySchema.default("overlay").describe("Key prefix; the key adds a digest of the image settings, base, build and key-files"),
-  keyFiles: external_exports.array(pathSchema).default([]).describe("Globs (one per line) whose file contents go into the key (e.g. environment.yml)"),
-  restoreKeys: external_exports.array(cacheKeySchema).default([]).describe("Key prefixes tried in order when the exact key misses (one per line)"),
-  store: pathSchema.optional().describe("A directory: use this local store instead of the Actions cache (self-hosted runners)"),
-  check: external_exports.boolean().default(true).describe("fsck a restored image (a corrupt one is discarded and rebuilt) and an image before saving")
-}).superRefine(checkOwner).superRefine((v, ctx) => {
-  if (v.build?.trim() && v.base === void 0)
-    ctx.addIssue({ code: "custom", path: ["base"], message: "required when build is given" });
-});
-async function imageDigest(path6) {
-  const st = await fsp8.stat(path6, { bigint: true });
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-}
-async function storeFor(input2, ctx) {
-  if (input2.store !== void 0) {
-    const { LocalStore: LocalStore2 } = await Promise.resolve().then(() => (init_local_store(), local_store_exports));
-    return new LocalStore2(input2.store);
-  }
-  return ctx.cacheStore;
-}
-async function setupKeys(input2) {
-  const { deriveKey: deriveKey2 } = await Promise.resolve().then(() => (init_key(), key_exports));
-  const derived2 = await deriveKey2({
-    prefix: input2.cacheKey,
-    files: input2.keyFiles,
-    options: {
-      version: KEY_VERSION,
-      size: input2.size,
-      profile: input2.profile,
-      sparse: input2.sparse,
-      owner: input2.fakeroot ? "fakeroot" : input2.uid !== void 0 ? `${input2.uid}:${input2.gid}` : "caller",
-      createDirs: input2.createDirs,
-      base: input2.base ?? "",
-      build: input2.build ?? ""
-    }
-  });
-  return { primary: derived2.key, restoreKeys: [.../* @__PURE__ */ new Set([...input2.restoreKeys, ...derived2.restoreKeys])] };
-}
-async function phase(ctx, name, fn) {
-  return ctx.group ? ctx.group(name, fn) : fn();
-}
-async function setupOverlay(input2, ctx) {
-  if (await exists2(input2.path)) {
-    throw new OverlayError("E_EXISTS", `${input2.path} already exists`, {
-      hint: "setup restores or creates the image itself: remove the file or choose another path"
-    });
-  }
-  const store = input2.cache ? await storeFor(input2, ctx) : void 0;
-  if (input2.cache && !store) ctx.info("no cache store given (pass store: DIR); the image is not cached");
-  const { primary, restoreKeys } = await setupKeys(input2);
-  let outcome = store ? "miss" : "disabled";
-  let matchedKey = "";
-  let discarded = null;
-  let restoredDigest = "";
-  if (store) {
-    const restored = await phase(
-      ctx,
-      `Restore ${input2.path} (key ${primary})`,
-      () => store.restore({ primary, restoreKeys }, input2.path)
-    );
-    outcome = restored.outcome;
-    matchedKey = restored.matchedKey ?? "";
-    for (const w of restored.warnings) ctx.warn(w);
-    const bad = restored.rejected?.[0];
-    if (outcome === "miss" && bad) discarded = { key: bad.key, status: "corrupt", problems: [bad.reason] };
-    ctx.info(
-      outcome === "miss" ? `cache miss for ${primary}` : `cache ${outcome === "hit" ? "hit" : "partial hit"}: restored ${matchedKey} to ${input2.path}`
-    );
-    if (outcome !== "miss" && input2.check) {
-      const report2 = await phase(ctx, `Check ${input2.path}`, () => checkImage(input2.path, { repair: false }));
-      if (report2.status !== "clean") {
-        discarded = { key: matchedKey, status: report2.status, problems: report2.problems };
-        ctx.warn(
-          `${input2.path}: the image restored from ${matchedKey} is ${report2.status}${report2.problems.length ? ` (${report2.problems.join("; ")})` : ""}; discarding it and creating a new one`
-        );
-        await fsp8.rm(input2.path, { force: true });
-        outcome = "miss";
-        matchedKey = "";
-      }
-    }
-    if (outcome !== "miss") restoredDigest = await imageDigest(input2.path);
-  }
-  let created = false;
-  if (outcome === "miss" || outcome === "disabled") {
-    await phase(
-      ctx,
-      `Create ${input2.path}`,
-      () => createImage({
-        path: input2.path,
-        sizeBytes: input2.size,
-        inodeRatio: PROFILES[input2.profile].inodeRatio,
-        reservedPercent: 0,
-        sparse: input2.sparse,
-        owner: ownerFrom(input2),
-        createDirs: input2.createDirs,
-        force: false,
-        onProgress: ctx.progress
-      })
-    );
-    created = true;
-  }
-  let built = false;
-  if (outcome !== "hit" && input2.build?.trim()) {
-    const { buildInOverlay: buildInOverlay2 } = await Promise.resolve().then(() => (init_build(), build_exports));
-    await phase(
-      ctx,
-      `Build in ${input2.path} (on ${input2.base})`,
-      () => buildInOverlay2({
-        image: input2.path,
-        base: input2.base,
-        script: input2.build,
-        // the run follows the owner of upper/; the build normalizes deletion markers itself
-        fakeroot: "auto",
-        onProgress: ctx.progress
-      })
-    );
-    built = true;
-  }
-  const info2 = await imageInfo(input2.path);
-  return {
-    path: input2.path,
-    cacheHit: outcome === "hit",
-    cacheOutcome: outcome,
-    cacheKey: primary,
-    cacheMatchedKey: matchedKey,
-    restoreKeys,
-    discarded,
-    created,
-    built,
-    restoredDigest,
-    sizeBytes: info2.sizeBytes,
-    usedBytes: info2.usedBytes,
-    inodesUsedPercent: info2.inodesUsedPercent,
-    info: info2
-  };
-}
-var setupTask = defineTask({
-  name: "setup",
-  summary: "Restore an overlay from a cache (or create it), build inside it, check it (what the action does)",
-  positional: ["path"],
-  input: setupInput,
-  run: (input2, ctx) => setupOverlay(input2, ctx),
-  render: (o2) => [
-    `${o2.path}: ${o2.cacheOutcome === "hit" ? "restored (exact key)" : o2.cacheOutcome === "partial" ? `restored from ${o2.cacheMatchedKey}` : "created"}${o2.built ? ", built" : ""}`,
-    `  key ${o2.cacheKey}`,
-    renderImageSummary(o2.info)
-  ].join("\n")
 });
 
 // packages/core/src/tasks/squash.ts
@@ -54248,7 +54858,9 @@ var checkOverlaySpec = {
   rename: { paths: "images" },
   describe: { paths: "Images to check: paths or globs, one per line" },
   extra: external_exports.object({
-    failOnCorrupt: external_exports.boolean().default(true).describe("Fail the step when an image is corrupt (after any repair)")
+    failOnCorrupt: external_exports.boolean().default(true).describe(
+      "Fail the step when `overlayctl check` would fail: an image corrupt or not checkable (after any repair), or images in use that could not be checked"
+    )
   }),
   outputs: {
     report: "Path of the JSON report (in RUNNER_TEMP)",
@@ -54307,6 +54919,7 @@ function readInputs(spec) {
   }
   const extra = spec.extra ? parseTaskInput(extraTask2(spec.extra), rawExtra, inputNameOf) : {};
   const input2 = parseTaskInput(spec.task, raw, inputNameOf);
+  setProcessLockWait(input2.wait);
   return { input: input2, extra };
 }
 function extraTask2(schema) {
@@ -54364,7 +54977,7 @@ function since(start) {
 
 // packages/actions/src/entries/commit-layer.ts
 async function sha256(path6) {
-  const hash2 = createHash7("sha256");
+  const hash2 = createHash8("sha256");
   for await (const chunk of createReadStream3(path6)) hash2.update(chunk);
   return hash2.digest("hex");
 }
@@ -54376,12 +54989,12 @@ async function main() {
     () => commitTask.run(input2, actionContext())
   );
   const layer = out?.layer ?? out?.output ?? input2.output;
-  const bytes = (await fsp9.stat(layer)).size;
+  const bytes = (await fsp10.stat(layer)).size;
   setOutputs({ layer, bytes, sha256: out?.sha256 ?? await sha256(layer) });
-  const seconds2 = since(start);
+  const seconds = since(start);
   await writeSummary("commit-layer", [
-    { image: input2.image, info: await safeInfo(input2.image), status: "committed", seconds: seconds2 },
-    { image: layer, info: await safeInfo(layer), status: "layer", seconds: seconds2 }
+    { image: input2.image, info: await safeInfo(input2.image), status: "committed", seconds },
+    { image: layer, info: await safeInfo(layer), status: "layer", seconds }
   ]);
 }
 await run(main);
