@@ -93,7 +93,10 @@ export async function probeImage(path: string): Promise<FormatInfo> {
         `${path}: the ext superblock is damaged and no backup superblock was found`,
         { hint: 'e2fsck cannot repair it without a superblock; restore the image from a cache or a backup' },
       );
-    throw new OverlayError('E_UNKNOWN_FORMAT', `${path} is not an ext2/3/4 or SquashFS image`);
+    throw new OverlayError(
+      'E_UNKNOWN_FORMAT',
+      `${path} is not an ext2/3/4 or SquashFS image (no superblock found, primary or backup)`,
+    );
   }
   const ext: ExtHeader = { compat: sb.compat, incompat: sb.incompat, roCompat: sb.roCompat, state: sb.state };
   const backup = found
