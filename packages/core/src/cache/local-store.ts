@@ -147,6 +147,12 @@ export class LocalStore implements CacheStore {
     return { outcome: 'miss', warnings, rejected };
   }
 
+  /** Delete one entry: unpublish first (the .json); readers holding the archive keep it. */
+  async remove(e: { meta: string; archive: string }): Promise<void> {
+    await rm(e.meta, { force: true });
+    await rm(e.archive, { force: true });
+  }
+
   /** Delete least recently used entries until the store holds at most `maxBytes`. */
   async prune(maxBytes: number): Promise<{ removed: string[]; bytes: number }> {
     const all = (await this.entries()).sort((a, b) => a.lastUsed - b.lastUsed);
@@ -154,8 +160,7 @@ export class LocalStore implements CacheStore {
     const removed: string[] = [];
     for (const e of all) {
       if (total <= maxBytes) break;
-      await rm(e.meta, { force: true }); // unpublish first; readers holding the archive keep it
-      await rm(e.archive, { force: true });
+      await this.remove(e);
       total -= e.bytes;
       removed.push(e.key);
     }

@@ -13,7 +13,7 @@ const keySchema = z
   .max(512)
   .refine((k) => !k.includes(','), 'may not contain commas')
   .describe('Cache key (at most 512 characters, no commas)');
-const storeField = pathSchema
+export const storeField = pathSchema
   .optional()
   .describe('Local store directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)');
 

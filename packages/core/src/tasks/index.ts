@@ -1,5 +1,6 @@
 import { buildTask } from './build';
 import { cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
+import { cacheVerifyTask } from './cache-verify';
 import { checkTask } from './check';
 import { chownTask } from './chown';
 import { commitTask } from './commit';
@@ -35,6 +36,7 @@ export const TASKS: TaskDef[] = [
   cacheRestoreTask,
   cacheKeyTask,
   cachePruneTask,
+  cacheVerifyTask,
   demoTask,
 ] as unknown as TaskDef[];
 
