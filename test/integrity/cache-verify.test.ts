@@ -42,7 +42,8 @@ describe('cache verify', () => {
 
     const flipped = archiveOf(store, 'bytes-flipped');
     const buf = readFileSync(flipped);
-    for (let i = 200; i < 260; i++) buf[Math.floor(buf.length / 2) + i] ^= 0xff;
+    const mid = Math.floor(buf.length / 2);
+    for (let i = mid; i < mid + 60; i++) buf.writeUInt8(buf.readUInt8(i) ^ 0xff, i);
     writeFileSync(flipped, buf);
     rmSync(archiveOf(store, 'archive-gone'));
 
