@@ -55,7 +55,7 @@ describe('check-overlay', () => {
     expect(reportPath.startsWith(job.temp)).toBe(true);
     const report = JSON.parse(readFileSync(reportPath, 'utf8'));
     const byName = Object.fromEntries(
-      report.images.map((r: { path: string; status: string }) => [r.path.split('/').pop(), r.status]),
+      report.images.map((r: { image: string; status: string }) => [r.image.split('/').pop(), r.status]),
     );
     expect(byName).toEqual({ 'clean.img': 'clean', 'corrupt.img': 'corrupt', 'locked.img': 'locked' });
     for (const name of ['clean.img', 'corrupt.img', 'locked.img']) expect(main.summary).toContain(name);

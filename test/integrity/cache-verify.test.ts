@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalStore } from '../../packages/core/src/cache/local-store';
+import { packImage } from '../../packages/core/src/cache/pack';
 
 const CLI = join(import.meta.dirname, '../../packages/cli/dist/overlayctl.mjs');
 let dir: string;
@@ -34,11 +36,15 @@ describe('cache verify', () => {
     await execa('debugfs', ['-w', '-R', `write ${join(dir, 'f')} /upper/f`, img]);
     for (const key of ['good', 'bytes-flipped', 'archive-gone'])
       expect((await ctl(['cache', 'save', img, '--key', key, '--store', store])).out.saved).toBe(true);
-    // an image whose filesystem is damaged, saved as it is: its archive is intact
+    // an image whose filesystem is damaged, in an intact archive (save refuses such an image
+    // today; an entry written by an older version, or damaged before it was packed, looks so)
     const bad = join(dir, 'bad.img');
     await ctl(['create', bad, '--size', '64']);
     await execa('debugfs', ['-w', '-f', '-', bad], { input: 'freeb 300 20\n' });
-    expect((await ctl(['cache', 'save', bad, '--key', 'fs-damaged', '--store', store])).out.saved).toBe(true);
+    const put = await new LocalStore(store).put('fs-damaged', async (archive) => {
+      await packImage(bad, archive);
+    });
+    expect(put.status).toBe('saved');
 
     const flipped = archiveOf(store, 'bytes-flipped');
     const buf = readFileSync(flipped);

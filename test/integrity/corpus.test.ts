@@ -87,7 +87,7 @@ describe("e2fsprogs' damaged-image corpus", () => {
     expect(agree.length / rows.length).toBeGreaterThanOrEqual(0.97);
     // every corrupt verdict says what a repair would do, in words, not e2fsck's dialogue
     for (const { r } of rows.filter(({ r }) => r.status === 'corrupt')) {
-      expect(r.problems.length, r.path).toBeGreaterThan(0);
+      expect(r.problems.length, r.image).toBeGreaterThan(0);
       for (const p of r.problems) expect(p).not.toMatch(/\? (yes|no)$/);
     }
   }, 1_800_000);

@@ -342,7 +342,7 @@ describe('the modules with real images, Apptainer and a shared cache store', () 
     const a = await expectTaskOk(one, check);
     expect(a.images).toHaveLength(1);
     expect(a.images[0]).toMatchObject({ status: 'clean' });
-    expect(a.images[0].path).toMatch(/env\.img$/);
+    expect(a.images[0].image).toMatch(/env\.img$/);
 
     const copy = join(tmp, 'inputs', 'copy.img');
     await copyFile(envImage, copy);

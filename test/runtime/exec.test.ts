@@ -189,6 +189,38 @@ describe.skipIf(!hasApptainer() || !isRoot())('overlayctl exec (root)', () => {
     }
   });
 
+  it('exec --wait waits while Apptainer holds the image, then runs', async () => {
+    const img = await newImage(join(dir, 'wait.img'));
+    const writer = execa('apptainer', ['exec', '--overlay', img, base, 'sleep', '3']);
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      const r = await overlayctl(['exec', img, '--base', base, '--wait', '120', '--json', '--', 'true']);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ exitCode: 0 });
+    } finally {
+      await writer;
+    }
+  });
+
+  it('exec --json: stdout is exactly one object; the command output goes to stderr unchanged', async () => {
+    const img = await newImage(join(dir, 'json.img'));
+    const r = await overlayctl([
+      'exec',
+      img,
+      '--base',
+      base,
+      '--json',
+      '--',
+      'sh',
+      '-c',
+      'printf "a b\\n\\n  c"; echo err >&2; exit 3',
+    ]);
+    expect(r.exitCode).toBe(3);
+    expect(JSON.parse(r.stdout)).toMatchObject({ exitCode: 3 });
+    expect(r.stderr).toContain('a b\n\n  c');
+    expect(r.stderr).toContain('err');
+  });
+
   it('gives E_RUNTIME_MISSING when no runtime is on PATH', async () => {
     const img = await newImage(join(dir, 'missing.img'));
     const empty = await mkdtemp(join(dir, 'empty-path-'));

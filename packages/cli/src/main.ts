@@ -44,6 +44,7 @@ function contextFor(json: boolean): TaskContext {
     info: quiet ? () => {} : write(''),
     warn: write('warning: '),
     progress: quiet || (json && !process.stderr.isTTY) ? () => {} : write('  … '),
+    json,
   };
 }
 

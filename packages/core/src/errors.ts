@@ -17,6 +17,10 @@ export const ERROR_CODES = {
     exit: 2,
     meaning: 'An Apptainer ext3 overlay is needed, but the file is SquashFS, ext4 or ext2 without journal.',
   },
+  E_NOT_SQUASHFS: {
+    exit: 2,
+    meaning: 'A SquashFS layer is needed, but the file is an ext2/3/4 image (commit it into a layer first).',
+  },
   E_LOCKED: {
     exit: 75,
     meaning: 'The image is in use (by Apptainer or overlayctl); retry later or pass --wait.',
@@ -109,6 +113,15 @@ export function fromFsError(e: unknown, path: string): unknown {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOENT') return new OverlayError('E_NOT_FOUND', `${path}: no such file`, { cause: e });
   if (code === 'EEXIST') return new OverlayError('E_EXISTS', `${path}: already exists`, { cause: e });
+  if (code === 'EFBIG')
+    return new OverlayError(
+      'E_INVALID_INPUT',
+      `${path}: the size is larger than the host allows for one file (its filesystem, or ulimit -f)`,
+      {
+        hint: 'choose a smaller size, or put the image on a filesystem that takes files this large',
+        cause: e,
+      },
+    );
   if (code === 'ENOSPC' || code === 'EDQUOT')
     return new OverlayError('E_NO_SPACE', `${path}: no space left on device`, { cause: e });
   return e;

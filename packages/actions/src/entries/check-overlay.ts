@@ -78,7 +78,7 @@ async function main(): Promise<void> {
   if (extra.failOnCorrupt && bad.length)
     throw new OverlayError(
       'E_INTEGRITY',
-      `${bad.length} image(s) corrupt or not checkable: ${bad.map((r) => r.path).join(', ')}`,
+      `${bad.length} image(s) corrupt or not checkable: ${bad.map((r) => r.image).join(', ')}`,
       { hint: input.repair ? 'see the report' : 'repair: true fixes what e2fsck can fix' },
     );
 }

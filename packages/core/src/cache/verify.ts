@@ -3,10 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { type CheckResult, checkImage } from '../image/check';
-import type { LocalStore } from './local-store';
+import { LocalStore } from './local-store';
 import { unpackImage } from './pack';
+import type { CacheStore } from './store';
 
-/** One store entry's verdict, reported like an image's (`path` is the entry's archive). */
+/** One store entry's verdict, reported like an image's (`image` is the entry's archive). */
 export interface EntryVerdict extends CheckResult {
   key: string;
   /** Size of the archive in the store. */
@@ -24,11 +25,24 @@ export interface VerifyStoreOptions {
   onResult?: (r: EntryVerdict) => void;
 }
 
+/** Only a store that can list its entries can be verified as a whole (a directory store). */
+export function listableStore(store: CacheStore): LocalStore {
+  if (store instanceof LocalStore) return store;
+  throw new OverlayError(
+    'E_INVALID_INPUT',
+    `cache verify lists every entry; a ${store.kind} store cannot be listed`,
+    {
+      hint: 'verify a directory store (--store DIR)',
+    },
+  );
+}
+
 /**
  * Verify every entry of a store the way a restore would use it: unpack it into a private temp
- * directory (archive structure, content digest against the trailer and the entry's record, a
- * read-only fsck), then check the restored image like any other (e2fsck -fy on a copy, Apptainer
- * compatibility). No image in use is ever touched: the restore target is a fresh temp file.
+ * directory (archive structure, content digest, a read-only fsck: the restore's own checks), then
+ * check the restored image like any other (e2fsck -fy on a copy, Apptainer compatibility). No
+ * image in use is ever touched: the restore target is a fresh temp file, and the entries' use
+ * times are left alone.
  */
 export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = {}): Promise<EntryVerdict[]> {
   const entries = (await store.entries()).sort((a, b) => a.key.localeCompare(b.key));
@@ -37,11 +51,9 @@ export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = 
     const started = Date.now();
     const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'overlay-verify-'));
     const target = join(dir, 'restored.img');
-    let verdict: Omit<EntryVerdict, 'removed'>;
-    const base = { key: entry.key, bytes: entry.bytes };
+    const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status: 'corrupt' | 'error', problems: string[], error?: OverlayError) => ({
       ...base,
-      path: entry.archive,
       status,
       format: null,
       problems,
@@ -53,25 +65,16 @@ export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = 
       apptainerProblems: [],
       warnings: [],
       error: error ? { code: error.code, message: error.message } : undefined,
-      seconds: Math.round((Date.now() - started) / 100) / 10,
+      durationMs: Date.now() - started,
     });
+    let verdict: Omit<EntryVerdict, 'removed'>;
     try {
       const restored = await unpackImage(entry.archive, target);
       if (!restored.ok) verdict = failed('corrupt', [restored.reason]);
-      else if (restored.manifest.sha256 !== entry.sha256)
-        verdict = failed('corrupt', [
-          'the archive holds another image than the entry records (digest mismatch)',
-        ]);
       else {
         const r = await checkImage(target, { lockHeld: true, timeoutSeconds: opts.timeoutSeconds });
         const problems = r.problems.map((p) => p.split(target).join(entry.archive));
-        verdict = {
-          ...r,
-          ...base,
-          path: entry.archive,
-          problems,
-          seconds: Math.round((Date.now() - started) / 100) / 10,
-        };
+        verdict = { ...r, ...base, problems, durationMs: Date.now() - started };
       }
     } catch (e) {
       // an archive that vanished or cannot be read is a bad entry; a host problem is not
@@ -84,10 +87,7 @@ export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = 
       await rm(dir, { recursive: true, force: true });
     }
     let removed = false;
-    if (opts.removeBad && verdict.status === 'corrupt') {
-      await store.remove(entry);
-      removed = true;
-    }
+    if (opts.removeBad && verdict.status === 'corrupt') removed = await store.delete(entry.key);
     const result = { ...verdict, removed };
     opts.onResult?.(result);
     out.push(result);

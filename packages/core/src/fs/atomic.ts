@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { fromFsError } from '../errors';
+import { fromFsError, OverlayError } from '../errors';
 import { findTool, runTool } from '../tools/run';
 
 const TEMP_MARK = '.ovtmp-';
@@ -38,6 +38,16 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
+/** The directory `target` goes into must exist: say so with the user's path (not a temp name). */
+export async function requireParentDir(target: string): Promise<void> {
+  const dir = dirname(target);
+  const st = await fsp.stat(dir).catch(() => null);
+  if (!st?.isDirectory())
+    throw new OverlayError('E_NOT_FOUND', `${target}: directory ${dir} does not exist`, {
+      hint: `create it first (mkdir -p ${dir}) or choose another path`,
+    });
+}
+
 /**
  * The crash-safety primitive: `build` fills a fresh temp file next to `target`, which is then
  * fsynced and renamed over `target` (fsync of the directory makes the rename durable). On any
@@ -49,6 +59,7 @@ export async function replaceAtomically<T>(
   build: (tmpPath: string) => Promise<T>,
   opts: { mode?: number; precreate?: boolean } = {},
 ): Promise<T> {
+  await requireParentDir(target);
   await removeStaleTemps(target);
   const tmp = tempPathFor(target);
   if (opts.precreate !== false) await createExclusive(tmp, opts.mode ?? 0o644);

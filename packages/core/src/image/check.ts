@@ -28,7 +28,7 @@ import { findTruncation, type Truncation, truncationMessage } from './truncation
 export type CheckStatus = 'clean' | 'repaired' | 'corrupt' | 'locked' | 'error';
 
 export interface CheckResult {
-  path: string;
+  image: string;
   status: CheckStatus;
   format: ImageFormat | null;
   /** What a repair does (or did), one line per finding, e.g. "Root inode is not a directory (repair: clear)". */
@@ -47,7 +47,7 @@ export interface CheckResult {
   /** Non-fatal findings, e.g. non-portable whiteout markers. */
   warnings: string[];
   error?: { code: string; message: string };
-  seconds: number;
+  durationMs: number;
 }
 
 export interface CheckOptions {
@@ -200,7 +200,7 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
   const timeoutSeconds = opts.timeoutSeconds ?? toolTimeoutSeconds('e2fsck');
   let probe: FormatInfo | undefined;
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
-    path,
+    image: path,
     format: probe?.format ?? null,
     problems: [],
     e2fsckExit: null,
@@ -211,7 +211,7 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
     apptainerProblems: [],
     warnings: [],
     ...r,
-    seconds: Math.round((Date.now() - started) / 100) / 10,
+    durationMs: Date.now() - started,
   });
   let lock: Lock | undefined;
   try {

@@ -133,6 +133,15 @@ export async function detectFormat(path: string): Promise<FormatInfo> {
   return info;
 }
 
+/** A SquashFS layer, or E_NOT_FOUND / E_NOT_SQUASHFS / E_UNKNOWN_FORMAT saying what the file is. */
+export async function requireSquashfs(path: string): Promise<void> {
+  const { format } = await detectFormat(path);
+  if (format !== 'squashfs')
+    throw new OverlayError('E_NOT_SQUASHFS', `${path} is an ${format} image, not a SquashFS layer`, {
+      hint: `make a layer from it first: overlayctl commit ${path} --output LAYER.sqf`,
+    });
+}
+
 /** Why Apptainer would refuse this as an ext3 overlay (empty when it accepts it). */
 export function apptainerExt3Problems(ext: ExtHeader): string[] {
   const problems: string[] = [];

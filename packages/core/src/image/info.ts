@@ -8,7 +8,8 @@ import { findBackupSuperblock, readSuperblock, type Superblock, type SuperblockL
 import { findTruncation, type Truncation } from './truncation';
 
 export interface ImageInfo {
-  path: string;
+  /** The image path as given. */
+  image: string;
   format: ImageFormat;
   sizeBytes: number;
   allocatedBytes: number;
@@ -45,7 +46,7 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
   const { format } = probe;
   const truncated = findTruncation(probe);
   const base = {
-    path,
+    image: path,
     format,
     sizeBytes: st.size,
     allocatedBytes: st.blocks * 512,

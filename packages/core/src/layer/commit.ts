@@ -4,7 +4,7 @@ import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OverlayError } from '../errors';
-import { replaceAtomically } from '../fs/atomic';
+import { replaceAtomically, requireParentDir } from '../fs/atomic';
 import { requireCleanForReadOnlyMount } from '../image/check';
 import { copyImageFile } from '../image/copy';
 import { requireExt3 } from '../image/format';
@@ -35,7 +35,7 @@ export interface CommitResult {
   files: number;
   compression: Compression;
   sha256: string;
-  seconds: number;
+  durationMs: number;
   whiteouts: number;
   reset: boolean;
   warnings: string[];
@@ -125,6 +125,7 @@ function compressionArgs(c: Compression, level?: number): string[] {
 export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
   const started = Date.now();
   await requireExt3(o.image);
+  await requireParentDir(o.output);
   const lock = await acquireLock(o.image, o.reset ? 'exclusive' : 'shared');
   try {
     await requireCleanForReadOnlyMount(o.image);
@@ -197,7 +198,7 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
       files: planned!.files,
       compression: o.compression,
       sha256: await sha256File(o.output),
-      seconds: Math.round((Date.now() - started) / 100) / 10,
+      durationMs: Date.now() - started,
       whiteouts: planned!.whiteouts,
       reset: o.reset,
       warnings: planned!.warnings,

@@ -1,8 +1,8 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
-import { resolveBase } from '../runtime/base';
 import { runTool } from '../tools/run';
 
 /** The lower stack's view: directory path ('' = root, 'etc', 'opt/x') -> names it holds. */

@@ -68,7 +68,7 @@ async function walkUpper(
 }
 
 export interface NormalizeResult {
-  path: string;
+  image: string;
   deletionsRewritten: number;
   opaqueDirs: number;
   explicitWhiteouts: number;
@@ -218,7 +218,7 @@ export async function normalizeImage(
       });
     }
     return {
-      path: image,
+      image,
       deletionsRewritten: plan.deletions,
       opaqueDirs: plan.opaqueDirs,
       explicitWhiteouts: plan.explicit,

@@ -1,6 +1,7 @@
 import { lstat, mkdtemp, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { replaceAtomically } from '../fs/atomic';
+import { replaceAtomically, requireParentDir } from '../fs/atomic';
+import { requireSquashfs } from '../image/format';
 import { runTool } from '../tools/run';
 import { type Compression, sha256File } from './commit';
 import { squashEntries } from './lower';
@@ -11,7 +12,7 @@ export interface SquashResult {
   layers: number;
   whiteouts: number;
   sha256: string;
-  seconds: number;
+  durationMs: number;
 }
 
 /**
@@ -26,6 +27,8 @@ export async function squashLayers(
   opts: { compression: Compression; onProgress?: (line: string) => void },
 ): Promise<SquashResult> {
   const started = Date.now();
+  for (const layer of layers) await requireSquashfs(layer);
+  await requireParentDir(output);
   const staging = await mkdtemp(join(dirname(output), '.squash-'));
   let whiteouts = 0;
   try {
@@ -56,7 +59,7 @@ export async function squashLayers(
     layers: layers.length,
     whiteouts,
     sha256: await sha256File(output),
-    seconds: Math.round((Date.now() - started) / 100) / 10,
+    durationMs: Date.now() - started,
   };
 }
 

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { closeSync, constants, openSync } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
 import { loadKoffi } from '../tools/native';
@@ -40,6 +41,27 @@ function getFfi(): Ffi {
   return ffi;
 }
 
+/**
+ * How long lock takers wait for a busy image, for everything run inside `withLockWait` (a task's
+ * `--wait`): set once where the task starts instead of threaded through every function.
+ */
+const lockWait = new AsyncLocalStorage<number>();
+
+export function withLockWait<T>(seconds: number, fn: () => Promise<T>): Promise<T> {
+  return lockWait.run(seconds, fn);
+}
+
+function waitSecondsFor(opts: { waitSeconds?: number }): number {
+  return opts.waitSeconds ?? lockWait.getStore() ?? 0;
+}
+
+const lockedError = (path: string, mode: LockMode) =>
+  new OverlayError(
+    'E_LOCKED',
+    `${path} is in use${mode === 'exclusive' ? '' : ' for writing'} by another process (Apptainer or overlayctl)`,
+    { hint: 'wait for the other job to finish, or pass --wait SECONDS', details: { path, mode } },
+  );
+
 export interface Lock {
   readonly path: string;
   readonly mode: LockMode;
@@ -70,17 +92,11 @@ export async function acquireLock(
   } catch (e) {
     throw fromFsError(e, path);
   }
-  const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1000;
+  const deadline = Date.now() + waitSecondsFor(opts) * 1000;
   try {
     for (;;) {
       if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK)) break;
-      if (Date.now() >= deadline) {
-        throw new OverlayError(
-          'E_LOCKED',
-          `${path} is in use${mode === 'exclusive' ? '' : ' for writing'} by another process (Apptainer or overlayctl)`,
-          { hint: 'wait for the other job to finish, or pass --wait SECONDS', details: { path, mode } },
-        );
-      }
+      if (Date.now() >= deadline) throw lockedError(path, mode);
       await new Promise((r) => setTimeout(r, 100));
     }
   } catch (e) {
@@ -135,4 +151,22 @@ export function probeLock(path: string): LockState {
   if (attempt(constants.O_RDONLY, F_RDLCK) === false) return 'write';
   if (attempt(constants.O_RDWR, F_WRLCK) === false) return 'read';
   return 'free';
+}
+
+/**
+ * Wait (up to the task's --wait) until nobody holds a lock that conflicts with `mode`, without
+ * taking one: for `exec`, where Apptainer takes the lock itself.
+ */
+export async function awaitLockFree(
+  path: string,
+  mode: LockMode,
+  opts: { waitSeconds?: number } = {},
+): Promise<void> {
+  const deadline = Date.now() + waitSecondsFor(opts) * 1000;
+  for (;;) {
+    const held = probeLock(path);
+    if (held === 'free' || (held === 'read' && mode === 'shared')) return;
+    if (Date.now() >= deadline) throw lockedError(path, mode);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

@@ -6,9 +6,9 @@ import { PROFILES } from '../image/create';
 import type { ImageInfo } from '../image/info';
 import { MiB } from '../size';
 import { findTool, runTool } from '../tools/run';
+import { findRuntime } from '../tools/runtime';
 import { buildInOverlay, checkBuilt } from './build';
 import { runInContainer } from './exec';
-import { findRuntime } from './find';
 
 /**
  * The main job, end to end and offline (only the machine's Debian mirror is used):
@@ -54,8 +54,6 @@ export async function hostMirror(): Promise<string> {
   return 'http://deb.debian.org/debian';
 }
 
-const seconds = (ms: number) => Math.round(ms / 10) / 100;
-
 /** base.sif from base.def (Apptainer's debootstrap agent), rebuilt only when the recipe changes. */
 async function demoBase(dir: string, log: (m: string) => void) {
   const sif = join(dir, 'base.sif');
@@ -63,7 +61,7 @@ async function demoBase(dir: string, log: (m: string) => void) {
   const recipe = `Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: ${await hostMirror()}\n`;
   const t0 = Date.now();
   if ((await exists(sif)) && (await fsp.readFile(def, 'utf8').catch(() => '')) === recipe) {
-    return { path: sif, built: false, seconds: 0 };
+    return { path: sif, built: false, durationMs: 0 };
   }
   if (!findTool('debootstrap') && process.getuid?.() === 0 && findTool('apt-get')) {
     log('installing debootstrap (apt-get)');
@@ -78,19 +76,19 @@ async function demoBase(dir: string, log: (m: string) => void) {
     (tmp) => runTool(runtime.name, ['build', ...fakeroot, tmp, def], { timeoutSeconds: 1800, onLine: log }),
     { precreate: false },
   );
-  return { path: sif, built: true, seconds: seconds(Date.now() - t0) };
+  return { path: sif, built: true, durationMs: Date.now() - t0 };
 }
 
 export interface DemoResult {
   dir: string;
-  base: { path: string; sizeBytes: number; built: boolean; seconds: number };
+  base: { path: string; sizeBytes: number; built: boolean; durationMs: number };
   image: ImageInfo;
   packages: string[];
   packagesInstalled: number;
-  buildSeconds: number;
-  check: { status: string; seconds: number };
-  run: { command: string[]; output: string; seconds: number };
-  totalSeconds: number;
+  buildMs: number;
+  check: { status: string; durationMs: number };
+  run: { command: string[]; output: string; durationMs: number };
+  durationMs: number;
 }
 
 export async function runDemo(o: {
@@ -137,7 +135,7 @@ export async function runDemo(o: {
   o.info('3/4 check');
   const t1 = Date.now();
   const check = await checkBuilt(image);
-  const checkSeconds = seconds(Date.now() - t1);
+  const checkMs = Date.now() - t1;
 
   o.info('4/4 run the installed software read-only');
   const command = ['python3', '-c', CHECK_PY];
@@ -153,13 +151,13 @@ export async function runDemo(o: {
     image: built.info,
     packages: PACKAGES,
     packagesInstalled,
-    buildSeconds: seconds(built.durationMs),
-    check: { status: check.status, seconds: checkSeconds },
+    buildMs: built.durationMs,
+    check: { status: check.status, durationMs: checkMs },
     run: {
       command: ['apptainer', 'exec', '--overlay', 'env.img:ro', 'base.sif', ...command],
       output: run.stdout ?? '',
-      seconds: seconds(run.durationMs),
+      durationMs: run.durationMs,
     },
-    totalSeconds: seconds(Date.now() - started),
+    durationMs: Date.now() - started,
   };
 }

@@ -1,12 +1,12 @@
 import { resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
-import { probeLock } from '../lock/ofd';
+import { awaitLockFree } from '../lock/ofd';
 import { runTool } from '../tools/run';
-import { resolveBase } from './base';
+import { findRuntime } from '../tools/runtime';
 import { diagnoseRuntimeFailure } from './diagnose';
-import { findRuntime } from './find';
 
 export type FakerootMode = 'auto' | boolean;
 
@@ -26,11 +26,11 @@ export interface RunOptions {
   base: string;
   command: string[];
   /**
-   * The command's stdout: passed through (default), sent line by line to `onLine` with stderr
+   * The command's stdout: passed through (default), sent to our stderr as it is (`--json`), sent line by line to `onLine` with stderr
    * (builds: keeps the caller's stdout clean), or captured and returned (stderr then is not
    * streamed, only returned).
    */
-  stdout?: 'inherit' | 'lines' | 'capture';
+  stdout?: 'inherit' | 'stderr' | 'lines' | 'capture';
   /** stdin: passed through (default) or /dev/null (builds). */
   stdin?: 'inherit' | 'ignore';
   /** Each output line (stderr; also stdout when it is not passed through). Default: printed to stderr. */
@@ -121,17 +121,8 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   if (ro) await detectFormat(image);
   else await requireExt3(image);
   for (const layer of layers) await detectFormat(layer);
-  const lock = probeLock(image);
-  if (lock === 'write' || (lock === 'read' && !ro)) {
-    throw new OverlayError(
-      'E_LOCKED',
-      `${image} is in use${lock === 'write' ? ' for writing' : ''} by another process`,
-      {
-        hint: 'wait for the other container or overlayctl job to finish, then retry',
-        details: { path: image, held: lock },
-      },
-    );
-  }
+  // Apptainer takes the lock itself: wait (up to --wait) until it can, or fail with E_LOCKED now
+  await awaitLockFree(image, ro ? 'shared' : 'exclusive');
   const fakeroot =
     o.fakeroot === undefined || o.fakeroot === 'auto'
       ? (await chooseFakeroot(image, { ro })).fakeroot
@@ -158,7 +149,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     timeoutSeconds: o.timeoutSeconds ?? 0,
     okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
     stdin: o.stdin ?? 'inherit',
-    stdout: stdout === 'inherit' ? 'inherit' : 'pipe',
+    stdout: stdout === 'inherit' ? 'inherit' : stdout === 'stderr' ? 2 : 'pipe',
     onLine: stdout === 'capture' ? undefined : onLine,
   }).finally(() => process.off('SIGINT', waitForChild));
   const durationMs = Date.now() - started;

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { buildInOverlay } from '../runtime/build';
 import { sizeSchema } from '../size';
-import { checkOwner, pathSchema } from './common';
+import { checkOwner, pathSchema, waitField } from './common';
 import { createFields, createOptionsFrom, renderImageSummary } from './create';
 import { defineTask } from './define';
 import { containerFields, envRecord } from './exec';
@@ -33,6 +33,7 @@ export const buildTask = defineTask({
         .default('1G')
         .pipe(sizeSchema)
         .describe('Size of a new image: MiB (256) or with a unit (512M, 4G); default 1G'),
+      wait: waitField,
     })
     .superRefine(checkOwner)
     .superRefine((v, ctx) => {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { LocalStore } from '../cache/local-store';
-import { type EntryVerdict, verifyStore } from '../cache/verify';
+import { openStore } from '../cache/stores';
+import { type EntryVerdict, listableStore, verifyStore } from '../cache/verify';
 import { EXIT_STATUS } from '../errors';
 import { storeField } from './cache';
 import { renderCheckResult } from './check';
@@ -17,7 +17,7 @@ export interface VerifyStoreReport {
 export const cacheVerifyTask = defineTask({
   name: 'cache verify',
   summary:
-    'Verify every entry of a local cache store (content digest, fsck of what a restore gives, in a temp dir); --remove-bad deletes failing entries',
+    'Verify every entry of a cache store directory (content digest, fsck of what a restore gives, in a temp dir); --remove-bad deletes failing entries',
   input: z.object({
     store: storeField,
     removeBad: z
@@ -33,7 +33,7 @@ export const cacheVerifyTask = defineTask({
       .describe('Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT)'),
   }),
   async run(input, ctx): Promise<VerifyStoreReport> {
-    const store = new LocalStore(input.store);
+    const store = listableStore(openStore(input.store));
     const entries = await verifyStore(store, {
       removeBad: input.removeBad,
       timeoutSeconds: input.timeout,

@@ -1,6 +1,7 @@
 import { z } from 'zod';
+import { EXIT_STATUS } from '../errors';
 import { type CheckResult, checkImage } from '../image/check';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export interface CheckBatchReport {
@@ -30,9 +31,16 @@ export async function checkImages(paths: string[], opts: CheckBatchOptions): Pro
   const counts = { clean: 0, repaired: 0, corrupt: 0, locked: 0, error: 0 };
   for (const r of images) counts[r.status]++;
   const apptainerIncompatible = images.filter((r) => r.apptainerCompatible === false).length;
-  const ok = (r: CheckResult) =>
-    (r.status === 'clean' || r.status === 'repaired') && !(opts.requireApptainer && !r.apptainerCompatible);
-  const exitCode = images.every(ok) ? 0 : 1;
+  // the one exit-status table: a finding (corrupt, not checkable, or not usable by Apptainer when
+  // that is required) is 1; only locked ones: try later
+  const findings =
+    counts.corrupt + counts.error > 0 ||
+    (opts.requireApptainer && images.some((r) => r.status !== 'locked' && !r.apptainerCompatible));
+  const exitCode = findings
+    ? EXIT_STATUS.findings
+    : counts.locked > 0
+      ? EXIT_STATUS.retryable
+      : EXIT_STATUS.ok;
   return { images, counts, apptainerIncompatible, exitCode };
 }
 
@@ -46,7 +54,7 @@ export function renderCheckResult(r: CheckResult): string {
     r.apptainerCompatible === false && r.status !== 'corrupt'
       ? `\n         not usable by Apptainer as an overlay: ${r.apptainerProblems.join('; ')}`
       : '';
-  return `${r.status.padEnd(8)} ${r.path}${detail}${apptainer}`;
+  return `${r.status.padEnd(8)} ${r.image}${detail}${apptainer}`;
 }
 
 export const checkTask = defineTask({
@@ -70,6 +78,7 @@ export const checkTask = defineTask({
       .describe(
         'Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT); an image over it is `error`',
       ),
+    wait: waitField,
   }),
   run: (input, ctx) =>
     checkImages(input.images, {
@@ -77,8 +86,8 @@ export const checkTask = defineTask({
       requireApptainer: input.requireApptainer,
       timeoutSeconds: input.timeout,
       onResult: (r) => {
-        ctx.progress(`${r.path}: ${r.status}`);
-        for (const w of r.warnings) ctx.warn(`${r.path}: ${w}`);
+        ctx.progress(`${r.image}: ${r.status}`);
+        for (const w of r.warnings) ctx.warn(`${r.image}: ${w}`);
       },
     }),
   render: (report) => report.images.map(renderCheckResult).join('\n'),

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { chownImage } from '../image/chown';
-import { checkOwner, ownerFields, ownerFrom, pathSchema } from './common';
+import { checkOwner, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { renderImageSummary } from './create';
 import { defineTask } from './define';
 
@@ -9,7 +9,7 @@ export const chownTask = defineTask({
   summary: 'Give every inode of upper/ (and work/) a new owner: unprivileged, no mount, no Apptainer',
   positional: ['image'],
   input: z
-    .object({ image: pathSchema.describe('The ext3 overlay image'), ...ownerFields })
+    .object({ image: pathSchema.describe('The ext3 overlay image'), ...ownerFields, wait: waitField })
     .superRefine((v, ctx) => {
       checkOwner(v, ctx);
       if (!v.fakeroot && v.uid === undefined) {

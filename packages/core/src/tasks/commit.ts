@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { COMPRESSIONS, commitLayer } from '../layer/commit';
 import { formatBytes } from '../size';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export const commitTask = defineTask({
@@ -22,6 +22,7 @@ export const commitTask = defineTask({
         .describe('Base image below the overlay (to hide replaced directories exactly)'),
       layer: z.array(pathSchema).default([]).describe('Lower SquashFS layer, in stacking order (repeatable)'),
       force: z.boolean().default(false).describe('Replace an existing output file'),
+      wait: waitField,
     })
     .superRefine((v, ctx) => {
       if (v.level !== undefined && v.compression === 'gzip' && (v.level < 1 || v.level > 9)) {
@@ -44,5 +45,5 @@ export const commitTask = defineTask({
     return r;
   },
   render: (r) =>
-    `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${r.seconds}s\nsha256 ${r.sha256}${r.reset ? '\noverlay reset: upper/ is empty' : ''}`,
+    `${r.layer}: ${formatBytes(r.bytes)}, ${r.files} entries, ${r.whiteouts} whiteouts, ${r.compression}, ${(r.durationMs / 1000).toFixed(1)} s\nsha256 ${r.sha256}${r.reset ? '\noverlay reset: upper/ is empty' : ''}`,
 });

@@ -39,6 +39,17 @@ export function ownerFrom(v: { fakeroot: boolean; uid?: number; gid?: number }):
   return currentOwner();
 }
 
+/**
+ * `--wait SECONDS` of every task that locks an image: defineTask runs the task inside
+ * withLockWait, so every lock the task takes (or waits for) honours it, as `lock --wait` does.
+ */
+export const waitField = z
+  .number()
+  .min(0)
+  .max(86400)
+  .optional()
+  .describe('Seconds to wait while the image is in use (default: fail at once with E_LOCKED)');
+
 /** A directory path inside the container for --create-dir: absolute, no `..`, no quotes. */
 export const containerDirSchema = z
   .string()

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { createImage, PROFILES, type ProfileName } from '../image/create';
 import type { ImageInfo } from '../image/info';
 import { formatBytes, sizeSchema } from '../size';
-import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema } from './common';
+import { checkOwner, containerDirSchema, ownerFields, ownerFrom, pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export const createFields = {
@@ -43,7 +43,7 @@ export function createOptionsFrom(input: z.output<typeof createFieldsSchema>) {
 
 export function renderImageSummary(i: ImageInfo): string {
   const lines = [
-    `${i.path}: ${i.format}, ${formatBytes(i.sizeBytes)} (${formatBytes(i.allocatedBytes)} allocated${i.sparse ? ', sparse' : ''})`,
+    `${i.image}: ${i.format}, ${formatBytes(i.sizeBytes)} (${formatBytes(i.allocatedBytes)} allocated${i.sparse ? ', sparse' : ''})`,
   ];
   if (i.usedBytes !== null)
     lines.push(`  used ${formatBytes(i.usedBytes)}, free ${formatBytes(i.freeBytes ?? 0)}`);
@@ -75,6 +75,7 @@ export const createTask = defineTask({
       image: pathSchema.describe('Path of the image to create'),
       ...createFields,
       force: z.boolean().default(false).describe('Replace an existing file'),
+      wait: waitField,
     })
     .superRefine(checkOwner),
   async run(input, ctx) {

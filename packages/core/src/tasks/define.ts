@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { OverlayError } from '../errors';
+import { withLockWait } from '../lock/ofd';
 
 /**
  * A task is one user-facing operation: a zod input schema (the single source of truth for the CLI
@@ -13,6 +14,11 @@ export interface TaskContext {
   warn(message: string): void;
   /** Progress of a long operation (a tool's output line, a phase name). */
   progress(message: string): void;
+  /**
+   * The front end prints the result as one JSON object on stdout (`--json`): a task that runs a
+   * command (exec, lock) sends that command's stdout to stderr, so stdout holds only the object.
+   */
+  json?: boolean;
 }
 
 export const silentContext: TaskContext = { info() {}, warn() {}, progress() {} };
@@ -31,8 +37,16 @@ export interface TaskDef<S extends z.ZodObject = z.ZodObject, O = unknown> {
   render?(output: O): string;
 }
 
+/** A task with a `wait` field (tasks/common waitField) runs with that lock wait in effect. */
 export function defineTask<S extends z.ZodObject, O>(def: TaskDef<S, O>): TaskDef<S, O> {
-  return def;
+  if (!('wait' in def.input.shape)) return def;
+  return {
+    ...def,
+    run: (input, ctx) => {
+      const wait = (input as { wait?: number }).wait;
+      return wait === undefined ? def.run(input, ctx) : withLockWait(wait, () => def.run(input, ctx));
+    },
+  };
 }
 
 export type FieldKind = 'string' | 'number' | 'boolean' | 'array' | 'enum';
@@ -129,14 +143,20 @@ export function parseTaskInput<S extends z.ZodObject>(
   raw: Record<string, unknown>,
   nameStyle: (field: string) => string = (f) => `--${kebab(f)}`,
 ): z.output<S> {
-  const result = task.input.strict().safeParse(coerceRawInput(task as unknown as TaskDef, raw));
+  const input = coerceRawInput(task as unknown as TaskDef, raw);
+  const result = task.input.strict().safeParse(input);
   if (result.success) return result.data as z.output<S>;
   const issue = result.error.issues[0]!;
-  let message = issue.message;
+  const name = issue.path.length ? String(issue.path[0]) : undefined;
+  const info =
+    name === undefined ? undefined : taskFields(task as unknown as TaskDef).find((f) => f.name === name);
+  let message = `${name === undefined ? '' : `${nameStyle(name)}: `}${issue.message}`;
   if (issue.code === 'unrecognized_keys')
     message = `unknown input ${issue.keys.map((k) => nameStyle(k)).join(', ')}`;
-  const field = issue.path.length ? `${nameStyle(String(issue.path[0]))}: ` : '';
-  throw new OverlayError('E_INVALID_INPUT', `${field}${message}`, {
+  // a required field that was not given: name it and say what it wants (not "expected string")
+  else if (info && issue.path.length === 1 && input[info.name] === undefined)
+    message = `${nameStyle(info.name)} is required: ${info.description || info.kind}`;
+  throw new OverlayError('E_INVALID_INPUT', message, {
     details: { issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) },
   });
 }

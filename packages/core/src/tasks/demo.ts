@@ -4,22 +4,24 @@ import { formatBytes } from '../size';
 import { pathSchema } from './common';
 import { defineTask } from './define';
 
+const sec = (ms: number) => (ms / 1000).toFixed(1);
+
 function render(d: DemoResult): string {
   const i = d.image;
   return [
     `overlayctl demo: artefacts in ${d.dir}`,
-    `  base     base.sif ${formatBytes(d.base.sizeBytes)}, Debian bookworm minbase (${d.base.built ? `built in ${d.base.seconds} s` : 'reused'})`,
+    `  base     base.sif ${formatBytes(d.base.sizeBytes)}, Debian bookworm minbase (${d.base.built ? `built in ${sec(d.base.durationMs)} s` : 'reused'})`,
     `  overlay  env.img ${formatBytes(i.sizeBytes)} sparse ext3, small profile: ${formatBytes(i.allocatedBytes)} on disk, ` +
       `${formatBytes(i.usedBytes ?? 0)} used (inode tables and journal included)`,
-    `  install  ${d.packagesInstalled} Debian packages (${d.packages.join(' ')}) by apt in the container, ${d.buildSeconds} s`,
+    `  install  ${d.packagesInstalled} Debian packages (${d.packages.join(' ')}) by apt in the container, ${sec(d.buildMs)} s`,
     `  files    ${i.inodesUsed} files and directories in the overlay (${i.inodesUsedPercent}% of its inodes)`,
-    `  check    ${d.check.status} (${d.check.seconds} s)`,
-    `  run      ${d.run.command.slice(0, 5).join(' ')} python3 -c … (${d.run.seconds} s):`,
+    `  check    ${d.check.status} (${sec(d.check.durationMs)} s)`,
+    `  run      ${d.run.command.slice(0, 5).join(' ')} python3 -c … (${sec(d.run.durationMs)} s):`,
     ...d.run.output
       .trim()
       .split('\n')
       .map((l) => `           ${l}`),
-    `  total    ${d.totalSeconds} s`,
+    `  total    ${sec(d.durationMs)} s`,
   ].join('\n');
 }
 

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { type NormalizeResult, normalizeImage } from '../layer/normalize';
 import { runInContainer } from '../runtime/exec';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 const textSchema = z
@@ -55,6 +55,7 @@ export const execTask = defineTask({
       .boolean()
       .optional()
       .describe('Force --fakeroot on or off (default: on when upper/ belongs to root or another user)'),
+    wait: waitField,
   }),
   async run(input, ctx) {
     const r = await runInContainer({
@@ -67,6 +68,8 @@ export const execTask = defineTask({
       pwd: input.pwd,
       base: input.base,
       command: input.command,
+      // with --json stdout carries only the result object: the command's output goes to stderr
+      stdout: ctx.json ? 'stderr' : 'inherit',
     });
     let normalized: NormalizeResult | undefined;
     if (!input.ro && input.normalize) {

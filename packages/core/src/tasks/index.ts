@@ -1,5 +1,5 @@
 import { buildTask } from './build';
-import { cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
+import { cacheDeleteTask, cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
 import { cacheVerifyTask } from './cache-verify';
 import { checkTask } from './check';
 import { chownTask } from './chown';
@@ -35,6 +35,7 @@ export const TASKS: TaskDef[] = [
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,
+  cacheDeleteTask,
   cachePruneTask,
   cacheVerifyTask,
   demoTask,

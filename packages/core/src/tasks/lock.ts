@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { OverlayError } from '../errors';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export const lockTask = defineTask({
@@ -13,14 +13,9 @@ export const lockTask = defineTask({
     image: pathSchema.describe('The image to lock'),
     command: z.array(z.string()).min(1, 'give a command after --').describe('Command to run while locked'),
     shared: z.boolean().default(false).describe('Take a read (shared) lock instead of a write lock'),
-    wait: z
-      .number()
-      .min(0)
-      .max(86400)
-      .optional()
-      .describe('Seconds to wait for the lock (default: fail at once)'),
+    wait: waitField,
   }),
-  async run(input) {
+  async run(input, ctx) {
     return withLock(
       input.image,
       input.shared ? 'shared' : 'exclusive',
@@ -29,6 +24,8 @@ export const lockTask = defineTask({
         try {
           const r = await runTool(cmd!, args, {
             inherit: true,
+            // with --json stdout carries only the result object: the command's output goes to stderr
+            stdout: ctx.json ? 2 : undefined,
             timeoutSeconds: 0,
             okExitCodes: Array.from({ length: 255 }, (_, i) => i + 1),
           });

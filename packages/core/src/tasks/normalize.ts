@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { normalizeImage } from '../layer/normalize';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export const normalizeTask = defineTask({
@@ -15,6 +15,7 @@ export const normalizeTask = defineTask({
       .optional()
       .describe('Base image below the overlay (to hide replaced directories exactly)'),
     layer: z.array(pathSchema).default([]).describe('Lower SquashFS layer, in stacking order (repeatable)'),
+    wait: waitField,
   }),
   async run(input, ctx) {
     const r = await normalizeImage(input.image, { base: input.base, layers: input.layer });
@@ -23,6 +24,6 @@ export const normalizeTask = defineTask({
   },
   render: (r) =>
     r.changed
-      ? `${r.path}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped`
-      : `${r.path}: already portable`,
+      ? `${r.image}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped`
+      : `${r.image}: already portable`,
 });

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { resizeImage } from '../image/resize';
 import { formatBytes, sizeSchema } from '../size';
-import { pathSchema } from './common';
+import { pathSchema, waitField } from './common';
 import { renderImageSummary } from './create';
 import { defineTask } from './define';
 
@@ -12,6 +12,7 @@ export const resizeTask = defineTask({
   input: z.object({
     image: pathSchema.describe('The ext3 overlay image'),
     size: sizeSchema.describe('New size: MiB (256) or with a unit (512M, 4G)'),
+    wait: waitField,
   }),
   run: (input, ctx) => resizeImage(input.image, input.size, { onProgress: ctx.progress }),
   render: (r) =>

@@ -150,7 +150,7 @@ export async function runTool(name: string, args: string[], opts: RunToolOptions
       timeout: timeout > 0 ? timeout * 1000 : undefined,
       killSignal: 'SIGKILL',
       stdin: opts.inherit ? 'inherit' : opts.stdin,
-      stdout: opts.inherit ? 'inherit' : (opts.stdout ?? 'pipe'),
+      stdout: opts.stdout ?? (opts.inherit ? 'inherit' : 'pipe'),
       stderr: opts.inherit ? 'inherit' : 'pipe',
       encoding: opts.binary ? 'buffer' : 'utf8',
       buffer: { stdout: !opts.use, stderr: true },
