@@ -140,6 +140,16 @@ export const checkOverlaySpec: ActionSpec = {
       .boolean()
       .default(true)
       .describe('Fail the step when an image is corrupt (after any repair)'),
+    store: z
+      .string()
+      .optional()
+      .describe(
+        'Also verify every entry of this cache store directory (overlayctl cache verify): restored in a temp dir, digest and fsck',
+      ),
+    removeBadEntries: z
+      .boolean()
+      .default(false)
+      .describe('With store: delete the entries that fail verification (the next restore rebuilds)'),
   }),
   outputs: {
     report: 'Path of the JSON report (in RUNNER_TEMP)',

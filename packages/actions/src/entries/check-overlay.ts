@@ -1,7 +1,15 @@
 import { glob, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as core from '@actions/core';
-import { type CheckReport, checkImage, OverlayError } from '@overlay-action/core';
+import {
+  type CheckReport,
+  checkImage,
+  type EntryVerdict,
+  listableStore,
+  OverlayError,
+  openStore,
+  verifyStore,
+} from '@overlay-action/core';
 import { readInputs, run, type SummaryRow, safeInfo, setOutputs, since, writeSummary } from '../runner';
 import { checkOverlaySpec } from '../specs';
 
@@ -22,9 +30,10 @@ async function expand(patterns: string[]): Promise<string[]> {
 }
 
 async function main(): Promise<void> {
-  const { input, extra } = readInputs<{ images: string[]; repair: boolean }, { failOnCorrupt: boolean }>(
-    checkOverlaySpec,
-  );
+  const { input, extra } = readInputs<
+    { images: string[]; repair: boolean; requireApptainer: boolean; timeout?: number },
+    { failOnCorrupt: boolean; store?: string; removeBadEntries: boolean }
+  >(checkOverlaySpec);
   const images = await expand(input.images);
   if (images.length === 0)
     throw new OverlayError('E_NOT_FOUND', `paths: no file matched ${input.images.join(', ')}`);
@@ -33,7 +42,9 @@ async function main(): Promise<void> {
   const rows: SummaryRow[] = [];
   for (const image of images) {
     const start = process.hrtime.bigint();
-    const report = await core.group(`Check ${image}`, () => checkImage(image, { repair: input.repair }));
+    const report = await core.group(`Check ${image}`, () =>
+      checkImage(image, { repair: input.repair, timeoutSeconds: input.timeout }),
+    );
     const seconds = since(start);
     reports.push({ ...report, seconds });
     rows.push({ image, info: await safeInfo(image), status: report.status, seconds });
@@ -45,6 +56,20 @@ async function main(): Promise<void> {
     else if (report.status === 'locked')
       core.warning(`${image} is in use by another process: not checked`, { file: image });
     else if (report.status === 'repaired') core.notice(`${image} was repaired${why}`, { file: image });
+  }
+
+  // the cache store too (cache verify): every entry restored into a temp dir and checked
+  let entries: EntryVerdict[] = [];
+  if (extra.store) {
+    const store = listableStore(openStore(extra.store));
+    entries = await core.group(`Verify cache store ${extra.store}`, () =>
+      verifyStore(store, { removeBad: extra.removeBadEntries, timeoutSeconds: input.timeout }),
+    );
+    for (const e of entries.filter((x) => x.status !== 'clean'))
+      core.error(
+        `cache entry ${e.key} is ${e.status}${e.removed ? ' (removed)' : ''}: ${e.problems.concat(e.error?.message ?? []).join('; ')}`,
+        { title: 'bad cache entry' },
+      );
   }
 
   const count = (s: string) => reports.filter((r) => r.status === s).length;
@@ -60,7 +85,7 @@ async function main(): Promise<void> {
   };
   await writeFile(
     reportPath,
-    `${JSON.stringify({ repair: input.repair, counts, images: reports }, null, 2)}\n`,
+    `${JSON.stringify({ repair: input.repair, counts, images: reports, entries }, null, 2)}\n`,
   );
   setOutputs({
     report: reportPath,
@@ -72,9 +97,19 @@ async function main(): Promise<void> {
   await writeSummary(
     'check-overlay',
     rows,
-    `${counts.clean} clean, ${counts.repaired} repaired, ${counts.corrupt} corrupt, ${counts.locked} locked${counts.error ? `, ${counts.error} not checkable` : ''}`,
+    `${counts.clean} clean, ${counts.repaired} repaired, ${counts.corrupt} corrupt, ${counts.locked} locked${counts.error ? `, ${counts.error} not checkable` : ''}${extra.store ? `; cache store: ${entries.length} entries, ${entries.filter((e) => e.status !== 'clean').length} bad, ${entries.filter((e) => e.removed).length} removed` : ''}`,
   );
-  const bad = reports.filter((r) => r.status === 'corrupt' || r.status === 'error');
+  const bad = [
+    ...reports.filter(
+      (r) =>
+        r.status === 'corrupt' ||
+        r.status === 'error' ||
+        (input.requireApptainer && r.status !== 'locked' && !r.apptainerCompatible),
+    ),
+    ...entries
+      .filter((e) => e.status !== 'clean' && !e.removed)
+      .map((e) => ({ image: `cache entry ${e.key}` })),
+  ];
   if (extra.failOnCorrupt && bad.length)
     throw new OverlayError(
       'E_INTEGRITY',

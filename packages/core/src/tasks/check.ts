@@ -68,7 +68,9 @@ export const checkTask = defineTask({
     requireApptainer: z
       .boolean()
       .default(false)
-      .describe('Also fail (exit 1) when Apptainer cannot use an image as a writable overlay'),
+      .describe(
+        'Count an image Apptainer cannot use as a writable overlay as a finding (exit 1, failed step)',
+      ),
     timeout: z
       .number()
       .int()
