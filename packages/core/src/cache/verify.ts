@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
-import { type CheckResult, checkImage } from '../image/check';
+import { type CheckResult, checkImage, checkResult } from '../image/check';
 import { LocalStore } from './local-store';
 import { unpackImage } from './pack';
 import type { CacheStore } from './store';
@@ -53,19 +53,12 @@ export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = 
     const target = join(dir, 'restored.img');
     const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status: 'corrupt' | 'error', problems: string[], error?: OverlayError) => ({
+      ...checkResult(entry.archive, started, {
+        status,
+        problems,
+        error: error ? { code: error.code, message: error.message } : undefined,
+      }),
       ...base,
-      status,
-      format: null,
-      problems,
-      e2fsckExit: null,
-      method: null,
-      superblock: null,
-      truncated: null,
-      apptainerCompatible: null,
-      apptainerProblems: [],
-      warnings: [],
-      error: error ? { code: error.code, message: error.message } : undefined,
-      durationMs: Date.now() - started,
     });
     let verdict: Omit<EntryVerdict, 'removed'>;
     try {

@@ -189,6 +189,28 @@ async function apptainerVerdict(path: string, probe: FormatInfo): Promise<string
   return problems;
 }
 
+/** A CheckResult with nothing found yet but what `r` says (for every producer of one). */
+export function checkResult(
+  image: string,
+  started: number,
+  r: Partial<CheckResult> & { status: CheckStatus },
+): CheckResult {
+  return {
+    image,
+    format: null,
+    problems: [],
+    e2fsckExit: null,
+    method: null,
+    superblock: null,
+    truncated: null,
+    apptainerCompatible: null,
+    apptainerProblems: [],
+    warnings: [],
+    ...r,
+    durationMs: Date.now() - started,
+  };
+}
+
 /**
  * Check one ext2/3/4 image; with `repair`, fix it crash-safely (repair a full sparse copy, rename
  * it into place only when it then checks clean). Read-only without `repair`: the image is only
@@ -199,20 +221,13 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
   const started = Date.now();
   const timeoutSeconds = opts.timeoutSeconds ?? toolTimeoutSeconds('e2fsck');
   let probe: FormatInfo | undefined;
-  const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
-    image: path,
-    format: probe?.format ?? null,
-    problems: [],
-    e2fsckExit: null,
-    method: null,
-    superblock: probe?.superblock ?? null,
-    truncated: probe ? findTruncation(probe) : null,
-    apptainerCompatible: null,
-    apptainerProblems: [],
-    warnings: [],
-    ...r,
-    durationMs: Date.now() - started,
-  });
+  const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult =>
+    checkResult(path, started, {
+      format: probe?.format ?? null,
+      superblock: probe?.superblock ?? null,
+      truncated: probe ? findTruncation(probe) : null,
+      ...r,
+    });
   let lock: Lock | undefined;
   try {
     await removeStaleTemps(path); // what a killed operation left behind
