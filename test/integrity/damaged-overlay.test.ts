@@ -2,7 +2,7 @@
 // hold everything: check says where, repair restores it, files intact) and a truncated file
 // (every command that opens the image says so, with both sizes; nothing is touched).
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -14,10 +14,10 @@ let dir: string;
 let base: string;
 const sum = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
 
-async function ctl(args: string[]) {
+async function ctl(args: string[], env?: Record<string, string>) {
   const dash = args.indexOf('--');
   const argv = dash < 0 ? [...args, '--json'] : [...args.slice(0, dash), '--json', ...args.slice(dash)];
-  const r = await execa(CLI, argv, { reject: false });
+  const r = await execa(CLI, argv, { reject: false, env });
   const lines = r.stdout.trim().split('\n');
   expect(lines, `${args.join(' ')}: ${r.stdout} ${r.stderr}`).toHaveLength(1);
   return { code: r.exitCode, out: JSON.parse(lines[0]!), stderr: r.stderr };
@@ -192,5 +192,23 @@ describe('filesystem verdict and Apptainer verdict are separate', () => {
     expect(c.out.images[0].problems.join('\n')).toMatch(/Block bitmap differences.*\(repair: fix/);
     expect((await ctl(['check', img, '--repair'])).out.images[0].status).toBe('repaired');
     expect((await execa('e2fsck', ['-fn', img], { reject: false })).exitCode).toBe(0);
+  });
+});
+
+describe('bounded', () => {
+  it('an e2fsck that never finishes is killed at --timeout: error E_TIMEOUT, image untouched', async () => {
+    const img = join(dir, 'hang.img');
+    await ctl(['create', img, '--size', '64']);
+    const before = sum(img);
+    // the seam: an e2fsck that hangs (as the real one does on some damaged images: see corpus.test.ts)
+    const bin = join(dir, 'hang-bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'e2fsck'), '#!/bin/sh\nexec sleep 600\n', { mode: 0o755 });
+    const c = await ctl(['check', img, '--timeout', '2'], { PATH: `${bin}:${process.env.PATH}` });
+    expect(c.code).toBe(1);
+    expect(c.out.images[0].status).toBe('error');
+    expect(c.out.images[0].error.code).toBe('E_TIMEOUT');
+    expect(c.out.images[0].error.message).toMatch(/2s time bound.*not modified/);
+    expect(sum(img)).toBe(before);
   });
 });
