@@ -67,6 +67,11 @@ describe('zeroed primary superblock', () => {
     expect(info.out.superblock.backup.block).toBeGreaterThan(0);
     expect(info.out.apptainerCompatible).toBe(false);
     expect(info.out.apptainerProblems.join(' ')).toMatch(/primary superblock is damaged/);
+    expect((await execa(CLI, ['info', img])).stdout).toMatch(
+      new RegExp(
+        `PRIMARY SUPERBLOCK DAMAGED: read from the backup at block ${info.out.superblock.backup.block}`,
+      ),
+    );
 
     const check = await ctl(['check', img]);
     expect(check.code).toBe(1);
@@ -117,6 +122,8 @@ describe('truncated image', () => {
       missingBytes: full - short,
     });
     expect(info.out.apptainerCompatible).toBe(false);
+    expect(info.out.apptainerProblems).toEqual(['the file is truncated']);
+    expect((await execa(CLI, ['info', img])).stdout).toMatch(new RegExp(`TRUNCATED: .*${sizes.source}`));
 
     for (const args of [
       ['check', img],

@@ -98,8 +98,9 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
     clean: sb.state === 'clean' && !damaged && !truncated,
     superblock,
     apptainerCompatible: problems.length === 0 && upper !== null,
+    // debugfs cannot be trusted on a damaged or truncated image: no claim about upper/ then
     apptainerProblems:
-      upper === null && !damaged ? [...problems, 'no upper/ directory at the root'] : problems,
+      upper === null && !damaged && !truncated ? [...problems, 'no upper/ directory at the root'] : problems,
     upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
     nonPortableMarkers,
   };
