@@ -271,14 +271,16 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
     const corrupt = damaged || first.exit !== 0;
     if (!corrupt || !opts.repair) {
       const apptainerProblems = corrupt ? ['the filesystem is damaged'] : await apptainerVerdict(path, probe);
+      // clean, e2fsck may still have had things to say (a journal to replay after a crash, as
+      // any mount would): those are warnings, not problems
       return result({
         status: corrupt ? 'corrupt' : 'clean',
-        problems,
+        problems: corrupt ? problems : [],
         e2fsckExit: first.exit,
         method: first.method,
         apptainerCompatible: apptainerProblems.length === 0,
         apptainerProblems,
-        warnings: corrupt ? [] : await portabilityWarnings(path),
+        warnings: corrupt ? [] : [...problems, ...(await portabilityWarnings(path))],
       });
     }
     try {
