@@ -85,9 +85,12 @@ export async function e2fsprogsCorpus(): Promise<{ version: string; cases: Corpu
   const root = join(TEST_CACHE_DIR, 'e2fsprogs-corpus');
   const stamp = join(root, '.complete');
   await mkdir(TEST_CACHE_DIR, { recursive: true });
-  if (!existsSync(stamp)) {
+  // the expectations belong to one e2fsprogs version: the installed one's source
+  const wanted = await sourceVersion();
+  const fresh = async () => existsSync(stamp) && (await readFile(stamp, 'utf8')).trim() === wanted;
+  if (!(await fresh())) {
     await withDirLock(join(TEST_CACHE_DIR, 'e2fsprogs-corpus.lock'), async () => {
-      if (existsSync(stamp)) return;
+      if (await fresh()) return;
       await rm(root, { recursive: true, force: true });
       const version = await download(root);
       await writeFile(stamp, version);
