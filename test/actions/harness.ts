@@ -223,6 +223,8 @@ export interface RunOptions {
   noPost?: boolean;
   /** The job's other steps, between main and post. */
   between?: (job: Job) => Promise<void>;
+  /** Replace (merge over) the state main left, before post reads it. */
+  state?: Record<string, string>;
 }
 
 export interface ActionRun {
@@ -255,7 +257,8 @@ export async function runAction(
   const main = await runStep(meta.main, job, env, {}, opts.env ?? {});
   if (!meta.post || opts.noPost || main.exitCode !== 0) return { main };
   await opts.between?.(job);
-  const stateEnv = Object.fromEntries(Object.entries(main.state).map(([k, v]) => [`STATE_${k}`, v]));
+  const state = { ...main.state, ...opts.state };
+  const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
   const post = await runStep(meta.post, job, env, stateEnv, opts.env ?? {});
   return { main, post };
 }

@@ -3,7 +3,7 @@
 // miss → build → post saves; exact hit → no build, no save; changed key-files → restore-key
 // partial hit, the build runs again on the restored image, post saves the new key.
 import { randomBytes } from 'node:crypto';
-import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -195,6 +195,75 @@ describe.skipIf(!hasApptainer())('setup-overlay', () => {
       });
     });
   }
+
+  describe('with the Actions cache as GitHub runs it today', () => {
+    let server: Awaited<ReturnType<typeof startCacheServer>>;
+    const jobs: Job[] = [];
+    beforeAll(async () => {
+      server = await startCacheServer();
+    });
+    afterAll(async () => {
+      await server?.stop();
+      for (const j of jobs) rmSync(j.root, { recursive: true, force: true });
+    });
+    const go = async (extra: Record<string, string> = {}, opts: { state?: Record<string, string> } = {}) => {
+      const j = await newJob();
+      jobs.push(j);
+      const prefix = `today-${randomBytes(4).toString('hex')}`;
+      const r = await runAction(
+        'setup-overlay',
+        j,
+        { path: 'env.img', size: '64M', 'cache-key': prefix, ...extra },
+        { env: server.env, ...opts },
+      );
+      return { j, prefix, ...r };
+    };
+    const ours = (j: Job) => readdirSync(j.workspace).filter((n) => n !== 'env.img');
+
+    it('save: false restores but never saves (like setup-pixi cache-write: false)', async () => {
+      const { main, post, prefix, j } = await go({ save: 'false' });
+      expect(main.exitCode, main.stdout).toBe(0);
+      expect(post?.exitCode).toBe(0);
+      expect(post!.stdout).toMatch(/save: false/);
+      expect(server.entries().filter((e) => e.key.startsWith(prefix))).toEqual([]);
+      expect(ours(j)).toEqual([]);
+    });
+
+    it('a read-only token or a throttled service: the post step says so in one info line and succeeds', async () => {
+      for (const fault of ['write-denied', 'throttled'] as const) {
+        server.setFaults({ createEntry: fault });
+        const { post, j } = await go();
+        server.setFaults({});
+        expect(post?.exitCode, post?.stdout).toBe(0);
+        expect(post!.stdout, fault).toMatch(/the cache store did not take the entry: .*(read-only|429)/);
+        expect(post!.stdout, fault).not.toMatch(/^::(warning|error)/m);
+        expect(post!.summary, fault).not.toMatch(/>saved</);
+        expect(ours(j)).toEqual([]);
+      }
+    });
+
+    it('a failed upload is not reported as `exists`: a warning that says what happened, summary "not saved"', async () => {
+      server.setFaults({ finalize: 'fail' });
+      const { post, prefix, j } = await go();
+      server.setFaults({});
+      expect(post?.exitCode, post?.stdout).toBe(0);
+      const warning = post!.annotations.find((a) => a.level === 'warning');
+      expect(warning?.message).toMatch(/not saved: E_CACHE: .*not accepted/);
+      expect(post!.summary).toMatch(/not saved/);
+      expect(post!.summary).not.toMatch(/exists/);
+      expect(server.entries().filter((e) => e.key.startsWith(prefix) && e.finalized)).toEqual([]);
+      expect(ours(j)).toEqual([]);
+    });
+
+    it('post reads one state object and validates it: a malformed one is one coded line', async () => {
+      const { main, post } = await go({}, { state: { SETUP_OVERLAY: '{"path":"env.img","key":7}' } });
+      expect(Object.keys(main.state).sort()).toEqual(['SETUP_OVERLAY', 'isPost']);
+      expect(post?.exitCode).toBe(1);
+      const errors = post!.stdout.split('\n').filter((l) => l.startsWith('::error'));
+      expect(errors).toHaveLength(1);
+      expect(errors[0]).toMatch(/malformed/);
+    });
+  });
 
   describe.skipIf(!isRoot())('as an unprivileged user (the hosted runner) with a local store', () => {
     let user: TestUser;

@@ -391,6 +391,20 @@ describe('what a careful user expects of cache save/restore', () => {
       );
       expect(r.stderr).not.toMatch(/SIGSEGV|E_INTERNAL|at /);
       expect(readdirSync(store)).toEqual([]);
+      // setup says so before it creates or builds anything
+      const s = await runAs(user, [
+        process.execPath,
+        CLI,
+        'setup',
+        join(mine, 'new.img'),
+        '--size',
+        '64M',
+        '--store',
+        store,
+      ]);
+      expect(s.exitCode).toBe(74);
+      expect(s.stderr).toMatch(/E_CACHE: cache store .* not writable .*--no-save/);
+      expect(existsSync(join(mine, 'new.img'))).toBe(false);
     },
   );
 });

@@ -185,7 +185,7 @@ const scenarios: Scenario[] = [
       writeFileSync(join(d, 'source.sum'), fileSum(source));
       await execa(CLI, ['create', img(d), '--size', '64']); // the previous image
     },
-    argv: (d) => ['cache', 'restore', img(d), '--key', 'k1', '--store', join(d, 'store')],
+    argv: (d) => ['cache', 'restore', img(d), '--key', 'k1', '--store', join(d, 'store'), '--force'],
     snapshot: snapImg,
     isOriginal: sameImg,
     isComplete: async (d) => fileSum(img(d)) === readFileSync(join(d, 'source.sum'), 'utf8'),

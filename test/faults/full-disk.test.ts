@@ -101,7 +101,16 @@ describe.runIf(isRoot)('full disk', () => {
     await execa(CLI, ['cache', 'save', source, '--key', 'big', '--store', store]);
     await fill();
     const before = sum(join(mnt, 'env.img'));
-    const r = await cli(['cache', 'restore', join(mnt, 'env.img'), '--key', 'big', '--store', store]);
+    const r = await cli([
+      'cache',
+      'restore',
+      join(mnt, 'env.img'),
+      '--key',
+      'big',
+      '--store',
+      store,
+      '--force',
+    ]);
     expect(r.exitCode, JSON.stringify(r.out)).not.toBe(0);
     expect(r.out.error.code).toBe('E_NO_SPACE');
     expect(sum(join(mnt, 'env.img'))).toBe(before);

@@ -61,14 +61,7 @@ export class GitHubCacheStore implements CacheStore {
   async ensureWritable(): Promise<void> {}
 
   async has(key: string): Promise<boolean> {
-    try {
-      const { value } = await capturing(() =>
-        cache.restoreCache([this.relative], key, [], { lookupOnly: true }),
-      );
-      return value === key;
-    } catch {
-      return false;
-    }
+    return lookup([this.relative], key);
   }
 
   async delete(key: string): Promise<boolean> {
@@ -104,50 +97,69 @@ export class GitHubCacheStore implements CacheStore {
     }
   }
 
-  async put(key: string, write: (archive: string) => Promise<void>, opts: { replace?: boolean } = {}) {
+  async put(
+    key: string,
+    write: (archive: string) => Promise<void>,
+    opts: { replace?: boolean } = {},
+  ): Promise<PutResult> {
     if (opts.replace && (await this.has(key))) await this.delete(key);
     try {
       await this.clean();
       await mkdir(this.dir, { recursive: true });
       await write(this.archive);
       const bytes = (await stat(this.archive)).size;
-      const { value: id, seen } = await capturing(async () => {
-        try {
-          return await cache.saveCache([this.relative], key);
-        } catch (e) {
-          if (e instanceof cache.ReserveCacheError) return -1;
-          throw new OverlayError('E_CACHE', `Actions cache save failed: ${(e as Error).message}`);
-        }
-      });
-      if (id !== -1) return { status: 'saved', bytes } satisfies PutResult;
-      return await this.whyNotSaved(key, seen);
+      const r = await saveToActionsCache([this.relative], key);
+      return r.status === 'saved' ? { status: 'saved', bytes } : r;
     } finally {
       await this.clean();
     }
   }
+}
 
-  /** saveCache returned -1: an existing entry, a refusal (read-only token, rate limit) or a failure. */
-  private async whyNotSaved(key: string, seen: Captured): Promise<PutResult> {
-    const said = [...seen.problems, ...seen.debug].join(' | ');
-    if (/cache write denied/i.test(said))
-      return {
-        status: 'refused',
-        message: 'this job has a read-only cache token (e.g. a fork pull request)',
-      };
-    if (/rate limit|\(429\)/i.test(said))
-      return {
-        status: 'refused',
-        message: 'the Actions cache is throttling new entries (HTTP 429); try later',
-      };
-    if (await this.has(key)) return { status: 'exists' };
-    if (seen.problems.length === 0 || /another job may be creating/i.test(said))
-      return { status: 'refused', message: 'another job is saving this key right now' };
-    throw new OverlayError(
-      'E_CACHE',
-      `saving ${key} to the Actions cache failed: ${seen.problems.join('; ')}`,
-      {
-        hint: 'the image itself is fine; a rerun saves it',
-      },
-    );
+/** @actions/cache's lookup: is there an entry under exactly this key (for these paths)? */
+async function lookup(paths: string[], key: string): Promise<boolean> {
+  try {
+    const { value } = await capturing(() => cache.restoreCache(paths, key, [], { lookupOnly: true }));
+    return value === key;
+  } catch {
+    return false;
   }
+}
+
+/**
+ * saveCache returns -1 for every entry it did not save and only logs why: an entry that exists
+ * (a lookup says so), a refusal (read-only token, rate limit, another job saving the key now),
+ * or a failure (an upload or finalize that did not go through), thrown as E_CACHE.
+ */
+export async function saveToActionsCache(
+  paths: string[],
+  key: string,
+): Promise<{ status: 'saved' } | { status: 'exists' } | { status: 'refused'; message: string }> {
+  const { value: id, seen } = await capturing(async () => {
+    try {
+      return await cache.saveCache(paths, key);
+    } catch (e) {
+      if (e instanceof cache.ReserveCacheError) return -1;
+      throw new OverlayError('E_CACHE', `Actions cache save failed: ${(e as Error).message}`);
+    }
+  });
+  if (id !== -1) return { status: 'saved' };
+  const said = [...seen.problems, ...seen.debug].join(' | ');
+  if (/cache write denied/i.test(said))
+    return { status: 'refused', message: 'this job has a read-only cache token (e.g. a fork pull request)' };
+  if (/rate limit|\(429\)/i.test(said))
+    return {
+      status: 'refused',
+      message: 'the Actions cache is throttling new entries (HTTP 429); try later',
+    };
+  if (await lookup(paths, key)) return { status: 'exists' };
+  if (seen.problems.length === 0 || /another job may be creating/i.test(said))
+    return { status: 'refused', message: 'another job is saving this key right now' };
+  throw new OverlayError(
+    'E_CACHE',
+    `saving ${key} to the Actions cache failed: ${seen.problems.join('; ')}`,
+    {
+      hint: 'the image itself is fine; a rerun saves it',
+    },
+  );
 }

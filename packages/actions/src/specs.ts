@@ -139,7 +139,9 @@ export const checkOverlaySpec: ActionSpec = {
     failOnCorrupt: z
       .boolean()
       .default(true)
-      .describe('Fail the step when an image is corrupt (after any repair)'),
+      .describe(
+        'Fail the step when `overlayctl check` would fail: an image corrupt or not checkable (after any repair), or images in use that could not be checked',
+      ),
     store: z
       .string()
       .optional()

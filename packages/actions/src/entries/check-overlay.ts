@@ -2,15 +2,14 @@ import { glob, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as core from '@actions/core';
 import {
-  type CheckReport,
-  checkImage,
+  checkImages,
   type EntryVerdict,
   listableStore,
   OverlayError,
   openStore,
   verifyStore,
 } from '@overlay-action/core';
-import { readInputs, run, type SummaryRow, safeInfo, setOutputs, since, writeSummary } from '../runner';
+import { readInputs, run, type SummaryRow, safeInfo, setOutputs, writeSummary } from '../runner';
 import { checkOverlaySpec } from '../specs';
 
 const MAGIC = /[*?[\]{}]/;
@@ -29,6 +28,12 @@ async function expand(patterns: string[]): Promise<string[]> {
   return [...found].sort();
 }
 
+/**
+ * The `check` task's implementation and policy (checkImages): the step fails exactly when
+ * `overlayctl check` would exit non-zero — an image corrupt or not checkable, or (only) images in
+ * use that could not be checked — unless fail-on-corrupt is false. Each image that is not clean
+ * gets an annotation that says why.
+ */
 async function main(): Promise<void> {
   const { input, extra } = readInputs<
     { images: string[]; repair: boolean; requireApptainer: boolean; timeout?: number },
@@ -38,25 +43,27 @@ async function main(): Promise<void> {
   if (images.length === 0)
     throw new OverlayError('E_NOT_FOUND', `paths: no file matched ${input.images.join(', ')}`);
 
-  const reports: (CheckReport & { seconds: number })[] = [];
   const rows: SummaryRow[] = [];
-  for (const image of images) {
-    const start = process.hrtime.bigint();
-    const report = await core.group(`Check ${image}`, () =>
-      checkImage(image, { repair: input.repair, timeoutSeconds: input.timeout }),
-    );
-    const seconds = since(start);
-    reports.push({ ...report, seconds });
-    rows.push({ image, info: await safeInfo(image), status: report.status, seconds });
-    const why = report.problems.length ? `: ${report.problems.join('; ')}` : '';
-    if (report.status === 'corrupt')
-      core.error(`${image} is corrupt${why}`, { file: image, title: 'corrupt overlay image' });
-    else if (report.status === 'error')
-      core.error(`${image} could not be checked${why}`, { file: image, title: 'overlay check failed' });
-    else if (report.status === 'locked')
-      core.warning(`${image} is in use by another process: not checked`, { file: image });
-    else if (report.status === 'repaired') core.notice(`${image} was repaired${why}`, { file: image });
-  }
+  const report = await checkImages(images, {
+    repair: input.repair,
+    requireApptainer: input.requireApptainer,
+    timeoutSeconds: input.timeout,
+    onResult: (r) => {
+      const image = r.image;
+      const why = r.error ? `: ${r.error.message}` : r.problems.length ? `: ${r.problems.join('; ')}` : '';
+      core.info(`${image}: ${r.status}${why}`);
+      if (r.status === 'corrupt')
+        core.error(`${image} is corrupt${why}`, { file: image, title: 'corrupt overlay image' });
+      else if (r.status === 'error')
+        core.error(`${image} could not be checked${why}`, { file: image, title: 'overlay check failed' });
+      else if (r.status === 'locked')
+        core.warning(`${image} is in use by another process: not checked`, { file: image });
+      else if (r.status === 'repaired') core.notice(`${image} was repaired${why}`, { file: image });
+      for (const w of r.warnings) core.warning(`${image}: ${w}`, { file: image });
+      rows.push({ image, info: null, status: r.status, seconds: r.durationMs / 1000 });
+    },
+  });
+  for (const row of rows) row.info = await safeInfo(row.image);
 
   // the cache store too (cache verify): every entry restored into a temp dir and checked
   let entries: EntryVerdict[] = [];
@@ -71,22 +78,13 @@ async function main(): Promise<void> {
         { title: 'bad cache entry' },
       );
   }
+  const badEntries = entries.filter((e) => e.status !== 'clean' && !e.removed);
 
-  const count = (s: string) => reports.filter((r) => r.status === s).length;
+  const { counts } = report;
   const dir = process.env.RUNNER_TEMP || resolve('.');
   await mkdir(dir, { recursive: true });
   const reportPath = join(dir, `check-overlay-${process.pid}-${Date.now()}.json`);
-  const counts = {
-    clean: count('clean'),
-    repaired: count('repaired'),
-    corrupt: count('corrupt'),
-    locked: count('locked'),
-    error: count('error'),
-  };
-  await writeFile(
-    reportPath,
-    `${JSON.stringify({ repair: input.repair, counts, images: reports, entries }, null, 2)}\n`,
-  );
+  await writeFile(reportPath, `${JSON.stringify({ repair: input.repair, ...report, entries }, null, 2)}\n`);
   setOutputs({
     report: reportPath,
     clean: counts.clean,
@@ -99,23 +97,45 @@ async function main(): Promise<void> {
     rows,
     `${counts.clean} clean, ${counts.repaired} repaired, ${counts.corrupt} corrupt, ${counts.locked} locked${counts.error ? `, ${counts.error} not checkable` : ''}${extra.store ? `; cache store: ${entries.length} entries, ${entries.filter((e) => e.status !== 'clean').length} bad, ${entries.filter((e) => e.removed).length} removed` : ''}`,
   );
-  const bad = [
-    ...reports.filter(
-      (r) =>
-        r.status === 'corrupt' ||
-        r.status === 'error' ||
-        (input.requireApptainer && r.status !== 'locked' && !r.apptainerCompatible),
-    ),
-    ...entries
-      .filter((e) => e.status !== 'clean' && !e.removed)
-      .map((e) => ({ image: `cache entry ${e.key}` })),
-  ];
-  if (extra.failOnCorrupt && bad.length)
+  if (!extra.failOnCorrupt) return;
+  const bad = report.images.filter(
+    (r) =>
+      r.status === 'corrupt' ||
+      r.status === 'error' ||
+      (input.requireApptainer && r.status !== 'locked' && !r.apptainerCompatible),
+  );
+  // damage (an image, or a cache entry that would not restore) before "try later"
+  if (bad.length || badEntries.length)
     throw new OverlayError(
       'E_INTEGRITY',
-      `${bad.length} image(s) corrupt or not checkable: ${bad.map((r) => r.image).join(', ')}`,
-      { hint: input.repair ? 'see the report' : 'repair: true fixes what e2fsck can fix' },
+      [
+        bad.length
+          ? `${bad.length} image(s) corrupt or not checkable${input.requireApptainer ? ' or not usable by Apptainer' : ''}: ${bad.map((r) => r.image).join(', ')}`
+          : '',
+        badEntries.length
+          ? `${badEntries.length} cache entr${badEntries.length === 1 ? 'y' : 'ies'} would not restore: ${badEntries.map((e) => e.key).join(', ')}`
+          : '',
+      ]
+        .filter(Boolean)
+        .join('; '),
+      {
+        hint:
+          counts.corrupt && !input.repair
+            ? 'repair: true fixes what e2fsck can fix'
+            : badEntries.length
+              ? 'remove-bad-entries: true deletes the bad entries (the next restore rebuilds)'
+              : 'see the annotations and the report',
+      },
     );
+  if (report.exitCode === 0) return;
+  throw new OverlayError(
+    'E_LOCKED',
+    `${counts.locked} image(s) in use by another process were not checked: ${report.images
+      .filter((r) => r.status === 'locked')
+      .map((r) => r.image)
+      .join(', ')}`,
+    { hint: 'check again when the containers using them have exited' },
+  );
 }
 
 await run(main);

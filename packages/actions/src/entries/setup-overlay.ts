@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import * as core from '@actions/core';
 import {
   forgetRestoreState,
+  isOverlayError,
   OverlayError,
   openStore,
   type SetupContext,
@@ -10,8 +11,18 @@ import {
   setupOverlay,
 } from '@overlay-action/core';
 import { z } from 'zod';
+import { restoreBase, saveBase } from '../base-cache';
 import { GitHubCacheStore } from '../github-cache-store';
-import { actionContext, readInputs, run, safeInfo, setOutputs, since, writeSummary } from '../runner';
+import {
+  actionContext,
+  failureLine,
+  readInputs,
+  run,
+  safeInfo,
+  setOutputs,
+  since,
+  writeSummary,
+} from '../runner';
 import { setupOverlaySpec } from '../specs';
 
 /** What main leaves for post: one JSON object in the action state, validated when post reads it. */
@@ -26,6 +37,8 @@ const postState = z.object({
   check: z.boolean(),
   /** The entry under the key failed verification at restore: replace it. */
   replaceKey: z.string().optional(),
+  /** The pulled base image in the Actions cache (a reference with a digest). */
+  base: z.object({ key: z.string(), path: z.string(), present: z.boolean() }).optional(),
 });
 type PostState = z.infer<typeof postState>;
 
@@ -39,6 +52,10 @@ function context(input: { cache: boolean; store?: string }): SetupContext {
 async function main(): Promise<void> {
   const start = process.hrtime.bigint();
   const { input } = readInputs<SetupInput>(setupOverlaySpec);
+  const base =
+    input.base !== undefined && input.cache && input.store === undefined
+      ? await restoreBase(input.base, (line) => core.info(line))
+      : undefined;
   const out = await setupOverlay(input, context(input));
 
   if (input.cache && out.store) {
@@ -47,10 +64,11 @@ async function main(): Promise<void> {
       path: resolve(out.path),
       key: out.cacheKey,
       cacheHit: out.cacheHit,
-      store: input.store === undefined ? '' : input.store,
+      store: input.store === undefined ? '' : out.store,
       save: input.save,
       check: input.check,
       replaceKey: out.discarded?.key,
+      base,
     };
     core.saveState(POST_STATE, JSON.stringify(state));
   }
@@ -100,7 +118,11 @@ async function post(): Promise<void> {
     core.info('no cache store, cache: false, or the main step did not finish: nothing to save');
     return;
   }
-  const parsed = postState.safeParse(JSON.parse(raw));
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {}
+  const parsed = postState.safeParse(json);
   if (!parsed.success)
     throw new OverlayError(
       'E_INTERNAL',
@@ -112,26 +134,37 @@ async function post(): Promise<void> {
     await forgetRestoreState(state.path);
     return;
   }
+  if (state.base) await saveBase(state.base, (line) => core.info(line));
   const store = state.store ? openStore(state.store) : new GitHubCacheStore();
-  const result = await saveOverlay(
-    {
-      path: state.path,
-      key: state.key,
-      cacheHit: state.cacheHit,
-      check: state.check,
-      replaceKey: state.replaceKey,
-    },
-    store,
-    actionContext(),
-  );
-  // read-only token / throttled: an info line, not a failure (the image itself is fine)
-  core.info(result.message);
-  await forgetRestoreState(state.path);
+  let status: string;
+  try {
+    const result = await saveOverlay(
+      {
+        path: state.path,
+        key: state.key,
+        cacheHit: state.cacheHit,
+        check: state.check,
+        replaceKey: state.replaceKey,
+      },
+      store,
+      actionContext(),
+    );
+    // saved, exists, unchanged, or refused (read-only token, throttled): an info line, not a failure
+    core.info(result.message);
+    status = result.saved ? 'saved' : result.message;
+  } catch (e) {
+    // the store failed (an upload that did not go through): the job's work is fine, say what happened
+    if (!isOverlayError(e, 'E_CACHE')) throw e;
+    core.warning(`the image was not saved: ${failureLine(e)}`, { title: 'cache save failed' });
+    status = `not saved: ${e.message}`;
+  } finally {
+    await forgetRestoreState(state.path);
+  }
   await writeSummary('setup-overlay (post)', [
     {
       image: state.path,
       info: await safeInfo(state.path),
-      status: result.saved ? 'saved' : result.message,
+      status,
       seconds: since(start),
     },
   ]);

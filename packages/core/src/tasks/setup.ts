@@ -66,11 +66,15 @@ export const setupKeyFields = {
   keyFiles: z
     .array(pathSchema)
     .default([])
-    .describe('Globs (one per line) whose file contents go into the key (e.g. environment.yml)'),
+    .describe(
+      'Globs whose file contents go into the key, e.g. environment.yml (repeatable; one per line in the action)',
+    ),
   restoreKeys: z
     .array(cacheKeySchema)
     .default([])
-    .describe('Key prefixes tried in order when the exact key misses (one per line)'),
+    .describe(
+      'Key prefixes tried in order when the exact key misses (repeatable; one per line in the action)',
+    ),
 };
 
 export const setupInput = z
@@ -222,6 +226,14 @@ export async function setupOverlay(input: SetupInput, ctx: SetupContext): Promis
   if (input.cache && !store)
     ctx.info('no cache store given (--store DIR or OVERLAY_CACHE_STORE); the image is not cached');
   const { primary, restoreKeys } = await setupKeys(input);
+  // a store this run will save to must be writable: say so now, not after the build
+  if (store && input.save)
+    await store.ensureWritable().catch((e) => {
+      if (!isOverlayError(e, 'E_CACHE')) throw e;
+      throw new OverlayError('E_CACHE', e.message, {
+        hint: `${e.hint}; or --no-save to only restore from it`,
+      });
+    });
 
   let outcome: CacheOutcome = store ? 'miss' : 'disabled';
   let matchedKey = '';
