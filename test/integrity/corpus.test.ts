@@ -71,6 +71,7 @@ describe("e2fsprogs' damaged-image corpus", () => {
         `e2fsprogs ${corpus.version} corpus: ${rows.length} images without a custom script`,
         `check agrees with e2fsprogs' expected first-run status on ${agree.length}/${rows.length} (${pct(agree.length, rows.length)})`,
         `methods: ${JSON.stringify(methods)}; over the ${BOUND}s bound: ${timedOut.length}; modified by check: ${modified.length}`,
+        `slowest check: ${(Math.max(...rows.map(({ r }) => r.durationMs)) / 1000).toFixed(1)} s (informational; the bound is what is guaranteed)`,
         ...rows
           .filter((x) => !agree.includes(x))
           .map(
