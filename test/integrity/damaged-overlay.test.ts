@@ -202,6 +202,25 @@ describe('filesystem verdict and Apptainer verdict are separate', () => {
   });
 });
 
+describe('damage e2fsck cannot get past', () => {
+  it('garbage group descriptors (one group, no backup): corrupt, not error; repair refuses, untouched', async () => {
+    const img = join(dir, 'gd.img');
+    await ctl(['create', img, '--size', '64']);
+    const buf = readFileSync(img);
+    buf.fill(0xff, 4096, 8192); // block 1: the group descriptors
+    writeFileSync(img, buf);
+    const before = sum(img);
+    const c = await ctl(['check', img]);
+    expect(c.code).toBe(1);
+    expect(c.out.images[0].status).toBe('corrupt');
+    expect(c.out.images[0].problems.join('\n')).toMatch(/e2fsck cannot repair this filesystem/);
+    const r = await ctl(['check', img, '--repair']);
+    expect(r.out.images[0].status).toBe('corrupt');
+    expect(r.out.images[0].error.code).toBe('E_INTEGRITY');
+    expect(sum(img)).toBe(before);
+  });
+});
+
 describe('bounded', () => {
   it('an e2fsck that never finishes is killed at --timeout: error E_TIMEOUT, image untouched', async () => {
     const img = join(dir, 'hang.img');

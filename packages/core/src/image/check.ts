@@ -65,6 +65,9 @@ const DONE = /^(.*?)\s*(FIXED|CLEARED|IGNORED|RELOCATED|SALVAGED)\.$/;
 const NOTE =
   /recovering journal|^Clearing orphaned inode|^Truncating orphaned inode|journal has been deleted/i;
 const MAX_PROBLEMS = 20;
+/** e2fsck failing for reasons of the host, not of the filesystem. */
+const HOST_FAILURE =
+  /No space left on device|Cannot allocate memory|Permission denied|Read-only file system/i;
 
 /**
  * Turn `e2fsck -fy` output into what a repair does, one line each ("X (repair: clear)"), instead
@@ -258,16 +261,34 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
     }
     const damaged = probe.superblock?.primary === 'damaged';
     const first = await fsckOnCopy(path, probe, timeoutSeconds);
-    if (first.exit >= 8) {
-      const tail = first.output.trim().split('\n').slice(-3).join(' ');
+    const tail = first.output.trim().split('\n').slice(-3).join(' ').split(first.copy).join(path);
+    // e2fsck gave up (exit 8+) on a readable copy of an identified filesystem: that is damage it
+    // cannot get past (garbage group descriptors, say), unless the host itself failed it
+    if (first.exit >= 8 && HOST_FAILURE.test(first.output))
       throw new OverlayError(
         'E_TOOL_FAILED',
         `e2fsck could not examine the image (exit ${first.exit}): ${tail}`,
       );
-    }
     const problems = describeRepairs(first.output, first.copy, path);
     if (damaged) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
     if (first.exit === 4) problems.push('e2fsck could not correct everything on the first run');
+    if (first.exit >= 8) {
+      problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail})`);
+      return result({
+        status: 'corrupt',
+        problems,
+        e2fsckExit: first.exit,
+        method: first.method,
+        apptainerCompatible: false,
+        apptainerProblems: ['the filesystem is damaged'],
+        error: opts.repair
+          ? {
+              code: 'E_INTEGRITY',
+              message: `e2fsck cannot repair ${path}; restore it from a cache or a backup`,
+            }
+          : undefined,
+      });
+    }
     const corrupt = damaged || first.exit !== 0;
     if (!corrupt || !opts.repair) {
       const apptainerProblems = corrupt ? ['the filesystem is damaged'] : await apptainerVerdict(path, probe);
