@@ -262,9 +262,11 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
     const damaged = probe.superblock?.primary === 'damaged';
     const first = await fsckOnCopy(path, probe, timeoutSeconds);
     const tail = first.output.trim().split('\n').slice(-3).join(' ').split(first.copy).join(path);
-    // e2fsck gave up (exit 8+) on a readable copy of an identified filesystem: that is damage it
-    // cannot get past (garbage group descriptors, say), unless the host itself failed it
-    if (first.exit >= 8 && HOST_FAILURE.test(first.output))
+    // e2fsck gave up (exit 8, or 12 = 8|4) on a readable copy of an identified filesystem: that
+    // is damage it cannot get past (garbage group descriptors, say), unless the host failed it;
+    // 16 (usage), 32 (cancelled), 128 (library) are never the filesystem's doing
+    const gaveUp = first.exit === 8 || first.exit === 12;
+    if (first.exit >= 8 && (!gaveUp || HOST_FAILURE.test(first.output)))
       throw new OverlayError(
         'E_TOOL_FAILED',
         `e2fsck could not examine the image (exit ${first.exit}): ${tail}`,
