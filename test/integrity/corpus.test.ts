@@ -8,6 +8,7 @@ import { createGunzip } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CheckResult, checkImage } from '../../packages/core/src/image/check';
+import { imageInfo } from '../../packages/core/src/image/info';
 import { sha256File } from '../helpers/tools';
 import { type CorpusCase, e2fsprogsCorpus } from './corpus';
 
@@ -94,6 +95,35 @@ describe("e2fsprogs' damaged-image corpus", () => {
       expect(r.problems.length, r.image).toBeGreaterThan(0);
       for (const p of r.problems) expect(p).not.toMatch(/\? (yes|no)$/);
     }
+  }, 1_800_000);
+
+  it('info identifies every image, never "unknown format"; a damaged primary superblock is said so', async () => {
+    const rows = await eachInParallel(corpus.cases, async (c) => {
+      const img = await unpack(c, 'info');
+      const r = await imageInfo(img).then(
+        (i) => ({ ok: true as const, i }),
+        (e) => ({ ok: false as const, code: (e as { code?: string }).code, message: (e as Error).message }),
+      );
+      await rm(img, { force: true });
+      return { c, r };
+    });
+    const failed = rows.filter(({ r }) => !r.ok);
+    const damaged = rows
+      .filter(({ r }) => r.ok && r.i.superblock?.primary === 'damaged')
+      .map(({ c }) => c.name);
+    console.log(
+      [
+        `info: ${rows.length - failed.length}/${rows.length} described; primary superblock damaged (read from a backup): ${damaged.join(', ')}`,
+        ...failed.map(({ c, r }) => `  info failed ${c.name}: ${r.ok ? '' : `${r.code} ${r.message}`}`),
+      ].join('\n'),
+    );
+    // every failure is a damage verdict (a superblock nothing can read), never "unknown format"
+    expect(failed.filter(({ r }) => !r.ok && r.code !== 'E_INTEGRITY').map(({ c }) => c.name)).toEqual([]);
+    expect(failed.length).toBeLessThanOrEqual(1);
+    expect(damaged).toContain('f_zero_super');
+    // the clean images are clean, the damaged ones never say clean: true when their superblock is
+    for (const { c, r } of rows)
+      if (r.ok && r.i.superblock?.primary === 'damaged') expect(r.i.clean, c.name).toBe(false);
   }, 1_800_000);
 
   it('check --repair leaves >= 97% of the repairable images clean', async () => {

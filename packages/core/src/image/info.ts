@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import { fromFsError, isOverlayError } from '../errors';
+import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { removeStaleTemps } from '../fs/atomic';
 import { runTool } from '../tools/run';
 import { statInImage } from './debugfs';
@@ -121,7 +121,12 @@ async function readSuperblockOrBackup(
   } catch (e) {
     if (!isOverlayError(e, 'E_TOOL_FAILED')) throw e;
     const b = await findBackupSuperblock(path).catch(() => null);
-    if (!b) throw e;
+    if (!b)
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${path}: the superblock cannot be read (${e.message}) and no backup superblock was found`,
+        { hint: `overlayctl check ${path} says what e2fsck makes of it` },
+      );
     const backup = { block: b.block, blockSize: b.blockSize, byteOffset: b.byteOffset };
     return { sb: await readSuperblock(path, backup), superblock: { primary: 'damaged', backup } };
   }

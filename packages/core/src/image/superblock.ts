@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { OverlayError } from '../errors';
 import { runTool } from '../tools/run';
 
 /** Superblock fields as dumpe2fs -h prints them (read-only, unprivileged, no mount). */
@@ -129,9 +130,20 @@ export function backupSuperblockArgs(at?: SuperblockLocation | null): string[] {
   return at ? ['-b', String(at.block), '-B', String(at.blockSize)] : [];
 }
 
-/** dumpe2fs -h, of the primary superblock or of a backup. */
+/**
+ * dumpe2fs -h, of the primary superblock or of a backup. dumpe2fs exits 1 after printing the
+ * superblock when the journal's own superblock is bad: the superblock is still what was asked for.
+ */
 export async function readSuperblock(path: string, at?: SuperblockLocation | null): Promise<Superblock> {
   const backup = at ? ['-o', `superblock=${at.block}`, '-o', `blocksize=${at.blockSize}`] : [];
-  const { stdout } = await runTool('dumpe2fs', ['-h', ...backup, path], { timeoutSeconds: 60 });
-  return parseDumpe2fs(stdout);
+  const r = await runTool('dumpe2fs', ['-h', ...backup, path], { timeoutSeconds: 60, okExitCodes: [1] });
+  if (r.exitCode !== 0 && !/^Block count:/m.test(r.stdout))
+    throw new OverlayError(
+      'E_TOOL_FAILED',
+      `dumpe2fs failed (exit ${r.exitCode}): ${r.stderr.trim().split('\n').slice(-2).join(' ')}`,
+      {
+        details: { tool: 'dumpe2fs', exitCode: r.exitCode },
+      },
+    );
+  return parseDumpe2fs(r.stdout);
 }
