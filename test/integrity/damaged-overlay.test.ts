@@ -2,9 +2,9 @@
 // hold everything: check says where, repair restores it, files intact) and a truncated file
 // (every command that opens the image says so, with both sizes; nothing is touched).
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBaseImage } from '../helpers/base-image';
@@ -236,5 +236,25 @@ describe('bounded', () => {
     expect(c.out.images[0].error.code).toBe('E_TIMEOUT');
     expect(c.out.images[0].error.message).toMatch(/2s time bound.*not modified/);
     expect(sum(img)).toBe(before);
+  });
+});
+
+describe('no litter', () => {
+  it("a killed check's scratch copy in $TMPDIR is removed by the next check", async () => {
+    const img = join(dir, 'litter.img');
+    await ctl(['create', img, '--size', '64']);
+    const tmp = join(dir, 'tmpdir');
+    mkdirSync(tmp);
+    const dead = (await execa('sh', ['-c', 'echo $$'])).stdout.trim(); // a pid that has exited
+    const host = hostname().replace(/[^A-Za-z0-9_.]/g, '_');
+    const stale = join(tmp, `overlay-check-${dead}-${host}-AbC123`);
+    const foreign = join(tmp, `overlay-check-${dead}-other_host-AbC123`);
+    for (const d of [stale, foreign]) {
+      mkdirSync(d);
+      writeFileSync(join(d, 'copy.img'), 'left by a killed check');
+    }
+    const c = await ctl(['check', img], { TMPDIR: tmp });
+    expect(c.out.images[0].status).toBe('clean');
+    expect(readdirSync(tmp).filter((n) => n.startsWith('overlay-'))).toEqual([basename(foreign)]); // another host's is not ours to judge
   });
 });

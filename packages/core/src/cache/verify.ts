@@ -1,7 +1,7 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
+import { scratchDir } from '../fs/scratch';
 import { type CheckResult, checkImage, checkResult } from '../image/check';
 import { LocalStore } from './local-store';
 import { unpackImage } from './pack';
@@ -49,7 +49,7 @@ export async function verifyStore(store: LocalStore, opts: VerifyStoreOptions = 
   const out: EntryVerdict[] = [];
   for (const entry of entries) {
     const started = Date.now();
-    const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'overlay-verify-'));
+    const dir = await scratchDir('overlay-verify', opts.workDir);
     const target = join(dir, 'restored.img');
     const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status: 'corrupt' | 'error', problems: string[], error?: OverlayError) => ({

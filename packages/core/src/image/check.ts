@@ -1,8 +1,8 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { removeStaleTemps, replaceAtomically } from '../fs/atomic';
+import { scratchDir } from '../fs/scratch';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { runTool, toolTimeoutSeconds } from '../tools/run';
 import { copyImageFile } from './copy';
@@ -128,7 +128,7 @@ async function fsckOnCopy(
   probe: FormatInfo,
   timeoutSeconds: number,
 ): Promise<{ exit: number; output: string; copy: string; method: NonNullable<CheckResult['method']> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'overlay-check-'));
+  const dir = await scratchDir('overlay-check');
   const copy = join(dir, 'copy.img');
   const sb = backupSuperblockArgs(probe.superblock?.backup);
   try {
