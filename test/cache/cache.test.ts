@@ -298,7 +298,7 @@ describe('what a careful user expects of cache save/restore', () => {
     writeFileSync(t, readFileSync(img).subarray(0, 100 * 2 ** 20));
     const r = await ctl(['cache', 'save', t, '--key', 'vkey', '--store', store]);
     expect(r.code).toBe(65);
-    expect(r.out.error.code).toBe('E_INTEGRITY');
+    expect(r.out.error.code).toBe('E_TRUNCATED');
     expect(r.out.error.message).toMatch(/truncated/);
     expect(existsSync(store) ? readdirSync(store).filter((n) => n.endsWith('.json')) : []).toEqual([]);
 

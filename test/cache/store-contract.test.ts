@@ -162,7 +162,7 @@ describe.each(STORES)('cache store contract: $name', (s) => {
     const cut = join(sub, 'cut.img');
     writeFileSync(cut, readFileSync(img).subarray(0, 16 * 2 ** 20));
     const bad = await call({ op: 'save', key: 'c-cut', image: cut });
-    expect(bad.error).toMatchObject({ code: 'E_INTEGRITY' });
+    expect(bad.error).toMatchObject({ code: 'E_TRUNCATED' });
     expect(bad.error?.message).toMatch(/truncated/);
     expect((await call({ op: 'has', key: 'c-cut' })).value).toBe(false);
     expect(store.leftovers()).toEqual([]);

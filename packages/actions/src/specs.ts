@@ -142,6 +142,16 @@ export const checkOverlaySpec: ActionSpec = {
       .describe(
         'Fail the step when `overlayctl check` would fail: an image corrupt or not checkable (after any repair), or images in use that could not be checked',
       ),
+    store: z
+      .string()
+      .optional()
+      .describe(
+        'Also verify every entry of this cache store directory (overlayctl cache verify): restored in a temp dir, digest and fsck',
+      ),
+    removeBadEntries: z
+      .boolean()
+      .default(false)
+      .describe('With store: delete the entries that fail verification (the next restore rebuilds)'),
   }),
   outputs: {
     report: 'Path of the JSON report (in RUNNER_TEMP)',

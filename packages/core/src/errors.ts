@@ -30,6 +30,10 @@ export const ERROR_CODES = {
     exit: 65,
     meaning: 'e2fsck found errors (or a digest did not match) that were not repaired.',
   },
+  E_TRUNCATED: {
+    exit: 65,
+    meaning: 'The image file is shorter than its filesystem says (interrupted copy); both sizes are given.',
+  },
   E_TOOL_MISSING: {
     exit: 69,
     meaning: 'An external program is not installed; the message names the package.',

@@ -1,7 +1,14 @@
 import { glob, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as core from '@actions/core';
-import { checkImages, OverlayError } from '@overlay-action/core';
+import {
+  checkImages,
+  type EntryVerdict,
+  listableStore,
+  OverlayError,
+  openStore,
+  verifyStore,
+} from '@overlay-action/core';
 import { readInputs, run, type SummaryRow, safeInfo, setOutputs, writeSummary } from '../runner';
 import { checkOverlaySpec } from '../specs';
 
@@ -28,9 +35,10 @@ async function expand(patterns: string[]): Promise<string[]> {
  * gets an annotation that says why.
  */
 async function main(): Promise<void> {
-  const { input, extra } = readInputs<{ images: string[]; repair: boolean }, { failOnCorrupt: boolean }>(
-    checkOverlaySpec,
-  );
+  const { input, extra } = readInputs<
+    { images: string[]; repair: boolean; requireApptainer: boolean; timeout?: number },
+    { failOnCorrupt: boolean; store?: string; removeBadEntries: boolean }
+  >(checkOverlaySpec);
   const images = await expand(input.images);
   if (images.length === 0)
     throw new OverlayError('E_NOT_FOUND', `paths: no file matched ${input.images.join(', ')}`);
@@ -38,6 +46,8 @@ async function main(): Promise<void> {
   const rows: SummaryRow[] = [];
   const report = await checkImages(images, {
     repair: input.repair,
+    requireApptainer: input.requireApptainer,
+    timeoutSeconds: input.timeout,
     onResult: (r) => {
       const image = r.image;
       const why = r.error ? `: ${r.error.message}` : r.problems.length ? `: ${r.problems.join('; ')}` : '';
@@ -55,11 +65,26 @@ async function main(): Promise<void> {
   });
   for (const row of rows) row.info = await safeInfo(row.image);
 
+  // the cache store too (cache verify): every entry restored into a temp dir and checked
+  let entries: EntryVerdict[] = [];
+  if (extra.store) {
+    const store = listableStore(openStore(extra.store));
+    entries = await core.group(`Verify cache store ${extra.store}`, () =>
+      verifyStore(store, { removeBad: extra.removeBadEntries, timeoutSeconds: input.timeout }),
+    );
+    for (const e of entries.filter((x) => x.status !== 'clean'))
+      core.error(
+        `cache entry ${e.key} is ${e.status}${e.removed ? ' (removed)' : ''}: ${e.problems.concat(e.error?.message ?? []).join('; ')}`,
+        { title: 'bad cache entry' },
+      );
+  }
+  const badEntries = entries.filter((e) => e.status !== 'clean' && !e.removed);
+
   const { counts } = report;
   const dir = process.env.RUNNER_TEMP || resolve('.');
   await mkdir(dir, { recursive: true });
   const reportPath = join(dir, `check-overlay-${process.pid}-${Date.now()}.json`);
-  await writeFile(reportPath, `${JSON.stringify({ repair: input.repair, ...report }, null, 2)}\n`);
+  await writeFile(reportPath, `${JSON.stringify({ repair: input.repair, ...report, entries }, null, 2)}\n`);
   setOutputs({
     report: reportPath,
     clean: counts.clean,
@@ -70,21 +95,39 @@ async function main(): Promise<void> {
   await writeSummary(
     'check-overlay',
     rows,
-    `${counts.clean} clean, ${counts.repaired} repaired, ${counts.corrupt} corrupt, ${counts.locked} locked${counts.error ? `, ${counts.error} not checkable` : ''}`,
+    `${counts.clean} clean, ${counts.repaired} repaired, ${counts.corrupt} corrupt, ${counts.locked} locked${counts.error ? `, ${counts.error} not checkable` : ''}${extra.store ? `; cache store: ${entries.length} entries, ${entries.filter((e) => e.status !== 'clean').length} bad, ${entries.filter((e) => e.removed).length} removed` : ''}`,
   );
-  if (!extra.failOnCorrupt || report.exitCode === 0) return;
-  const bad = report.images.filter((r) => r.status === 'corrupt' || r.status === 'error');
-  if (bad.length)
+  if (!extra.failOnCorrupt) return;
+  const bad = report.images.filter(
+    (r) =>
+      r.status === 'corrupt' ||
+      r.status === 'error' ||
+      (input.requireApptainer && r.status !== 'locked' && !r.apptainerCompatible),
+  );
+  // damage (an image, or a cache entry that would not restore) before "try later"
+  if (bad.length || badEntries.length)
     throw new OverlayError(
       'E_INTEGRITY',
-      `${bad.length} image(s) corrupt or not checkable: ${bad.map((r) => r.image).join(', ')}`,
+      [
+        bad.length
+          ? `${bad.length} image(s) corrupt or not checkable${input.requireApptainer ? ' or not usable by Apptainer' : ''}: ${bad.map((r) => r.image).join(', ')}`
+          : '',
+        badEntries.length
+          ? `${badEntries.length} cache entr${badEntries.length === 1 ? 'y' : 'ies'} would not restore: ${badEntries.map((e) => e.key).join(', ')}`
+          : '',
+      ]
+        .filter(Boolean)
+        .join('; '),
       {
         hint:
           counts.corrupt && !input.repair
             ? 'repair: true fixes what e2fsck can fix'
-            : 'see the annotations and the report',
+            : badEntries.length
+              ? 'remove-bad-entries: true deletes the bad entries (the next restore rebuilds)'
+              : 'see the annotations and the report',
       },
     );
+  if (report.exitCode === 0) return;
   throw new OverlayError(
     'E_LOCKED',
     `${counts.locked} image(s) in use by another process were not checked: ${report.images

@@ -3,7 +3,8 @@ import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import { isOverlayError, OverlayError } from '../errors';
 import { requireCleanForReadOnlyMount } from '../image/check';
-import { readSuperblock } from '../image/superblock';
+import { probeImage } from '../image/format';
+import { requireWholeImage } from '../image/truncation';
 import { withLock } from '../lock/ofd';
 import { imageContentDigest, packImage, unpackImage } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
@@ -102,14 +103,7 @@ export async function restoreImage(
  * superblock read) and e2fsck finds it clean (`fsck: false` skips that, the user's choice).
  */
 export async function verifyForSave(image: string, opts: { fsck?: boolean } = {}): Promise<void> {
-  const sb = await readSuperblock(image).catch(() => null);
-  const size = (await stat(image)).size;
-  if (sb && size < sb.blockCount * sb.blockSize)
-    throw new OverlayError(
-      'E_INTEGRITY',
-      `${image} is truncated (${size} bytes, its filesystem needs ${sb.blockCount * sb.blockSize}): not saving it`,
-      { hint: 'restore or rebuild the image; a truncated copy cannot be cached' },
-    );
+  requireWholeImage(image, await probeImage(image)); // E_TRUNCATED with both sizes
   if (opts.fsck === false) return;
   // the same criterion the restore applies (e2fsck -fn of the image as it is, journal and error
   // flags), in place: an image that passes here passes the restore's check

@@ -1,5 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
+import { findBackupSuperblock, parseRawSuperblock, type SuperblockLocation } from './superblock';
+import { requireWholeImage } from './truncation';
 
 export type ImageFormat = 'ext2' | 'ext3' | 'ext4' | 'squashfs';
 
@@ -31,10 +33,21 @@ export const hasErrorFlag = (ext: ExtHeader) => (ext.state & 0x2) !== 0;
 
 export interface FormatInfo {
   format: ImageFormat;
+  /** Feature flags, from the primary superblock (or from the backup when the primary is damaged). */
   ext?: ExtHeader;
+  /** Length of the image file. */
+  fileBytes: number;
+  /** What the filesystem says its size is (ext: blocks × block size; SquashFS: bytes used). */
+  filesystemBytes: number | null;
+  /** ext only: the primary superblock's state, and the backup that identifies a damaged one. */
+  superblock?: { primary: 'ok' | 'damaged'; backup: SuperblockLocation | null };
 }
 
 export async function readHead(path: string, bytes = 4096): Promise<Buffer> {
+  return (await readHeadAndSize(path, bytes)).head;
+}
+
+async function readHeadAndSize(path: string, bytes: number): Promise<{ head: Buffer; size: number }> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(path, 'r');
@@ -47,29 +60,77 @@ export async function readHead(path: string, bytes = 4096): Promise<Buffer> {
       throw new OverlayError('E_UNKNOWN_FORMAT', `${path} is a directory, not an image file`);
     const buf = Buffer.alloc(bytes);
     const { bytesRead } = await fh.read(buf, 0, bytes, 0);
-    return buf.subarray(0, bytesRead);
+    return { head: buf.subarray(0, bytesRead), size: st.size };
   } finally {
     await fh.close();
   }
 }
 
-/** Identify an image from its first bytes (no tools, no mount). */
-export async function detectFormat(path: string): Promise<FormatInfo> {
-  const head = await readHead(path);
-  if (head.length >= 4 && head.toString('latin1', 0, 4) === 'hsqs') return { format: 'squashfs' };
-  if (head.length >= SB + 104 && head.readUInt16LE(SB + 56) === 0xef53) {
-    const ext = {
-      compat: head.readUInt32LE(SB + 92),
-      incompat: head.readUInt32LE(SB + 96),
-      roCompat: head.readUInt32LE(SB + 100),
-      state: head.readUInt16LE(SB + 58),
-    };
-    let format: ImageFormat = 'ext2';
-    if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) format = 'ext4';
-    else if (ext.compat & COMPAT_HAS_JOURNAL) format = 'ext3';
-    return { format, ext };
+function extFormat(ext: ExtHeader): ImageFormat {
+  if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) return 'ext4';
+  if (ext.compat & COMPAT_HAS_JOURNAL) return 'ext3';
+  return 'ext2';
+}
+
+/**
+ * Identify an image from its bytes (no tools, no mount), damaged or not: a primary superblock
+ * that is gone or implausible is reported as damaged when a backup superblock identifies the
+ * filesystem. Throws only when nothing identifies it (E_UNKNOWN_FORMAT) or it cannot be read.
+ */
+export async function probeImage(path: string): Promise<FormatInfo> {
+  const { head, size } = await readHeadAndSize(path, 4096);
+  if (head.length >= 48 && head.toString('latin1', 0, 4) === 'hsqs') {
+    const bytesUsed = Number(head.readBigUInt64LE(40));
+    return { format: 'squashfs', fileBytes: size, filesystemBytes: bytesUsed };
   }
-  throw new OverlayError('E_UNKNOWN_FORMAT', `${path} is not an ext2/3/4 or SquashFS image`);
+  const primary = parseRawSuperblock(head.subarray(SB, SB + 1024));
+  const found = primary ? null : await findBackupSuperblock(path).catch(() => null);
+  const sb = primary ?? found?.sb;
+  if (!sb) {
+    if (head.length >= SB + 58 && head.readUInt16LE(SB + 56) === 0xef53)
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${path}: the ext superblock is damaged and no backup superblock was found`,
+        { hint: 'e2fsck cannot repair it without a superblock; restore the image from a cache or a backup' },
+      );
+    throw new OverlayError(
+      'E_UNKNOWN_FORMAT',
+      `${path} is not an ext2/3/4 or SquashFS image (no superblock found, primary or backup)`,
+    );
+  }
+  const ext: ExtHeader = { compat: sb.compat, incompat: sb.incompat, roCompat: sb.roCompat, state: sb.state };
+  const backup = found
+    ? { block: found.block, blockSize: found.blockSize, byteOffset: found.byteOffset }
+    : null;
+  return {
+    format: extFormat(ext),
+    ext,
+    fileBytes: size,
+    filesystemBytes: sb.blocksCount * sb.blockSize,
+    superblock: { primary: primary ? 'ok' : 'damaged', backup },
+  };
+}
+
+/** Why the primary superblock is unusable, in words (for messages and reports). */
+export function damagedSuperblockMessage(info: FormatInfo): string {
+  const b = info.superblock?.backup;
+  return `the primary superblock is damaged${b ? `; a backup superblock at block ${b.block} (block size ${b.blockSize}, byte offset ${b.byteOffset}) identifies an ${info.format} filesystem` : ''}`;
+}
+
+/**
+ * Identify an image that is about to be opened: the gate every command passes, so a damaged
+ * primary superblock (E_INTEGRITY) or a truncated file (E_TRUNCATED, both sizes) is refused
+ * with a clear message before any tool sees it.
+ */
+export async function detectFormat(path: string): Promise<FormatInfo> {
+  const info = await probeImage(path);
+  if (info.superblock?.primary === 'damaged')
+    throw new OverlayError('E_INTEGRITY', `${path}: ${damagedSuperblockMessage(info)}`, {
+      hint: `overlayctl check --repair ${path} restores it from the backup`,
+      details: { backupSuperblock: info.superblock.backup },
+    });
+  requireWholeImage(path, info);
+  return info;
 }
 
 /** A SquashFS layer, or E_NOT_FOUND / E_NOT_SQUASHFS / E_UNKNOWN_FORMAT saying what the file is. */

@@ -16,7 +16,7 @@ const keySchema = z
   .max(512)
   .refine((k) => !k.includes(','), 'may not contain commas')
   .describe('Cache key (at most 512 characters, no commas)');
-const storeField = z
+export const storeField = z
   .string()
   .min(1)
   .optional()

@@ -1,5 +1,6 @@
 import { buildTask } from './build';
 import { cacheDeleteTask, cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
+import { cacheVerifyTask } from './cache-verify';
 import { checkTask } from './check';
 import { chownTask } from './chown';
 import { commitTask } from './commit';
@@ -36,6 +37,7 @@ export const TASKS: TaskDef[] = [
   cacheKeyTask,
   cacheDeleteTask,
   cachePruneTask,
+  cacheVerifyTask,
   demoTask,
 ] as unknown as TaskDef[];
 

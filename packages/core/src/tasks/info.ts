@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { imageInfo } from '../image/info';
+import { type ImageInfo, imageInfo } from '../image/info';
+import { truncationMessage } from '../image/truncation';
 import { pathSchema } from './common';
 import { renderImageSummary } from './create';
 import { defineTask } from './define';
@@ -10,5 +11,17 @@ export const infoTask = defineTask({
   positional: ['image'],
   input: z.object({ image: pathSchema.describe('Image file (ext3 overlay or SquashFS layer)') }),
   run: (input) => imageInfo(input.image),
-  render: renderImageSummary,
+  render: (i) => [renderImageSummary(i), ...damageLines(i)].join('\n'),
 });
+
+/** Damage info found, said first-hand rather than only as an Apptainer problem. */
+function damageLines(i: ImageInfo): string[] {
+  const lines: string[] = [];
+  if (i.truncated) lines.push(`  TRUNCATED: ${truncationMessage(i.image, i.truncated)}`);
+  const b = i.superblock?.backup;
+  if (i.superblock?.primary === 'damaged')
+    lines.push(
+      `  PRIMARY SUPERBLOCK DAMAGED${b ? `: read from the backup at block ${b.block} (block size ${b.blockSize}); overlayctl check --repair restores it` : ''}`,
+    );
+  return lines;
+}
