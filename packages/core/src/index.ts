@@ -28,6 +28,7 @@ export * from './runtime/demo';
 export * from './runtime/diagnose';
 export * from './runtime/exec';
 export * from './runtime/find';
+export * from './sif/index';
 export * from './size';
 export * from './tasks/cache';
 export * from './tasks/check';
