@@ -18,7 +18,7 @@ import { startTokenServer, type TokenServer } from './token-server';
 export type AuthMode = 'none' | 'htpasswd' | 'token';
 
 /** What the forwarder does with one request: answer it with a status, or cut the response body. */
-export type Fault = { status: number } | { cutAfterBytes: number } | undefined;
+export type Fault = { status: number } | { cutAfterBytes: number } | { delayMs: number } | undefined;
 
 export interface TestRegistry {
   /** host:port clients use (the forwarder). */
@@ -118,8 +118,9 @@ export async function startRegistry(opts: { auth?: AuthMode } = {}): Promise<Tes
   let down = 0;
   let requests: Array<{ method: string; path: string; status: number }> = [];
   const reg: Partial<TestRegistry> = {};
-  const proxy: Server = createServer((req, res) => {
+  const proxy: Server = createServer(async (req, res) => {
     const fault = reg.fault?.(req);
+    if (fault && 'delayMs' in fault) await sleep(fault.delayMs);
     if (fault && 'status' in fault) {
       req.resume();
       requests.push({ method: req.method!, path: req.url!, status: fault.status });

@@ -29,9 +29,19 @@ export async function startTokenServer(opts: {
   const keyPath = join(opts.dir, 'token.key');
   const certPath = join(opts.dir, 'token.crt');
   await execa('openssl', [
-    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
-    '-subj', '/CN=overlay-action test token issuer',
-    '-keyout', keyPath, '-out', certPath,
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=overlay-action test token issuer',
+    '-keyout',
+    keyPath,
+    '-out',
+    certPath,
   ]);
   const key = await readFile(keyPath, 'utf8');
   const der = Buffer.from(

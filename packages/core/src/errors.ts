@@ -56,7 +56,10 @@ export const ERROR_CODES = {
     meaning: 'An OCI registry failed (5xx, dropped connection, refused request) after bounded retries.',
   },
   E_AUTH: { exit: 77, meaning: 'An OCI registry refused the credentials (or none were found for it).' },
-  E_WRONG_ARTIFACT: { exit: 2, meaning: 'The registry artifact is not the kind expected (image, layer, cache entry).' },
+  E_WRONG_ARTIFACT: {
+    exit: 2,
+    meaning: 'The registry artifact is not the kind expected (image, layer, cache entry).',
+  },
   E_UNSAFE_PATH: {
     exit: 2,
     meaning: 'A path is unsafe (symlink planted in a shared directory, world-writable store, escape).',

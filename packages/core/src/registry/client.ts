@@ -39,9 +39,13 @@ const REF_RE =
 export function parseOrasRef(uri: string, what = 'reference'): OrasRef {
   const m = REF_RE.exec(uri);
   if (!m)
-    throw new OverlayError('E_INVALID_INPUT', `${what} ${JSON.stringify(uri)} is not oras://HOST/REPO[:TAG]`, {
-      hint: 'e.g. oras://ghcr.io/OWNER/env:v1 (repository names are lower case)',
-    });
+    throw new OverlayError(
+      'E_INVALID_INPUT',
+      `${what} ${JSON.stringify(uri)} is not oras://HOST/REPO[:TAG]`,
+      {
+        hint: 'e.g. oras://ghcr.io/OWNER/env:v1 (repository names are lower case)',
+      },
+    );
   return { host: m[1]!, repo: m[2]!, tag: m[3], digest: m[4] };
 }
 
@@ -105,12 +109,15 @@ export async function findCredentials(
     if (c) return c;
   }
   if (host === 'ghcr.io' && env.GITHUB_TOKEN)
-    return { username: env.GITHUB_ACTOR || 'github-actions', password: env.GITHUB_TOKEN, source: 'GITHUB_TOKEN' };
+    return {
+      username: env.GITHUB_ACTOR || 'github-actions',
+      password: env.GITHUB_TOKEN,
+      source: 'GITHUB_TOKEN',
+    };
   return undefined;
 }
 
-const isLoopback = (host: string) =>
-  /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?::\d+)?$/.test(host);
+const isLoopback = (host: string) => /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?::\d+)?$/.test(host);
 
 const MAX_ATTEMPTS = Number(process.env.OVERLAY_REGISTRY_ATTEMPTS) || 4;
 
@@ -191,7 +198,12 @@ export class RegistryClient {
     this.auth.set(scope, await this.token(scope, creds, hint, who));
   }
 
-  private async token(scope: string, creds: Credentials | undefined, hint: string, who: string): Promise<string> {
+  private async token(
+    scope: string,
+    creds: Credentials | undefined,
+    hint: string,
+    who: string,
+  ): Promise<string> {
     const url = new URL(this.challenge!.realm!);
     if (this.challenge!.service) url.searchParams.set('service', this.challenge!.service);
     for (const s of scope.split(' ')) url.searchParams.append('scope', s);
@@ -205,7 +217,8 @@ export class RegistryClient {
       throw new Transient(`token service ${url.origin}: ${(e as Error).message}`);
     }
     if (res.status >= 500 || res.status === 429) throw new Transient(`token service answered ${res.status}`);
-    if (!res.ok) throw new OverlayError('E_AUTH', `${this.where()}: the token service refused ${who}`, { hint });
+    if (!res.ok)
+      throw new OverlayError('E_AUTH', `${this.where()}: the token service refused ${who}`, { hint });
     const body = (await res.json().catch(() => ({}))) as { token?: string; access_token?: string };
     const token = body.token || body.access_token;
     if (!token) throw new OverlayError('E_REGISTRY', `token service ${url.origin} answered no token`);
@@ -219,7 +232,8 @@ export class RegistryClient {
     for (let authTry = 0; ; authTry++) {
       const headers: Record<string, string> = { ...r.headers };
       // a Basic challenge holds for every scope; a token is per scope
-      const auth = this.auth.get(scope) ?? (this.challenge?.scheme === 'basic' ? [...this.auth.values()][0] : undefined);
+      const auth =
+        this.auth.get(scope) ?? (this.challenge?.scheme === 'basic' ? [...this.auth.values()][0] : undefined);
       if (auth) headers.authorization = auth;
       let res: Response;
       try {
@@ -227,7 +241,7 @@ export class RegistryClient {
         res = await fetch(url, {
           method: r.method,
           headers,
-          body: body as RequestInit["body"],
+          body: body as RequestInit['body'],
           redirect: 'follow',
           ...(body && !Buffer.isBuffer(body) ? { duplex: 'half' } : {}),
         } as RequestInit);
@@ -249,7 +263,10 @@ export class RegistryClient {
       if (res.status === 401 || res.status === 403) await this.authenticate(null, scope, true);
       if (res.status >= 500 || res.status === 429)
         throw new Transient(`${r.method} ${url} answered ${res.status} ${text.slice(0, 200)}`);
-      throw new OverlayError('E_REGISTRY', `${this.where()}: ${r.method} answered ${res.status} ${text.slice(0, 300)}`);
+      throw new OverlayError(
+        'E_REGISTRY',
+        `${this.where()}: ${r.method} answered ${res.status} ${text.slice(0, 300)}`,
+      );
     }
   }
 
@@ -261,9 +278,13 @@ export class RegistryClient {
       } catch (e) {
         if (!(e instanceof Transient) && !isConnectionDrop(e)) throw e;
         if (attempt >= MAX_ATTEMPTS)
-          throw new OverlayError('E_REGISTRY', `${this.where()}: ${what} failed ${attempt} times: ${(e as Error).message}`, {
-            hint: 'the registry is failing or unreachable; try again later',
-          });
+          throw new OverlayError(
+            'E_REGISTRY',
+            `${this.where()}: ${what} failed ${attempt} times: ${(e as Error).message}`,
+            {
+              hint: 'the registry is failing or unreachable; try again later',
+            },
+          );
         this.opts.onRetry?.(`${what}: ${(e as Error).message}; retrying (${attempt}/${MAX_ATTEMPTS - 1})`);
         await sleep(250 * 2 ** (attempt - 1));
       }
@@ -297,7 +318,10 @@ export class RegistryClient {
       if (res.status === 201) return true;
       // 202: the registry opened an upload instead; cancel it
       const loc = res.headers.get('location');
-      if (loc) await this.send({ method: 'DELETE', path: new URL(loc, this.base).toString(), ok: [204, 404] }).catch(() => {});
+      if (loc)
+        await this.send({ method: 'DELETE', path: new URL(loc, this.base).toString(), ok: [204, 404] }).catch(
+          () => {},
+        );
       return false;
     });
   }
@@ -455,7 +479,10 @@ export class RegistryClient {
       const body = Buffer.from(await res.arrayBuffer());
       const digest = sha256Digest(body);
       if (reference.startsWith('sha256:') && digest !== reference)
-        throw new OverlayError('E_INTEGRITY', `${this.where()}: manifest ${reference} arrived with digest ${digest}`);
+        throw new OverlayError(
+          'E_INTEGRITY',
+          `${this.where()}: manifest ${reference} arrived with digest ${digest}`,
+        );
       return { body, digest, mediaType: res.headers.get('content-type') ?? '' };
     });
   }

@@ -14,7 +14,7 @@ import { type RegistryClient, sha256Digest } from './client';
  *
  * Chunk boundaries follow the filesystem, not the bytes: an image is cut into its block groups
  * (128 MiB for 4 KiB blocks), the head of each group (where ext3 keeps the superblock copy,
- * descriptors, bitmaps and inode table) into 1 MiB windows, the rest into 8 MiB windows. Offsets
+ * descriptors, bitmaps and inode table) into 1 MiB windows, the rest into 4 MiB windows. Offsets
  * in a filesystem never shift, so a window nothing wrote to is byte-identical in the next version
  * of the image, while the metadata a build rewrites everywhere (bitmaps, inode tables, the
  * superblock's counters) only costs small windows. The journal is written at a moving position, so
@@ -39,9 +39,8 @@ export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const A = 'org.overlay-action';
 const CHUNK_MAGIC = Buffer.from('OVERLAY-ACTION-CHUNK\n');
 const END = 0xffff_ffff_ffff_ffffn;
-const META_SPAN = 8 * 2 ** 20;
 const META_WINDOW = 2 ** 20;
-const DATA_WINDOW = 8 * 2 ** 20;
+const DATA_WINDOW = 4 * 2 ** 20;
 const BLOCK = 4096;
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
@@ -61,31 +60,63 @@ export interface ImageManifest {
   annotations: Record<string, string>;
 }
 
-export interface ImageInfo {
+export interface RegistryImageInfo {
   sizeBytes: number;
   sha256: string;
   dataBytes: number;
   chunks: number;
 }
 
-/** Where the window holding `offset` ends (see the module comment). */
-export function windowEnd(offset: number, groupBytes: number, size: number): number {
-  const groupStart = offset - (offset % groupBytes);
-  const within = offset - groupStart;
-  const end =
-    within < META_SPAN
-      ? groupStart + (Math.floor(within / META_WINDOW) + 1) * META_WINDOW
-      : groupStart + META_SPAN + (Math.floor((within - META_SPAN) / DATA_WINDOW) + 1) * DATA_WINDOW;
-  return Math.min(end, groupStart + groupBytes, size);
+/** How an image is cut: block-group size and the length of each group's metadata head. */
+export interface Layout {
+  groupBytes: number;
+  metaSpan: number;
 }
 
-/** Bytes per block group, from the superblock (128 MiB when it makes no sense). */
-function groupBytesOf(head: Buffer): number {
-  if (head.length < 2048) return 128 * 2 ** 20;
-  const bs = 1024 << head.readUInt32LE(1024 + 24);
-  const bpg = head.readUInt32LE(1024 + 32);
-  const g = bs * bpg;
-  return Number.isSafeInteger(g) && g >= META_SPAN && g % BLOCK === 0 ? g : 128 * 2 ** 20;
+/**
+ * The layout from the superblock: a group's head holds (in backup groups) the superblock copy,
+ * the descriptors and the blocks reserved for their growth, then both bitmaps and the inode table,
+ * rounded up to whole 1 MiB windows. Nonsense values fall back to 128 MiB groups, 8 MiB heads.
+ */
+export function layoutOf(head: Buffer): Layout {
+  const fallback = { groupBytes: 128 * 2 ** 20, metaSpan: 8 * 2 ** 20 };
+  if (head.length < 2048 || head.readUInt16LE(1024 + 56) !== 0xef53) return fallback;
+  const sb = 1024;
+  const bs = 1024 << head.readUInt32LE(sb + 24);
+  const blocksPerGroup = head.readUInt32LE(sb + 32);
+  const inodesPerGroup = head.readUInt32LE(sb + 40);
+  const inodeSize = head.readUInt32LE(sb + 76) >= 1 ? head.readUInt16LE(sb + 88) : 128;
+  const blocksCount = head.readUInt32LE(sb + 4);
+  const reservedGdt = head.readUInt16LE(sb + 206);
+  const groups = Math.ceil(blocksCount / blocksPerGroup);
+  const gdtBlocks = Math.ceil((groups * 32) / bs);
+  const headBlocks = 1 + gdtBlocks + reservedGdt + 2 + Math.ceil((inodesPerGroup * inodeSize) / bs);
+  const groupBytes = bs * blocksPerGroup;
+  const metaSpan = Math.ceil((headBlocks * bs) / META_WINDOW) * META_WINDOW;
+  if (
+    !Number.isSafeInteger(groupBytes) ||
+    groupBytes < META_WINDOW ||
+    groupBytes % BLOCK ||
+    metaSpan > groupBytes
+  )
+    return fallback;
+  return { groupBytes, metaSpan };
+}
+
+function windowStart(offset: number, l: Layout): number {
+  const groupStart = offset - (offset % l.groupBytes);
+  const within = offset - groupStart;
+  return within < l.metaSpan
+    ? groupStart + Math.floor(within / META_WINDOW) * META_WINDOW
+    : groupStart + l.metaSpan + Math.floor((within - l.metaSpan) / DATA_WINDOW) * DATA_WINDOW;
+}
+
+/** Where the window holding `offset` ends (see the module comment). */
+export function windowEnd(offset: number, l: Layout, size: number): number {
+  const groupStart = offset - (offset % l.groupBytes);
+  const start = windowStart(offset, l);
+  const end = start + (start - groupStart < l.metaSpan ? META_WINDOW : DATA_WINDOW);
+  return Math.min(end, groupStart + l.groupBytes, size);
 }
 
 async function zstd(args: string[], input: Buffer): Promise<Buffer> {
@@ -141,7 +172,11 @@ function decodeRecords(raw: Buffer, start: number, end: number): Array<{ offset:
  * The image's windows in ascending order, each with its non-zero blocks as maximal runs (so the
  * records of a window do not depend on how the file's extents were read) and their encoding.
  */
-async function* windows(image: string, groupBytes: number, size: number): AsyncGenerator<RawChunk & { runs: Run[] }> {
+async function* windows(
+  image: string,
+  layout: Layout,
+  size: number,
+): AsyncGenerator<RawChunk & { runs: Run[] }> {
   let cur: { start: number; end: number; runs: Run[] } | undefined;
   const done = (w: { start: number; end: number; runs: Run[] }) => {
     const runs = mergeRuns(w.runs);
@@ -155,7 +190,7 @@ async function* windows(image: string, groupBytes: number, size: number): AsyncG
         yield done(cur);
         cur = undefined;
       }
-      cur ??= { start: windowStart(off, groupBytes), end: windowEnd(off, groupBytes, size), runs: [] };
+      cur ??= { start: windowStart(off, layout), end: windowEnd(off, layout, size), runs: [] };
       const take = Math.min(data.length, cur.end - off);
       cur.runs.push({ offset: off, data: data.subarray(0, take) });
       off += take;
@@ -166,14 +201,6 @@ async function* windows(image: string, groupBytes: number, size: number): AsyncG
 }
 
 type Run = { offset: number; data: Buffer };
-
-function windowStart(offset: number, groupBytes: number): number {
-  const groupStart = offset - (offset % groupBytes);
-  const within = offset - groupStart;
-  return within < META_SPAN
-    ? groupStart + Math.floor(within / META_WINDOW) * META_WINDOW
-    : groupStart + META_SPAN + Math.floor((within - META_SPAN) / DATA_WINDOW) * DATA_WINDOW;
-}
 
 /** Keep at most `limit` promises running; `drain` waits for the rest and rethrows the first failure. */
 function bounded(limit: number) {
@@ -219,7 +246,7 @@ function progressReporter(onProgress: ((m: string) => void) | undefined, verb: s
   };
 }
 
-export interface PushImageResult extends ImageInfo {
+export interface PushImageResult extends RegistryImageInfo {
   digest: string;
   chunksUploaded: number;
   chunksSkipped: number;
@@ -242,7 +269,7 @@ export async function pushImage(
   try {
     const [head, st] = await Promise.all([readHead(image), stat(image)]);
     const size = st.size;
-    const groupBytes = groupBytesOf(head);
+    const layout = layoutOf(head);
     const hash = new ContentHash(size);
     const layers: ChunkDescriptor[] = [];
     const prog: TransferProgress = { chunks: 0, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
@@ -250,7 +277,7 @@ export async function pushImage(
     const pool = bounded(3);
     let dataBytes = 0;
     if (!(await client.hasBlob(EMPTY_CONFIG.digest))) await client.uploadBlob(Buffer.from('{}'));
-    for await (const w of windows(image, groupBytes, size)) {
+    for await (const w of windows(image, layout, size)) {
       for (const r of w.runs) {
         hash.update(r.offset, r.data);
         dataBytes += r.data.length;
@@ -282,7 +309,12 @@ export async function pushImage(
     }
     await pool.drain();
     report(prog, true);
-    const info: ImageInfo = { sizeBytes: size, sha256: hash.digest(), dataBytes, chunks: layers.length };
+    const info: RegistryImageInfo = {
+      sizeBytes: size,
+      sha256: hash.digest(),
+      dataBytes,
+      chunks: layers.length,
+    };
     const manifest: ImageManifest = {
       schemaVersion: 2,
       mediaType: OCI_MANIFEST,
@@ -313,7 +345,7 @@ export async function pushImage(
 }
 
 /** Parse and check an image manifest: E_WRONG_ARTIFACT for another kind of artifact. */
-export function parseImageManifest(body: Buffer, where: string): ImageManifest & { info: ImageInfo } {
+export function parseImageManifest(body: Buffer, where: string): ImageManifest & { info: RegistryImageInfo } {
   let m: ImageManifest;
   try {
     m = JSON.parse(body.toString('utf8'));
@@ -329,9 +361,13 @@ export function parseImageManifest(body: Buffer, where: string): ImageManifest &
   const a = m.annotations ?? {};
   const version = Number(a[`${A}.format-version`]);
   if (version !== IMAGE_FORMAT_VERSION)
-    throw new OverlayError('E_WRONG_ARTIFACT', `${where} has image format ${version}, this overlayctl reads ${IMAGE_FORMAT_VERSION}`, {
-      hint: 'use the overlayctl version that pushed it',
-    });
+    throw new OverlayError(
+      'E_WRONG_ARTIFACT',
+      `${where} has image format ${version}, this overlayctl reads ${IMAGE_FORMAT_VERSION}`,
+      {
+        hint: 'use the overlayctl version that pushed it',
+      },
+    );
   const size = Number(a[`${A}.image.size`]);
   if (!Number.isSafeInteger(size) || size <= 0 || size % BLOCK)
     throw new OverlayError('E_WRONG_ARTIFACT', `${where}: implausible image size ${a[`${A}.image.size`]}`);
@@ -376,7 +412,7 @@ function windowFromFile(fd: number, start: number, end: number): Buffer {
   return encodeRecords(mergeRuns(blocks));
 }
 
-export interface PullImageResult extends ImageInfo {
+export interface PullImageResult extends RegistryImageInfo {
   digest: string;
   chunksDownloaded: number;
   chunksReused: number;
@@ -465,7 +501,10 @@ export async function pullImage(
     report(prog, true);
     const sha256 = hash.digest();
     if (sha256 !== m.info.sha256)
-      throw new OverlayError('E_INTEGRITY', `${opts.where}: pulled image's content digest ${sha256} is not ${m.info.sha256}`);
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${opts.where}: pulled image's content digest ${sha256} is not ${m.info.sha256}`,
+      );
     fdatasyncSync(fd);
     closeSync(fd);
     fdOpen = false;
@@ -474,9 +513,13 @@ export async function pullImage(
       timeoutSeconds: 1800,
     });
     if (fsck.exitCode !== 0)
-      throw new OverlayError('E_INTEGRITY', `${opts.where}: pulled image fails e2fsck (exit ${fsck.exitCode})`, {
-        hint: 'the pushed image was damaged; check it with overlayctl check and push it again',
-      });
+      throw new OverlayError(
+        'E_INTEGRITY',
+        `${opts.where}: pulled image fails e2fsck (exit ${fsck.exitCode})`,
+        {
+          hint: 'the pushed image was damaged; check it with overlayctl check and push it again',
+        },
+      );
     if (oldFd !== undefined) {
       closeSync(oldFd);
       oldFd = undefined;

@@ -10,6 +10,8 @@ import { execTask } from './exec';
 import { infoTask } from './info';
 import { lockTask } from './lock';
 import { normalizeTask } from './normalize';
+import { pullTask } from './pull';
+import { pushTask } from './push';
 import { resizeTask } from './resize';
 import { setupTask } from './setup';
 import { squashTask } from './squash';
@@ -35,6 +37,8 @@ export const TASKS: TaskDef[] = [
   cacheRestoreTask,
   cacheKeyTask,
   cachePruneTask,
+  pushTask,
+  pullTask,
   demoTask,
 ] as unknown as TaskDef[];
 
