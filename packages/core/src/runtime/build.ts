@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { checkImage } from '../image/check';
@@ -9,7 +10,6 @@ import { type ImageInfo, imageInfo } from '../image/info';
 import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
-import { resolveBase } from './base';
 import { type FakerootMode, runInContainer } from './exec';
 
 /** Where the build script appears inside the container (a bind: nothing is written to the image). */

@@ -1,12 +1,14 @@
-import { resolve } from 'node:path';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
 import { probeLock } from '../lock/ofd';
-import { runTool } from '../tools/run';
-import { resolveBase } from './base';
+import { findTool, runTool } from '../tools/run';
+import { findRuntime, type Runtime } from '../tools/runtime';
 import { diagnoseRuntimeFailure } from './diagnose';
-import { findRuntime } from './find';
 
 export type FakerootMode = 'auto' | boolean;
 
@@ -43,6 +45,8 @@ export interface RunOptions {
 export interface RunResult {
   exitCode: number;
   fakeroot: boolean;
+  /** What merges the stack: the kernel's overlayfs, or fuse-overlayfs (Apptainer's image driver). */
+  overlayReader: 'kernel' | 'fuse-overlayfs';
   /** The runtime's argv (for logs and --json). */
   argv: string[];
   durationMs: number;
@@ -104,6 +108,33 @@ export function execArgs(o: {
 }
 
 /**
+ * A runtime configuration that stacks overlays with fuse-overlayfs (`enable overlay = driver`),
+ * or undefined when the installation does not allow one (setuid: only root may pass --config) or
+ * fuse-overlayfs is missing. Why: an unprivileged `:ro` stack of an ext3 image is kernel overlayfs
+ * over fuse2fs, and fuse2fs reports no file types in readdir (DT_UNKNOWN), so overlayfs never
+ * checks an entry for being a whiteout: deleted names are listed (and fail to open).
+ * fuse-overlayfs checks every entry. Returns the file and how to remove it.
+ */
+export async function driverOverlayConfig(
+  runtime: Runtime,
+): Promise<{ file: string; cleanup: () => Promise<void> } | undefined> {
+  if (!findTool('fuse-overlayfs')) return undefined;
+  const cfg = await runTool(runtime.name, ['buildcfg'], { timeoutSeconds: 60 }).catch(() => undefined);
+  const conf = /^\w+_CONF_FILE=(.+)$/m.exec(cfg?.stdout ?? '')?.[1];
+  if (!conf || /^\w+_SUID_INSTALL=1$/m.test(cfg?.stdout ?? '')) return undefined;
+  const text = await readFile(conf, 'utf8').catch(() => undefined);
+  if (text === undefined || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return undefined;
+  const line = /^\s*enable overlay\s*=.*$/m;
+  const driver = 'enable overlay = driver';
+  const dir = await mkdtemp(join(tmpdir(), 'overlay-conf-'));
+  const file = join(dir, 'apptainer.conf');
+  await writeFile(file, line.test(text) ? text.replace(line, driver) : `${text}\n${driver}\n`, {
+    mode: 0o644,
+  });
+  return { file, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
  * Run a command in a container with the overlay mounted (writable unless `ro`) over the base and
  * the read-only layers. Output streams live; stderr is also kept, so a runtime failure becomes
  * E_LOCKED / E_RUNTIME_FAILED with a hint. Returns the command's exit status.
@@ -137,6 +168,15 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
       ? (await chooseFakeroot(image, { ro })).fakeroot
       : o.fakeroot;
   const base = await resolveBase(o.base, { onProgress: o.onProgress });
+  // an unprivileged read-only stack holding an ext3 image: let fuse-overlayfs merge it (see above)
+  const ext3InStack =
+    ro &&
+    !fakeroot &&
+    process.getuid?.() !== 0 &&
+    (await Promise.all([image, ...layers].map((p) => detectFormat(p)))).some((f) =>
+      f.format.startsWith('ext'),
+    );
+  const driver = ext3InStack ? await driverOverlayConfig(runtime) : undefined;
   const args = execArgs({
     image,
     ro,
@@ -148,6 +188,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     base: base.path,
     command: o.command,
   });
+  if (driver) args.unshift('--config', driver.file);
   const stdout = o.stdout ?? 'inherit';
   const onLine = o.onLine ?? ((line: string) => process.stderr.write(`${line}\n`));
   const started = Date.now();
@@ -160,7 +201,10 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     stdin: o.stdin ?? 'inherit',
     stdout: stdout === 'inherit' ? 'inherit' : 'pipe',
     onLine: stdout === 'capture' ? undefined : onLine,
-  }).finally(() => process.off('SIGINT', waitForChild));
+  }).finally(() => {
+    process.off('SIGINT', waitForChild);
+    return driver?.cleanup();
+  });
   const durationMs = Date.now() - started;
   if (result.exitCode === 255) {
     const err = diagnoseRuntimeFailure(result.stderr, { image, runtime: runtime.name });
@@ -172,6 +216,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   return {
     exitCode: result.exitCode,
     fakeroot,
+    overlayReader: driver ? 'fuse-overlayfs' : 'kernel',
     argv: [runtime.name, ...args],
     durationMs,
     stdout: stdout === 'capture' ? result.stdout : undefined,
