@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { contentDigest } from '../../packages/core/src/fs/sparse';
+import { imageContentDigest } from '../../packages/core/src/cache/pack';
 import { RegistryClient } from '../../packages/core/src/registry/client';
 import { ensureBaseImage } from '../helpers/base-image';
 import { makeLayer } from '../runtime/helpers';
@@ -88,7 +88,8 @@ describe('images', () => {
       sha256: p.out.sha256,
     });
     expect(sum(out)).toBe(sum(img));
-    expect(await contentDigest(out)).toBe(p.out.sha256);
+    expect(await imageContentDigest(out)).toBe(p.out.sha256);
+    expect(await imageContentDigest(img)).toBe(p.out.sha256); // the cache archive's digest too
     expect((await execa('e2fsck', ['-fn', out], { reject: false })).exitCode).toBe(0);
     const used = (await ctl(['info', img])).out.usedBytes;
     expect(statSync(out).blocks * 512).toBeLessThanOrEqual(used * 1.1);

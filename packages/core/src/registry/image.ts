@@ -1,9 +1,10 @@
 import { closeSync, fdatasyncSync, ftruncateSync, openSync, readSync, write } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
+import { packedRuns, packRegions } from '../cache/pack';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
-import { ContentHash, dataRuns } from '../fs/sparse';
+import { ContentHash, type Region } from '../fs/sparse';
 import { detectFormat, readHead, requireExt3 } from '../image/format';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { runTool } from '../tools/run';
@@ -20,7 +21,9 @@ import { type RegistryClient, sha256Digest } from './client';
  * superblock's counters) only costs small windows. The journal is written at a moving position, so
  * a small update touches one or two of its windows, not all of it.
  *
- * A chunk carries the window's non-zero 4 KiB blocks as the cache archive's records do (u64 offset,
+ * A chunk carries the window's blocks exactly as the cache archive does (cache/pack.ts packedRuns:
+ * non-zero 4 KiB blocks the filesystem has in use, so stale blocks of deleted files never travel)
+ * and in its record form (u64 offset,
  * u32 length, bytes; see cache/pack.ts), after a magic line and up to an end record, zstd level 3.
  * Holes and zero blocks are never sent (sparse in, sparse out). Each layer's annotations give its
  * window and the sha256 of its uncompressed records, so a pull can tell which windows of an older
@@ -176,13 +179,14 @@ async function* windows(
   image: string,
   layout: Layout,
   size: number,
+  regions?: Region[],
 ): AsyncGenerator<RawChunk & { runs: Run[] }> {
   let cur: { start: number; end: number; runs: Run[] } | undefined;
   const done = (w: { start: number; end: number; runs: Run[] }) => {
     const runs = mergeRuns(w.runs);
     return { ...w, runs, raw: encodeRecords(runs) };
   };
-  for await (const run of dataRuns(image)) {
+  for await (const run of packedRuns(image, regions)) {
     let off = run.offset;
     let data = run.data;
     while (data.length) {
@@ -400,14 +404,29 @@ async function writeFully(fd: number, data: Buffer, position: number): Promise<v
   }
 }
 
-/** A window of the file `fd` (an older image) encoded as a chunk's records. */
-function windowFromFile(fd: number, start: number, end: number): Buffer {
+/** Is the block at `offset` inside one of the sorted `regions`? */
+function inRegions(regions: Region[], offset: number): boolean {
+  let lo = 0;
+  let hi = regions.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const [a, b] = regions[mid]!;
+    if (offset < a) hi = mid - 1;
+    else if (offset >= b) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
+
+/** A window of an older image (open as `fd`, in-use `regions`) encoded as a chunk's records. */
+function windowFromFile(old: OldImage, start: number, end: number): Buffer {
   const buf = Buffer.alloc(end - start);
-  readSync(fd, buf, 0, buf.length, start);
+  readSync(old.fd, buf, 0, buf.length, start);
   const blocks: Run[] = [];
   for (let b = 0; b < buf.length; b += BLOCK) {
     const block = buf.subarray(b, b + BLOCK);
-    if (!block.equals(ZERO_BLOCK)) blocks.push({ offset: start + b, data: block });
+    if (!block.equals(ZERO_BLOCK) && inRegions(old.regions, start + b))
+      blocks.push({ offset: start + b, data: block });
   }
   return encodeRecords(mergeRuns(blocks));
 }
@@ -444,12 +463,12 @@ export async function pullImage(
   }
   let fdOpen = true;
   let lock: Lock | undefined;
-  let oldFd: number | undefined;
+  let old: OldImage | undefined;
   const prog: TransferProgress = { chunks: m.layers.length, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
   const report = progressReporter(opts.onProgress, 'pulled');
   try {
     ftruncateSync(fd, size);
-    if (await exists(target)) oldFd = await openOld(target);
+    if (await exists(target)) old = await openOld(target);
     const hash = new ContentHash(size);
     let dataBytes = 0;
     // downloads run ahead (at most 3 in flight); writes and hashing go in manifest order
@@ -460,8 +479,8 @@ export async function pullImage(
       if (!l || fetches[i]) return;
       const s = Number(l.annotations[`${A}.chunk.offset`]);
       const e = Number(l.annotations[`${A}.chunk.end`]);
-      if (oldFd !== undefined) {
-        const raw = windowFromFile(oldFd, s, e);
+      if (old) {
+        const raw = windowFromFile(old, s, e);
         if (sha256Digest(raw) === l.annotations[`${A}.chunk.raw-digest`]) {
           reused.add(i);
           fetches[i] = Promise.resolve(raw);
@@ -520,9 +539,9 @@ export async function pullImage(
           hint: 'the pushed image was damaged; check it with overlayctl check and push it again',
         },
       );
-    if (oldFd !== undefined) {
-      closeSync(oldFd);
-      oldFd = undefined;
+    if (old) {
+      closeSync(old.fd);
+      old = undefined;
     }
     if (await exists(target)) lock = await acquireLock(target, 'exclusive'); // not while Apptainer uses it
     await rename(tmp, target);
@@ -542,18 +561,24 @@ export async function pullImage(
     throw e;
   } finally {
     if (fdOpen) closeSync(fd);
-    if (oldFd !== undefined) closeSync(oldFd);
+    if (old) closeSync(old.fd);
     lock?.release();
     await rm(tmp, { force: true });
   }
 }
 
+interface OldImage {
+  fd: number;
+  regions: Region[];
+}
+
 /** The old image at the target, when it is an ext image worth reusing windows from. */
-async function openOld(path: string): Promise<number | undefined> {
+async function openOld(path: string): Promise<OldImage | undefined> {
   try {
     const f = await detectFormat(path);
     if (f.format === 'squashfs') return undefined;
-    return openSync(path, 'r');
+    const regions = await packRegions(path);
+    return { fd: openSync(path, 'r'), regions };
   } catch {
     return undefined; // unreadable: reuse nothing
   }
