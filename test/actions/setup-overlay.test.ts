@@ -122,7 +122,7 @@ describe.skipIf(!hasApptainer())('setup-overlay', () => {
         expect(Number(main.outputs['inodes-used-percent'])).toBeGreaterThan(0);
         expect(main.groups.some((g) => g.startsWith('Build'))).toBe(true);
         expect(main.state.isPost).toBe('true');
-        expect(main.state.CACHE_KEY).toBe(main.outputs['cache-key']);
+        expect(JSON.parse(main.state.SETUP_OVERLAY!).key).toBe(main.outputs['cache-key']);
         expect(main.summary).toContain('<table>');
         expect(main.summary).toMatch(/created, built/);
         expect(await readInImage(join(j.workspace, 'env.img'), '/opt/app/log')).toBe('run\n');

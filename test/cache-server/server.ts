@@ -46,7 +46,24 @@ export interface CacheServerOptions {
   sasTtlSeconds?: number;
 }
 
+/**
+ * Faults a test can switch on while the server runs (what GitHub's service does today):
+ * - createEntry `write-denied`: a read-only token (fork pull requests) — ok:false with the
+ *   `cache write denied:` message the toolkit recognises; `throttled`: HTTP 429 (200 new entries
+ *   per minute per repository).
+ * - finalize `fail`: the upload is not accepted (non-retryable), so nothing is saved.
+ * - download `truncate`: the download URL serves the first half of the archive (what a broken
+ *   download or a foreign service can leave).
+ */
+export interface CacheServerFaults {
+  createEntry?: 'write-denied' | 'throttled';
+  finalize?: 'fail';
+  download?: 'truncate';
+}
+
 export interface CacheServer {
+  /** Switch faults on (replaces the previous set; `{}` switches them off). */
+  setFaults(faults: CacheServerFaults): void;
   /** Origin of the twirp service, e.g. http://127.0.0.1:40123 (ACTIONS_RESULTS_URL). */
   url: string;
   token: string;
@@ -67,6 +84,7 @@ type TwirpCode =
   | 'not_found'
   | 'already_exists'
   | 'failed_precondition'
+  | 'resource_exhausted'
   | 'internal';
 
 const TWIRP_STATUS: Record<TwirpCode, number> = {
@@ -77,6 +95,7 @@ const TWIRP_STATUS: Record<TwirpCode, number> = {
   not_found: 404,
   already_exists: 409,
   failed_precondition: 412,
+  resource_exhausted: 429,
   internal: 500,
 };
 
@@ -197,6 +216,8 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
 
   const entries: CacheEntry[] = [];
   let nextId = 1;
+  let faults: CacheServerFaults = {};
+  let baseUrl = '';
 
   const signedUrl = (blobName: string, permissions: string): string => {
     const sas = generateBlobSASQueryParameters(
@@ -216,6 +237,10 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     async CreateCacheEntry(body) {
       const key = str(body, 'key');
       const version = str(body, 'version');
+      if (faults.createEntry === 'write-denied')
+        return { ok: false, message: 'cache write denied: the token of this job is read-only' };
+      if (faults.createEntry === 'throttled')
+        throw new TwirpError('resource_exhausted', 'too many cache entries created');
       if (entries.some((e) => e.key === key && e.version === version)) {
         throw new TwirpError('already_exists', `cache entry ${key} (version ${version}) already exists`);
       }
@@ -243,6 +268,8 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       }
       const entry = entries.find((e) => e.key === key && e.version === version);
       if (!entry) throw new TwirpError('not_found', `no cache entry ${key} (version ${version}) was created`);
+      if (faults.finalize === 'fail')
+        throw new TwirpError('failed_precondition', `the upload of ${key} was not accepted (injected fault)`);
       if (entry.finalized)
         throw new TwirpError('failed_precondition', `cache entry ${key} is already finalized`);
       let uploaded: number | undefined;
@@ -280,7 +307,9 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
         match = usable.filter((e) => e.key.startsWith(prefix)).sort((a, b) => b.id - a.id)[0];
       }
       if (!match) return { ok: false };
-      return { ok: true, signed_download_url: signedUrl(match.blobName, 'r'), matched_key: match.key };
+      const url =
+        faults.download === 'truncate' ? `${baseUrl}/truncated/${match.id}` : signedUrl(match.blobName, 'r');
+      return { ok: true, signed_download_url: url, matched_key: match.key };
     },
   };
 
@@ -289,6 +318,16 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       try {
         const prefix = `/twirp/${SERVICE}/`;
         const path = new URL(req.url ?? '/', 'http://x').pathname;
+        const truncated = /^\/truncated\/(\d+)$/.exec(path);
+        if (req.method === 'GET' && truncated) {
+          const entry = entries.find((e) => e.id === Number(truncated[1]));
+          if (!entry) throw new TwirpError('not_found', 'no such entry');
+          const all = await container.getBlobClient(entry.blobName).downloadToBuffer();
+          const half = all.subarray(0, Math.floor(all.length / 2));
+          res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': half.length });
+          res.end(half);
+          return;
+        }
         const method = path.startsWith(prefix) ? methods[path.slice(prefix.length)] : undefined;
         if (req.method !== 'POST' || !method) {
           throw new TwirpError('bad_route', `no handler for ${req.method} ${path}`);
@@ -311,6 +350,7 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
     server.listen(0, '127.0.0.1', resolve);
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  baseUrl = url;
   const blobUrl = azurite.url;
   const child = azurite.child;
 
@@ -324,6 +364,9 @@ export async function startCacheServer(opts: CacheServerOptions = {}): Promise<C
       ACTIONS_CACHE_SERVICE_V2: 'true',
       // Any host other than github.com / *.ghe.com / *.localhost makes the client fall back to v1.
       GITHUB_SERVER_URL: 'https://github.com',
+    },
+    setFaults: (f) => {
+      faults = { ...f };
     },
     entries: () => entries.map((e) => ({ ...e, createdAt: new Date(e.createdAt) })),
     async stop() {

@@ -95,8 +95,14 @@ export const setupOverlaySpec: ActionSpec = {
     'Restore an Apptainer ext3 overlay image from the Actions cache (or create it), build inside it, check it; save it in the post step when it changed.',
   branding: { icon: 'layers', color: 'blue' },
   task: setupTask as unknown as TaskDef<z.ZodObject, unknown>,
+  rename: { 'create-dirs': 'createDir' },
+  describe: {
+    'create-dirs':
+      'Directories to create under upper/ in a new image, one per line (e.g. /opt/env: a non-root build can then write there)',
+  },
   outputs: {
     path: 'Path of the image',
+    base: 'Path of the base image as a SIF the runtime runs (a pulled reference is cached); "" without base',
     'cache-hit': '"true" when the image was restored from the exact key, "false" otherwise',
     'cache-key': 'The exact key the image is saved under',
     'cache-matched-key': 'The key of the restored entry (a restore-key match on a partial hit), "" on a miss',

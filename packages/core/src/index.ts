@@ -4,6 +4,7 @@ export * from './cache/local-store';
 export * from './cache/pack';
 export * from './cache/state';
 export * from './cache/store';
+export * from './cache/stores';
 export * from './errors';
 export * from './fs/atomic';
 export * from './fs/sparse';

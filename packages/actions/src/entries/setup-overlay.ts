@@ -1,20 +1,33 @@
 import { resolve } from 'node:path';
 import * as core from '@actions/core';
-import { type SetupContext, type SetupInput, saveOverlay, setupOverlay } from '@overlay-action/core';
+import {
+  forgetRestoreState,
+  OverlayError,
+  openStore,
+  type SetupContext,
+  type SetupInput,
+  saveOverlay,
+  setupOverlay,
+} from '@overlay-action/core';
+import { z } from 'zod';
 import { GitHubCacheStore } from '../github-cache-store';
 import { actionContext, readInputs, run, safeInfo, setOutputs, since, writeSummary } from '../runner';
 import { setupOverlaySpec } from '../specs';
 
-/** What main leaves for post (action state; actions/cache calls these CACHE_KEY / CACHE_RESULT). */
-const State = {
-  path: 'IMAGE_PATH',
-  key: 'CACHE_KEY',
-  result: 'CACHE_RESULT',
-  digest: 'RESTORED_DIGEST',
-  store: 'STORE',
-  cache: 'CACHE',
-  check: 'CHECK',
-} as const;
+/** What main leaves for post: one JSON object in the action state, validated when post reads it. */
+const POST_STATE = 'SETUP_OVERLAY';
+const postState = z.object({
+  path: z.string().min(1),
+  key: z.string().min(1),
+  cacheHit: z.boolean(),
+  /** A store spec ('' = the Actions cache). */
+  store: z.string(),
+  save: z.boolean(),
+  check: z.boolean(),
+  /** The entry under the key failed verification at restore: replace it. */
+  replaceKey: z.string().optional(),
+});
+type PostState = z.infer<typeof postState>;
 
 function context(input: { cache: boolean; store?: string }): SetupContext {
   return {
@@ -28,14 +41,19 @@ async function main(): Promise<void> {
   const { input } = readInputs<SetupInput>(setupOverlaySpec);
   const out = await setupOverlay(input, context(input));
 
-  // post runs in the same working directory, but absolute paths in the state don't depend on it
-  core.saveState(State.path, resolve(out.path));
-  core.saveState(State.key, out.cacheKey);
-  core.saveState(State.result, out.cacheOutcome);
-  core.saveState(State.digest, out.restoredDigest);
-  core.saveState(State.store, input.store === undefined ? '' : resolve(input.store));
-  core.saveState(State.cache, String(input.cache));
-  core.saveState(State.check, String(input.check));
+  if (input.cache && out.store) {
+    // post runs in the same working directory, but absolute paths don't depend on it
+    const state: PostState = {
+      path: resolve(out.path),
+      key: out.cacheKey,
+      cacheHit: out.cacheHit,
+      store: input.store === undefined ? '' : input.store,
+      save: input.save,
+      check: input.check,
+      replaceKey: out.discarded?.key,
+    };
+    core.saveState(POST_STATE, JSON.stringify(state));
+  }
 
   if (out.discarded) {
     core.error(
@@ -45,6 +63,7 @@ async function main(): Promise<void> {
   }
   setOutputs({
     path: input.path,
+    base: out.basePath,
     'cache-hit': out.cacheHit,
     'cache-key': out.cacheKey,
     'cache-matched-key': out.cacheMatchedKey,
@@ -76,33 +95,43 @@ async function main(): Promise<void> {
 
 async function post(): Promise<void> {
   const start = process.hrtime.bigint();
-  const path = core.getState(State.path);
-  if (!path) {
-    core.info('the main step did not finish: nothing to save');
+  const raw = core.getState(POST_STATE);
+  if (!raw) {
+    core.info('no cache store, cache: false, or the main step did not finish: nothing to save');
     return;
   }
-  if (core.getState(State.cache) !== 'true') {
-    core.info('cache: false: nothing to save');
+  const parsed = postState.safeParse(JSON.parse(raw));
+  if (!parsed.success)
+    throw new OverlayError(
+      'E_INTERNAL',
+      `the state main left for post is malformed: ${parsed.error.message}`,
+    );
+  const state = parsed.data;
+  if (!state.save) {
+    core.info('save: false: the image is not saved');
+    await forgetRestoreState(state.path);
     return;
   }
-  const store = core.getState(State.store) || undefined;
+  const store = state.store ? openStore(state.store) : new GitHubCacheStore();
   const result = await saveOverlay(
     {
-      path,
-      key: core.getState(State.key),
-      cacheHit: core.getState(State.result) === 'hit',
-      restoredDigest: core.getState(State.digest),
-      check: core.getState(State.check) !== 'false',
-      store,
+      path: state.path,
+      key: state.key,
+      cacheHit: state.cacheHit,
+      check: state.check,
+      replaceKey: state.replaceKey,
     },
-    context({ cache: true, store }),
+    store,
+    actionContext(),
   );
-  core.info(result.reason);
+  // read-only token / throttled: an info line, not a failure (the image itself is fine)
+  core.info(result.message);
+  await forgetRestoreState(state.path);
   await writeSummary('setup-overlay (post)', [
     {
-      image: path,
-      info: await safeInfo(path),
-      status: result.saved ? 'saved' : result.reason,
+      image: state.path,
+      info: await safeInfo(state.path),
+      status: result.saved ? 'saved' : result.message,
       seconds: since(start),
     },
   ]);

@@ -12,7 +12,9 @@ export interface KeyInputs {
   /** Globs whose files' content goes into the key (environment.yml, a def file, the build script). */
   files: string[];
   cwd?: string;
-  /** Anything else that determines the image: size, profile, owner, base reference and digest, build command. */
+  /** What is fixed when the filesystem is made (the inode ratio): a fallback never crosses it. */
+  fixed?: Record<string, unknown>;
+  /** The rest of what determines the image: size, owner, base reference, build command. */
   options: Record<string, unknown>;
 }
 
@@ -35,8 +37,9 @@ function stable(value: unknown): string {
 }
 
 /**
- * `PREFIX-OS-ARCH-vN-OPTIONS-FILES`: the options hash comes before the files hash, so the
- * restore-keys can fall back to "same options, other files" and then to "same prefix".
+ * `PREFIX-OS-ARCH-vN-FIXED-OPTIONS-FILES`: the hashes go from least to most likely to change, so
+ * the restore-keys fall back to "same options, other files" and then to "same fixed settings"
+ * (an image of another size or owner can be reconciled; one of another inode ratio cannot).
  * GitHub's limits: at most 512 characters, no commas.
  */
 export async function deriveKey(inputs: KeyInputs): Promise<DerivedKey> {
@@ -52,7 +55,7 @@ export async function deriveKey(inputs: KeyInputs): Promise<DerivedKey> {
   }
   const fileHash = createHash('sha256');
   for (const f of files) fileHash.update(`${f}\0${sha(await readFile(resolve(cwd, f)))}\n`);
-  const head = `${prefix}-${platform()}-${arch()}-v${CACHE_FORMAT_VERSION}`;
+  const head = `${prefix}-${platform()}-${arch()}-v${CACHE_FORMAT_VERSION}-${sha(stable(inputs.fixed ?? {})).slice(0, 8)}`;
   const optionsHash = sha(stable(inputs.options)).slice(0, 16);
   const key = `${head}-${optionsHash}-${fileHash.digest('hex').slice(0, 16)}`;
   return { key, restoreKeys: [`${head}-${optionsHash}-`, `${head}-`], files };

@@ -1,18 +1,18 @@
 import { createHash } from 'node:crypto';
-import { link, lstat, mkdir, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, link, lstat, mkdir, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
-import { fromFsError, isOverlayError, OverlayError } from '../errors';
+import { join, resolve } from 'node:path';
+import { fromFsError, OverlayError } from '../errors';
 import { exists, tempPathFor } from '../fs/atomic';
 import { validateKey } from './key';
-import { ARCHIVE_SUFFIX, type CacheManifest, packImage, unpackImage } from './pack';
-import type { CacheStore, RestoreResult, SaveResult } from './store';
+import { ARCHIVE_SUFFIX } from './pack';
+import type { CacheStore, PutResult } from './store';
 
 interface EntryMeta {
   key: string;
   created: string;
   bytes: number;
-  sha256: string;
 }
 
 export function defaultStoreDir(): string {
@@ -35,6 +35,21 @@ async function publishOnce(tmp: string, final: string): Promise<boolean> {
   }
 }
 
+/** One coded line for a store directory this user cannot create or write (no tool backtrace). */
+function notWritable(dir: string, e: unknown): OverlayError {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why =
+    code === 'EACCES' || code === 'EPERM'
+      ? 'permission denied'
+      : code === 'EROFS'
+        ? 'read-only filesystem'
+        : (e as Error).message;
+  return new OverlayError('E_CACHE', `cache store ${dir} is not writable by this user: ${why}`, {
+    hint: `use a store directory you can write (--store DIR or OVERLAY_CACHE_STORE), or grant write permission on ${dir}`,
+    cause: e,
+  });
+}
+
 /**
  * A cache store in a directory (a laptop, a self-hosted runner, an HPC shared filesystem):
  * `<sha256(key)>.ovc.zst` + `<sha256(key)>.json`; the .json appearing publishes the entry.
@@ -42,17 +57,23 @@ async function publishOnce(tmp: string, final: string): Promise<boolean> {
  */
 export class LocalStore implements CacheStore {
   readonly kind = 'local';
-  constructor(readonly dir: string = defaultStoreDir()) {}
+  readonly dir: string;
+  readonly spec: string;
+  constructor(dir: string = defaultStoreDir()) {
+    this.dir = dir;
+    this.spec = resolve(dir);
+  }
 
   private paths(key: string) {
     const base = join(this.dir, createHash('sha256').update(key).digest('hex').slice(0, 40));
     return { archive: `${base}${ARCHIVE_SUFFIX}`, meta: `${base}.json` };
   }
 
-  /** Refuse a directory others can plant files in (world-writable without the sticky bit). */
-  async ensureDir(): Promise<void> {
+  /** Create the directory, refuse one others can plant files in, and fail early when it is not writable. */
+  async ensureWritable(): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o755 }).catch((e) => {
-      throw fromFsError(e, this.dir);
+      const err = fromFsError(e, this.dir);
+      throw err instanceof OverlayError ? err : notWritable(this.dir, e);
     });
     const st = await lstat(this.dir);
     if (!st.isDirectory()) throw new OverlayError('E_UNSAFE_PATH', `${this.dir} is not a directory`);
@@ -60,11 +81,12 @@ export class LocalStore implements CacheStore {
       throw new OverlayError(
         'E_UNSAFE_PATH',
         `cache store ${this.dir} is writable by everyone (mode ${(st.mode & 0o7777).toString(8)})`,
-        {
-          hint: `chmod o-w ${this.dir} (or +t)`,
-        },
+        { hint: `chmod o-w ${this.dir} (or +t)` },
       );
     }
+    await access(this.dir, constants.W_OK | constants.X_OK).catch((e) => {
+      throw notWritable(this.dir, e);
+    });
   }
 
   async entries(): Promise<Array<EntryMeta & { lastUsed: number; meta: string; archive: string }>> {
@@ -90,25 +112,43 @@ export class LocalStore implements CacheStore {
     return out;
   }
 
-  async save(key: string, image: string): Promise<SaveResult> {
-    validateKey(key);
-    await this.ensureDir();
+  async has(key: string): Promise<boolean> {
+    return exists(this.paths(key).meta);
+  }
+
+  async delete(key: string): Promise<boolean> {
     const { archive, meta } = this.paths(key);
-    if (await exists(meta)) return { saved: false, key, reason: 'exists' };
-    const tmp = tempPathFor(archive);
-    let manifest: CacheManifest;
+    const had = await exists(meta);
     try {
-      manifest = await packImage(image, tmp);
+      await rm(meta, { force: true }); // unpublish first; readers holding the archive keep it
+      await rm(archive, { force: true });
+    } catch (e) {
+      throw notWritable(this.dir, e);
+    }
+    return had;
+  }
+
+  async put(
+    key: string,
+    write: (archive: string) => Promise<void>,
+    opts: { replace?: boolean } = {},
+  ): Promise<PutResult> {
+    validateKey(key);
+    await this.ensureWritable();
+    const { archive, meta } = this.paths(key);
+    if (!opts.replace && (await exists(meta))) return { status: 'exists' };
+    const tmp = tempPathFor(archive);
+    try {
+      await write(tmp);
     } catch (e) {
       await rm(tmp, { force: true });
-      throw isOverlayError(e)
-        ? e
-        : new OverlayError('E_CACHE', `cannot write to ${this.dir}: ${(e as Error).message}`);
+      throw e;
     }
     const bytes = (await stat(tmp)).size;
-    if (!(await publishOnce(tmp, archive))) return { saved: false, key, reason: 'exists' };
+    if (opts.replace) await this.delete(key);
+    if (!(await publishOnce(tmp, archive))) return { status: 'exists' };
     const metaTmp = tempPathFor(meta);
-    const entry: EntryMeta = { key, created: new Date().toISOString(), bytes, sha256: manifest.sha256 };
+    const entry: EntryMeta = { key, created: new Date().toISOString(), bytes };
     try {
       await writeFile(metaTmp, JSON.stringify(entry), { flag: 'wx' });
     } catch (e) {
@@ -116,35 +156,26 @@ export class LocalStore implements CacheStore {
       await rm(archive, { force: true });
       throw fromFsError(e, metaTmp);
     }
-    if (!(await publishOnce(metaTmp, meta))) return { saved: false, key, reason: 'exists' };
-    return { saved: true, key, bytes, sha256: manifest.sha256 };
+    if (!(await publishOnce(metaTmp, meta))) return { status: 'exists' };
+    return { status: 'saved', bytes };
   }
 
-  async restore(keys: { primary: string; restoreKeys: string[] }, target: string): Promise<RestoreResult> {
+  async fetch<T>(
+    keys: { primary: string; restoreKeys: string[] },
+    use: (archive: string, key: string) => Promise<T>,
+  ): Promise<{ key: string; value: T } | null> {
     const all = (await this.entries()).sort((a, b) => b.created.localeCompare(a.created));
-    const candidates: Array<{ entry: (typeof all)[number]; outcome: 'hit' | 'partial' }> = [];
-    const exact = all.find((e) => e.key === keys.primary);
-    if (exact) candidates.push({ entry: exact, outcome: 'hit' });
+    // like the Actions cache: the exact key, else the newest entry of the first prefix that matches
+    let best = all.find((e) => e.key === keys.primary);
     for (const prefix of keys.restoreKeys) {
-      for (const e of all)
-        if (e.key.startsWith(prefix) && e !== exact) candidates.push({ entry: e, outcome: 'partial' });
+      if (best) break;
+      best = all.find((e) => e.key.startsWith(prefix));
     }
-    const warnings: string[] = [];
-    const rejected: Array<{ key: string; reason: string }> = [];
-    // like the Actions cache, the best match is the answer: an unusable entry is a miss (no
-    // silent fallback to an older entry), reported so the caller can rebuild and overwrite it
-    const best = candidates[0];
-    if (best) {
-      const r = await unpackImage(best.entry.archive, target);
-      if (r.ok) {
-        const now = new Date();
-        await utimes(best.entry.meta, now, now).catch(() => {}); // least-recently-used bookkeeping
-        return { outcome: best.outcome, matchedKey: best.entry.key, sha256: r.manifest.sha256, warnings };
-      }
-      warnings.push(`cache entry ${best.entry.key} not usable: ${r.reason}`);
-      rejected.push({ key: best.entry.key, reason: r.reason });
-    }
-    return { outcome: 'miss', warnings, rejected };
+    if (!best) return null;
+    const value = await use(best.archive, best.key);
+    const now = new Date();
+    await utimes(best.meta, now, now).catch(() => {}); // least-recently-used bookkeeping
+    return { key: best.key, value };
   }
 
   /** Delete least recently used entries until the store holds at most `maxBytes`. */

@@ -1,5 +1,5 @@
 import { buildTask } from './build';
-import { cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
+import { cacheDeleteTask, cacheKeyTask, cachePruneTask, cacheRestoreTask, cacheSaveTask } from './cache';
 import { checkTask } from './check';
 import { chownTask } from './chown';
 import { commitTask } from './commit';
@@ -36,6 +36,7 @@ export const TASKS: TaskDef[] = [
   cacheSaveTask,
   cacheRestoreTask,
   cacheKeyTask,
+  cacheDeleteTask,
   cachePruneTask,
   pushTask,
   pullTask,
