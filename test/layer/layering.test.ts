@@ -11,10 +11,13 @@ const SRC = join(__dirname, '../../packages/core/src');
 const RANK: Record<string, number> = {
   tasks: 6,
   runtime: 5,
+  transfer: 5,
   layer: 4,
   cache: 4,
+  sif: 4,
   image: 3,
   base: 3,
+  registry: 3,
   lock: 2,
   fs: 2,
   tools: 1,

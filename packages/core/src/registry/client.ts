@@ -25,6 +25,14 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isOverlayError, OverlayError } from '../errors';
 
+/** OCI 1.1's empty config (`{}`), what artifacts without a config point to. */
+export const EMPTY_CONFIG = {
+  mediaType: 'application/vnd.oci.empty.v1+json',
+  digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a',
+  size: 2,
+};
+export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+
 export interface OrasRef {
   host: string;
   repo: string;
@@ -170,8 +178,15 @@ export class RegistryClient {
     return this.creds ?? undefined;
   }
 
-  private scopeFor(method: string, alsoPull?: string): string {
-    const own = `repository:${this.repo}:${method === 'GET' || method === 'HEAD' ? 'pull' : 'pull,push'}`;
+  private scopeFor(method: string, path: string, alsoPull?: string): string {
+    // deleting a manifest is its own action in token auth (distribution, Harbor)
+    const actions =
+      method === 'GET' || method === 'HEAD'
+        ? 'pull'
+        : method === 'DELETE' && path.startsWith('manifests/')
+          ? 'pull,push,delete'
+          : 'pull,push';
+    const own = `repository:${this.repo}:${actions}`;
     return alsoPull ? `${own} repository:${alsoPull}:pull` : own;
   }
 
@@ -228,7 +243,7 @@ export class RegistryClient {
   /** One HTTP exchange with auth (a 401 is answered once); transient failures throw Transient. */
   private async send(r: Req): Promise<Response> {
     const url = /^https?:\/\//.test(r.path) ? r.path : new URL(r.path, this.base).toString();
-    const scope = this.scopeFor(r.method, r.alsoPull);
+    const scope = this.scopeFor(r.method, r.path, r.alsoPull);
     for (let authTry = 0; ; authTry++) {
       const headers: Record<string, string> = { ...r.headers };
       // a Basic challenge holds for every scope; a token is per scope
@@ -497,6 +512,29 @@ export class RegistryClient {
         ok: [200, 404],
       });
       return res.status === 200;
+    });
+  }
+
+  /** Delete a manifest by digest (registries that allow it; distribution needs delete enabled). */
+  async deleteManifest(digest: string): Promise<boolean> {
+    return this.retrying('delete manifest', async () => {
+      const res = await this.send({ method: 'DELETE', path: `manifests/${digest}`, ok: [202, 404, 405] });
+      await res.body?.cancel();
+      if (res.status === 405)
+        throw new OverlayError('E_CACHE', `${this.where()} does not allow deleting through the API`, {
+          hint: "delete it in the registry's web interface, or let its retention rules remove it",
+        });
+      return res.status === 202;
+    });
+  }
+
+  /** Can we push here? Opens an upload (needs push rights) and cancels it. */
+  async checkPush(): Promise<void> {
+    await this.retrying('check push access', async () => {
+      const loc = await this.startUpload();
+      await this.send({ method: 'DELETE', path: loc, ok: [204, 404, 405] })
+        .then((r) => r.body?.cancel())
+        .catch(() => {});
     });
   }
 

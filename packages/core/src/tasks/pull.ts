@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { pullArtifact } from '../registry/transfer';
 import { formatBytes } from '../size';
+import { pullArtifact } from '../transfer/transfer';
 import { pathSchema } from './common';
 import { defineTask } from './define';
 import { NO_HTTPS_ALIAS, plainHttpField } from './push';

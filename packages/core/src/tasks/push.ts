@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { pushArtifact } from '../registry/transfer';
 import { formatBytes } from '../size';
+import { pushArtifact } from '../transfer/transfer';
 import { pathSchema } from './common';
 import { defineTask } from './define';
 

@@ -7,8 +7,8 @@ import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
 import { ContentHash, type Region } from '../fs/sparse';
 import { detectFormat, readHead, requireExt3 } from '../image/format';
 import { acquireLock, type Lock } from '../lock/ofd';
+import { EMPTY_CONFIG, OCI_MANIFEST, type RegistryClient, sha256Digest } from '../registry/client';
 import { runTool } from '../tools/run';
-import { type RegistryClient, sha256Digest } from './client';
 
 /**
  * An ext3 overlay image in a registry: one OCI manifest whose layers are the image's chunks.
@@ -32,12 +32,6 @@ import { type RegistryClient, sha256Digest } from './client';
 export const IMAGE_ARTIFACT_TYPE = 'application/vnd.overlay-action.image.v1';
 export const CHUNK_MEDIA_TYPE = 'application/vnd.overlay-action.image.chunk.v1+zstd';
 export const IMAGE_FORMAT_VERSION = 1;
-export const EMPTY_CONFIG = {
-  mediaType: 'application/vnd.oci.empty.v1+json',
-  digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a',
-  size: 2,
-};
-export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
 const A = 'org.overlay-action';
 const CHUNK_MAGIC = Buffer.from('OVERLAY-ACTION-CHUNK\n');

@@ -5,9 +5,8 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { replaceAtomically } from '../fs/atomic';
+import { OCI_MANIFEST, type RegistryClient } from '../registry/client';
 import { layerFromSif, wrapLayerInSif } from '../sif/layer';
-import type { RegistryClient } from './client';
-import { OCI_MANIFEST } from './image';
 
 /**
  * A committed SquashFS layer in a registry, the way Apptainer's ORAS keeps SIF files (checked

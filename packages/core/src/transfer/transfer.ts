@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { OverlayError } from '../errors';
 import { detectFormat } from '../image/format';
-import { formatRef, parseOrasRef, RegistryClient } from './client';
+import { formatRef, parseOrasRef, RegistryClient } from '../registry/client';
 import { IMAGE_ARTIFACT_TYPE, pullImage, pushImage } from './image';
 import { isSifManifest, pullLayer, pushLayer } from './layer';
 
