@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBaseImage } from '../helpers/base-image';
 import { isRoot, SYSTEM_PATH } from '../helpers/tools';
 import { ensureTestUser, makeUserDir, runAs, type TestUser } from '../helpers/users';
+import { startRegistry } from '../registry/registry';
 import { type NfProcess, parseProcess, type Value } from './nf-extract';
 import { describeTask, type Runner, readVersions, runTask, type TaskResult } from './nf-task';
 
@@ -320,6 +321,26 @@ describe('the modules with real images, Apptainer and a shared cache store', () 
     expect(c.key).not.toBe(a.key);
     expect(c.source).toBe('build');
     expect(await runReadOnly([third.outputs.image![0]!], ['/opt/env/bin/hello'])).toBe('another environment');
+  });
+
+  it('OVERLAY_SETUP with a registry store (oras://HOST/REPO): the first node builds and pushes, the second pulls', async () => {
+    const reg = await startRegistry();
+    try {
+      const store = `oras://${reg.host}/ci/overlay-cache`;
+      const inputs = { meta: { id: 'regenv' }, env_script: hello, base: baseSif, cache_store: store };
+      const a = await expectTaskOk(await task('setup', { inputs, ext: { args: BUILD_ARGS } }), setup);
+      expect(a).toMatchObject({ source: 'build' });
+      expect(a.save?.error).toBeUndefined();
+      const second = await task('setup', { inputs, ext: { args: BUILD_ARGS } });
+      const b = await expectTaskOk(second, setup);
+      expect(b).toMatchObject({ source: 'cache', key: a.key, build: null });
+      expect(b.info.uuid).toBe(a.info.uuid);
+      expect(await runReadOnly([second.outputs.image![0]!], ['/opt/env/bin/hello'])).toBe(
+        'hello from the overlay',
+      );
+    } finally {
+      await reg.stop();
+    }
   });
 
   it('OVERLAY_SETUP: two tasks racing on an empty store both succeed, and the next one restores', async () => {
