@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imageContentDigest } from '../../packages/core/src/cache/pack';
-import { RegistryClient } from '../../packages/core/src/registry/client';
+import { findCredentials, RegistryClient } from '../../packages/core/src/registry/client';
 import { ensureBaseImage } from '../helpers/base-image';
 import { makeLayer } from '../runtime/helpers';
 import { startRegistry, type TestRegistry } from './registry';
@@ -357,6 +357,56 @@ describe('credentials and auth', () => {
 });
 
 describe('transport rules', () => {
+  it('cross-repository mount links a blob another repository holds, without uploading it', async () => {
+    const a = new RegistryClient(reg.host, 'mount/a');
+    const b = new RegistryClient(reg.host, 'mount/b');
+    const blob = Buffer.from(`mount me ${Date.now()}`);
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+    await a.uploadBlob(blob);
+    expect(await b.hasBlob(digest)).toBe(false); // stored, but not linked into b
+    reg.resetTraffic();
+    expect(await b.mountBlob(digest, 'mount/a')).toBe(true);
+    expect(reg.traffic().up).toBe(0);
+    expect(await b.hasBlob(digest)).toBe(true);
+    expect(await b.getBlob(digest)).toEqual(blob);
+  });
+
+  it('credentials: GITHUB_TOKEN only for ghcr.io; docker config keys in every spelling', async () => {
+    const empty = mkdtempSync(join(dir, 'nohome-'));
+    const base = { HOME: empty, DOCKER_CONFIG: join(empty, 'd') };
+    expect(
+      await findCredentials('ghcr.io', { ...base, GITHUB_TOKEN: 't0k', GITHUB_ACTOR: 'me' }),
+    ).toMatchObject({
+      username: 'me',
+      password: 't0k',
+      source: 'GITHUB_TOKEN',
+    });
+    expect(await findCredentials('registry.example.org', { ...base, GITHUB_TOKEN: 't0k' })).toBeUndefined();
+    mkdirSync(join(empty, 'd'));
+    writeFileSync(
+      join(empty, 'd', 'config.json'),
+      JSON.stringify({
+        auths: {
+          'https://index.docker.io/v1/': { auth: Buffer.from('hub:pw').toString('base64') },
+          'http://registry.example.org:5000/v2/': { username: 'u', password: 'p:with:colons' },
+        },
+      }),
+    );
+    expect(await findCredentials('docker.io', base)).toMatchObject({ username: 'hub', password: 'pw' });
+    expect(await findCredentials('registry.example.org:5000', base)).toMatchObject({
+      username: 'u',
+      password: 'p:with:colons',
+    });
+    // the CI variables win over files
+    expect(
+      await findCredentials('docker.io', {
+        ...base,
+        OVERLAY_REGISTRY_USERNAME: 'ci',
+        OVERLAY_REGISTRY_PASSWORD: 'x',
+      }),
+    ).toMatchObject({ username: 'ci' });
+  });
+
   it('plain HTTP only for loopback or when asked', () => {
     expect(new RegistryClient('ghcr.io', 'o/r').base).toBe('https://ghcr.io/v2/o/r/');
     expect(new RegistryClient('10.0.0.5:5000', 'o/r').base).toMatch(/^https:/);

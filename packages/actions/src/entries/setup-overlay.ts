@@ -36,9 +36,17 @@ function context(input: { cache: boolean; store?: string }): SetupContext {
   };
 }
 
+/** An oras://ghcr.io store authenticates with the job's token (the core reads GITHUB_TOKEN for ghcr.io). */
+function useRegistryToken(token?: string): void {
+  if (!token || process.env.GITHUB_TOKEN) return;
+  core.setSecret(token);
+  process.env.GITHUB_TOKEN = token;
+}
+
 async function main(): Promise<void> {
   const start = process.hrtime.bigint();
-  const { input } = readInputs<SetupInput>(setupOverlaySpec);
+  const { input, extra } = readInputs<SetupInput, { registryToken?: string }>(setupOverlaySpec);
+  useRegistryToken(extra.registryToken);
   const out = await setupOverlay(input, context(input));
 
   if (input.cache && out.store) {
@@ -112,6 +120,7 @@ async function post(): Promise<void> {
     await forgetRestoreState(state.path);
     return;
   }
+  useRegistryToken(core.getInput('registry-token'));
   const store = state.store ? openStore(state.store) : new GitHubCacheStore();
   const result = await saveOverlay(
     {
