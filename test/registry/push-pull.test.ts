@@ -131,6 +131,16 @@ describe('images', () => {
     expect(reg.traffic().down).toBeLessThan(v1Bytes * 0.3);
     expect(sum(target)).toBe(sum(v2));
     expect(noTemps(target)).toEqual([]);
+    // a moving tag: windows equal to what the tag held are taken as they were (not even compressed)
+    expect((await ctl(['push', img, `oras://${reg.host}/team/env:moving`])).out.chunksUnchanged).toBe(0);
+    const moved = await ctl(['push', v2, `oras://${reg.host}/team/env:moving`]);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(moved.out.chunksUnchanged).toBeGreaterThan(0);
+    expect(moved.out.chunksUnchanged).toBeLessThanOrEqual(moved.out.chunksSkipped);
+    expect(moved.out.sha256).toBe(p.out.sha256); // the same image as v2, the same content digest
+    const movedOut = join(dir, 'moved.img');
+    expect((await ctl(['pull', `oras://${reg.host}/team/env:moving`, movedOut])).code).toBe(0);
+    expect(sum(movedOut)).toBe(sum(v2));
   });
 
   it('a missing tag is E_NOT_FOUND; another kind of artifact is E_WRONG_ARTIFACT; the target is untouched', async () => {

@@ -247,7 +247,10 @@ function progressReporter(onProgress: ((m: string) => void) | undefined, verb: s
 export interface PushImageResult extends RegistryImageInfo {
   digest: string;
   chunksUploaded: number;
+  /** Chunks the repository already had (not uploaded). */
   chunksSkipped: number;
+  /** Of those, windows identical to the tag's previous version (not even compressed). */
+  chunksUnchanged: number;
   bytesUploaded: number;
 }
 
@@ -275,31 +278,45 @@ export async function pushImage(
     const pool = bounded(3);
     let dataBytes = 0;
     if (!(await client.hasBlob(EMPTY_CONFIG.digest))) await client.uploadBlob(Buffer.from('{}'));
+    // the tag's previous version: its unchanged windows are taken as they are (no compression)
+    const previous = await previousChunks(client, tag);
+    let unchanged = 0;
     for await (const w of windows(image, layout, size)) {
       for (const r of w.runs) {
         hash.update(r.offset, r.data);
         dataBytes += r.data.length;
       }
-      const blob = await zstd(['-3'], w.raw);
-      const digest = sha256Digest(blob);
-      layers.push({
-        mediaType: CHUNK_MEDIA_TYPE,
-        digest,
-        size: blob.length,
-        annotations: {
-          [`${A}.chunk.offset`]: String(w.start),
-          [`${A}.chunk.end`]: String(w.end),
-          [`${A}.chunk.raw-digest`]: sha256Digest(w.raw),
-        },
-      });
+      const rawDigest = sha256Digest(w.raw);
+      const known = previous.get(`${w.start}-${w.end}-${rawDigest}`);
+      const index = layers.length;
+      layers.push(undefined as unknown as ChunkDescriptor); // filled in below, in image order
       prog.chunks++;
+      // compress and upload run beside the reading (at most 3 windows in flight)
       await pool.add(async () => {
-        let present = await client.hasBlob(digest);
-        if (!present && opts.mountFrom) present = await client.mountBlob(digest, opts.mountFrom);
-        if (present) prog.chunksSkipped++;
-        else {
-          await client.uploadBlob(blob, digest);
-          prog.bytesMoved += blob.length;
+        if (known && (await client.hasBlob(known.digest))) {
+          layers[index] = known;
+          unchanged++;
+          prog.chunksSkipped++;
+        } else {
+          const blob = await zstd(['-3'], w.raw);
+          const digest = sha256Digest(blob);
+          layers[index] = {
+            mediaType: CHUNK_MEDIA_TYPE,
+            digest,
+            size: blob.length,
+            annotations: {
+              [`${A}.chunk.offset`]: String(w.start),
+              [`${A}.chunk.end`]: String(w.end),
+              [`${A}.chunk.raw-digest`]: rawDigest,
+            },
+          };
+          let present = await client.hasBlob(digest);
+          if (!present && opts.mountFrom) present = await client.mountBlob(digest, opts.mountFrom);
+          if (present) prog.chunksSkipped++;
+          else {
+            await client.uploadBlob(blob, digest);
+            prog.bytesMoved += blob.length;
+          }
         }
         prog.chunksDone++;
         report(prog);
@@ -335,11 +352,28 @@ export async function pushImage(
       digest,
       chunksUploaded: prog.chunks - prog.chunksSkipped,
       chunksSkipped: prog.chunksSkipped,
+      chunksUnchanged: unchanged,
       bytesUploaded: prog.bytesMoved,
     };
   } finally {
     lock.release();
   }
+}
+
+/** The chunks of the image the tag points to now (if it is one), by window and raw digest. */
+async function previousChunks(client: RegistryClient, tag: string): Promise<Map<string, ChunkDescriptor>> {
+  const out = new Map<string, ChunkDescriptor>();
+  try {
+    const { body } = await client.getManifest(tag);
+    const m = parseImageManifest(body, tag);
+    for (const l of m.layers) {
+      const a = l.annotations;
+      out.set(`${a[`${A}.chunk.offset`]}-${a[`${A}.chunk.end`]}-${a[`${A}.chunk.raw-digest`]}`, l);
+    }
+  } catch (e) {
+    if (!isOverlayError(e, 'E_NOT_FOUND') && !isOverlayError(e, 'E_WRONG_ARTIFACT')) throw e;
+  }
+  return out;
 }
 
 /** Parse and check an image manifest: E_WRONG_ARTIFACT for another kind of artifact. */

@@ -22,6 +22,8 @@ export interface PushResult {
   chunks: number;
   chunksUploaded: number;
   chunksSkipped: number;
+  /** Chunks identical to what the tag held before (neither compressed nor uploaded). */
+  chunksUnchanged: number;
   bytesUploaded: number;
 }
 
@@ -65,6 +67,7 @@ export async function pushArtifact(
       chunks: 1,
       chunksUploaded: r.uploaded ? 1 : 0,
       chunksSkipped: r.uploaded ? 0 : 1,
+      chunksUnchanged: 0,
       bytesUploaded: r.uploaded ? r.sifBytes : 0,
     };
   }
@@ -78,6 +81,7 @@ export async function pushArtifact(
     chunks: r.chunks,
     chunksUploaded: r.chunksUploaded,
     chunksSkipped: r.chunksSkipped,
+    chunksUnchanged: r.chunksUnchanged,
     bytesUploaded: r.bytesUploaded,
   };
 }
