@@ -1,6 +1,7 @@
 import { closeSync, fdatasyncSync, ftruncateSync, openSync, readSync, write } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, resolve } from 'node:path';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
 import { packedRuns, packRegions } from '../cache/pack';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
@@ -115,6 +116,24 @@ export function windowEnd(offset: number, l: Layout, size: number): number {
   const end = start + (start - groupStart < l.metaSpan ? META_WINDOW : DATA_WINDOW);
   return Math.min(end, groupStart + l.groupBytes, size);
 }
+
+/**
+ * Compress windows with one zstd run per batch (a spawn per 4 MiB window cost more than the
+ * compression on a busy machine). Always file to file with the same flags, so the same window
+ * always gives the same blob (a frame written from stdin would differ: no content size).
+ */
+async function compressBatch(raws: Buffer[]): Promise<Buffer[]> {
+  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-chunks-'));
+  try {
+    const files = raws.map((_, i) => join(dir, `w${i}`));
+    await Promise.all(raws.map((r, i) => writeFile(files[i]!, r)));
+    await runTool('zstd', ['-3', '-q', '--', ...files], { timeoutSeconds: 600 });
+    return await Promise.all(files.map((f) => readFile(`${f}.zst`)));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+const BATCH_WINDOWS = 8;
 
 async function zstd(args: string[], input: Buffer): Promise<Buffer> {
   const r = await runTool('zstd', [...args, '-q', '-c'], { input, binary: true, timeoutSeconds: 600 });
@@ -275,12 +294,49 @@ export async function pushImage(
     const layers: ChunkDescriptor[] = [];
     const prog: TransferProgress = { chunks: 0, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
     const report = progressReporter(opts.onProgress, 'pushed');
-    const pool = bounded(3);
+    const pool = bounded(2);
     let dataBytes = 0;
     if (!(await client.hasBlob(EMPTY_CONFIG.digest))) await client.uploadBlob(Buffer.from('{}'));
     // the tag's previous version: its unchanged windows are taken as they are (no compression)
     const previous = await previousChunks(client, tag);
     let unchanged = 0;
+    const upload = async (index: number, blob: Buffer, start: number, end: number, rawDigest: string) => {
+      const digest = sha256Digest(blob);
+      layers[index] = {
+        mediaType: CHUNK_MEDIA_TYPE,
+        digest,
+        size: blob.length,
+        annotations: {
+          [`${A}.chunk.offset`]: String(start),
+          [`${A}.chunk.end`]: String(end),
+          [`${A}.chunk.raw-digest`]: rawDigest,
+        },
+      };
+      let present = await client.hasBlob(digest);
+      if (!present && opts.mountFrom) present = await client.mountBlob(digest, opts.mountFrom);
+      if (present) prog.chunksSkipped++;
+      else {
+        await client.uploadBlob(blob, digest);
+        prog.bytesMoved += blob.length;
+      }
+      prog.chunksDone++;
+      report(prog);
+    };
+    type Pending = { index: number; start: number; end: number; raw: Buffer; rawDigest: string };
+    let batch: Pending[] = [];
+    // a batch is compressed by one zstd run, then its chunks go up (3 at a time); two batches at once
+    const flush = async () => {
+      const mine = batch;
+      batch = [];
+      if (!mine.length) return;
+      await pool.add(async () => {
+        const blobs = await compressBatch(mine.map((p) => p.raw));
+        const ups = bounded(3);
+        for (const [i, p] of mine.entries())
+          await ups.add(() => upload(p.index, blobs[i]!, p.start, p.end, p.rawDigest));
+        await ups.drain();
+      });
+    };
     for await (const w of windows(image, layout, size)) {
       for (const r of w.runs) {
         hash.update(r.offset, r.data);
@@ -291,37 +347,22 @@ export async function pushImage(
       const index = layers.length;
       layers.push(undefined as unknown as ChunkDescriptor); // filled in below, in image order
       prog.chunks++;
-      // compress and upload run beside the reading (at most 3 windows in flight)
-      await pool.add(async () => {
-        if (known && (await client.hasBlob(known.digest))) {
-          layers[index] = known;
-          unchanged++;
-          prog.chunksSkipped++;
-        } else {
-          const blob = await zstd(['-3'], w.raw);
-          const digest = sha256Digest(blob);
-          layers[index] = {
-            mediaType: CHUNK_MEDIA_TYPE,
-            digest,
-            size: blob.length,
-            annotations: {
-              [`${A}.chunk.offset`]: String(w.start),
-              [`${A}.chunk.end`]: String(w.end),
-              [`${A}.chunk.raw-digest`]: rawDigest,
-            },
-          };
-          let present = await client.hasBlob(digest);
-          if (!present && opts.mountFrom) present = await client.mountBlob(digest, opts.mountFrom);
-          if (present) prog.chunksSkipped++;
-          else {
-            await client.uploadBlob(blob, digest);
-            prog.bytesMoved += blob.length;
-          }
-        }
-        prog.chunksDone++;
-        report(prog);
-      });
+      if (known) {
+        await pool.add(async () => {
+          if (await client.hasBlob(known.digest)) {
+            layers[index] = known;
+            unchanged++;
+            prog.chunksSkipped++;
+            prog.chunksDone++;
+            report(prog);
+          } else await upload(index, (await compressBatch([w.raw]))[0]!, w.start, w.end, rawDigest);
+        });
+        continue;
+      }
+      batch.push({ index, start: w.start, end: w.end, raw: w.raw, rawDigest });
+      if (batch.length >= BATCH_WINDOWS) await flush();
     }
+    await flush();
     await pool.drain();
     report(prog, true);
     const info: RegistryImageInfo = {
