@@ -1,5 +1,5 @@
-import { closeSync, fdatasyncSync, ftruncateSync, openSync, readSync, write } from 'node:fs';
-import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { closeSync, fdatasyncSync, ftruncateSync, openSync, write } from 'node:fs';
+import { type FileHandle, mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { packedRuns, packRegions } from '../cache/pack';
@@ -488,9 +488,9 @@ function inRegions(regions: Region[], offset: number): boolean {
 }
 
 /** A window of an older image (open as `fd`, in-use `regions`) encoded as a chunk's records. */
-function windowFromFile(old: OldImage, start: number, end: number): Buffer {
+async function windowFromFile(old: OldImage, start: number, end: number): Promise<Buffer> {
   const buf = Buffer.alloc(end - start);
-  readSync(old.fd, buf, 0, buf.length, start);
+  await old.fh.read(buf, 0, buf.length, start);
   const blocks: Run[] = [];
   for (let b = 0; b < buf.length; b += BLOCK) {
     const block = buf.subarray(b, b + BLOCK);
@@ -548,26 +548,27 @@ export async function pullImage(
       if (!l || fetches[i]) return;
       const s = Number(l.annotations[`${A}.chunk.offset`]);
       const e = Number(l.annotations[`${A}.chunk.end`]);
-      if (old) {
-        const raw = windowFromFile(old, s, e);
-        if (sha256Digest(raw) === l.annotations[`${A}.chunk.raw-digest`]) {
-          reused.add(i);
-          fetches[i] = Promise.resolve(raw);
-          return;
-        }
-      }
-      fetches[i] = client.getBlob(l.digest).then(async (blob) => {
-        prog.bytesMoved += blob.length;
-        return zstd(['-d'], blob).catch((err) => {
-          throw new OverlayError('E_INTEGRITY', `${opts.where}: chunk ${l.digest} does not decompress`, {
-            cause: err,
+      const download = () =>
+        client.getBlob(l.digest).then(async (blob) => {
+          prog.bytesMoved += blob.length;
+          return zstd(['-d'], blob).catch((err) => {
+            throw new OverlayError('E_INTEGRITY', `${opts.where}: chunk ${l.digest} does not decompress`, {
+              cause: err,
+            });
           });
         });
-      });
+      const oldImage = old;
+      fetches[i] = oldImage
+        ? windowFromFile(oldImage, s, e).then((raw) => {
+            if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`]) return download();
+            reused.add(i);
+            return raw;
+          })
+        : download();
       fetches[i]!.catch(() => {}); // awaited in order below
     };
     for (let i = 0; i < m.layers.length; i++) {
-      for (let k = i; k < i + 3; k++) start(k);
+      for (let k = i; k < i + 4; k++) start(k);
       const l = m.layers[i]!;
       const s = Number(l.annotations[`${A}.chunk.offset`]);
       const e = Number(l.annotations[`${A}.chunk.end`]);
@@ -609,7 +610,7 @@ export async function pullImage(
         },
       );
     if (old) {
-      closeSync(old.fd);
+      await old.fh.close();
       old = undefined;
     }
     if (await exists(target)) lock = await acquireLock(target, 'exclusive'); // not while Apptainer uses it
@@ -630,14 +631,14 @@ export async function pullImage(
     throw e;
   } finally {
     if (fdOpen) closeSync(fd);
-    if (old) closeSync(old.fd);
+    await old?.fh.close();
     lock?.release();
     await rm(tmp, { force: true });
   }
 }
 
 interface OldImage {
-  fd: number;
+  fh: FileHandle;
   regions: Region[];
 }
 
@@ -647,7 +648,7 @@ async function openOld(path: string): Promise<OldImage | undefined> {
     const f = await detectFormat(path);
     if (f.format === 'squashfs') return undefined;
     const regions = await packRegions(path);
-    return { fd: openSync(path, 'r'), regions };
+    return { fh: await open(path, 'r'), regions };
   } catch {
     return undefined; // unreadable: reuse nothing
   }
