@@ -222,6 +222,19 @@ describe('images', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(sum(out)).toBe(sum(img));
       expect(reg.traffic().requests.filter((q) => q.status === 503).length).toBeGreaterThanOrEqual(2);
+      // uploads too: the first two blob PUTs answer 503, the push still completes
+      let puts = 0;
+      reg.fault = (req) =>
+        req.method === 'PUT' && req.url!.includes('/blobs/uploads/') && ++puts <= 2
+          ? { status: 503 }
+          : undefined;
+      const up = await ctl(['push', img, `oras://${reg.host}/team/flaky-push:v1`]);
+      expect(up.code, up.stderr).toBe(0);
+      expect(puts).toBeGreaterThan(2);
+      const back = join(dir, 'flaky-push.img');
+      reg.fault = undefined;
+      expect((await ctl(['pull', `oras://${reg.host}/team/flaky-push:v1`, back])).code).toBe(0);
+      expect(sum(back)).toBe(sum(img));
       reg.fault = (req) => (req.url!.includes('/blobs/sha256:') ? { status: 500 } : undefined);
       const target = join(dir, 'never.img');
       const f = await ctl(['pull', `oras://${reg.host}/team/env:v1`, target]);

@@ -135,9 +135,17 @@ async function compressBatch(raws: Buffer[]): Promise<Buffer[]> {
 }
 const BATCH_WINDOWS = 8;
 
-async function zstd(args: string[], input: Buffer): Promise<Buffer> {
-  const r = await runTool('zstd', [...args, '-q', '-c'], { input, binary: true, timeoutSeconds: 600 });
-  return Buffer.from(r.stdoutBuffer ?? new Uint8Array());
+/** Decompress chunks with one zstd run (see compressBatch). */
+async function decompressBatch(blobs: Buffer[]): Promise<Buffer[]> {
+  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-chunks-'));
+  try {
+    const files = blobs.map((_, i) => join(dir, `w${i}`));
+    await Promise.all(blobs.map((b, i) => writeFile(`${files[i]}.zst`, b)));
+    await runTool('zstd', ['-d', '-q', '--', ...files.map((f) => `${f}.zst`)], { timeoutSeconds: 600 });
+    return await Promise.all(files.map((f) => readFile(f)));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 interface RawChunk {
@@ -540,52 +548,67 @@ export async function pullImage(
     if (await exists(target)) old = await openOld(target);
     const hash = new ContentHash(size);
     let dataBytes = 0;
-    // downloads run ahead (at most 3 in flight); writes and hashing go in manifest order
-    const fetches: Array<Promise<Buffer> | undefined> = [];
+    // groups of 8 chunks: reused from the old image or downloaded side by side, decompressed by
+    // one zstd run, written and hashed in manifest order while the next group loads
     const reused = new Set<number>();
-    const start = (i: number) => {
-      const l = m.layers[i];
-      if (!l || fetches[i]) return;
-      const s = Number(l.annotations[`${A}.chunk.offset`]);
-      const e = Number(l.annotations[`${A}.chunk.end`]);
-      const download = () =>
-        client.getBlob(l.digest).then(async (blob) => {
+    const groups = Math.ceil(m.layers.length / BATCH_WINDOWS);
+    const loadGroup = async (g: number): Promise<Buffer[]> => {
+      const first = g * BATCH_WINDOWS;
+      const members = m.layers.slice(first, first + BATCH_WINDOWS);
+      const raws: Buffer[] = new Array(members.length);
+      const fetched: Array<{ k: number; blob: Buffer }> = [];
+      await Promise.all(
+        members.map(async (l, k) => {
+          if (old) {
+            const raw = await windowFromFile(
+              old,
+              Number(l.annotations[`${A}.chunk.offset`]),
+              Number(l.annotations[`${A}.chunk.end`]),
+            );
+            if (sha256Digest(raw) === l.annotations[`${A}.chunk.raw-digest`]) {
+              reused.add(first + k);
+              raws[k] = raw;
+              return;
+            }
+          }
+          const blob = await client.getBlob(l.digest);
           prog.bytesMoved += blob.length;
-          return zstd(['-d'], blob).catch((err) => {
-            throw new OverlayError('E_INTEGRITY', `${opts.where}: chunk ${l.digest} does not decompress`, {
-              cause: err,
-            });
-          });
+          fetched.push({ k, blob });
+        }),
+      );
+      if (fetched.length) {
+        const out = await decompressBatch(fetched.map((f) => f.blob)).catch((err) => {
+          throw new OverlayError('E_INTEGRITY', `${opts.where}: a chunk does not decompress`, { cause: err });
         });
-      const oldImage = old;
-      fetches[i] = oldImage
-        ? windowFromFile(oldImage, s, e).then((raw) => {
-            if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`]) return download();
-            reused.add(i);
-            return raw;
-          })
-        : download();
-      fetches[i]!.catch(() => {}); // awaited in order below
-    };
-    for (let i = 0; i < m.layers.length; i++) {
-      for (let k = i; k < i + 4; k++) start(k);
-      const l = m.layers[i]!;
-      const s = Number(l.annotations[`${A}.chunk.offset`]);
-      const e = Number(l.annotations[`${A}.chunk.end`]);
-      const raw = await fetches[i]!;
-      fetches[i] = undefined;
-      if (reused.has(i)) prog.chunksSkipped++;
-      if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`])
-        throw new OverlayError('E_INTEGRITY', `${opts.where}: chunk at ${s} does not match its manifest`, {
-          hint: 'the registry holds a damaged chunk; push the image again',
+        fetched.forEach((f, j) => {
+          raws[f.k] = out[j]!;
         });
-      for (const r of decodeRecords(raw, s, e)) {
-        await writeFully(fd, r.data, r.offset);
-        hash.update(r.offset, r.data);
-        dataBytes += r.data.length;
       }
-      prog.chunksDone++;
-      report(prog);
+      return raws;
+    };
+    let next: Promise<Buffer[]> | undefined = groups ? loadGroup(0) : undefined;
+    for (let g = 0; g < groups; g++) {
+      const raws = await next!;
+      next = g + 1 < groups ? loadGroup(g + 1) : undefined;
+      next?.catch(() => {}); // awaited on the next turn
+      for (const [k, raw] of raws.entries()) {
+        const i = g * BATCH_WINDOWS + k;
+        const l = m.layers[i]!;
+        const s = Number(l.annotations[`${A}.chunk.offset`]);
+        const e = Number(l.annotations[`${A}.chunk.end`]);
+        if (reused.has(i)) prog.chunksSkipped++;
+        if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`])
+          throw new OverlayError('E_INTEGRITY', `${opts.where}: chunk at ${s} does not match its manifest`, {
+            hint: 'the registry holds a damaged chunk; push the image again',
+          });
+        for (const r of decodeRecords(raw, s, e)) {
+          await writeFully(fd, r.data, r.offset);
+          hash.update(r.offset, r.data);
+          dataBytes += r.data.length;
+        }
+        prog.chunksDone++;
+        report(prog);
+      }
     }
     report(prog, true);
     const sha256 = hash.digest();
