@@ -138,6 +138,9 @@ try {
     img,
     TREES.map((t) => [t, `opt/env${t}`]),
   );
+  // the bench is only valid on a clean source (the machine is shared: a mount yanked by another
+  // process would leave a half-written image)
+  run('e2fsck', ['-fn', img]);
   const used = (await ctlJson(['info', img])).usedBytes;
   console.log(`image: ${SIZE} sparse, ${mb(used)} MiB in use (${TREES.join(' + ')})`);
   const base = `oras://${reg.host}/bench/env`;
@@ -222,6 +225,7 @@ try {
     v2,
     pkg.picked.map((p) => [p, `opt/env/pkg${p}`]),
   );
+  run('e2fsck', ['-fn', v2]);
   console.log(
     `update: ${mb(pkg.bytes)} MiB of files (${pkg.picked.length} directories of ${'/usr/lib/python3.11'})`,
   );
