@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imageContentDigest } from '../../packages/core/src/cache/pack';
+import { HOST } from '../../packages/core/src/fs/atomic';
 import { findCredentials, RegistryClient } from '../../packages/core/src/registry/client';
 import { ensureBaseImage } from '../helpers/base-image';
 import { makeLayer } from '../runtime/helpers';
@@ -249,6 +250,7 @@ describe('images', () => {
 
   it('SIGKILL during a pull leaves the old image; the next pull completes and clears the temp file', async () => {
     const target = join(dir, 'killed.img');
+    const scratch = mkdtempSync(join(dir, 'tmpdir-'));
     await execa('cp', ['--sparse=always', img, target]);
     const before = sum(target);
     let arrived: () => void = () => {};
@@ -263,6 +265,7 @@ describe('images', () => {
     try {
       const child = execa(CLI, ['pull', `oras://${reg.host}/team/env:v2`, target, '--json'], {
         reject: false,
+        env: { TMPDIR: scratch },
       });
       await firstBlob;
       child.kill('SIGKILL');
@@ -271,9 +274,12 @@ describe('images', () => {
     } finally {
       reg.fault = undefined;
     }
-    const r = await ctl(['pull', `oras://${reg.host}/team/env:v2`, target]);
+    // what a run killed while decompressing leaves (a dead pid on this host)
+    mkdirSync(join(scratch, `overlayctl-chunks-999999-${HOST}-abc123`));
+    const r = await ctl(['pull', `oras://${reg.host}/team/env:v2`, target], { TMPDIR: scratch });
     expect(r.code, r.stderr).toBe(0);
     expect(noTemps(target)).toEqual([]);
+    expect(readdirSync(scratch).filter((n) => n.startsWith('overlayctl-'))).toEqual([]); // stale scratch dirs too
   });
 });
 

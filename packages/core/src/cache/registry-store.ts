@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
+import { withScratchDir } from '../fs/atomic';
 import { EMPTY_CONFIG, OCI_MANIFEST, parseOrasRef, RegistryClient } from '../registry/client';
 import { validateKey } from './key';
 import { CACHE_FORMAT_VERSION } from './pack';
@@ -44,14 +44,7 @@ async function fileDigest(path: string): Promise<string> {
   return `sha256:${hash.digest('hex')}`;
 }
 
-async function scratch<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-store-'));
-  try {
-    return await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const scratch = <T>(fn: (dir: string) => Promise<T>) => withScratchDir('store', fn);
 
 export class RegistryStore implements CacheStore {
   readonly kind = 'oras';

@@ -1,10 +1,9 @@
 import { closeSync, fdatasyncSync, ftruncateSync, openSync, write } from 'node:fs';
-import { type FileHandle, mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { type FileHandle, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { packedRuns, packRegions } from '../cache/pack';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
-import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
+import { exists, fsyncPath, removeStaleTemps, tempPathFor, withScratchDir } from '../fs/atomic';
 import { ContentHash, type Region } from '../fs/sparse';
 import { detectFormat, readHead, requireExt3 } from '../image/format';
 import { acquireLock, type Lock } from '../lock/ofd';
@@ -123,29 +122,23 @@ export function windowEnd(offset: number, l: Layout, size: number): number {
  * always gives the same blob (a frame written from stdin would differ: no content size).
  */
 async function compressBatch(raws: Buffer[]): Promise<Buffer[]> {
-  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-chunks-'));
-  try {
+  return withScratchDir('chunks', async (dir) => {
     const files = raws.map((_, i) => join(dir, `w${i}`));
     await Promise.all(raws.map((r, i) => writeFile(files[i]!, r)));
     await runTool('zstd', ['-3', '-q', '--', ...files], { timeoutSeconds: 600 });
-    return await Promise.all(files.map((f) => readFile(`${f}.zst`)));
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+    return Promise.all(files.map((f) => readFile(`${f}.zst`)));
+  });
 }
 const BATCH_WINDOWS = 8;
 
 /** Decompress chunks with one zstd run (see compressBatch). */
 async function decompressBatch(blobs: Buffer[]): Promise<Buffer[]> {
-  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-chunks-'));
-  try {
+  return withScratchDir('chunks', async (dir) => {
     const files = blobs.map((_, i) => join(dir, `w${i}`));
     await Promise.all(blobs.map((b, i) => writeFile(`${files[i]}.zst`, b)));
     await runTool('zstd', ['-d', '-q', '--', ...files.map((f) => `${f}.zst`)], { timeoutSeconds: 600 });
-    return await Promise.all(files.map((f) => readFile(f)));
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+    return Promise.all(files.map((f) => readFile(f)));
+  });
 }
 
 interface RawChunk {

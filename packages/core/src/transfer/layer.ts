@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
-import { replaceAtomically } from '../fs/atomic';
+import { replaceAtomically, withScratchDir } from '../fs/atomic';
 import { OCI_MANIFEST, type RegistryClient } from '../registry/client';
 import { layerFromSif, wrapLayerInSif } from '../sif/layer';
 
@@ -28,14 +27,7 @@ async function fileDigest(path: string): Promise<string> {
 }
 
 /** A scratch directory for a SIF as big as the layer ($TMPDIR). */
-async function scratch<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(process.env.TMPDIR || tmpdir(), 'overlayctl-sif-'));
-  try {
-    return await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const scratch = <T>(fn: (dir: string) => Promise<T>) => withScratchDir('sif', fn);
 
 export interface PushLayerResult {
   digest: string;
