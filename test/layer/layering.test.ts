@@ -11,18 +11,20 @@ const SRC = join(__dirname, '../../packages/core/src');
 const RANK: Record<string, number> = {
   tasks: 6,
   runtime: 5,
-  transfer: 5,
   layer: 4,
   cache: 4,
-  sif: 4,
+  // the SIF format and embedded overlays: uses image/ and lock/; cache/ (registry layers) uses it
+  sif: 3.5,
   image: 3,
   base: 3,
-  registry: 3,
   lock: 2,
   fs: 2,
   tools: 1,
   errors: 0,
   size: 0,
+  // OCI: the registry client sits below cache/ (the registry store); push/pull of images and layers above
+  registry: 3,
+  transfer: 5,
   index: 7,
 };
 
