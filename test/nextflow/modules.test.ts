@@ -15,7 +15,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBaseImage } from '../helpers/base-image';
 import { isRoot, SYSTEM_PATH } from '../helpers/tools';
 import { ensureTestUser, makeUserDir, runAs, type TestUser } from '../helpers/users';
-import { startRegistry } from '../registry/registry';
 import { type NfProcess, parseProcess, type Value } from './nf-extract';
 import { describeTask, type Runner, readVersions, runTask, type TaskResult } from './nf-task';
 
@@ -324,6 +323,7 @@ describe('the modules with real images, Apptainer and a shared cache store', () 
   });
 
   it('OVERLAY_SETUP with a registry store (oras://HOST/REPO): the first node builds and pushes, the second pulls', async () => {
+    const { startRegistry } = await import('../registry/registry');
     const reg = await startRegistry();
     try {
       const store = `oras://${reg.host}/ci/overlay-cache`;
