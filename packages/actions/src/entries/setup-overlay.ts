@@ -36,17 +36,9 @@ function context(input: { cache: boolean; store?: string }): SetupContext {
   };
 }
 
-/** An oras://ghcr.io store authenticates with the job's token (the core reads GITHUB_TOKEN for ghcr.io). */
-function useRegistryToken(token?: string): void {
-  if (!token || process.env.GITHUB_TOKEN) return;
-  core.setSecret(token);
-  process.env.GITHUB_TOKEN = token;
-}
-
 async function main(): Promise<void> {
   const start = process.hrtime.bigint();
-  const { input, extra } = readInputs<SetupInput, { registryToken?: string }>(setupOverlaySpec);
-  useRegistryToken(extra.registryToken);
+  const { input } = readInputs<SetupInput>(setupOverlaySpec);
   const out = await setupOverlay(input, context(input));
 
   if (input.cache && out.store) {
@@ -120,7 +112,6 @@ async function post(): Promise<void> {
     await forgetRestoreState(state.path);
     return;
   }
-  useRegistryToken(core.getInput('registry-token'));
   const store = state.store ? openStore(state.store) : new GitHubCacheStore();
   const result = await saveOverlay(
     {
@@ -146,4 +137,12 @@ async function post(): Promise<void> {
   ]);
 }
 
+/** An oras://ghcr.io store authenticates with the job's token (the core reads GITHUB_TOKEN for ghcr.io). */
+function useRegistryToken(token?: string): void {
+  if (!token || process.env.GITHUB_TOKEN) return;
+  core.setSecret(token);
+  process.env.GITHUB_TOKEN = token;
+}
+
+useRegistryToken(core.getInput('registry-token')); // main and post
 await run(main, post);
