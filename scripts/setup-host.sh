@@ -29,6 +29,10 @@ TOOLS=(
   libcap2-bin:capsh           # capsh, getpcaps: host capability diagnostics
   attr:getfattr               # getfattr/setfattr: overlay whiteout/opaque xattrs
   debootstrap:debootstrap     # the demo's Debian minbase base image (offline from the apt mirror)
+  docker-registry:docker-registry # a real OCI registry (distribution 2.8) for the push/pull and registry-store tests
+  skopeo:skopeo               # bench/registry.mjs baseline: one-blob copy of the same bytes
+  apache2-utils:htpasswd      # bcrypt htpasswd file for the registry tests' Basic auth
+  openssl:openssl             # the registry tests' token issuer certificate
 )
 
 PKGS=()

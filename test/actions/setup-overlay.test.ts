@@ -12,6 +12,7 @@ import { startCacheServer } from '../cache-server/server';
 import { ensureBaseImage } from '../helpers/base-image';
 import { hasApptainer, isRoot } from '../helpers/tools';
 import { ensureTestUser, type TestUser } from '../helpers/users';
+import { startRegistry } from '../registry/registry';
 import { zeroInodeTable } from './corrupt';
 import { type ActionRun, type Job, newJob, runAction } from './harness';
 
@@ -47,6 +48,17 @@ const backends: Backend[] = [
         inputs: { store: join(dir, 'store') },
         env: {},
         stop: async () => rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  },
+  {
+    name: 'a registry store (oras://, token auth)',
+    async start() {
+      const reg = await startRegistry({ auth: 'token' });
+      return {
+        inputs: { store: `oras://${reg.host}/ci/overlay-cache` },
+        env: { OVERLAY_REGISTRY_USERNAME: reg.user, OVERLAY_REGISTRY_PASSWORD: reg.password },
+        stop: () => reg.stop(),
       };
     },
   },

@@ -355,8 +355,8 @@ describe('what a careful user expects of cache save/restore', () => {
     expect(sum(work)).toBe(sum(img));
   });
 
-  it('a store spec that is not a directory is refused by name (oras:// not yet, s3:// never a path)', async () => {
-    for (const spec of ['oras://localhost:5000/cache', 's3://bucket/x']) {
+  it('a store spec that is not a directory is refused by name (oras:// with a tag, s3:// never a path)', async () => {
+    for (const spec of ['oras://localhost:5000/cache:v1', 's3://bucket/x']) {
       const r = await ctl(['cache', 'save', img, '--key', 'x', '--store', spec]);
       expect(r.out.error.code, spec).toBe('E_INVALID_INPUT');
       expect(existsSync(spec.split(':')[0]!), spec).toBe(false);

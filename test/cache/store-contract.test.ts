@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CacheServer, startCacheServer } from '../cache-server/server';
+import { startRegistry } from '../registry/registry';
 import { bundleStoreFixture, callStore } from './store-fixture';
 
 const CLI = join(import.meta.dirname, '../../packages/cli/dist/overlayctl.mjs');
@@ -63,6 +64,26 @@ const STORES: StoreUnderTest[] = [
         canDelete: false,
         leftovers: () => readdirSync(workspace),
         stop: () => server.stop(),
+      };
+    },
+  },
+  {
+    name: 'an OCI registry (docker-registry 2.8, htpasswd auth)',
+    async open(dir) {
+      const reg = await startRegistry({ auth: 'htpasswd' });
+      const tmp = join(dir, 'tmp');
+      mkdirSync(tmp);
+      return {
+        spec: `oras://${reg.host}/ci/cache`,
+        env: {
+          OVERLAY_REGISTRY_USERNAME: reg.user,
+          OVERLAY_REGISTRY_PASSWORD: reg.password,
+          TMPDIR: tmp,
+          PATH: process.env.PATH ?? '',
+        },
+        canDelete: true,
+        leftovers: () => readdirSync(tmp),
+        stop: () => reg.stop(),
       };
     },
   },

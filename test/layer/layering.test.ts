@@ -13,6 +13,8 @@ const RANK: Record<string, number> = {
   runtime: 5,
   layer: 4,
   cache: 4,
+  // the SIF format and embedded overlays: uses image/ and lock/; cache/ (registry layers) uses it
+  sif: 3.5,
   image: 3,
   base: 3,
   lock: 2,
@@ -20,6 +22,9 @@ const RANK: Record<string, number> = {
   tools: 1,
   errors: 0,
   size: 0,
+  // OCI: the registry client sits below cache/ (the registry store); push/pull of images and layers above
+  registry: 3,
+  transfer: 5,
   index: 7,
 };
 

@@ -393,6 +393,27 @@ describe('the modules with real images, Apptainer and a shared cache store', () 
     expect(await runReadOnly([third.outputs.image![0]!], ['/opt/env/bin/hello'])).toBe('another environment');
   });
 
+  it('OVERLAY_SETUP with a registry store (oras://HOST/REPO): the first node builds and pushes, the second pulls', async () => {
+    const { startRegistry } = await import('../registry/registry');
+    const reg = await startRegistry();
+    try {
+      const store = `oras://${reg.host}/ci/overlay-cache`;
+      const inputs = { meta: { id: 'regenv' }, env_script: hello, base: baseSif, cache_store: store };
+      const a = await expectTaskOk(await task('setup', { inputs, ext: { args: BUILD_ARGS } }), setup);
+      expect(a).toMatchObject({ source: 'build' });
+      expect(a.save?.error).toBeUndefined();
+      const second = await task('setup', { inputs, ext: { args: BUILD_ARGS } });
+      const b = await expectTaskOk(second, setup);
+      expect(b).toMatchObject({ source: 'cache', key: a.key, build: null });
+      expect(b.info.uuid).toBe(a.info.uuid);
+      expect(await runReadOnly([second.outputs.image![0]!], ['/opt/env/bin/hello'])).toBe(
+        'hello from the overlay',
+      );
+    } finally {
+      await reg.stop();
+    }
+  });
+
   it('OVERLAY_SETUP: two tasks racing on an empty store both succeed, and the next one restores', async () => {
     const store = join(tmp, 'race-store');
     const script = await writeInput('env-race.sh', envScript('raced'));

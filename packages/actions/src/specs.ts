@@ -28,6 +28,8 @@ export interface ActionSpec<S extends z.ZodObject = z.ZodObject, E extends z.Zod
   rename?: Record<string, string>;
   /** Task fields that are not action inputs. */
   omit?: string[];
+  /** action.yml defaults that are expressions the runner expands (e.g. `${{ github.token }}`). */
+  defaults?: Record<string, string>;
   /** Input descriptions that differ from the schema's (the action reads them differently). */
   describe?: Record<string, string>;
   /** Inputs that exist only in the action (not in the task), validated by this schema. */
@@ -73,7 +75,7 @@ export function actionInputs(spec: ActionSpec<z.ZodObject, z.ZodObject>): Action
       field: f.name,
       extra,
       required: f.required,
-      default: defaultText(f.defaultValue),
+      default: spec.defaults?.[name] ?? defaultText(f.defaultValue),
       description: spec.describe?.[name] ?? f.description,
       kind: f.kind,
       choices: f.choices,
@@ -100,6 +102,16 @@ export const setupOverlaySpec: ActionSpec = {
     'create-dirs':
       'Directories to create under upper/ in a new image, one per line (e.g. /opt/env: a non-root build can then write there)',
   },
+  extra: z.object({
+    registryToken: z
+      .string()
+      .optional()
+      .describe(
+        'Token for an oras://ghcr.io/… store (the job token by default; saving needs `permissions: packages: write`)',
+      ),
+  }),
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a GitHub expression, expanded by the runner
+  defaults: { 'registry-token': '${{ github.token }}' },
   outputs: {
     path: 'Path of the image',
     base: 'Path of the base image as a SIF the runtime runs (a pulled reference is cached); "" without base',

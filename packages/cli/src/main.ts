@@ -99,7 +99,11 @@ function addTaskCommand(program: Command, task: TaskDef, outcome: Outcome): void
       if (v !== undefined && cmd.getOptionValueSource(f.name) !== 'default') raw[f.name] = v;
     }
     for (const [alias, spec] of Object.entries(task.cliAliases ?? {})) {
-      if (opts[alias]) Object.assign(raw, spec.sets);
+      // commander reads a `--no-x` flag as x=false
+      const given = alias.startsWith('no-')
+        ? opts[alias.slice(3).replace(/-(\w)/g, (_, c) => c.toUpperCase())] === false
+        : opts[alias];
+      if (given) Object.assign(raw, spec.sets);
     }
     const input = parseTaskInput(task, coerceRawInput(task, raw));
     const output = (await task.run(input, contextFor(outcome.json))) as Record<string, unknown> | undefined;

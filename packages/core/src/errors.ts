@@ -3,7 +3,8 @@
  * source for the docs (docs/errors.md), the CLI's exit statuses and the workflow front ends
  * (Snakemake, CWL and Nextflow retry on EXIT_STATUS.retryable). The statuses follow sysexits(3)
  * where one fits, so they stay clear of the 0/1 most commands use:
- *   2 fix the input · 65 damaged data · 69 host setup · 70 internal · 74 I/O · 75 try again later.
+ *   2 fix the input · 65 damaged data · 69 host setup · 70 internal · 74 I/O · 75 try again later
+ *   · 77 permission denied (registry credentials).
  */
 export const ERROR_CODES = {
   E_INVALID_INPUT: {
@@ -57,6 +58,15 @@ export const ERROR_CODES = {
   E_INTERNAL: {
     exit: 70,
     meaning: 'An unexpected internal error; please report it with OVERLAYCTL_DEBUG=1 output.',
+  },
+  E_REGISTRY: {
+    exit: 75,
+    meaning: 'An OCI registry failed (5xx, dropped connection, refused request) after bounded retries.',
+  },
+  E_AUTH: { exit: 77, meaning: 'An OCI registry refused the credentials (or none were found for it).' },
+  E_WRONG_ARTIFACT: {
+    exit: 2,
+    meaning: 'The registry artifact is not the kind expected (image, layer, cache entry).',
   },
   E_UNSAFE_PATH: {
     exit: 2,

@@ -171,4 +171,12 @@ async function post(): Promise<void> {
   ]);
 }
 
+/** An oras://ghcr.io store authenticates with the job's token (the core reads GITHUB_TOKEN for ghcr.io). */
+function useRegistryToken(token?: string): void {
+  if (!token || process.env.GITHUB_TOKEN) return;
+  core.setSecret(token);
+  process.env.GITHUB_TOKEN = token;
+}
+
+useRegistryToken(core.getInput('registry-token')); // main and post
 await run(main, post);

@@ -156,3 +156,27 @@ export async function exists(path: string): Promise<boolean> {
     () => false,
   );
 }
+
+/**
+ * A private directory in $TMPDIR for the length of `fn`, then removed. Named
+ * `overlayctl-TAG-PID-HOST-…`, so a later run removes those a killed process left.
+ */
+export async function withScratchDir<T>(tag: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const base = process.env.TMPDIR || tmpdir();
+  const prefix = `overlayctl-${tag}-`;
+  for (const name of await fsp.readdir(base).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix)) continue;
+    const [pidText, host] = name.slice(prefix.length).split('-');
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
+    await fsp.rm(join(base, name), { recursive: true, force: true }).catch(() => {});
+  }
+  const dir = await fsp.mkdtemp(join(base, `${prefix}${process.pid}-${HOST}-`)).catch((e) => {
+    throw fromFsError(e, base);
+  });
+  try {
+    return await fn(dir);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
+}

@@ -82,9 +82,18 @@ export interface Lock {
   release(): void;
 }
 
-function trySetLock(fd: number, type: number): boolean {
+/**
+ * A byte range to lock instead of the whole file: Apptainer locks the overlay partition's range
+ * inside a SIF (pkg/image: lockSection), so ours must be that same range to conflict with it.
+ */
+export interface LockRange {
+  start: number;
+  length: number;
+}
+
+function trySetLock(fd: number, type: number, range?: LockRange): boolean {
   const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  const lock = { l_type: type, l_whence: 0, l_start: range?.start ?? 0, l_len: range?.length ?? 0, l_pid: 0 };
   if (fcntl(fd, F_OFD_SETLK, 'ov_flock *', lock) === 0) return true;
   const e = errno();
   if (e === EAGAIN || e === EACCES) return false;
@@ -98,7 +107,7 @@ function trySetLock(fd: number, type: number): boolean {
 export async function acquireLock(
   path: string,
   mode: LockMode,
-  opts: { waitSeconds?: number } = {},
+  opts: { waitSeconds?: number; range?: LockRange } = {},
 ): Promise<Lock> {
   if (mode === 'shared') await finishInterruptedEdits(path);
   let fd: number;
@@ -110,7 +119,7 @@ export async function acquireLock(
   const deadline = Date.now() + waitSecondsFor(opts) * 1000;
   try {
     for (;;) {
-      if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK)) break;
+      if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK, opts.range)) break;
       if (Date.now() >= deadline) throw lockedError(path, mode);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -158,7 +167,7 @@ export async function withLock<T>(
   path: string,
   mode: LockMode,
   fn: () => Promise<T>,
-  opts: { waitSeconds?: number } = {},
+  opts: { waitSeconds?: number; range?: LockRange } = {},
 ): Promise<T> {
   const lock = await acquireLock(path, mode, opts);
   try {
@@ -172,7 +181,7 @@ export async function withLock<T>(
  * What lock, if any, another process holds on the image: try a read lock (fails under a writer),
  * then a write lock (fails under readers); both are dropped at once.
  */
-export function probeLock(path: string): LockState {
+export function probeLock(path: string, range?: LockRange): LockState {
   const attempt = (flags: number, type: number): boolean | null => {
     let fd: number;
     try {
@@ -182,7 +191,7 @@ export function probeLock(path: string): LockState {
       throw fromFsError(e, path);
     }
     try {
-      return trySetLock(fd, type);
+      return trySetLock(fd, type, range);
     } finally {
       closeSync(fd);
     }

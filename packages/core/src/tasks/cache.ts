@@ -20,7 +20,9 @@ export const storeField = z
   .string()
   .min(1)
   .optional()
-  .describe('Cache store: a directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)');
+  .describe(
+    'Cache store: a directory or oras://HOST/REPO (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)',
+  );
 
 export const cacheSaveTask = defineTask({
   name: 'cache save',
@@ -125,6 +127,14 @@ export const cachePruneTask = defineTask({
   }),
   async run(input) {
     const store = openStore(input.store);
+    if (store.kind === 'oras')
+      throw new OverlayError(
+        'E_INVALID_INPUT',
+        `${store.spec}: registries prune by their own retention rules`,
+        {
+          hint: 'set a retention policy in the registry (ghcr.io: package settings or actions/delete-package-versions; Harbor: tag retention); remove one entry with overlayctl cache delete',
+        },
+      );
     if (!(store instanceof LocalStore))
       throw new OverlayError('E_INVALID_INPUT', `cache prune works on a directory store, not ${store.spec}`);
     const m = /^(\d+)\s*([kmgt])?/i.exec(input.maxSize)!;

@@ -11,6 +11,8 @@ import { execTask } from './exec';
 import { infoTask } from './info';
 import { lockTask } from './lock';
 import { normalizeTask } from './normalize';
+import { pullTask } from './pull';
+import { pushTask } from './push';
 import { resizeTask } from './resize';
 import { setupTask } from './setup';
 import { squashTask } from './squash';
@@ -38,6 +40,8 @@ export const TASKS: TaskDef[] = [
   cacheDeleteTask,
   cachePruneTask,
   cacheVerifyTask,
+  pushTask,
+  pullTask,
   demoTask,
 ] as unknown as TaskDef[];
 

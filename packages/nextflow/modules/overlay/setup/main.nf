@@ -40,7 +40,10 @@ process OVERLAY_SETUP {
 
     origin=build
     if [ -n "\$store" ]; then
-        mkdir -p -- "\$store"
+        case "\$store" in
+            oras://*) ;;                  # a registry repository (OCI): nothing to create
+            *) mkdir -p -- "\$store" ;;
+        esac
         # A miss, a damaged entry or an unreadable store leaves no image behind: then we build.
         if ! overlayctl cache restore "\$image" --key "\$key" --store "\$store" --json > restore.json; then
             echo "OVERLAY_SETUP: cache restore failed, building instead:" >&2
