@@ -2172,9 +2172,9 @@ var require_dispatcher_base = __commonJS({
       }
       close(callback2) {
         if (callback2 === void 0) {
-          return new Promise((resolve11, reject) => {
+          return new Promise((resolve13, reject) => {
             this.close((err, data) => {
-              return err ? reject(err) : resolve11(data);
+              return err ? reject(err) : resolve13(data);
             });
           });
         }
@@ -2212,12 +2212,12 @@ var require_dispatcher_base = __commonJS({
           err = null;
         }
         if (callback2 === void 0) {
-          return new Promise((resolve11, reject) => {
+          return new Promise((resolve13, reject) => {
             this.destroy(err, (err2, data) => {
               return err2 ? (
                 /* istanbul ignore next: should never error */
                 reject(err2)
-              ) : resolve11(data);
+              ) : resolve13(data);
             });
           });
         }
@@ -4472,11 +4472,11 @@ var require_util2 = __commonJS({
     }
     function tryUpgradeRequestToAPotentiallyTrustworthyURL(request) {
     }
-    function sameOrigin(A, B) {
-      if (A.origin === B.origin && A.origin === "null") {
+    function sameOrigin(A2, B) {
+      if (A2.origin === B.origin && A2.origin === "null") {
         return true;
       }
-      if (A.protocol === B.protocol && A.hostname === B.hostname && A.port === B.port) {
+      if (A2.protocol === B.protocol && A2.hostname === B.hostname && A2.port === B.port) {
         return true;
       }
       return false;
@@ -4484,8 +4484,8 @@ var require_util2 = __commonJS({
     function createDeferredPromise() {
       let res;
       let rej;
-      const promise3 = new Promise((resolve11, reject) => {
-        res = resolve11;
+      const promise3 = new Promise((resolve13, reject) => {
+        res = resolve13;
         rej = reject;
       });
       return { promise: promise3, resolve: res, reject: rej };
@@ -6736,12 +6736,12 @@ upgrade: ${upgrade}\r
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve11, reject) => {
+      const waitForDrain = () => new Promise((resolve13, reject) => {
         assert2(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve11;
+          callback2 = resolve13;
         }
       });
       socket.on("close", onDrain).on("drain", onDrain);
@@ -7411,12 +7411,12 @@ var require_client_h2 = __commonJS({
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve11, reject) => {
+      const waitForDrain = () => new Promise((resolve13, reject) => {
         assert2(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve11;
+          callback2 = resolve13;
         }
       });
       h2stream.on("close", onDrain).on("drain", onDrain);
@@ -7895,16 +7895,16 @@ var require_client = __commonJS({
         return this[kNeedDrain] < 2;
       }
       async [kClose]() {
-        return new Promise((resolve11) => {
+        return new Promise((resolve13) => {
           if (this[kSize]) {
-            this[kClosedResolve] = resolve11;
+            this[kClosedResolve] = resolve13;
           } else {
-            resolve11(null);
+            resolve13(null);
           }
         });
       }
       async [kDestroy](err) {
-        return new Promise((resolve11) => {
+        return new Promise((resolve13) => {
           const requests = this[kQueue].splice(this[kPendingIdx]);
           for (let i2 = 0; i2 < requests.length; i2++) {
             const request = requests[i2];
@@ -7915,7 +7915,7 @@ var require_client = __commonJS({
               this[kClosedResolve]();
               this[kClosedResolve] = null;
             }
-            resolve11(null);
+            resolve13(null);
           };
           if (this[kHTTPContext]) {
             this[kHTTPContext].destroy(err, callback2);
@@ -7966,7 +7966,7 @@ var require_client = __commonJS({
         });
       }
       try {
-        const socket = await new Promise((resolve11, reject) => {
+        const socket = await new Promise((resolve13, reject) => {
           client[kConnector]({
             host,
             hostname: hostname4,
@@ -7978,7 +7978,7 @@ var require_client = __commonJS({
             if (err) {
               reject(err);
             } else {
-              resolve11(socket2);
+              resolve13(socket2);
             }
           });
         });
@@ -8314,8 +8314,8 @@ var require_pool_base = __commonJS({
         if (this[kQueue].isEmpty()) {
           await Promise.all(this[kClients].map((c3) => c3.close()));
         } else {
-          await new Promise((resolve11) => {
-            this[kClosedResolve] = resolve11;
+          await new Promise((resolve13) => {
+            this[kClosedResolve] = resolve13;
           });
         }
       }
@@ -9584,7 +9584,7 @@ var require_readable = __commonJS({
         if (this._readableState.closeEmitted) {
           return null;
         }
-        return await new Promise((resolve11, reject) => {
+        return await new Promise((resolve13, reject) => {
           if (this[kContentLength] > limit) {
             this.destroy(new AbortError());
           }
@@ -9597,7 +9597,7 @@ var require_readable = __commonJS({
             if (signal?.aborted) {
               reject(signal.reason ?? new AbortError());
             } else {
-              resolve11(null);
+              resolve13(null);
             }
           }).on("error", noop3).on("data", function(chunk) {
             limit -= chunk.length;
@@ -9616,7 +9616,7 @@ var require_readable = __commonJS({
     }
     async function consume(stream, type) {
       assert2(!stream[kConsume]);
-      return new Promise((resolve11, reject) => {
+      return new Promise((resolve13, reject) => {
         if (isUnusable(stream)) {
           const rState = stream._readableState;
           if (rState.destroyed && rState.closeEmitted === false) {
@@ -9633,7 +9633,7 @@ var require_readable = __commonJS({
             stream[kConsume] = {
               type,
               stream,
-              resolve: resolve11,
+              resolve: resolve13,
               reject,
               length: 0,
               body: []
@@ -9703,18 +9703,18 @@ var require_readable = __commonJS({
       return buffer;
     }
     function consumeEnd(consume2) {
-      const { type, body, resolve: resolve11, stream, length } = consume2;
+      const { type, body, resolve: resolve13, stream, length } = consume2;
       try {
         if (type === "text") {
-          resolve11(chunksDecode(body, length));
+          resolve13(chunksDecode(body, length));
         } else if (type === "json") {
-          resolve11(JSON.parse(chunksDecode(body, length)));
+          resolve13(JSON.parse(chunksDecode(body, length)));
         } else if (type === "arrayBuffer") {
-          resolve11(chunksConcat(body, length).buffer);
+          resolve13(chunksConcat(body, length).buffer);
         } else if (type === "blob") {
-          resolve11(new Blob(body, { type: stream[kContentType] }));
+          resolve13(new Blob(body, { type: stream[kContentType] }));
         } else if (type === "bytes") {
-          resolve11(chunksConcat(body, length));
+          resolve13(chunksConcat(body, length));
         }
         consumeFinish(consume2);
       } catch (err) {
@@ -9971,9 +9971,9 @@ var require_api_request = __commonJS({
     };
     function request(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve11, reject) => {
+        return new Promise((resolve13, reject) => {
           request.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve11(data);
+            return err ? reject(err) : resolve13(data);
           });
         });
       }
@@ -10196,9 +10196,9 @@ var require_api_stream = __commonJS({
     };
     function stream(opts, factory, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve11, reject) => {
+        return new Promise((resolve13, reject) => {
           stream.call(this, opts, factory, (err, data) => {
-            return err ? reject(err) : resolve11(data);
+            return err ? reject(err) : resolve13(data);
           });
         });
       }
@@ -10483,9 +10483,9 @@ var require_api_upgrade = __commonJS({
     };
     function upgrade(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve11, reject) => {
+        return new Promise((resolve13, reject) => {
           upgrade.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve11(data);
+            return err ? reject(err) : resolve13(data);
           });
         });
       }
@@ -10577,9 +10577,9 @@ var require_api_connect = __commonJS({
     };
     function connect(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve11, reject) => {
+        return new Promise((resolve13, reject) => {
           connect.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve11(data);
+            return err ? reject(err) : resolve13(data);
           });
         });
       }
@@ -13619,7 +13619,7 @@ var require_fetch = __commonJS({
     function handleFetchDone(response) {
       finalizeAndReportTiming(response, "fetch");
     }
-    function fetch(input2, init = void 0) {
+    function fetch2(input2, init = void 0) {
       webidl.argumentLengthCheck(arguments, 1, "globalThis.fetch");
       let p = createDeferredPromise();
       let requestObject;
@@ -14442,7 +14442,7 @@ var require_fetch = __commonJS({
       function dispatch({ body }) {
         const url2 = requestCurrentURL(request);
         const agent = fetchParams.controller.dispatcher;
-        return new Promise((resolve11, reject) => agent.dispatch(
+        return new Promise((resolve13, reject) => agent.dispatch(
           {
             path: url2.pathname + url2.search,
             origin: url2.origin,
@@ -14518,7 +14518,7 @@ var require_fetch = __commonJS({
               }
               this.body = new Readable4({ read: resume });
               const onError = this.onError.bind(this);
-              resolve11({
+              resolve13({
                 status,
                 statusText,
                 headersList,
@@ -14561,7 +14561,7 @@ var require_fetch = __commonJS({
               for (let i2 = 0; i2 < rawHeaders.length; i2 += 2) {
                 headersList.append(bufferToLowerCasedHeaderName(rawHeaders[i2]), rawHeaders[i2 + 1].toString("latin1"), true);
               }
-              resolve11({
+              resolve13({
                 status,
                 statusText: STATUS_CODES[status],
                 headersList,
@@ -14574,7 +14574,7 @@ var require_fetch = __commonJS({
       }
     }
     module.exports = {
-      fetch,
+      fetch: fetch2,
       Fetch,
       fetching,
       finalizeAndReportTiming
@@ -15412,8 +15412,8 @@ var require_util5 = __commonJS({
     var assert2 = __require("node:assert");
     var { URLSerializer } = require_data_url();
     var { isValidHeaderName } = require_util2();
-    function urlEquals(A, B, excludeFragment = false) {
-      const serializedA = URLSerializer(A, excludeFragment);
+    function urlEquals(A2, B, excludeFragment = false) {
+      const serializedA = URLSerializer(A2, excludeFragment);
       const serializedB = URLSerializer(B, excludeFragment);
       return serializedA === serializedB;
     }
@@ -18302,8 +18302,8 @@ var require_util8 = __commonJS({
       return true;
     }
     function delay(ms) {
-      return new Promise((resolve11) => {
-        setTimeout(resolve11, ms).unref();
+      return new Promise((resolve13) => {
+        setTimeout(resolve13, ms).unref();
       });
     }
     module.exports = {
@@ -19112,7 +19112,7 @@ var require_undici = __commonJS({
     module.exports.setGlobalDispatcher = setGlobalDispatcher;
     module.exports.getGlobalDispatcher = getGlobalDispatcher;
     var fetchImpl = require_fetch().fetch;
-    module.exports.fetch = async function fetch(init, options = void 0) {
+    module.exports.fetch = async function fetch2(init, options = void 0) {
       try {
         return await fetchImpl(init, options);
       } catch (err) {
@@ -19250,6 +19250,15 @@ var init_errors = __esm({
       E_INTERNAL: {
         exit: 70,
         meaning: "An unexpected internal error; please report it with OVERLAYCTL_DEBUG=1 output."
+      },
+      E_REGISTRY: {
+        exit: 75,
+        meaning: "An OCI registry failed (5xx, dropped connection, refused request) after bounded retries."
+      },
+      E_AUTH: { exit: 77, meaning: "An OCI registry refused the credentials (or none were found for it)." },
+      E_WRONG_ARTIFACT: {
+        exit: 2,
+        meaning: "The registry artifact is not the kind expected (image, layer, cache entry)."
       },
       E_UNSAFE_PATH: {
         exit: 2,
@@ -19963,11 +19972,11 @@ var hasColors, format, reset, bold, dim, italic, underline, underlineDouble, und
 var init_base = __esm({
   "node_modules/yoctocolors/base.js"() {
     hasColors = tty?.WriteStream?.prototype?.hasColors?.() ?? false;
-    format = (open4, close) => {
+    format = (open7, close) => {
       if (!hasColors) {
         return (input2) => input2;
       }
-      const openCode = `\x1B[${open4}m`;
+      const openCode = `\x1B[${open7}m`;
       const closeCode = `\x1B[${close}m`;
       return (input2) => {
         const string4 = input2 + "";
@@ -20283,15 +20292,15 @@ var require_windows = __commonJS({
       }
       return false;
     }
-    function checkStat(stat10, path6, options) {
-      if (!stat10.isSymbolicLink() && !stat10.isFile()) {
+    function checkStat(stat13, path6, options) {
+      if (!stat13.isSymbolicLink() && !stat13.isFile()) {
         return false;
       }
       return checkPathExt(path6, options);
     }
     function isexe(path6, options, cb) {
-      fs3.stat(path6, function(er, stat10) {
-        cb(er, er ? false : checkStat(stat10, path6, options));
+      fs3.stat(path6, function(er, stat13) {
+        cb(er, er ? false : checkStat(stat13, path6, options));
       });
     }
     function sync2(path6, options) {
@@ -20307,20 +20316,20 @@ var require_mode = __commonJS({
     isexe.sync = sync2;
     var fs3 = __require("fs");
     function isexe(path6, options, cb) {
-      fs3.stat(path6, function(er, stat10) {
-        cb(er, er ? false : checkStat(stat10, options));
+      fs3.stat(path6, function(er, stat13) {
+        cb(er, er ? false : checkStat(stat13, options));
       });
     }
     function sync2(path6, options) {
       return checkStat(fs3.statSync(path6), options);
     }
-    function checkStat(stat10, options) {
-      return stat10.isFile() && checkMode(stat10, options);
+    function checkStat(stat13, options) {
+      return stat13.isFile() && checkMode(stat13, options);
     }
-    function checkMode(stat10, options) {
-      var mod = stat10.mode;
-      var uid = stat10.uid;
-      var gid = stat10.gid;
+    function checkMode(stat13, options) {
+      var mod = stat13.mode;
+      var uid = stat13.uid;
+      var gid = stat13.gid;
       var myUid = options.uid !== void 0 ? options.uid : process.getuid && process.getuid();
       var myGid = options.gid !== void 0 ? options.gid : process.getgid && process.getgid();
       var u2 = parseInt("100", 8);
@@ -20354,12 +20363,12 @@ var require_isexe = __commonJS({
         if (typeof Promise !== "function") {
           throw new TypeError("callback not provided");
         }
-        return new Promise(function(resolve11, reject) {
+        return new Promise(function(resolve13, reject) {
           isexe(path6, options || {}, function(er, is) {
             if (er) {
               reject(er);
             } else {
-              resolve11(is);
+              resolve13(is);
             }
           });
         });
@@ -20425,27 +20434,27 @@ var require_which = __commonJS({
         opt = {};
       const { pathEnv, pathExt, pathExtExe } = getPathInfo(cmd, opt);
       const found = [];
-      const step = (i2) => new Promise((resolve11, reject) => {
+      const step = (i2) => new Promise((resolve13, reject) => {
         if (i2 === pathEnv.length)
-          return opt.all && found.length ? resolve11(found) : reject(getNotFoundError(cmd));
+          return opt.all && found.length ? resolve13(found) : reject(getNotFoundError(cmd));
         const ppRaw = pathEnv[i2];
         const pathPart = /^".*"$/.test(ppRaw) ? ppRaw.slice(1, -1) : ppRaw;
         const pCmd = path6.join(pathPart, cmd);
         const p = !pathPart && /^\.[\\\/]/.test(cmd) ? cmd.slice(0, 2) + pCmd : pCmd;
-        resolve11(subStep(p, i2, 0));
+        resolve13(subStep(p, i2, 0));
       });
-      const subStep = (p, i2, ii) => new Promise((resolve11, reject) => {
+      const subStep = (p, i2, ii) => new Promise((resolve13, reject) => {
         if (ii === pathExt.length)
-          return resolve11(step(i2 + 1));
+          return resolve13(step(i2 + 1));
         const ext = pathExt[ii];
         isexe(p + ext, { pathExt: pathExtExe }, (er, is) => {
           if (!er && is) {
             if (opt.all)
               found.push(p + ext);
             else
-              return resolve11(p + ext);
+              return resolve13(p + ext);
           }
-          return resolve11(subStep(p, i2, ii + 1));
+          return resolve13(subStep(p, i2, ii + 1));
         });
       });
       return cb ? step(0).then((res) => cb(null, res), cb) : step(0);
@@ -21525,8 +21534,8 @@ var init_deferred = __esm({
   "node_modules/execa/lib/utils/deferred.js"() {
     createDeferred = () => {
       const methods = {};
-      const promise3 = new Promise((resolve11, reject) => {
-        Object.assign(methods, { resolve: resolve11, reject });
+      const promise3 = new Promise((resolve13, reject) => {
+        Object.assign(methods, { resolve: resolve13, reject });
       });
       return Object.assign(promise3, methods);
     };
@@ -24294,24 +24303,24 @@ var init_split = __esm({
         yield chunk;
         return;
       }
-      let { previousChunks } = state;
+      let { previousChunks: previousChunks2 } = state;
       let start = -1;
       for (let end = 0; end < chunk.length; end += 1) {
         if (chunk[end] === "\n") {
           const newlineLength = getNewlineLength(chunk, end, preserveNewlines, state);
           let line = chunk.slice(start + 1, end + 1 - newlineLength);
-          if (previousChunks.length > 0) {
-            line = concatString(previousChunks, line);
-            previousChunks = "";
+          if (previousChunks2.length > 0) {
+            line = concatString(previousChunks2, line);
+            previousChunks2 = "";
           }
           yield line;
           start = end;
         }
       }
       if (start !== chunk.length - 1) {
-        previousChunks = concatString(previousChunks, chunk.slice(start + 1));
+        previousChunks2 = concatString(previousChunks2, chunk.slice(start + 1));
       }
-      state.previousChunks = previousChunks;
+      state.previousChunks = previousChunks2;
     };
     getNewlineLength = (chunk, end, preserveNewlines, state) => {
       if (preserveNewlines) {
@@ -24320,9 +24329,9 @@ var init_split = __esm({
       state.isWindowsNewline = end !== 0 && chunk[end - 1] === "\r";
       return state.isWindowsNewline ? 2 : 1;
     };
-    linesFinal = function* ({ previousChunks }) {
-      if (previousChunks.length > 0) {
-        yield previousChunks;
+    linesFinal = function* ({ previousChunks: previousChunks2 }) {
+      if (previousChunks2.length > 0) {
+        yield previousChunks2;
       }
     };
     getAppendNewlineGenerator = ({ binary, preserveNewlines, readableObjectMode, state }) => binary || preserveNewlines || readableObjectMode ? void 0 : { transform: appendNewlineGenerator.bind(void 0, state) };
@@ -26824,11 +26833,11 @@ var init_concurrent = __esm({
       const promises3 = weakMap.get(stream);
       const promise3 = createDeferred();
       promises3.push(promise3);
-      const resolve11 = promise3.resolve.bind(promise3);
-      return { resolve: resolve11, promises: promises3 };
+      const resolve13 = promise3.resolve.bind(promise3);
+      return { resolve: resolve13, promises: promises3 };
     };
-    waitForConcurrentStreams = async ({ resolve: resolve11, promises: promises3 }, subprocess) => {
-      resolve11();
+    waitForConcurrentStreams = async ({ resolve: resolve13, promises: promises3 }, subprocess) => {
+      resolve13();
       const [isSubprocessExit] = await Promise.race([
         Promise.allSettled([true, subprocess]),
         Promise.all([false, ...promises3])
@@ -27848,6 +27857,27 @@ async function exists2(path6) {
     () => false
   );
 }
+async function withScratchDir(tag, fn) {
+  const base = process.env.TMPDIR || tmpdir();
+  const prefix = `overlayctl-${tag}-`;
+  for (const name of await fsp.readdir(base).catch(() => [])) {
+    if (!name.startsWith(prefix)) continue;
+    const [pidText, host] = name.slice(prefix.length).split("-");
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
+    await fsp.rm(join2(base, name), { recursive: true, force: true }).catch(() => {
+    });
+  }
+  const dir = await fsp.mkdtemp(join2(base, `${prefix}${process.pid}-${HOST}-`)).catch((e) => {
+    throw fromFsError(e, base);
+  });
+  try {
+    return await fn(dir);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => {
+    });
+  }
+}
 var TEMP_MARK, HOST, mountDirPrefix, mountsCleared;
 var init_atomic = __esm({
   "packages/core/src/fs/atomic.ts"() {
@@ -28205,8 +28235,8 @@ var require_utils2 = __commonJS({
       }
       return output2;
     };
-    exports.basename = (path6, { windows } = {}) => {
-      const segs = path6.split(windows ? /[\\/]/ : "/");
+    exports.basename = (path6, { windows: windows2 } = {}) => {
+      const segs = path6.split(windows2 ? /[\\/]/ : "/");
       const last = segs[segs.length - 1];
       if (last === "") {
         return segs[segs.length - 2];
@@ -28951,16 +28981,16 @@ var require_parse3 = __commonJS({
         const analysis = analyzeRepeatedExtglob(body, opts);
         if ((token.type === "plus" || token.type === "star") && analysis.risky) {
           const safeOutput = analysis.safeOutput ? (token.output ? "" : ONE_CHAR) + (opts.capture ? `(${analysis.safeOutput})` : analysis.safeOutput) : void 0;
-          const open4 = tokens[token.tokensIndex];
-          open4.type = "text";
-          open4.value = literal2;
-          open4.output = safeOutput || utils.escapeRegex(literal2);
+          const open7 = tokens[token.tokensIndex];
+          open7.type = "text";
+          open7.value = literal2;
+          open7.output = safeOutput || utils.escapeRegex(literal2);
           for (let i2 = token.tokensIndex + 1; i2 < tokens.length; i2++) {
             tokens[i2].value = "";
             tokens[i2].output = "";
             delete tokens[i2].suffix;
           }
-          state.output = token.output + open4.output;
+          state.output = token.output + open7.output;
           state.backtrack = true;
           push({ type: "paren", extglob: true, value, output: "" });
           decrement("parens");
@@ -29180,15 +29210,15 @@ var require_parse3 = __commonJS({
         }
         if (value === "{" && opts.nobrace !== true) {
           increment2("braces");
-          const open4 = {
+          const open7 = {
             type: "brace",
             value,
             output: "(",
             outputIndex: state.output.length,
             tokensIndex: state.tokens.length
           };
-          braces.push(open4);
-          push(open4);
+          braces.push(open7);
+          push(open7);
           continue;
         }
         if (value === "}") {
@@ -34410,7 +34440,7 @@ function isRef(value) {
 function cloneIssues(issues) {
   return issues.map((iss) => iss.path ? { ...iss, path: iss.path.slice() } : { ...iss });
 }
-function isRecursive2(inst, stack, resolve11) {
+function isRecursive2(inst, stack, resolve13) {
   const cached2 = recursive.get(inst);
   if (cached2 !== void 0)
     return cached2 ? PROVEN : NONE;
@@ -34420,7 +34450,7 @@ function isRecursive2(inst, stack, resolve11) {
   let result = NONE;
   const check2 = (child) => {
     if (result !== PROVEN && child?._zod) {
-      const answer = isRecursive2(child, stack, resolve11);
+      const answer = isRecursive2(child, stack, resolve13);
       if (answer > result)
         result = answer;
     }
@@ -34431,7 +34461,7 @@ function isRecursive2(inst, stack, resolve11) {
       const desc = Object.getOwnPropertyDescriptor(sh, key);
       if (spread && !desc.enumerable)
         continue;
-      const child = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve11) : NONE;
+      const child = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve13) : NONE;
       if (child > answer)
         answer = child;
     }
@@ -34495,7 +34525,7 @@ function isRecursive2(inst, stack, resolve11) {
       break;
     // `$ZodLazy` caches its inner on the def, so a resolved edge is followed exactly
     case "lazy": {
-      const inner = def._cachedInner ?? (resolve11 ? inst._zod.innerType : void 0);
+      const inner = def._cachedInner ?? (resolve13 ? inst._zod.innerType : void 0);
       merge2(inner ? isRecursive2(inner, stack, false) : ASSUMED);
       break;
     }
@@ -50746,9 +50776,9 @@ function setProcessLockWait(seconds) {
 function waitSecondsFor(opts) {
   return opts.waitSeconds ?? lockWait.getStore() ?? processWait ?? 0;
 }
-function trySetLock(fd, type) {
+function trySetLock(fd, type, range) {
   const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  const lock = { l_type: type, l_whence: 0, l_start: range?.start ?? 0, l_len: range?.length ?? 0, l_pid: 0 };
   if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
   const e = errno();
   if (e === EAGAIN || e === EACCES) return false;
@@ -50765,7 +50795,7 @@ async function acquireLock(path6, mode, opts = {}) {
   const deadline = Date.now() + waitSecondsFor(opts) * 1e3;
   try {
     for (; ; ) {
-      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
+      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK, opts.range)) break;
       if (Date.now() >= deadline) throw lockedError(path6, mode);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -50810,7 +50840,7 @@ async function withLock(path6, mode, fn, opts = {}) {
     lock.release();
   }
 }
-function probeLock(path6) {
+function probeLock(path6, range) {
   const attempt = (flags, type) => {
     let fd;
     try {
@@ -50820,7 +50850,7 @@ function probeLock(path6) {
       throw fromFsError(e, path6);
     }
     try {
-      return trySetLock(fd, type);
+      return trySetLock(fd, type, range);
     } finally {
       closeSync2(fd);
     }
@@ -50863,7 +50893,7 @@ var init_ofd = __esm({
 // packages/core/src/fs/scratch.ts
 import { mkdtemp, readdir as readdir4, rm as rm4 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
-import { join as join7 } from "node:path";
+import { join as join9 } from "node:path";
 async function scratchDir(prefix, base = tmpdir3()) {
   const key = `${base}\0${prefix}`;
   if (!swept.has(key)) {
@@ -50872,11 +50902,11 @@ async function scratchDir(prefix, base = tmpdir3()) {
     for (const name of names) {
       const m = new RegExp(`^${prefix}-(\\d+)-([^/]+)-[^-]+$`).exec(name);
       if (!m || m[2] !== HOST || pidAlive(Number(m[1]))) continue;
-      await rm4(join7(base, name), { recursive: true, force: true }).catch(() => {
+      await rm4(join9(base, name), { recursive: true, force: true }).catch(() => {
       });
     }
   }
-  return mkdtemp(join7(base, `${prefix}-${process.pid}-${HOST}-`));
+  return mkdtemp(join9(base, `${prefix}-${process.pid}-${HOST}-`));
 }
 var swept;
 var init_scratch = __esm({
@@ -50888,9 +50918,9 @@ var init_scratch = __esm({
 });
 
 // packages/core/src/image/copy.ts
-import { chmod as chmod2, chown, stat as stat6 } from "node:fs/promises";
+import { chmod as chmod2, chown, stat as stat7 } from "node:fs/promises";
 async function copyImageFile(src, dst) {
-  const st = await stat6(src);
+  const st = await stat7(src);
   const sparse = st.blocks * 512 < st.size;
   await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], {
     timeoutSeconds: 3600
@@ -50899,7 +50929,7 @@ async function copyImageFile(src, dst) {
   if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
 }
 async function isSparseFile(path6) {
-  const st = await stat6(path6);
+  const st = await stat7(path6);
   return st.blocks * 512 < st.size;
 }
 var init_copy = __esm({
@@ -50912,7 +50942,7 @@ var init_copy = __esm({
 // packages/core/src/layer/lower.ts
 import { mkdtemp as mkdtemp2, readdir as readdir5, rm as rm5 } from "node:fs/promises";
 import { tmpdir as tmpdir4 } from "node:os";
-import { join as join8 } from "node:path";
+import { join as join10 } from "node:path";
 function modeFromPerms(perms) {
   let mode = 0;
   const special = [2048, 1024, 512];
@@ -50955,9 +50985,9 @@ async function sifEntries(sif) {
   const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
   const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
   if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp2(join8(tmpdir4(), "overlay-sif-"));
+  const dir = await mkdtemp2(join10(tmpdir4(), "overlay-sif-"));
   try {
-    const part = join8(dir, "rootfs.sqf");
+    const part = join10(dir, "rootfs.sqf");
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
     return await squashEntries(part);
   } finally {
@@ -50967,7 +50997,7 @@ async function sifEntries(sif) {
 async function dirEntries(root) {
   const out = [];
   for (const e of await readdir5(root, { recursive: true, withFileTypes: true })) {
-    const rel = join8(e.parentPath, e.name).slice(root.length + 1);
+    const rel = join10(e.parentPath, e.name).slice(root.length + 1);
     out.push({ path: rel, whiteout: e.isCharacterDevice() });
   }
   return out;
@@ -51265,7 +51295,7 @@ var init_normalize2 = __esm({
 
 // packages/core/src/image/check.ts
 import { rm as rm6 } from "node:fs/promises";
-import { join as join9 } from "node:path";
+import { join as join11 } from "node:path";
 function describeRepairs(output2, copy, path6) {
   const out = [];
   let pending = [];
@@ -51301,7 +51331,7 @@ function describeRepairs(output2, copy, path6) {
 }
 async function fsckOnCopy(image, probe, timeoutSeconds, progress) {
   const dir = await scratchDir("overlay-check");
-  const copy = join9(dir, "copy.img");
+  const copy = join11(dir, "copy.img");
   const sb = backupSuperblockArgs(probe.superblock?.backup);
   try {
     let method = "metadata-copy";
@@ -51409,7 +51439,7 @@ async function checkImage(path6, opts = {}) {
         return result({ status: "locked", error: { code: e.code, message: e.message } });
       throw e;
     }
-    const damaged = probe.superblock?.primary === "damaged";
+    const damaged2 = probe.superblock?.primary === "damaged";
     const first = await fsckOnCopy(path6, probe, timeoutSeconds, opts.onProgress ?? (() => {
     }));
     const tail2 = first.output.trim().split("\n").slice(-3).join(" ").split(first.copy).join(path6);
@@ -51420,7 +51450,7 @@ async function checkImage(path6, opts = {}) {
         `e2fsck could not examine the image (exit ${first.exit}): ${tail2}`
       );
     const problems = describeRepairs(first.output, first.copy, path6);
-    if (damaged) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
+    if (damaged2) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
     if (first.exit === 4) problems.push("e2fsck could not correct everything on the first run");
     if (first.exit >= 8) {
       problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail2})`);
@@ -51437,7 +51467,7 @@ async function checkImage(path6, opts = {}) {
         } : void 0
       });
     }
-    const corrupt = damaged || first.exit !== 0;
+    const corrupt = damaged2 || first.exit !== 0;
     if (!corrupt || !opts.repair) {
       const apptainerProblems2 = corrupt ? ["the filesystem is damaged"] : await apptainerVerdict(path6, probe);
       return result({
@@ -51568,11 +51598,11 @@ async function imageInfo(path6) {
     };
   }
   const { sb, superblock } = await readSuperblockOrBackup(path6, probe.superblock);
-  const damaged = superblock.primary === "damaged";
+  const damaged2 = superblock.primary === "damaged";
   const problems = apptainerExt3Problems(probe.ext);
-  if (damaged) problems.push("the primary superblock is damaged (check --repair restores it)");
+  if (damaged2) problems.push("the primary superblock is damaged (check --repair restores it)");
   if (truncated) problems.push("the file is truncated");
-  const upper = damaged ? null : await statInImage(path6, "/upper").catch(() => null);
+  const upper = damaged2 ? null : await statInImage(path6, "/upper").catch(() => null);
   const inodesUsed = sb.inodeCount - sb.freeInodes;
   const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
   const nonPortableMarkers = upper ? await findNonPortableMarkers2(path6).catch(() => void 0) : void 0;
@@ -51587,11 +51617,11 @@ async function imageInfo(path6) {
     inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
     reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
     uuid: sb.uuid || null,
-    clean: sb.state === "clean" && !damaged && !truncated,
+    clean: sb.state === "clean" && !damaged2 && !truncated,
     superblock,
     apptainerCompatible: problems.length === 0 && upper !== null,
     // debugfs cannot be trusted on a damaged or truncated image: no claim about upper/ then
-    apptainerProblems: upper === null && !damaged && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
+    apptainerProblems: upper === null && !damaged2 && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
     upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
     nonPortableMarkers
   };
@@ -51820,9 +51850,9 @@ var init_diagnose = __esm({
 });
 
 // packages/core/src/runtime/exec.ts
-import { mkdtemp as mkdtemp6, readFile as readFile5, rm as rm12, writeFile as writeFile7 } from "node:fs/promises";
+import { mkdtemp as mkdtemp6, readFile as readFile6, rm as rm12, writeFile as writeFile7 } from "node:fs/promises";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join14, resolve as resolve7 } from "node:path";
+import { join as join16, resolve as resolve7 } from "node:path";
 async function chooseFakeroot(image, opts = {}) {
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   if (uid === 0 || opts.ro) return { fakeroot: false, upperUid: null };
@@ -51858,12 +51888,12 @@ async function driverOverlayConfig(runtime) {
   const cfg = await runTool(runtime.name, ["buildcfg"], { timeoutSeconds: 60 }).catch(() => void 0);
   const conf = /^\w+_CONF_FILE=(.+)$/m.exec(cfg?.stdout ?? "")?.[1];
   if (!conf || /^\w+_SUID_INSTALL=1$/m.test(cfg?.stdout ?? "")) return void 0;
-  const text = await readFile5(conf, "utf8").catch(() => void 0);
+  const text = await readFile6(conf, "utf8").catch(() => void 0);
   if (text === void 0 || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return void 0;
   const line = /^\s*enable overlay\s*=.*$/m;
   const driver = "enable overlay = driver";
-  const dir = await mkdtemp6(join14(tmpdir6(), "overlay-conf-"));
-  const file2 = join14(dir, "apptainer.conf");
+  const dir = await mkdtemp6(join16(tmpdir6(), "overlay-conf-"));
+  const file2 = join16(dir, "apptainer.conf");
   await writeFile7(file2, line.test(text) ? text.replace(line, driver) : `${text}
 ${driver}
 `, {
@@ -51964,7 +51994,7 @@ __export(build_exports, {
 });
 import { promises as fsp8 } from "node:fs";
 import { tmpdir as tmpdir7 } from "node:os";
-import { join as join15, resolve as resolve8 } from "node:path";
+import { join as join17, resolve as resolve8 } from "node:path";
 async function checkBuilt(path6) {
   const r = await checkImage(path6);
   return { status: r.status, problems: r.problems };
@@ -51988,8 +52018,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp8.mkdtemp(join15(tmpdir7(), "overlayctl-build-"));
-    scriptFile = join15(tempDir, "build.sh");
+    tempDir = await fsp8.mkdtemp(join17(tmpdir7(), "overlayctl-build-"));
+    scriptFile = join17(tempDir, "build.sh");
     await fsp8.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -52092,8 +52122,8 @@ var init_build = __esm({
 });
 
 // packages/actions/src/entries/check-overlay.ts
-import { glob as glob2, mkdir as mkdir4, writeFile as writeFile8 } from "node:fs/promises";
-import { join as join17, resolve as resolve10 } from "node:path";
+import { glob as glob2, mkdir as mkdir4, writeFile as writeFile9 } from "node:fs/promises";
+import { join as join21, resolve as resolve12 } from "node:path";
 
 // node_modules/@actions/core/lib/command.js
 import * as os from "os";
@@ -52260,11 +52290,11 @@ import { EOL as EOL3 } from "os";
 import { constants, promises } from "fs";
 var __awaiter = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve11) {
-      resolve11(value);
+    return value instanceof P ? value : new P(function(resolve13) {
+      resolve13(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve11, reject) {
+  return new (P || (P = Promise))(function(resolve13, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -52280,7 +52310,7 @@ var __awaiter = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve11(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -52559,11 +52589,11 @@ var arch = os3.arch();
 // node_modules/@actions/core/lib/core.js
 var __awaiter2 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve11) {
-      resolve11(value);
+    return value instanceof P ? value : new P(function(resolve13) {
+      resolve13(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve11, reject) {
+  return new (P || (P = Promise))(function(resolve13, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -52579,7 +52609,7 @@ var __awaiter2 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve11(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -52789,10 +52819,10 @@ var resolveSymlinksAsync = function(path6, state, callback$1) {
   queue.enqueue();
   fs3.realpath(path6, (error63, resolvedPath) => {
     if (error63) return queue.dequeue(suppressErrors ? null : error63, state);
-    fs3.stat(resolvedPath, (error$1, stat10) => {
+    fs3.stat(resolvedPath, (error$1, stat13) => {
       if (error$1) return queue.dequeue(suppressErrors ? null : error$1, state);
-      if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
-      callback$1(stat10, resolvedPath);
+      if (stat13.isDirectory() && isRecursive(path6, resolvedPath, state)) return queue.dequeue(null, state);
+      callback$1(stat13, resolvedPath);
       queue.dequeue(null, state);
     });
   });
@@ -52802,9 +52832,9 @@ var resolveSymlinks = function(path6, state, callback$1) {
   queue.enqueue();
   try {
     const resolvedPath = fs3.realpathSync(path6);
-    const stat10 = fs3.statSync(resolvedPath);
-    if (stat10.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
-    callback$1(stat10, resolvedPath);
+    const stat13 = fs3.statSync(resolvedPath);
+    if (stat13.isDirectory() && isRecursive(path6, resolvedPath, state)) return;
+    callback$1(stat13, resolvedPath);
   } catch (e) {
     if (!suppressErrors) throw e;
   }
@@ -53001,8 +53031,8 @@ var Walker = class {
         this.walkDirectory(this.state, path6, path6, depth - 1, this.walk);
       } else if (this.resolveSymlink && entry.isSymbolicLink()) {
         let path6 = joinPathWithBasePath(entry.name, directoryPath);
-        this.resolveSymlink(path6, this.state, (stat10, resolvedPath) => {
-          if (stat10.isDirectory()) {
+        this.resolveSymlink(path6, this.state, (stat13, resolvedPath) => {
+          if (stat13.isDirectory()) {
             resolvedPath = normalizePath(resolvedPath, this.state.options);
             if (exclude && exclude(entry.name, useRealPaths ? resolvedPath : path6 + pathSeparator)) return;
             this.walkDirectory(this.state, resolvedPath, useRealPaths ? resolvedPath : path6 + pathSeparator, depth - 1, this.walk);
@@ -53979,14 +54009,14 @@ var LocalStore = class {
     }
     return had;
   }
-  async put(key, write2, opts = {}) {
+  async put(key, write3, opts = {}) {
     validateKey(key);
     await this.ensureWritable();
     const { archive, meta: meta3 } = this.paths(key);
     if (!opts.replace && await exists2(meta3)) return { status: "exists" };
     const tmp = tempPathFor(archive);
     try {
-      await write2(tmp);
+      await write3(tmp);
     } catch (e) {
       await rm3(tmp, { force: true });
       throw e;
@@ -54036,6 +54066,626 @@ var LocalStore = class {
   }
 };
 
+// packages/core/src/cache/registry-store.ts
+init_errors();
+init_atomic();
+import { createHash as createHash8 } from "node:crypto";
+import { createReadStream as createReadStream3 } from "node:fs";
+import { open as open4, stat as stat6 } from "node:fs/promises";
+import { join as join8 } from "node:path";
+
+// packages/core/src/registry/client.ts
+init_errors();
+import { createHash as createHash7 } from "node:crypto";
+import { createReadStream as createReadStream2 } from "node:fs";
+import { readFile as readFile4 } from "node:fs/promises";
+import { homedir as homedir4 } from "node:os";
+import { join as join7 } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+var EMPTY_CONFIG = {
+  mediaType: "application/vnd.oci.empty.v1+json",
+  digest: "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+  size: 2
+};
+var OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+var REF_RE = /^oras:\/\/([a-z0-9.-]+(?::\d+)?|\[[0-9a-f:]+\](?::\d+)?)\/([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)(?::([A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(sha256:[a-f0-9]{64}))?$/;
+function parseOrasRef(uri, what = "reference") {
+  const m = REF_RE.exec(uri);
+  if (!m)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${what} ${JSON.stringify(uri)} is not oras://HOST/REPO[:TAG]`,
+      {
+        hint: "e.g. oras://ghcr.io/OWNER/env:v1 (repository names are lower case)"
+      }
+    );
+  return { host: m[1], repo: m[2], tag: m[3], digest: m[4] };
+}
+var formatRef = (r) => `oras://${r.host}/${r.repo}${r.tag ? `:${r.tag}` : ""}${r.digest ? `@${r.digest}` : ""}`;
+var sha256Digest = (b) => `sha256:${createHash7("sha256").update(b).digest("hex")}`;
+function decodeAuth(entry) {
+  if (entry.username && entry.password) return { username: entry.username, password: entry.password };
+  if (!entry.auth) return void 0;
+  const text = Buffer.from(entry.auth, "base64").toString("utf8");
+  const i2 = text.indexOf(":");
+  return i2 > 0 ? { username: text.slice(0, i2), password: text.slice(i2 + 1) } : void 0;
+}
+function authKeyHost(key) {
+  const host = key.replace(/^[a-z]+:\/\//, "").replace(/\/.*$/, "");
+  return ["docker.io", "registry-1.docker.io", "index.docker.io"].includes(host) ? "docker.io" : host;
+}
+async function fromConfigFile(path6, host) {
+  let json2;
+  try {
+    json2 = JSON.parse(await readFile4(path6, "utf8"));
+  } catch {
+    return void 0;
+  }
+  const want = authKeyHost(host);
+  for (const [key, entry] of Object.entries(json2.auths ?? {})) {
+    if (authKeyHost(key) !== want) continue;
+    const c3 = decodeAuth(entry ?? {});
+    if (c3) return { ...c3, source: path6 };
+  }
+  return void 0;
+}
+async function findCredentials(host, env = process.env) {
+  if (env.OVERLAY_REGISTRY_USERNAME && env.OVERLAY_REGISTRY_PASSWORD)
+    return {
+      username: env.OVERLAY_REGISTRY_USERNAME,
+      password: env.OVERLAY_REGISTRY_PASSWORD,
+      source: "OVERLAY_REGISTRY_USERNAME/OVERLAY_REGISTRY_PASSWORD"
+    };
+  const home = env.HOME || homedir4();
+  const dockerDir = env.DOCKER_CONFIG || join7(home, ".docker");
+  const apptainerDir = env.APPTAINER_CONFIGDIR || join7(home, ".apptainer");
+  for (const file2 of [join7(dockerDir, "config.json"), join7(apptainerDir, "docker-config.json")]) {
+    const c3 = await fromConfigFile(file2, host);
+    if (c3) return c3;
+  }
+  if (host === "ghcr.io" && env.GITHUB_TOKEN)
+    return {
+      username: env.GITHUB_ACTOR || "github-actions",
+      password: env.GITHUB_TOKEN,
+      source: "GITHUB_TOKEN"
+    };
+  return void 0;
+}
+var isLoopback = (host) => /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?::\d+)?$/.test(host);
+var MAX_ATTEMPTS = Number(process.env.OVERLAY_REGISTRY_ATTEMPTS) || 4;
+var Transient = class extends Error {
+};
+var RegistryClient = class _RegistryClient {
+  constructor(host, repo, opts = {}) {
+    this.host = host;
+    this.repo = repo;
+    this.opts = opts;
+    const scheme = isLoopback(host) || opts.insecure ? "http" : "https";
+    this.base = `${scheme}://${host}/v2/${repo}/`;
+  }
+  host;
+  repo;
+  opts;
+  base;
+  auth = /* @__PURE__ */ new Map();
+  // scope -> Authorization header
+  challenge;
+  creds;
+  where() {
+    return `${this.host}/${this.repo}`;
+  }
+  async credentials() {
+    if (this.creds === void 0) this.creds = await findCredentials(this.host, this.opts.env) ?? null;
+    return this.creds ?? void 0;
+  }
+  scopeFor(method, path6, alsoPull) {
+    const actions = method === "GET" || method === "HEAD" ? "pull" : method === "DELETE" && path6.startsWith("manifests/") ? "pull,push,delete" : "pull,push";
+    const own2 = `repository:${this.repo}:${actions}`;
+    return alsoPull ? `${own2} repository:${alsoPull}:pull` : own2;
+  }
+  /** Answer a 401 challenge: fills this.auth for the scope, or throws E_AUTH. */
+  async authenticate(header, scope, failedBefore) {
+    const creds = await this.credentials();
+    const who = creds ? `as ${creds.username} (credentials from ${creds.source})` : "without credentials";
+    const hint = creds ? "check the user name and password/token (and that it may read/write this repository)" : `log in first (docker/podman/oras login ${this.host}, apptainer registry login) or set OVERLAY_REGISTRY_USERNAME and OVERLAY_REGISTRY_PASSWORD`;
+    if (failedBefore || !header)
+      throw new OverlayError("E_AUTH", `${this.where()} refused access ${who}`, { hint });
+    const scheme = /^\s*(\w+)/.exec(header)?.[1]?.toLowerCase();
+    const param = (name) => new RegExp(`${name}="([^"]*)"`, "i").exec(header)?.[1];
+    if (scheme === "basic") {
+      if (!creds) throw new OverlayError("E_AUTH", `${this.where()} needs credentials`, { hint });
+      this.challenge = { scheme: "basic" };
+      this.auth.set(scope, `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`);
+      return;
+    }
+    if (scheme !== "bearer" || !param("realm"))
+      throw new OverlayError("E_AUTH", `${this.where()} asks for an unsupported authentication (${header})`);
+    this.challenge = { scheme: "bearer", realm: param("realm"), service: param("service") };
+    this.auth.set(scope, await this.token(scope, creds, hint, who));
+  }
+  async token(scope, creds, hint, who) {
+    const url2 = new URL(this.challenge.realm);
+    if (this.challenge.service) url2.searchParams.set("service", this.challenge.service);
+    for (const s of scope.split(" ")) url2.searchParams.append("scope", s);
+    const headers = {};
+    if (creds)
+      headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`;
+    let res;
+    try {
+      res = await fetch(url2, { headers });
+    } catch (e) {
+      throw new Transient(`token service ${url2.origin}: ${e.message}`);
+    }
+    if (res.status >= 500 || res.status === 429) throw new Transient(`token service answered ${res.status}`);
+    if (!res.ok)
+      throw new OverlayError("E_AUTH", `${this.where()}: the token service refused ${who}`, { hint });
+    const body = await res.json().catch(() => ({}));
+    const token = body.token || body.access_token;
+    if (!token) throw new OverlayError("E_REGISTRY", `token service ${url2.origin} answered no token`);
+    return `Bearer ${token}`;
+  }
+  /** One HTTP exchange with auth (a 401 is answered once); transient failures throw Transient. */
+  async send(r) {
+    const url2 = /^https?:\/\//.test(r.path) ? r.path : new URL(r.path, this.base).toString();
+    const scope = this.scopeFor(r.method, r.path, r.alsoPull);
+    for (let authTry = 0; ; authTry++) {
+      const headers = { ...r.headers };
+      const auth = this.auth.get(scope) ?? (this.challenge?.scheme === "basic" ? [...this.auth.values()][0] : void 0);
+      if (auth) headers.authorization = auth;
+      let res;
+      try {
+        const body = r.body === void 0 ? void 0 : Buffer.isBuffer(r.body) ? r.body : r.body();
+        res = await fetch(url2, {
+          method: r.method,
+          headers,
+          body,
+          redirect: "follow",
+          ...body && !Buffer.isBuffer(body) ? { duplex: "half" } : {}
+        });
+      } catch (e) {
+        const cause = e.cause;
+        if (cause?.code === "EPROTO" || /wrong version number|SSL/i.test(cause?.message ?? ""))
+          throw new OverlayError("E_REGISTRY", `${this.host} does not speak HTTPS`, {
+            hint: "for a plain-HTTP registry pass --no-https"
+          });
+        throw new Transient(`${r.method} ${url2}: ${cause?.message ?? e.message}`);
+      }
+      if (res.status === 401 && authTry === 0) {
+        await res.body?.cancel();
+        await this.authenticate(res.headers.get("www-authenticate"), scope, false);
+        continue;
+      }
+      if (r.ok.includes(res.status)) return res;
+      const text = await res.text().catch(() => "");
+      if (res.status === 401 || res.status === 403) await this.authenticate(null, scope, true);
+      if (res.status >= 500 || res.status === 429)
+        throw new Transient(`${r.method} ${url2} answered ${res.status} ${text.slice(0, 200)}`);
+      throw new OverlayError(
+        "E_REGISTRY",
+        `${this.where()}: ${r.method} answered ${res.status} ${text.slice(0, 300)}`
+      );
+    }
+  }
+  /** Run `op` again on transient failures, a bounded number of times with backoff. */
+  async retrying(what, op) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await op();
+      } catch (e) {
+        if (!(e instanceof Transient) && !isConnectionDrop(e)) throw e;
+        if (attempt >= MAX_ATTEMPTS)
+          throw new OverlayError(
+            "E_REGISTRY",
+            `${this.where()}: ${what} failed ${attempt} times: ${e.message}`,
+            {
+              hint: "the registry is failing or unreachable; try again later"
+            }
+          );
+        this.opts.onRetry?.(`${what}: ${e.message}; retrying (${attempt}/${MAX_ATTEMPTS - 1})`);
+        await sleep(250 * 2 ** (attempt - 1));
+      }
+    }
+  }
+  async ping() {
+    await this.retrying("ping", async () => {
+      const res = await this.send({ method: "GET", path: "tags/list", ok: [200, 404] });
+      await res.body?.cancel();
+    });
+  }
+  async hasBlob(digest) {
+    return this.retrying("check blob", async () => {
+      const res = await this.send({ method: "HEAD", path: `blobs/${digest}`, ok: [200, 404] });
+      return res.status === 200;
+    });
+  }
+  /** Cross-repository mount: true when the registry linked the blob (201), false when it did not. */
+  async mountBlob(digest, from) {
+    return this.retrying("mount blob", async () => {
+      const res = await this.send({
+        method: "POST",
+        path: `blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`,
+        ok: [201, 202],
+        alsoPull: from
+      });
+      await res.body?.cancel();
+      if (res.status === 201) return true;
+      const loc = res.headers.get("location");
+      if (loc)
+        await this.send({ method: "DELETE", path: new URL(loc, this.base).toString(), ok: [204, 404] }).catch(
+          () => {
+          }
+        );
+      return false;
+    });
+  }
+  async startUpload() {
+    const res = await this.send({ method: "POST", path: "blobs/uploads/", ok: [202] });
+    await res.body?.cancel();
+    const loc = res.headers.get("location");
+    if (!loc) throw new OverlayError("E_REGISTRY", `${this.where()}: upload started without a Location`);
+    return new URL(loc, this.base).toString();
+  }
+  static withDigest(location, digest) {
+    const u2 = new URL(location);
+    u2.searchParams.set("digest", digest);
+    return u2.toString();
+  }
+  /** Monolithic upload of an in-memory blob (POST, then PUT with the bytes). */
+  async uploadBlob(data, digest = sha256Digest(data)) {
+    await this.retrying("upload blob", async () => {
+      const loc = await this.startUpload();
+      const res = await this.send({
+        method: "PUT",
+        path: _RegistryClient.withDigest(loc, digest),
+        headers: { "content-type": "application/octet-stream", "content-length": String(data.length) },
+        body: data,
+        ok: [201]
+      });
+      await res.body?.cancel();
+    });
+  }
+  /**
+   * Chunked upload of a file (POST, PATCH per part with Content-Range, PUT with the digest): large
+   * blobs never sit in memory, and no single request outlives a proxy's time limit.
+   */
+  async uploadFile(path6, size, digest, partBytes = 64 * 1024 * 1024) {
+    await this.retrying("upload blob", async () => {
+      let loc = await this.startUpload();
+      for (let start = 0; start < size; start += partBytes) {
+        const end = Math.min(size, start + partBytes);
+        const res2 = await this.send({
+          method: "PATCH",
+          path: loc,
+          headers: {
+            "content-type": "application/octet-stream",
+            "content-length": String(end - start),
+            "content-range": `${start}-${end - 1}`
+          },
+          body: () => createReadStream2(path6, { start, end: end - 1 }),
+          ok: [202]
+        });
+        await res2.body?.cancel();
+        loc = new URL(res2.headers.get("location") ?? loc, this.base).toString();
+      }
+      const res = await this.send({
+        method: "PUT",
+        path: _RegistryClient.withDigest(loc, digest),
+        headers: { "content-type": "application/octet-stream", "content-length": "0" },
+        body: Buffer.alloc(0),
+        ok: [201]
+      });
+      await res.body?.cancel();
+    });
+  }
+  /**
+   * Stream a blob to `sink` (called again from the start after a dropped connection: `reset` is
+   * called first), verifying its digest: a mismatch is E_INTEGRITY and is not retried.
+   */
+  async readBlob(digest, consume, reset2 = () => {
+  }) {
+    return this.retrying("download blob", async () => {
+      await reset2();
+      const res = await this.send({ method: "GET", path: `blobs/${digest}`, ok: [200, 404] });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new OverlayError("E_NOT_FOUND", `${this.where()} has no blob ${digest}`);
+      }
+      const hash2 = createHash7("sha256");
+      let n2 = 0;
+      try {
+        for await (const chunk of res.body) {
+          hash2.update(chunk);
+          n2 += chunk.length;
+          await consume(chunk);
+        }
+      } catch (e) {
+        if (isOverlayError(e)) throw e;
+        throw new Transient(`blob ${digest.slice(0, 19)}\u2026 cut after ${n2} bytes: ${e.message}`);
+      }
+      const got = `sha256:${hash2.digest("hex")}`;
+      if (got !== digest)
+        throw new OverlayError("E_INTEGRITY", `${this.where()}: blob ${digest} arrived with digest ${got}`, {
+          hint: "the registry holds a damaged blob; push the artifact again"
+        });
+      return n2;
+    });
+  }
+  /** A small blob in memory (verified). */
+  async getBlob(digest) {
+    let parts = [];
+    await this.readBlob(
+      digest,
+      (c3) => {
+        parts.push(Buffer.from(c3));
+      },
+      () => {
+        parts = [];
+      }
+    );
+    return Buffer.concat(parts);
+  }
+  async putManifest(reference, body, mediaType) {
+    return this.retrying("put manifest", async () => {
+      const res = await this.send({
+        method: "PUT",
+        path: `manifests/${reference}`,
+        headers: { "content-type": mediaType },
+        body,
+        ok: [201]
+      });
+      await res.body?.cancel();
+      return sha256Digest(body);
+    });
+  }
+  /** A manifest by tag or digest, with its digest checked when asked by digest. */
+  async getManifest(reference) {
+    return this.retrying("get manifest", async () => {
+      const res = await this.send({
+        method: "GET",
+        path: `manifests/${reference}`,
+        headers: {
+          accept: [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json"
+          ].join(", ")
+        },
+        ok: [200, 404]
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new OverlayError("E_NOT_FOUND", `${this.where()} has no ${reference}`, {
+          hint: `list what is there: skopeo list-tags docker://${this.where()}`
+        });
+      }
+      const body = Buffer.from(await res.arrayBuffer());
+      const digest = sha256Digest(body);
+      if (reference.startsWith("sha256:") && digest !== reference)
+        throw new OverlayError(
+          "E_INTEGRITY",
+          `${this.where()}: manifest ${reference} arrived with digest ${digest}`
+        );
+      return { body, digest, mediaType: res.headers.get("content-type") ?? "" };
+    });
+  }
+  /** Does a tag exist (HEAD on the manifest)? */
+  async hasManifest(reference) {
+    return this.retrying("check manifest", async () => {
+      const res = await this.send({
+        method: "HEAD",
+        path: `manifests/${reference}`,
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+        ok: [200, 404]
+      });
+      return res.status === 200;
+    });
+  }
+  /** Delete a manifest by digest (registries that allow it; distribution needs delete enabled). */
+  async deleteManifest(digest) {
+    return this.retrying("delete manifest", async () => {
+      const res = await this.send({ method: "DELETE", path: `manifests/${digest}`, ok: [202, 404, 405] });
+      await res.body?.cancel();
+      if (res.status === 405)
+        throw new OverlayError("E_CACHE", `${this.where()} does not allow deleting through the API`, {
+          hint: "delete it in the registry's web interface, or let its retention rules remove it"
+        });
+      return res.status === 202;
+    });
+  }
+  /** Can we push here? Opens an upload (needs push rights) and cancels it. */
+  async checkPush() {
+    await this.retrying("check push access", async () => {
+      const loc = await this.startUpload();
+      await this.send({ method: "DELETE", path: loc, ok: [204, 404, 405] }).then((r) => r.body?.cancel()).catch(() => {
+      });
+    });
+  }
+  /** Every tag (following the Link header's pages); none for a repository that does not exist. */
+  async listTags() {
+    const tags = [];
+    let path6 = "tags/list?n=1000";
+    while (path6) {
+      const page = path6;
+      const { list, next } = await this.retrying("list tags", async () => {
+        const res = await this.send({ method: "GET", path: page, ok: [200, 404] });
+        if (res.status === 404) {
+          await res.body?.cancel();
+          return { list: [], next: void 0 };
+        }
+        const json2 = await res.json();
+        const link2 = /<([^>]+)>;\s*rel="next"/.exec(res.headers.get("link") ?? "")?.[1];
+        return { list: json2.tags ?? [], next: link2 ? new URL(link2, this.base).toString() : void 0 };
+      });
+      tags.push(...list);
+      path6 = next;
+    }
+    return tags;
+  }
+};
+function isConnectionDrop(e) {
+  if (isOverlayError(e)) return false;
+  const msg = `${e?.message ?? ""} ${e?.cause?.message ?? ""}`;
+  return /terminated|socket|ECONNRESET|EPIPE|other side closed|fetch failed/i.test(msg);
+}
+
+// packages/core/src/cache/registry-store.ts
+var CACHE_ARTIFACT_TYPE = "application/vnd.overlay-action.cache.v1";
+var CACHE_ARCHIVE_MEDIA_TYPE = "application/vnd.overlay-action.cache.archive.v1+zstd";
+var KEY = "org.overlay-action.cache.key";
+var CREATED = "org.opencontainers.image.created";
+var tagForKey = (key) => `ovc-${createHash8("sha256").update(key).digest("hex").slice(0, 40)}`;
+async function fileDigest(path6) {
+  const hash2 = createHash8("sha256");
+  for await (const chunk of createReadStream3(path6, { highWaterMark: 4 * 2 ** 20 }))
+    hash2.update(chunk);
+  return `sha256:${hash2.digest("hex")}`;
+}
+var scratch = (fn) => withScratchDir("store", fn);
+var RegistryStore = class {
+  constructor(spec) {
+    this.spec = spec;
+    const ref = parseOrasRef(spec, "store");
+    if (ref.tag || ref.digest)
+      throw new OverlayError(
+        "E_INVALID_INPUT",
+        `store ${spec}: a registry store is oras://HOST/REPO, without a tag`,
+        {
+          hint: "tags are derived from the cache keys"
+        }
+      );
+    this.client = new RegistryClient(ref.host, ref.repo, {
+      insecure: process.env.OVERLAY_REGISTRY_PLAIN_HTTP === "1"
+    });
+  }
+  spec;
+  kind = "oras";
+  client;
+  /** The manifest of the entry under `key`, or null (a tag whose annotation names another key is no entry). */
+  async entry(key) {
+    try {
+      const { body, digest } = await this.client.getManifest(tagForKey(key));
+      const m = JSON.parse(body.toString("utf8"));
+      if (m.artifactType !== CACHE_ARTIFACT_TYPE || m.annotations?.[KEY] !== key) return null;
+      return { m, digest };
+    } catch (e) {
+      if (isOverlayError(e, "E_NOT_FOUND")) return null;
+      throw e;
+    }
+  }
+  async listEntries() {
+    const tags = (await this.client.listTags()).filter((t) => t.startsWith("ovc-"));
+    const out = [];
+    for (let i2 = 0; i2 < tags.length; i2 += 4) {
+      const batch = await Promise.all(
+        tags.slice(i2, i2 + 4).map(async (t) => {
+          try {
+            const m = JSON.parse((await this.client.getManifest(t)).body.toString("utf8"));
+            const key = m.annotations?.[KEY];
+            if (m.artifactType !== CACHE_ARTIFACT_TYPE || !key || tagForKey(key) !== t) return null;
+            return { key, created: m.annotations?.[CREATED] ?? "", m };
+          } catch (e) {
+            if (isOverlayError(e, "E_NOT_FOUND")) return null;
+            throw e;
+          }
+        })
+      );
+      for (const b of batch) if (b) out.push(b);
+    }
+    return out;
+  }
+  async fetch(keys, use) {
+    let best = null;
+    const exact = await this.entry(keys.primary);
+    if (exact) best = { key: keys.primary, m: exact.m };
+    if (!best && keys.restoreKeys.length) {
+      const all = (await this.listEntries()).sort((a2, b) => b.created.localeCompare(a2.created));
+      for (const prefix of keys.restoreKeys) {
+        best = all.find((e) => e.key.startsWith(prefix)) ?? null;
+        if (best) break;
+      }
+    }
+    const blob = best?.m.layers?.[0];
+    if (!best || !blob || blob.mediaType !== CACHE_ARCHIVE_MEDIA_TYPE) return null;
+    const key = best.key;
+    return scratch(async (dir) => {
+      const archive = join8(dir, "entry.ovc.zst");
+      const fh = await open4(archive, "w");
+      let pos = 0;
+      try {
+        await this.client.readBlob(
+          blob.digest,
+          async (chunk) => {
+            await fh.write(chunk, 0, chunk.length, pos);
+            pos += chunk.length;
+          },
+          async () => {
+            await fh.truncate(0);
+            pos = 0;
+          }
+        );
+      } catch (e) {
+        if (!isOverlayError(e, "E_INTEGRITY")) throw e;
+      } finally {
+        await fh.close();
+      }
+      return { key, value: await use(archive, key) };
+    });
+  }
+  async put(key, write3, opts = {}) {
+    validateKey(key);
+    if (!opts.replace && await this.has(key)) return { status: "exists" };
+    return scratch(async (dir) => {
+      const archive = join8(dir, "entry.ovc.zst");
+      await write3(archive);
+      const [digest, st] = await Promise.all([fileDigest(archive), stat6(archive)]);
+      if (!await this.client.hasBlob(digest)) await this.client.uploadFile(archive, st.size, digest);
+      if (!await this.client.hasBlob(EMPTY_CONFIG.digest)) await this.client.uploadBlob(Buffer.from("{}"));
+      if (!opts.replace && await this.has(key)) return { status: "exists" };
+      const manifest = {
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: CACHE_ARTIFACT_TYPE,
+        config: EMPTY_CONFIG,
+        layers: [{ mediaType: CACHE_ARCHIVE_MEDIA_TYPE, digest, size: st.size }],
+        annotations: {
+          [KEY]: key,
+          [CREATED]: (/* @__PURE__ */ new Date()).toISOString(),
+          "org.overlay-action.cache.format-version": String(CACHE_FORMAT_VERSION)
+        }
+      };
+      const body = Buffer.from(JSON.stringify(manifest));
+      await this.client.putManifest(tagForKey(key), body, OCI_MANIFEST);
+      return { status: "saved", bytes: st.size };
+    });
+  }
+  async has(key) {
+    return await this.entry(key) !== null;
+  }
+  async delete(key) {
+    const e = await this.entry(key);
+    if (!e) return false;
+    try {
+      return await this.client.deleteManifest(e.digest);
+    } catch (err) {
+      if (isOverlayError(err, "E_CACHE"))
+        throw new OverlayError("E_CACHE", `${err.message}: cannot delete cache entry ${key}`, {
+          hint: `delete tag ${tagForKey(key)} in the registry's interface (or let its retention rules remove it)`
+        });
+      throw err;
+    }
+  }
+  async ensureWritable() {
+    try {
+      await this.client.checkPush();
+    } catch (e) {
+      if (isOverlayError(e, "E_AUTH")) throw e;
+      throw new OverlayError("E_CACHE", `cannot write to ${this.spec}: ${e.message}`, {
+        hint: isOverlayError(e) ? e.hint : void 0
+      });
+    }
+  }
+};
+
 // packages/core/src/cache/state.ts
 init_zod();
 init_errors();
@@ -54043,10 +54693,10 @@ init_check();
 init_format();
 init_truncation();
 init_ofd();
-import { readFile as readFile4, rm as rm7, stat as stat7, writeFile as writeFile4 } from "node:fs/promises";
-import { basename as basename5, dirname as dirname6, join as join10 } from "node:path";
+import { readFile as readFile5, rm as rm7, stat as stat8, writeFile as writeFile4 } from "node:fs/promises";
+import { basename as basename5, dirname as dirname6, join as join12 } from "node:path";
 function statePath(image) {
-  return join10(dirname6(image), `.${basename5(image)}.overlay-cache.json`);
+  return join12(dirname6(image), `.${basename5(image)}.overlay-cache.json`);
 }
 var restoreRecord = external_exports.object({
   /** CacheStore.spec of the store the image came from. */
@@ -54057,12 +54707,12 @@ var restoreRecord = external_exports.object({
   file: external_exports.string()
 });
 async function fileIdentity(image) {
-  const s = await stat7(image, { bigint: true });
+  const s = await stat8(image, { bigint: true });
   return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 async function readRestoreState(image) {
   try {
-    return restoreRecord.parse(JSON.parse(await readFile4(statePath(image), "utf8")));
+    return restoreRecord.parse(JSON.parse(await readFile5(statePath(image), "utf8")));
   } catch {
     return null;
   }
@@ -54127,15 +54777,15 @@ async function verifyForSave(image, opts = {}) {
   });
 }
 async function entryVerifies(store, key, near) {
-  const scratch = join10(dirname6(near), `.${basename5(near)}.verify-${process.pid}`);
+  const scratch3 = join12(dirname6(near), `.${basename5(near)}.verify-${process.pid}`);
   try {
     const found = await store.fetch(
       { primary: key, restoreKeys: [] },
-      (archive) => unpackImage(archive, scratch)
+      (archive) => unpackImage(archive, scratch3)
     );
     return found?.key === key && found.value.ok;
   } finally {
-    await rm7(scratch, { force: true });
+    await rm7(scratch3, { force: true });
   }
 }
 async function saveImage(store, key, image, opts = {}) {
@@ -54180,14 +54830,11 @@ async function saveImage(store, key, image, opts = {}) {
 
 // packages/core/src/cache/stores.ts
 init_errors();
-var STORE_SPEC_FORMS = "a directory path (./store, /shared/overlay-cache)";
+var STORE_SPEC_FORMS = "a directory path (./store, /shared/overlay-cache) or a registry repository (oras://HOST/REPO)";
 function openStore(spec) {
   const s = spec ?? defaultStoreDir();
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(s)?.[1]?.toLowerCase();
-  if (scheme === "oras")
-    throw new OverlayError("E_INVALID_INPUT", `store ${s}: registry stores (oras://) are not supported yet`, {
-      hint: `use ${STORE_SPEC_FORMS}`
-    });
+  if (scheme === "oras") return new RegistryStore(s);
   if (scheme)
     throw new OverlayError("E_INVALID_INPUT", `store ${s}: ${scheme}:// stores are not supported`, {
       hint: `a store is ${STORE_SPEC_FORMS}`
@@ -54201,7 +54848,7 @@ init_errors();
 init_scratch();
 init_check();
 import { rm as rm8 } from "node:fs/promises";
-import { join as join11 } from "node:path";
+import { join as join13 } from "node:path";
 function listableStore(store) {
   if (store instanceof LocalStore) return store;
   throw new OverlayError(
@@ -54218,7 +54865,7 @@ async function verifyStore(store, opts = {}) {
   for (const entry of entries) {
     const started = Date.now();
     const dir = await scratchDir("overlay-verify", opts.workDir);
-    const target = join11(dir, "restored.img");
+    const target = join13(dir, "restored.img");
     const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status, problems, error63) => ({
       ...checkResult(entry.archive, started, {
@@ -54337,7 +54984,7 @@ init_copy();
 init_format();
 init_info2();
 init_superblock();
-import { stat as stat8, truncate } from "node:fs/promises";
+import { stat as stat9, truncate } from "node:fs/promises";
 async function minimumSizeBytes(path6) {
   const sb = await readSuperblock(path6);
   const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
@@ -54349,7 +54996,7 @@ async function minimumSizeBytes(path6) {
 async function resizeImage(path6, sizeBytes, opts = {}) {
   await requireExt3(path6);
   const previousSizeBytes = await withLock(path6, "exclusive", async () => {
-    const before = (await stat8(path6)).size;
+    const before = (await stat9(path6)).size;
     if (before === sizeBytes) return before;
     if (sizeBytes < before) {
       const min = await minimumSizeBytes(path6);
@@ -54414,11 +55061,11 @@ init_ofd();
 init_size();
 init_native2();
 init_run();
-import { createHash as createHash7 } from "node:crypto";
-import { createReadStream as createReadStream2, lstatSync } from "node:fs";
-import { mkdtemp as mkdtemp4, readdir as readdir6, rm as rm10, stat as stat9, writeFile as writeFile5 } from "node:fs/promises";
+import { createHash as createHash9 } from "node:crypto";
+import { createReadStream as createReadStream4, lstatSync } from "node:fs";
+import { mkdtemp as mkdtemp4, readdir as readdir6, rm as rm10, stat as stat10, writeFile as writeFile5 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
-import { join as join12 } from "node:path";
+import { join as join14 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
 init_atomic();
@@ -54468,7 +55115,7 @@ async function planLayer(upper, lower) {
   let files = 0;
   let whiteouts = 0;
   const walk = async (rel) => {
-    const dir = rel ? join12(upper, rel) : upper;
+    const dir = rel ? join14(upper, rel) : upper;
     const entries = [];
     for (const d of await readdir6(dir, { withFileTypes: true })) {
       let kind = "other";
@@ -54478,7 +55125,7 @@ async function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = lstatSync(join12(dir, d.name)).rdev === 0;
+        whiteoutDevice = lstatSync(join14(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
@@ -54527,7 +55174,7 @@ async function withOutputProgress(label, file2, onProgress, step, everyMs = 5e3)
   if (!onProgress) return step();
   const started = Date.now();
   const timer = setInterval(() => {
-    stat9(file2).then(
+    stat10(file2).then(
       (st) => onProgress(
         `${label}: ${formatBytes(st.size)} written, ${Math.round((Date.now() - started) / 1e3)} s`
       ),
@@ -54542,8 +55189,8 @@ async function withOutputProgress(label, file2, onProgress, step, everyMs = 5e3)
   }
 }
 async function sha256File(path6) {
-  const hash2 = createHash7("sha256");
-  for await (const chunk of createReadStream2(path6)) hash2.update(chunk);
+  const hash2 = createHash9("sha256");
+  for await (const chunk of createReadStream4(path6)) hash2.update(chunk);
   return hash2.digest("hex");
 }
 function compressionArgs(c3, level) {
@@ -54562,18 +55209,18 @@ async function commitLayer(o2) {
     o2.onProgress?.(`e2fsck -fn ${o2.image} (it must be clean to be read)`);
     await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join12(tmpdir5(), "overlay-commit-"));
+    const work = await mkdtemp4(join14(tmpdir5(), "overlay-commit-"));
     let planned;
     try {
       await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join12(mnt, "upper");
-        if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
+        const upper = join14(mnt, "upper");
+        if (!(await stat10(upper).catch(() => null))?.isDirectory()) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
         planned = await planLayer(upper, lower);
-        const excludeFile = join12(work, "exclude");
-        const pseudoFile = join12(work, "pseudo");
+        const excludeFile = join14(work, "exclude");
+        const pseudoFile = join14(work, "pseudo");
         await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
 `).join(""));
         await writeFile5(pseudoFile, planned.pseudo.map((p) => `${p}
@@ -54604,14 +55251,14 @@ async function commitLayer(o2) {
         await copyImageFile(o2.image, tmp);
         await withFuse2fs(tmp, "rw", async (mnt) => {
           for (const dir of ["upper", "work"]) {
-            for (const name of await readdir6(join12(mnt, dir)))
-              await rm10(join12(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir6(join14(mnt, dir)))
+              await rm10(join14(mnt, dir, name), { recursive: true, force: true });
           }
         });
         await runTool("e2fsck", ["-fy", "-E", "discard", tmp], { okExitCodes: [1, 2] });
       });
     }
-    const bytes = (await stat9(o2.output)).size;
+    const bytes = (await stat10(o2.output)).size;
     o2.onProgress?.(`sha256 of ${o2.output}`);
     return {
       layer: o2.output,
@@ -54638,7 +55285,7 @@ init_atomic();
 init_format();
 init_run();
 import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp5, readdir as readdir7, rm as rm11, writeFile as writeFile6 } from "node:fs/promises";
-import { dirname as dirname8, join as join13 } from "node:path";
+import { dirname as dirname8, join as join15 } from "node:path";
 init_lower();
 var parentOf = (path6) => path6.includes("/") ? path6.slice(0, path6.lastIndexOf("/")) : "";
 function mergeListings(listings) {
@@ -54684,7 +55331,7 @@ async function openUp(root) {
   await chmod3(root, 448);
   for (const d of await readdir7(root, { recursive: true, withFileTypes: true })) {
     if (d.isSymbolicLink()) continue;
-    const p = join13(d.parentPath, d.name);
+    const p = join15(d.parentPath, d.name);
     const want = d.isDirectory() ? 448 : d.isFile() ? 384 : 0;
     if (!want) continue;
     const { mode } = await lstat3(p);
@@ -54711,16 +55358,16 @@ async function squashLayers(layers, output2, opts) {
       `${[...recreated].map((p) => `/${p}`).join(", ")} deleted and made again in a later layer: give --base so the merged layer keeps hiding the base image's old content there`
     );
   }
-  const staging = await mkdtemp5(join13(dirname8(output2), ".squash-"));
+  const staging = await mkdtemp5(join15(dirname8(output2), ".squash-"));
   try {
-    const tree = join13(staging, "root");
+    const tree = join15(staging, "root");
     for (const [i2, layer] of layers.entries()) {
       const exclude = listings[i2].filter((e) => e.path !== "").filter((e) => {
         const m = merged.get(e.path);
         if (m?.type === "d" && e.type === "d") return false;
         return m?.layer !== i2 || DEVICE_TYPES.has(e.type);
       }).map((e) => e.path);
-      const excludeFile = join13(staging, `exclude-${i2}`);
+      const excludeFile = join15(staging, `exclude-${i2}`);
       await writeFile6(excludeFile, exclude.map((p) => `${p}
 `).join(""));
       opts.onProgress?.(`extracting ${layer}`);
@@ -54754,7 +55401,7 @@ async function squashLayers(layers, output2, opts) {
         pseudo.push(`${name} m ${octal(e.mode)} ${e.uid} ${e.gid}`);
       }
     }
-    const pseudoFile = join13(staging, "pseudo");
+    const pseudoFile = join15(staging, "pseudo");
     await writeFile6(pseudoFile, pseudo.map((p) => `${p}
 `).join(""));
     const top = merged.get("");
@@ -54804,7 +55451,7 @@ init_runtime();
 init_build();
 init_exec();
 import { promises as fsp9 } from "node:fs";
-import { join as join16, resolve as resolve9 } from "node:path";
+import { join as join18, resolve as resolve9 } from "node:path";
 var PACKAGES = ["python3", "python3-yaml", "python3-jinja2", "python3-requests", "python3-numpy"];
 var INSTALL_SH = `# The demo's build: a Python environment from Debian packages, installed into the overlay.
 # apt's package lists and downloaded .debs are bind-mounted from the demo directory, and its
@@ -54826,7 +55473,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp9.readdir(dir).catch(() => [])).map((f) => join16(dir, f))
+    ...(await fsp9.readdir(dir).catch(() => [])).map((f) => join18(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp9.readFile(file2, "utf8").catch(() => "");
@@ -54837,8 +55484,8 @@ async function hostMirror() {
   return "http://deb.debian.org/debian";
 }
 async function demoBase(dir, log2) {
-  const sif = join16(dir, "base.sif");
-  const def = join16(dir, "base.def");
+  const sif = join18(dir, "base.sif");
+  const def = join18(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -54865,16 +55512,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve9(o2.dir);
-  await fsp9.mkdir(join16(dir, "apt/archives/partial"), { recursive: true });
-  await fsp9.mkdir(join16(dir, "apt/lists/partial"), { recursive: true });
+  await fsp9.mkdir(join18(dir, "apt/archives/partial"), { recursive: true });
+  await fsp9.mkdir(join18(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join16(dir, "env.img");
+  const image = join18(dir, "env.img");
   await fsp9.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join16(dir, "install.sh");
+  const script = join18(dir, "install.sh");
   await fsp9.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -54927,6 +55574,405 @@ async function runDemo(o2) {
 // packages/core/src/index.ts
 init_diagnose();
 init_exec();
+
+// packages/core/src/sif/format.ts
+init_errors();
+import { randomUUID as randomUUID2 } from "node:crypto";
+import { promises as fsp10 } from "node:fs";
+var SIF_MAGIC = "SIF_MAGIC";
+var HEADER_LEN = 128;
+var DESCRIPTOR_LEN = 585;
+var DEFAULT_DESCRIPTOR_CAPACITY = 48;
+var DEFAULT_DESCRIPTORS_OFFSET = 4096;
+var PARTITION_ALIGNMENT = 4096;
+var GROUP_MASK = 4026531840;
+var SIF_DATA_TYPES = {
+  16385: "deffile",
+  16386: "envVars",
+  16387: "labels",
+  16388: "partition",
+  16389: "signature",
+  16390: "genericJson",
+  16391: "generic",
+  16392: "cryptoMessage",
+  16393: "sbom",
+  16394: "ociRootIndex",
+  16395: "ociBlob"
+};
+var DATA_PARTITION = 16388;
+var DATA_SIGNATURE = 16389;
+var SIF_FS_TYPES = {
+  1: "squashfs",
+  2: "ext3",
+  3: "archive",
+  4: "raw",
+  5: "encryptedSquashfs",
+  6: "gocryptfsSquashfs"
+};
+var FS_SQUASHFS = 1;
+var SIF_PART_TYPES = { 1: "system", 2: "primarySystem", 3: "data", 4: "overlay" };
+var PART_OVERLAY = 4;
+var ARCH_BY_NODE = {
+  ia32: "01",
+  x64: "02",
+  arm: "03",
+  arm64: "04",
+  ppc64: "06",
+  // Node's ppc64 is little-endian
+  mips: "07",
+  mipsel: "08",
+  s390x: "11",
+  riscv64: "12",
+  loong64: "13"
+};
+var ARCH_NAMES = {
+  "00": "unknown",
+  "01": "386",
+  "02": "amd64",
+  "03": "arm",
+  "04": "arm64",
+  "05": "ppc64",
+  "06": "ppc64le",
+  "07": "mips",
+  "08": "mipsle",
+  "09": "mips64",
+  "10": "mips64le",
+  "11": "s390x",
+  "12": "riscv64",
+  "13": "loong64"
+};
+var hostSifArch = () => ARCH_BY_NODE[process.arch] ?? "00";
+var sifArchName = (code) => ARCH_NAMES[code] ?? "unknown";
+var cstr = (b, start, len) => {
+  const s = b.subarray(start, start + len);
+  const nul = s.indexOf(0);
+  return s.subarray(0, nul < 0 ? s.length : nul).toString("latin1");
+};
+var i64 = (b, at) => Number(b.readBigInt64LE(at));
+function isSifHead(head) {
+  return head.length >= 42 && head.toString("latin1", 32, 41) === SIF_MAGIC && head[41] === 0;
+}
+function parseHeader(b) {
+  const arch3 = cstr(b, 45, 3);
+  return {
+    launchScript: cstr(b, 0, 32),
+    version: cstr(b, 42, 3),
+    arch: arch3,
+    archName: sifArchName(arch3),
+    id: formatUuid2(b.subarray(48, 64)),
+    createdAt: i64(b, 64),
+    modifiedAt: i64(b, 72),
+    descriptorsFree: i64(b, 80),
+    descriptorsTotal: i64(b, 88),
+    descriptorsOffset: i64(b, 96),
+    descriptorsSize: i64(b, 104),
+    dataOffset: i64(b, 112),
+    dataSize: i64(b, 120)
+  };
+}
+function parseDescriptor(raw, slot) {
+  if (raw[4] === 0) return null;
+  const dataType = raw.readInt32LE(0);
+  const groupRaw = raw.readUInt32LE(9);
+  const linkRaw = raw.readUInt32LE(13);
+  const d = {
+    slot,
+    dataType,
+    type: SIF_DATA_TYPES[dataType] ?? "unknown",
+    id: raw.readUInt32LE(5),
+    groupId: (groupRaw & ~GROUP_MASK) >>> 0,
+    linkedId: (linkRaw & ~GROUP_MASK) >>> 0,
+    linkedIsGroup: (linkRaw & GROUP_MASK) >>> 0 === GROUP_MASK,
+    offset: i64(raw, 17),
+    size: i64(raw, 25),
+    sizeWithPadding: i64(raw, 33),
+    createdAt: i64(raw, 41),
+    modifiedAt: i64(raw, 49),
+    name: cstr(raw, 73, 128),
+    raw
+  };
+  const extra = 201;
+  if (dataType === DATA_PARTITION) {
+    const fsType = raw.readInt32LE(extra);
+    const partType = raw.readInt32LE(extra + 4);
+    const arch3 = cstr(raw, extra + 8, 3);
+    d.partition = {
+      fsType,
+      fs: SIF_FS_TYPES[fsType] ?? "unknown",
+      partType,
+      part: SIF_PART_TYPES[partType] ?? "unknown",
+      arch: arch3,
+      archName: sifArchName(arch3)
+    };
+  } else if (dataType === DATA_SIGNATURE) {
+    d.signature = { hashType: raw.readInt32LE(extra), entity: cstr(raw, extra + 4, 256) };
+  }
+  return d;
+}
+function formatUuid2(b) {
+  const h2 = b.toString("hex");
+  return `${h2.slice(0, 8)}-${h2.slice(8, 12)}-${h2.slice(12, 16)}-${h2.slice(16, 20)}-${h2.slice(20)}`;
+}
+function uuidBytes(id) {
+  const hex3 = id.replace(/-/g, "");
+  if (!/^[0-9a-f]{32}$/i.test(hex3)) throw new OverlayError("E_INVALID_INPUT", `not a UUID: ${id}`);
+  return Buffer.from(hex3, "hex");
+}
+var damaged = (path6, why) => new OverlayError("E_INTEGRITY", `${path6} is a damaged SIF file: ${why}`, {
+  hint: "the SIF header or descriptor table is not usable; restore the file from a copy"
+});
+async function readSif(path6) {
+  let fh;
+  try {
+    fh = await fsp10.open(path6, "r");
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a regular file`);
+    const rawHeader = Buffer.alloc(HEADER_LEN);
+    const { bytesRead } = await fh.read(rawHeader, 0, HEADER_LEN, 0);
+    if (!isSifHead(rawHeader.subarray(0, bytesRead)))
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SIF file`);
+    if (bytesRead < HEADER_LEN) throw damaged(path6, "truncated header");
+    const header = parseHeader(rawHeader);
+    if (header.version !== "01")
+      throw new OverlayError(
+        "E_UNKNOWN_FORMAT",
+        `${path6} is SIF version ${header.version}; only 01 is known`
+      );
+    const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
+    if (total < 0 || total > 1e6 || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
+      throw damaged(path6, "descriptor table fields are inconsistent");
+    if (off + size > st.size) throw damaged(path6, "the file ends inside the descriptor table");
+    const table = Buffer.alloc(size);
+    await fh.read(table, 0, size, off);
+    const descriptors2 = [];
+    for (let i2 = 0; i2 < total; i2++) {
+      const d = parseDescriptor(Buffer.from(table.subarray(i2 * DESCRIPTOR_LEN, (i2 + 1) * DESCRIPTOR_LEN)), i2);
+      if (!d) continue;
+      if (d.offset < 0 || d.size < 0 || d.offset + d.size > st.size)
+        throw damaged(path6, `object ${d.id} (${d.type}) extends past the end of the file (truncated)`);
+      descriptors2.push(d);
+    }
+    return { path: path6, fileSize: st.size, header, descriptors: descriptors2, rawHeader };
+  } finally {
+    await fh.close();
+  }
+}
+function encodeDescriptor(d) {
+  const raw = Buffer.alloc(DESCRIPTOR_LEN);
+  raw.writeInt32LE(d.dataType, 0);
+  raw[4] = 1;
+  raw.writeUInt32LE(d.id, 5);
+  raw.writeUInt32LE((d.groupId | GROUP_MASK) >>> 0, 9);
+  raw.writeUInt32LE(d.linkedId ?? 0, 13);
+  raw.writeBigInt64LE(BigInt(d.offset), 17);
+  raw.writeBigInt64LE(BigInt(d.size), 25);
+  raw.writeBigInt64LE(BigInt(d.sizeWithPadding), 33);
+  raw.writeBigInt64LE(BigInt(d.time), 41);
+  raw.writeBigInt64LE(BigInt(d.time), 49);
+  if (d.name) raw.write(d.name.slice(0, 127), 73, "latin1");
+  if (d.partition) {
+    raw.writeInt32LE(d.partition.fsType, 201);
+    raw.writeInt32LE(d.partition.partType, 205);
+    raw.write(d.partition.arch.slice(0, 2), 209, "latin1");
+  }
+  return raw;
+}
+function encodeHeader(h2) {
+  const total = h2.descriptorsTotal ?? DEFAULT_DESCRIPTOR_CAPACITY;
+  const b = Buffer.alloc(HEADER_LEN);
+  b.write("#!/usr/bin/env run-singularity\n", 0, "latin1");
+  b.write(SIF_MAGIC, 32, "latin1");
+  b.write("01", 42, "latin1");
+  b.write((h2.arch ?? "00").slice(0, 2), 45, "latin1");
+  uuidBytes(h2.id ?? randomUUID2()).copy(b, 48);
+  b.writeBigInt64LE(BigInt(h2.time), 64);
+  b.writeBigInt64LE(BigInt(h2.time), 72);
+  b.writeBigInt64LE(BigInt(h2.descriptorsFree), 80);
+  b.writeBigInt64LE(BigInt(total), 88);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET), 96);
+  b.writeBigInt64LE(BigInt(total * DESCRIPTOR_LEN), 104);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET + total * DESCRIPTOR_LEN), 112);
+  b.writeBigInt64LE(BigInt(h2.dataSize), 120);
+  return b;
+}
+
+// packages/core/src/sif/layer.ts
+init_errors();
+init_atomic();
+import { createHash as createHash10 } from "node:crypto";
+import { createReadStream as createReadStream5, promises as fsp12 } from "node:fs";
+
+// packages/core/src/sif/rewrite.ts
+init_errors();
+init_atomic();
+import { promises as fsp11 } from "node:fs";
+var CHUNK = 4 * 1024 * 1024;
+var BLOCK2 = 4096;
+var ZERO_BLOCK2 = Buffer.alloc(BLOCK2);
+function intersect(extents, start, end) {
+  const out = [];
+  for (const [a2, b] of extents) {
+    const s = Math.max(a2, start);
+    const e = Math.min(b, end);
+    if (s < e) out.push([s, e]);
+  }
+  return out;
+}
+async function copyRange(src, srcExtents, srcStart, length, dst, dstStart, mode) {
+  const end = srcStart + length;
+  const ranges = mode === "full" ? [[srcStart, end]] : intersect(srcExtents, srcStart, end);
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (const [a2, b] of ranges) {
+    const from = mode === "sparse" ? a2 - (a2 - srcStart) % BLOCK2 : a2;
+    for (let pos = from; pos < b; pos += CHUNK) {
+      const want = Math.min(CHUNK, b - pos);
+      const { bytesRead } = await src.read(buf, 0, want, pos);
+      if (bytesRead < want) buf.fill(0, bytesRead, want);
+      const data = buf.subarray(0, want);
+      const at = dstStart + (pos - srcStart);
+      if (mode !== "sparse") {
+        await writeAll(dst, data, at);
+        continue;
+      }
+      let runStart = -1;
+      for (let o2 = 0; o2 < want; o2 += BLOCK2) {
+        const block = data.subarray(o2, Math.min(o2 + BLOCK2, want));
+        const zero = block.length === BLOCK2 ? block.equals(ZERO_BLOCK2) : block.every((x) => x === 0);
+        if (!zero && runStart < 0) runStart = o2;
+        else if (zero && runStart >= 0) {
+          await writeAll(dst, data.subarray(runStart, o2), at + runStart);
+          runStart = -1;
+        }
+      }
+      if (runStart >= 0) await writeAll(dst, data.subarray(runStart, want), at + runStart);
+    }
+  }
+}
+async function writeAll(fh, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+    if (bytesWritten <= 0) throw new OverlayError("E_NO_SPACE", "short write: no space left on device");
+    done += bytesWritten;
+  }
+}
+async function openOrThrow(path6, flags) {
+  try {
+    return await fsp11.open(path6, flags);
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+}
+async function extractObjectTo(sifPath, d, out, mode = "sparse") {
+  const src = await openOrThrow(sifPath, "r");
+  try {
+    const dst = await openOrThrow(out, "w");
+    try {
+      await dst.truncate(d.size);
+      const extents = mode === "full" ? [] : await dataExtents(sifPath);
+      await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
+      await dst.sync();
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    await src.close();
+  }
+}
+
+// packages/core/src/sif/layer.ts
+async function requireSquashfs2(path6) {
+  const fh = await fsp12.open(path6, "r").catch((e) => {
+    throw fromFsError(e, path6);
+  });
+  try {
+    const st = await fh.stat();
+    const head = Buffer.alloc(4);
+    await fh.read(head, 0, 4, 0);
+    if (!st.isFile() || head.toString("latin1") !== "hsqs")
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SquashFS layer`);
+    return st.size;
+  } finally {
+    await fh.close();
+  }
+}
+async function sha256File2(path6) {
+  const hash2 = createHash10("sha256");
+  for await (const chunk of createReadStream5(path6)) hash2.update(chunk);
+  return hash2.digest();
+}
+async function wrapLayerInSif(layerSqfs, outSif) {
+  const size = await requireSquashfs2(layerSqfs);
+  const digest = await sha256File2(layerSqfs);
+  digest[6] = digest[6] & 15 | 64;
+  digest[8] = digest[8] & 63 | 128;
+  const id = digest.subarray(0, 16).toString("hex");
+  const uuid3 = `${id.slice(0, 8)}-${id.slice(8, 12)}-${id.slice(12, 16)}-${id.slice(16, 20)}-${id.slice(20)}`;
+  const dataOffset = DEFAULT_DESCRIPTORS_OFFSET + DEFAULT_DESCRIPTOR_CAPACITY * DESCRIPTOR_LEN;
+  const offset = Math.ceil(dataOffset / PARTITION_ALIGNMENT) * PARTITION_ALIGNMENT;
+  const header = encodeHeader({
+    id: uuid3,
+    time: 0,
+    descriptorsFree: DEFAULT_DESCRIPTOR_CAPACITY - 1,
+    dataSize: offset + size - dataOffset
+  });
+  const descriptor = encodeDescriptor({
+    dataType: DATA_PARTITION,
+    id: 1,
+    groupId: 1,
+    offset,
+    size,
+    sizeWithPadding: offset - dataOffset + size,
+    time: 0,
+    partition: { fsType: FS_SQUASHFS, partType: PART_OVERLAY, arch: hostSifArch() }
+  });
+  await replaceAtomically(outSif, async (tmp) => {
+    const fh = await fsp12.open(tmp, "r+");
+    try {
+      await fh.write(header, 0, header.length, 0);
+      await fh.write(descriptor, 0, descriptor.length, DEFAULT_DESCRIPTORS_OFFSET);
+      await fh.truncate(offset);
+      let pos = offset;
+      for await (const chunk of createReadStream5(layerSqfs, { highWaterMark: 4 * 1024 * 1024 })) {
+        const b = chunk;
+        await fh.write(b, 0, b.length, pos);
+        pos += b.length;
+      }
+      if (pos !== offset + size)
+        throw new OverlayError("E_TOOL_FAILED", `${layerSqfs} changed while it was read`);
+    } finally {
+      await fh.close();
+    }
+  });
+  return { path: outSif, sizeBytes: (await fsp12.stat(outSif)).size, id: uuid3 };
+}
+async function layerFromSif(sif, outSqfs) {
+  const file2 = await readSif(sif);
+  const layers = file2.descriptors.filter(
+    (d2) => d2.partition?.fsType === FS_SQUASHFS && (d2.partition.partType === PART_OVERLAY || d2.partition.partType === 3)
+  );
+  if (layers.length === 0)
+    throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} holds no SquashFS layer partition`, {
+      hint: "a container SIF is not a layer; layers are SIFs with one SquashFS overlay partition"
+    });
+  if (layers.length > 1)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${sif} holds ${layers.length} SquashFS layer partitions; expected one`
+    );
+  const d = layers[0];
+  await replaceAtomically(outSqfs, async (tmp) => {
+    await extractObjectTo(sif, d, tmp, "extents");
+    await requireSquashfs2(tmp);
+  });
+  return { path: outSqfs, sizeBytes: d.size, id: file2.header.id };
+}
+
+// packages/core/src/index.ts
 init_size();
 
 // packages/core/src/tasks/cache.ts
@@ -55055,7 +56101,7 @@ function parseTaskInput(task, raw, nameStyle = (f) => `--${kebab(f)}`) {
 // packages/core/src/tasks/setup.ts
 init_zod();
 init_resolve();
-import { promises as fsp10 } from "node:fs";
+import { promises as fsp13 } from "node:fs";
 init_errors();
 init_atomic();
 init_check();
@@ -55247,7 +56293,7 @@ async function reconcile(path6, input2, ctx, done) {
 }
 async function allocateAll(path6, ctx) {
   ctx.progress(`allocating every block of ${path6} (sparse: false)`);
-  await runTool("fallocate", ["-l", String((await fsp10.stat(path6)).size), path6], { timeoutSeconds: 1800 });
+  await runTool("fallocate", ["-l", String((await fsp13.stat(path6)).size), path6], { timeoutSeconds: 1800 });
 }
 async function setupOverlay(input2, ctx) {
   if (await exists2(input2.path)) {
@@ -55372,7 +56418,7 @@ async function setupOverlay(input2, ctx) {
   }
 }
 async function discard(path6) {
-  await fsp10.rm(path6, { force: true });
+  await fsp13.rm(path6, { force: true });
   await forgetRestoreState(path6);
 }
 async function saveOverlay(opts, store, ctx) {
@@ -55426,7 +56472,9 @@ var setupTask = defineTask({
 
 // packages/core/src/tasks/cache.ts
 var keySchema = external_exports.string().min(1).max(512).refine((k) => !k.includes(","), "may not contain commas").describe("Cache key (at most 512 characters, no commas)");
-var storeField = external_exports.string().min(1).optional().describe("Cache store: a directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)");
+var storeField = external_exports.string().min(1).optional().describe(
+  "Cache store: a directory or oras://HOST/REPO (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)"
+);
 var cacheSaveTask = defineTask({
   name: "cache save",
   summary: "Save an overlay image into a cache store: verified first (not truncated, e2fsck clean); no-op when it is what was restored from this store under this key",
@@ -55513,6 +56561,14 @@ var cachePruneTask = defineTask({
   }),
   async run(input2) {
     const store = openStore(input2.store);
+    if (store.kind === "oras")
+      throw new OverlayError(
+        "E_INVALID_INPUT",
+        `${store.spec}: registries prune by their own retention rules`,
+        {
+          hint: "set a retention policy in the registry (ghcr.io: package settings or actions/delete-package-versions; Harbor: tag retention); remove one entry with overlayctl cache delete"
+        }
+      );
     if (!(store instanceof LocalStore))
       throw new OverlayError("E_INVALID_INPUT", `cache prune works on a directory store, not ${store.spec}`);
     const m = /^(\d+)\s*([kmgt])?/i.exec(input2.maxSize);
@@ -55927,6 +56983,766 @@ var normalizeTask = defineTask({
   render: (r) => r.changed ? `${r.image}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped` : `${r.image}: already portable`
 });
 
+// packages/core/src/tasks/pull.ts
+init_zod();
+init_size();
+
+// packages/core/src/transfer/transfer.ts
+init_errors();
+init_format();
+import { resolve as resolve11 } from "node:path";
+
+// packages/core/src/transfer/image.ts
+import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5, write as write2 } from "node:fs";
+import { open as open5, readFile as readFile7, rename as rename3, rm as rm13, stat as stat11, writeFile as writeFile8 } from "node:fs/promises";
+import { basename as basename6, dirname as dirname9, join as join19, resolve as resolve10 } from "node:path";
+init_errors();
+init_atomic();
+init_format();
+init_ofd();
+init_run();
+var IMAGE_ARTIFACT_TYPE = "application/vnd.overlay-action.image.v1";
+var CHUNK_MEDIA_TYPE = "application/vnd.overlay-action.image.chunk.v1+zstd";
+var IMAGE_FORMAT_VERSION = 1;
+var A = "org.overlay-action";
+var CHUNK_MAGIC = Buffer.from("OVERLAY-ACTION-CHUNK\n");
+var END2 = 0xffffffffffffffffn;
+var META_WINDOW = 2 ** 20;
+var DATA_WINDOW = 4 * 2 ** 20;
+var BLOCK3 = 4096;
+var ZERO_BLOCK3 = Buffer.alloc(BLOCK3);
+function layoutOf(head) {
+  const fallback = { groupBytes: 128 * 2 ** 20, metaSpan: 8 * 2 ** 20 };
+  if (head.length < 2048 || head.readUInt16LE(1024 + 56) !== 61267) return fallback;
+  const sb = 1024;
+  const bs = 1024 << head.readUInt32LE(sb + 24);
+  const blocksPerGroup = head.readUInt32LE(sb + 32);
+  const inodesPerGroup = head.readUInt32LE(sb + 40);
+  const inodeSize = head.readUInt32LE(sb + 76) >= 1 ? head.readUInt16LE(sb + 88) : 128;
+  const blocksCount = head.readUInt32LE(sb + 4);
+  const reservedGdt = head.readUInt16LE(sb + 206);
+  const groups = Math.ceil(blocksCount / blocksPerGroup);
+  const gdtBlocks = Math.ceil(groups * 32 / bs);
+  const headBlocks = 1 + gdtBlocks + reservedGdt + 2 + Math.ceil(inodesPerGroup * inodeSize / bs);
+  const groupBytes = bs * blocksPerGroup;
+  const metaSpan = Math.ceil(headBlocks * bs / META_WINDOW) * META_WINDOW;
+  if (!Number.isSafeInteger(groupBytes) || groupBytes < META_WINDOW || groupBytes % BLOCK3 || metaSpan > groupBytes)
+    return fallback;
+  return { groupBytes, metaSpan };
+}
+function windowStart(offset, l) {
+  const groupStart = offset - offset % l.groupBytes;
+  const within = offset - groupStart;
+  return within < l.metaSpan ? groupStart + Math.floor(within / META_WINDOW) * META_WINDOW : groupStart + l.metaSpan + Math.floor((within - l.metaSpan) / DATA_WINDOW) * DATA_WINDOW;
+}
+function windowEnd(offset, l, size) {
+  const groupStart = offset - offset % l.groupBytes;
+  const start = windowStart(offset, l);
+  const end = start + (start - groupStart < l.metaSpan ? META_WINDOW : DATA_WINDOW);
+  return Math.min(end, groupStart + l.groupBytes, size);
+}
+async function compressBatch(raws) {
+  return withScratchDir("chunks", async (dir) => {
+    const files = raws.map((_, i2) => join19(dir, `w${i2}`));
+    await Promise.all(raws.map((r, i2) => writeFile8(files[i2], r)));
+    await runTool("zstd", ["-3", "-q", "--", ...files], { timeoutSeconds: 600 });
+    return Promise.all(files.map((f) => readFile7(`${f}.zst`)));
+  });
+}
+var BATCH_WINDOWS = 8;
+async function decompressBatch(blobs) {
+  return withScratchDir("chunks", async (dir) => {
+    const files = blobs.map((_, i2) => join19(dir, `w${i2}`));
+    await Promise.all(blobs.map((b, i2) => writeFile8(`${files[i2]}.zst`, b)));
+    await runTool("zstd", ["-d", "-q", "--", ...files.map((f) => `${f}.zst`)], { timeoutSeconds: 600 });
+    return Promise.all(files.map((f) => readFile7(f)));
+  });
+}
+function encodeRecords(runs) {
+  const parts = [CHUNK_MAGIC];
+  for (const r of runs) {
+    const h2 = Buffer.alloc(12);
+    h2.writeBigUInt64BE(BigInt(r.offset));
+    h2.writeUInt32BE(r.data.length, 8);
+    parts.push(h2, r.data);
+  }
+  const end = Buffer.alloc(12);
+  end.writeBigUInt64BE(END2);
+  parts.push(end);
+  return Buffer.concat(parts);
+}
+function decodeRecords(raw, start, end) {
+  const bad = (why) => new OverlayError("E_INTEGRITY", `corrupt image chunk at ${start}: ${why}`);
+  if (!raw.subarray(0, CHUNK_MAGIC.length).equals(CHUNK_MAGIC)) throw bad("not an overlay-action chunk");
+  const out = [];
+  let p = CHUNK_MAGIC.length;
+  let next = start;
+  for (; ; ) {
+    if (p + 12 > raw.length) throw bad("truncated");
+    const off = raw.readBigUInt64BE(p);
+    const len = raw.readUInt32BE(p + 8);
+    p += 12;
+    if (off === END2) break;
+    const at = Number(off);
+    if (len === 0 || at % BLOCK3 || at < next || at + len > end || p + len > raw.length)
+      throw bad(`record at ${at} (${len} bytes) outside its window`);
+    out.push({ offset: at, data: raw.subarray(p, p + len) });
+    p += len;
+    next = at + len;
+  }
+  if (p !== raw.length) throw bad("trailing bytes");
+  return out;
+}
+async function* windows(image, layout, size, regions) {
+  let cur;
+  const done = (w) => {
+    const runs = mergeRuns(w.runs);
+    return { ...w, runs, raw: encodeRecords(runs) };
+  };
+  for await (const run2 of packedRuns(image, regions)) {
+    let off = run2.offset;
+    let data = run2.data;
+    while (data.length) {
+      if (cur && off >= cur.end) {
+        yield done(cur);
+        cur = void 0;
+      }
+      cur ??= { start: windowStart(off, layout), end: windowEnd(off, layout, size), runs: [] };
+      const take = Math.min(data.length, cur.end - off);
+      cur.runs.push({ offset: off, data: data.subarray(0, take) });
+      off += take;
+      data = data.subarray(take);
+    }
+  }
+  if (cur) yield done(cur);
+}
+function bounded(limit) {
+  const running = /* @__PURE__ */ new Set();
+  let failure2;
+  return {
+    async add(task) {
+      if (failure2) throw failure2;
+      while (running.size >= limit) await Promise.race(running);
+      if (failure2) throw failure2;
+      const p = task().catch((e) => {
+        failure2 ??= e;
+      }).finally(() => running.delete(p));
+      running.add(p);
+    },
+    async drain() {
+      await Promise.all(running);
+      if (failure2) throw failure2;
+    }
+  };
+}
+function progressReporter(onProgress, verb) {
+  let last = 0;
+  return (p, force = false) => {
+    if (!onProgress) return;
+    const now = Date.now();
+    if (!force && now - last < 2e3) return;
+    last = now;
+    onProgress(
+      `${verb} ${p.chunksDone}/${p.chunks || "?"} chunks, ${(p.bytesMoved / 2 ** 20).toFixed(1)} MiB moved, ${p.chunksSkipped} reused`
+    );
+  };
+}
+async function pushImage(client, imagePath, tag, opts = {}) {
+  const image = resolve10(imagePath);
+  await requireExt3(image);
+  const lock = await acquireLock(image, "shared");
+  try {
+    const [head, st] = await Promise.all([readHead(image), stat11(image)]);
+    const size = st.size;
+    const layout = layoutOf(head);
+    const hash2 = new ContentHash(size);
+    const layers = [];
+    const prog = { chunks: 0, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
+    const report2 = progressReporter(opts.onProgress, "pushed");
+    const pool = bounded(2);
+    let dataBytes = 0;
+    if (!await client.hasBlob(EMPTY_CONFIG.digest)) await client.uploadBlob(Buffer.from("{}"));
+    const previous = await previousChunks(client, tag);
+    let unchanged = 0;
+    const upload = async (index, blob, start, end, rawDigest) => {
+      const digest2 = sha256Digest(blob);
+      layers[index] = {
+        mediaType: CHUNK_MEDIA_TYPE,
+        digest: digest2,
+        size: blob.length,
+        annotations: {
+          [`${A}.chunk.offset`]: String(start),
+          [`${A}.chunk.end`]: String(end),
+          [`${A}.chunk.raw-digest`]: rawDigest
+        }
+      };
+      let present = await client.hasBlob(digest2);
+      if (!present && opts.mountFrom) present = await client.mountBlob(digest2, opts.mountFrom);
+      if (present) prog.chunksSkipped++;
+      else {
+        await client.uploadBlob(blob, digest2);
+        prog.bytesMoved += blob.length;
+      }
+      prog.chunksDone++;
+      report2(prog);
+    };
+    let batch = [];
+    const flush = async () => {
+      const mine = batch;
+      batch = [];
+      if (!mine.length) return;
+      await pool.add(async () => {
+        const blobs = await compressBatch(mine.map((p) => p.raw));
+        const ups = bounded(3);
+        for (const [i2, p] of mine.entries())
+          await ups.add(() => upload(p.index, blobs[i2], p.start, p.end, p.rawDigest));
+        await ups.drain();
+      });
+    };
+    for await (const w of windows(image, layout, size)) {
+      for (const r of w.runs) {
+        hash2.update(r.offset, r.data);
+        dataBytes += r.data.length;
+      }
+      const rawDigest = sha256Digest(w.raw);
+      const known = previous.get(`${w.start}-${w.end}-${rawDigest}`);
+      const index = layers.length;
+      layers.push(void 0);
+      prog.chunks++;
+      if (known) {
+        await pool.add(async () => {
+          if (await client.hasBlob(known.digest)) {
+            layers[index] = known;
+            unchanged++;
+            prog.chunksSkipped++;
+            prog.chunksDone++;
+            report2(prog);
+          } else await upload(index, (await compressBatch([w.raw]))[0], w.start, w.end, rawDigest);
+        });
+        continue;
+      }
+      batch.push({ index, start: w.start, end: w.end, raw: w.raw, rawDigest });
+      if (batch.length >= BATCH_WINDOWS) await flush();
+    }
+    await flush();
+    await pool.drain();
+    report2(prog, true);
+    const info2 = {
+      sizeBytes: size,
+      sha256: hash2.digest(),
+      dataBytes,
+      chunks: layers.length
+    };
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: IMAGE_ARTIFACT_TYPE,
+      config: EMPTY_CONFIG,
+      layers,
+      annotations: {
+        [`${A}.format-version`]: String(IMAGE_FORMAT_VERSION),
+        [`${A}.image.name`]: basename6(image),
+        [`${A}.image.size`]: String(size),
+        [`${A}.image.content-digest`]: info2.sha256,
+        [`${A}.image.data-bytes`]: String(dataBytes),
+        "org.opencontainers.image.created": (/* @__PURE__ */ new Date()).toISOString(),
+        ...opts.annotations
+      }
+    };
+    const digest = await client.putManifest(tag, Buffer.from(JSON.stringify(manifest)), OCI_MANIFEST);
+    return {
+      ...info2,
+      digest,
+      chunksUploaded: prog.chunks - prog.chunksSkipped,
+      chunksSkipped: prog.chunksSkipped,
+      chunksUnchanged: unchanged,
+      bytesUploaded: prog.bytesMoved
+    };
+  } finally {
+    lock.release();
+  }
+}
+async function previousChunks(client, tag) {
+  const out = /* @__PURE__ */ new Map();
+  try {
+    const { body } = await client.getManifest(tag);
+    const m = parseImageManifest(body, tag);
+    for (const l of m.layers) {
+      const a2 = l.annotations;
+      out.set(`${a2[`${A}.chunk.offset`]}-${a2[`${A}.chunk.end`]}-${a2[`${A}.chunk.raw-digest`]}`, l);
+    }
+  } catch (e) {
+    if (!isOverlayError(e, "E_NOT_FOUND") && !isOverlayError(e, "E_WRONG_ARTIFACT")) throw e;
+  }
+  return out;
+}
+function parseImageManifest(body, where) {
+  let m;
+  try {
+    m = JSON.parse(body.toString("utf8"));
+  } catch {
+    throw new OverlayError("E_WRONG_ARTIFACT", `${where} is not an OCI manifest`);
+  }
+  if (m.artifactType !== IMAGE_ARTIFACT_TYPE || !Array.isArray(m.layers))
+    throw new OverlayError(
+      "E_WRONG_ARTIFACT",
+      `${where} is ${m.artifactType ? `a ${m.artifactType} artifact` : "not an overlay image"} (expected ${IMAGE_ARTIFACT_TYPE})`,
+      { hint: "push it with overlayctl push, or pull container images with apptainer pull" }
+    );
+  const a2 = m.annotations ?? {};
+  const version2 = Number(a2[`${A}.format-version`]);
+  if (version2 !== IMAGE_FORMAT_VERSION)
+    throw new OverlayError(
+      "E_WRONG_ARTIFACT",
+      `${where} has image format ${version2}, this overlayctl reads ${IMAGE_FORMAT_VERSION}`,
+      {
+        hint: "use the overlayctl version that pushed it"
+      }
+    );
+  const size = Number(a2[`${A}.image.size`]);
+  if (!Number.isSafeInteger(size) || size <= 0 || size % BLOCK3)
+    throw new OverlayError("E_WRONG_ARTIFACT", `${where}: implausible image size ${a2[`${A}.image.size`]}`);
+  for (const l of m.layers) {
+    const s = Number(l.annotations?.[`${A}.chunk.offset`]);
+    const e = Number(l.annotations?.[`${A}.chunk.end`]);
+    if (l.mediaType !== CHUNK_MEDIA_TYPE || !(s >= 0 && e > s && e <= size && s % BLOCK3 === 0))
+      throw new OverlayError("E_WRONG_ARTIFACT", `${where}: a layer is not an image chunk in bounds`);
+  }
+  return {
+    ...m,
+    info: {
+      sizeBytes: size,
+      sha256: a2[`${A}.image.content-digest`] ?? "",
+      dataBytes: Number(a2[`${A}.image.data-bytes`]),
+      chunks: m.layers.length
+    }
+  };
+}
+async function writeFully2(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok, fail2) => write2(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
+}
+function inRegions(regions, offset) {
+  let lo = 0;
+  let hi = regions.length - 1;
+  while (lo <= hi) {
+    const mid = lo + hi >> 1;
+    const [a2, b] = regions[mid];
+    if (offset < a2) hi = mid - 1;
+    else if (offset >= b) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
+async function windowFromFile(old, start, end) {
+  const buf = Buffer.alloc(end - start);
+  await old.fh.read(buf, 0, buf.length, start);
+  const blocks3 = [];
+  for (let b = 0; b < buf.length; b += BLOCK3) {
+    const block = buf.subarray(b, b + BLOCK3);
+    if (!block.equals(ZERO_BLOCK3) && inRegions(old.regions, start + b))
+      blocks3.push({ offset: start + b, data: block });
+  }
+  return encodeRecords(mergeRuns(blocks3));
+}
+async function pullImage(client, manifestBody, manifestDigest, targetPath, opts) {
+  const m = parseImageManifest(manifestBody, opts.where);
+  const target = resolve10(targetPath);
+  const size = m.info.sizeBytes;
+  await removeStaleTemps(target);
+  const tmp = tempPathFor(target);
+  let fd;
+  try {
+    fd = openSync5(tmp, "wx", 420);
+  } catch (e) {
+    throw fromFsError(e, tmp);
+  }
+  let fdOpen = true;
+  let lock;
+  let old;
+  const prog = { chunks: m.layers.length, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
+  const report2 = progressReporter(opts.onProgress, "pulled");
+  try {
+    ftruncateSync2(fd, size);
+    if (await exists2(target)) old = await openOld(target);
+    const hash2 = new ContentHash(size);
+    let dataBytes = 0;
+    const reused = /* @__PURE__ */ new Set();
+    const groups = Math.ceil(m.layers.length / BATCH_WINDOWS);
+    const loadGroup = async (g) => {
+      const first = g * BATCH_WINDOWS;
+      const members2 = m.layers.slice(first, first + BATCH_WINDOWS);
+      const raws = new Array(members2.length);
+      const fetched = [];
+      await Promise.all(
+        members2.map(async (l, k) => {
+          if (old) {
+            const raw = await windowFromFile(
+              old,
+              Number(l.annotations[`${A}.chunk.offset`]),
+              Number(l.annotations[`${A}.chunk.end`])
+            );
+            if (sha256Digest(raw) === l.annotations[`${A}.chunk.raw-digest`]) {
+              reused.add(first + k);
+              raws[k] = raw;
+              return;
+            }
+          }
+          const blob = await client.getBlob(l.digest);
+          prog.bytesMoved += blob.length;
+          fetched.push({ k, blob });
+        })
+      );
+      if (fetched.length) {
+        const out = await decompressBatch(fetched.map((f) => f.blob)).catch((err) => {
+          throw new OverlayError("E_INTEGRITY", `${opts.where}: a chunk does not decompress`, { cause: err });
+        });
+        fetched.forEach((f, j) => {
+          raws[f.k] = out[j];
+        });
+      }
+      return raws;
+    };
+    let next = groups ? loadGroup(0) : void 0;
+    for (let g = 0; g < groups; g++) {
+      const raws = await next;
+      next = g + 1 < groups ? loadGroup(g + 1) : void 0;
+      next?.catch(() => {
+      });
+      for (const [k, raw] of raws.entries()) {
+        const i2 = g * BATCH_WINDOWS + k;
+        const l = m.layers[i2];
+        const s = Number(l.annotations[`${A}.chunk.offset`]);
+        const e = Number(l.annotations[`${A}.chunk.end`]);
+        if (reused.has(i2)) prog.chunksSkipped++;
+        if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`])
+          throw new OverlayError("E_INTEGRITY", `${opts.where}: chunk at ${s} does not match its manifest`, {
+            hint: "the registry holds a damaged chunk; push the image again"
+          });
+        for (const r of decodeRecords(raw, s, e)) {
+          await writeFully2(fd, r.data, r.offset);
+          hash2.update(r.offset, r.data);
+          dataBytes += r.data.length;
+        }
+        prog.chunksDone++;
+        report2(prog);
+      }
+    }
+    report2(prog, true);
+    const sha256 = hash2.digest();
+    if (sha256 !== m.info.sha256)
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${opts.where}: pulled image's content digest ${sha256} is not ${m.info.sha256}`
+      );
+    fdatasyncSync2(fd);
+    closeSync5(fd);
+    fdOpen = false;
+    const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
+      okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
+      timeoutSeconds: 1800
+    });
+    if (fsck.exitCode !== 0)
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${opts.where}: pulled image fails e2fsck (exit ${fsck.exitCode})`,
+        {
+          hint: "the pushed image was damaged; check it with overlayctl check and push it again"
+        }
+      );
+    if (old) {
+      await old.fh.close();
+      old = void 0;
+    }
+    if (await exists2(target)) lock = await acquireLock(target, "exclusive");
+    await rename3(tmp, target);
+    await fsyncPath(dirname9(target)).catch(() => {
+    });
+    return {
+      ...m.info,
+      dataBytes,
+      digest: manifestDigest,
+      chunksDownloaded: prog.chunks - prog.chunksSkipped,
+      chunksReused: prog.chunksSkipped,
+      bytesDownloaded: prog.bytesMoved
+    };
+  } catch (e) {
+    const code = e.code;
+    if (!isOverlayError(e) && (code === "ENOSPC" || code === "EDQUOT"))
+      throw new OverlayError("E_NO_SPACE", `no space left to pull into ${target}`);
+    throw e;
+  } finally {
+    if (fdOpen) closeSync5(fd);
+    await old?.fh.close();
+    lock?.release();
+    await rm13(tmp, { force: true });
+  }
+}
+async function openOld(path6) {
+  try {
+    const f = await detectFormat(path6);
+    if (f.format === "squashfs") return void 0;
+    const regions = await packRegions(path6);
+    return { fh: await open5(path6, "r"), regions };
+  } catch {
+    return void 0;
+  }
+}
+function mergeRuns(blocks3) {
+  const out = [];
+  let cur;
+  for (const b of blocks3) {
+    if (cur && cur.offset + cur.len === b.offset) {
+      cur.parts.push(b.data);
+      cur.len += b.data.length;
+    } else {
+      if (cur) out.push({ offset: cur.offset, data: Buffer.concat(cur.parts) });
+      cur = { offset: b.offset, parts: [b.data], len: b.data.length };
+    }
+  }
+  if (cur) out.push({ offset: cur.offset, data: Buffer.concat(cur.parts) });
+  return out;
+}
+
+// packages/core/src/transfer/layer.ts
+init_errors();
+init_atomic();
+import { createHash as createHash11 } from "node:crypto";
+import { createReadStream as createReadStream6 } from "node:fs";
+import { open as open6, stat as stat12 } from "node:fs/promises";
+import { basename as basename7, join as join20 } from "node:path";
+var SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json";
+var SIF_LAYER_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif";
+var LAYER_DIGEST = "org.overlay-action.layer.sha256";
+var EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+async function fileDigest2(path6) {
+  const hash2 = createHash11("sha256");
+  for await (const chunk of createReadStream6(path6, { highWaterMark: 4 * 2 ** 20 }))
+    hash2.update(chunk);
+  return `sha256:${hash2.digest("hex")}`;
+}
+var scratch2 = (fn) => withScratchDir("sif", fn);
+async function pushLayer(client, layer, tag, opts = {}) {
+  return scratch2(async (dir) => {
+    const sif = join20(dir, `${basename7(layer).replace(/\.(sqfs|squashfs|img)$/, "")}.sif`);
+    opts.onProgress?.("wrapping the layer in a SIF");
+    await wrapLayerInSif(layer, sif);
+    const [sifDigest, layerSha256, st] = await Promise.all([fileDigest2(sif), fileDigest2(layer), stat12(sif)]);
+    const present = await client.hasBlob(sifDigest);
+    if (!present) {
+      opts.onProgress?.(`uploading ${(st.size / 2 ** 20).toFixed(1)} MiB`);
+      await client.uploadFile(sif, st.size, sifDigest);
+    }
+    if (!await client.hasBlob(EMPTY_JSON_DIGEST)) await client.uploadBlob(Buffer.from("{}"));
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: SIF_CONFIG_MEDIA_TYPE, size: 2, digest: EMPTY_JSON_DIGEST },
+      layers: [
+        {
+          mediaType: SIF_LAYER_MEDIA_TYPE,
+          size: st.size,
+          digest: sifDigest,
+          annotations: { "org.opencontainers.image.title": basename7(sif) }
+        }
+      ],
+      annotations: {
+        [LAYER_DIGEST]: layerSha256,
+        "org.opencontainers.image.created": (/* @__PURE__ */ new Date()).toISOString()
+      }
+    };
+    const digest = await client.putManifest(tag, Buffer.from(JSON.stringify(manifest)), OCI_MANIFEST);
+    return { digest, sifBytes: st.size, layerSha256, uploaded: !present };
+  });
+}
+function isSifManifest(m) {
+  return m.layers?.length === 1 && m.layers[0].mediaType === SIF_LAYER_MEDIA_TYPE;
+}
+async function pullLayer(client, manifest, manifestDigest, target, opts) {
+  return scratch2(async (dir) => {
+    const sif = join20(dir, "layer.sif");
+    const blob = manifest.layers[0];
+    opts.onProgress?.(`downloading ${(blob.size / 2 ** 20).toFixed(1)} MiB`);
+    const fh = await open6(sif, "w");
+    let pos = 0;
+    try {
+      await client.readBlob(
+        blob.digest,
+        async (chunk) => {
+          await fh.write(chunk, 0, chunk.length, pos);
+          pos += chunk.length;
+        },
+        async () => {
+          await fh.truncate(0);
+          pos = 0;
+        }
+      );
+    } finally {
+      await fh.close();
+    }
+    const want = manifest.annotations?.[LAYER_DIGEST];
+    const layerSha256 = await replaceAtomically(target, async (tmp) => {
+      try {
+        await layerFromSif(sif, tmp);
+      } catch (e) {
+        if (isOverlayError(e, "E_UNKNOWN_FORMAT") || isOverlayError(e, "E_INVALID_INPUT"))
+          throw new OverlayError("E_WRONG_ARTIFACT", `${opts.where} is a SIF but not a layer: ${e.message}`, {
+            hint: "container images are pulled with apptainer pull"
+          });
+        throw e;
+      }
+      const got = await fileDigest2(tmp);
+      if (want && want !== got)
+        throw new OverlayError("E_INTEGRITY", `${opts.where}: layer digest ${got} is not ${want}`);
+      return got;
+    });
+    return { digest: manifestDigest, layerSha256, sizeBytes: (await stat12(target)).size };
+  });
+}
+
+// packages/core/src/transfer/transfer.ts
+async function pushArtifact(file2, uri, opts = {}) {
+  const ref = parseOrasRef(uri);
+  if (!ref.tag || ref.digest)
+    throw new OverlayError("E_INVALID_INPUT", `push needs a tag: ${uri}`, {
+      hint: `e.g. ${formatRef({ ...ref, digest: void 0, tag: "v1" })}`
+    });
+  const { format: format2 } = await detectFormat(file2);
+  const client = new RegistryClient(ref.host, ref.repo, {
+    insecure: opts.insecure,
+    onRetry: opts.onProgress
+  });
+  if (format2 === "squashfs") {
+    const r2 = await pushLayer(client, file2, ref.tag, opts);
+    return {
+      kind: "layer",
+      ref: uri,
+      digest: r2.digest,
+      sizeBytes: r2.sifBytes,
+      sha256: r2.layerSha256.replace(/^sha256:/, ""),
+      chunks: 1,
+      chunksUploaded: r2.uploaded ? 1 : 0,
+      chunksSkipped: r2.uploaded ? 0 : 1,
+      chunksUnchanged: 0,
+      bytesUploaded: r2.uploaded ? r2.sifBytes : 0
+    };
+  }
+  const r = await pushImage(client, file2, ref.tag, opts);
+  return {
+    kind: "image",
+    ref: uri,
+    digest: r.digest,
+    sizeBytes: r.sizeBytes,
+    sha256: r.sha256,
+    chunks: r.chunks,
+    chunksUploaded: r.chunksUploaded,
+    chunksSkipped: r.chunksSkipped,
+    chunksUnchanged: r.chunksUnchanged,
+    bytesUploaded: r.bytesUploaded
+  };
+}
+async function pullArtifact(uri, file2, opts = {}) {
+  const ref = parseOrasRef(uri);
+  const client = new RegistryClient(ref.host, ref.repo, {
+    insecure: opts.insecure,
+    onRetry: opts.onProgress
+  });
+  const { body, digest } = await client.getManifest(ref.digest ?? ref.tag ?? "latest");
+  let manifest;
+  try {
+    manifest = JSON.parse(body.toString("utf8"));
+  } catch {
+    throw new OverlayError("E_WRONG_ARTIFACT", `${uri} is not an OCI manifest`);
+  }
+  const where = formatRef(ref);
+  const target = resolve11(file2);
+  if (manifest.artifactType === IMAGE_ARTIFACT_TYPE) {
+    const r = await pullImage(client, body, digest, target, { onProgress: opts.onProgress, where });
+    return {
+      kind: "image",
+      ref: uri,
+      digest,
+      file: target,
+      sizeBytes: r.sizeBytes,
+      sha256: r.sha256,
+      chunks: r.chunks,
+      chunksDownloaded: r.chunksDownloaded,
+      chunksReused: r.chunksReused,
+      bytesDownloaded: r.bytesDownloaded
+    };
+  }
+  if (isSifManifest(manifest)) {
+    const r = await pullLayer(client, manifest, digest, target, {
+      onProgress: opts.onProgress,
+      where
+    });
+    return {
+      kind: "layer",
+      ref: uri,
+      digest,
+      file: target,
+      sizeBytes: r.sizeBytes,
+      sha256: r.layerSha256.replace(/^sha256:/, ""),
+      chunks: 1,
+      chunksDownloaded: 1,
+      chunksReused: 0,
+      bytesDownloaded: manifest.layers[0].size
+    };
+  }
+  throw new OverlayError(
+    "E_WRONG_ARTIFACT",
+    `${where} is neither an overlay image nor a SIF layer (${manifest.artifactType ?? manifest.layers?.[0]?.mediaType ?? "unknown kind"})`,
+    { hint: "container images are pulled with apptainer pull" }
+  );
+}
+
+// packages/core/src/tasks/push.ts
+init_zod();
+init_size();
+var orasRefSchema = external_exports.string().regex(/^oras:\/\//, "an oras://HOST/REPO:TAG reference").describe("Registry reference, oras://HOST/REPO:TAG");
+var plainHttpField = external_exports.boolean().default(false).describe("Plain HTTP to a registry that is not on loopback (loopback always is)");
+var NO_HTTPS_ALIAS = {
+  "no-https": { description: "Same as --plain-http (Apptainer's flag)", sets: { plainHttp: true } }
+};
+var pushTask = defineTask({
+  name: "push",
+  summary: "Push an ext3 overlay (as chunks; only missing ones are uploaded) or a SquashFS layer (as an Apptainer-pullable SIF) to an OCI registry",
+  positional: ["file", "ref"],
+  cliAliases: NO_HTTPS_ALIAS,
+  input: external_exports.object({
+    file: pathSchema.describe("The ext3 overlay image or committed SquashFS layer"),
+    ref: orasRefSchema,
+    plainHttp: plainHttpField
+  }),
+  run: (input2, ctx) => pushArtifact(input2.file, input2.ref, { insecure: input2.plainHttp, onProgress: ctx.progress }),
+  render: (r) => `pushed ${r.kind} ${r.ref}@${r.digest}
+${r.chunksUploaded}/${r.chunks} chunks uploaded (${formatBytes(r.bytesUploaded)}), ${r.chunksSkipped} already there`
+});
+
+// packages/core/src/tasks/pull.ts
+var pullTask = defineTask({
+  name: "pull",
+  summary: "Pull an overlay image or layer from an OCI registry (verified, atomic; reuses what an older image at FILE already holds)",
+  positional: ["ref", "file"],
+  cliAliases: NO_HTTPS_ALIAS,
+  input: external_exports.object({
+    ref: external_exports.string().regex(/^oras:\/\//, "an oras://HOST/REPO[:TAG|@sha256:DIGEST] reference").describe("Registry reference, oras://HOST/REPO[:TAG|@sha256:DIGEST]"),
+    file: pathSchema.describe(
+      "Where to put the image or layer (an older image there is reused, then replaced)"
+    ),
+    plainHttp: plainHttpField
+  }),
+  run: (input2, ctx) => pullArtifact(input2.ref, input2.file, { insecure: input2.plainHttp, onProgress: ctx.progress }),
+  render: (r) => `pulled ${r.kind} ${r.ref} -> ${r.file}
+${r.chunksDownloaded}/${r.chunks} chunks downloaded (${formatBytes(r.bytesDownloaded)}), ${r.chunksReused} reused from the old file`
+});
+
 // packages/core/src/tasks/resize.ts
 init_zod();
 init_size();
@@ -55997,7 +57813,7 @@ function actionInputs(spec) {
       field: f.name,
       extra,
       required: f.required,
-      default: defaultText(f.defaultValue),
+      default: spec.defaults?.[name] ?? defaultText(f.defaultValue),
       description: spec.describe?.[name] ?? f.description,
       kind: f.kind,
       choices: f.choices
@@ -56010,6 +57826,35 @@ function actionInputs(spec) {
 function extraTask(schema) {
   return { name: "action-inputs", summary: "", input: schema, run: async () => void 0 };
 }
+var setupOverlaySpec = {
+  name: "setup-overlay",
+  title: "Setup Apptainer overlay",
+  description: "Restore an Apptainer ext3 overlay image from the Actions cache (or create it), build inside it, check it; save it in the post step when it changed.",
+  branding: { icon: "layers", color: "blue" },
+  task: setupTask,
+  rename: { "create-dirs": "createDir" },
+  describe: {
+    "create-dirs": "Directories to create under upper/ in a new image, one per line (e.g. /opt/env: a non-root build can then write there)"
+  },
+  extra: external_exports.object({
+    registryToken: external_exports.string().optional().describe(
+      "Token for an oras://ghcr.io/\u2026 store (the job token by default; saving needs `permissions: packages: write`)"
+    )
+  }),
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a GitHub expression, expanded by the runner
+  defaults: { "registry-token": "${{ github.token }}" },
+  outputs: {
+    path: "Path of the image",
+    base: 'Path of the base image as a SIF the runtime runs (a pulled reference is cached); "" without base',
+    "cache-hit": '"true" when the image was restored from the exact key, "false" otherwise',
+    "cache-key": "The exact key the image is saved under",
+    "cache-matched-key": 'The key of the restored entry (a restore-key match on a partial hit), "" on a miss',
+    "size-bytes": "Image file size in bytes",
+    "used-bytes": "Bytes used inside the filesystem",
+    "inodes-used-percent": "Percent of inodes in use"
+  },
+  post: { if: "success()" }
+};
 var checkOverlaySpec = {
   name: "check-overlay",
   title: "Check Apptainer overlays",
@@ -56126,7 +57971,7 @@ async function expand(patterns) {
       continue;
     }
     for await (const entry of glob2(pattern, { withFileTypes: true }))
-      if (entry.isFile()) found.add(join17(entry.parentPath, entry.name));
+      if (entry.isFile()) found.add(join21(entry.parentPath, entry.name));
   }
   return [...found].sort();
 }
@@ -56171,10 +58016,10 @@ async function main() {
   }
   const badEntries = entries.filter((e) => e.status !== "clean" && !e.removed);
   const { counts } = report2;
-  const dir = process.env.RUNNER_TEMP || resolve10(".");
+  const dir = process.env.RUNNER_TEMP || resolve12(".");
   await mkdir4(dir, { recursive: true });
-  const reportPath = join17(dir, `check-overlay-${process.pid}-${Date.now()}.json`);
-  await writeFile8(reportPath, `${JSON.stringify({ repair: input2.repair, ...report2, entries }, null, 2)}
+  const reportPath = join21(dir, `check-overlay-${process.pid}-${Date.now()}.json`);
+  await writeFile9(reportPath, `${JSON.stringify({ repair: input2.repair, ...report2, entries }, null, 2)}
 `);
   setOutputs({
     report: reportPath,

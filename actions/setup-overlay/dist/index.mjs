@@ -2172,9 +2172,9 @@ var require_dispatcher_base = __commonJS({
       }
       close(callback2) {
         if (callback2 === void 0) {
-          return new Promise((resolve13, reject) => {
+          return new Promise((resolve15, reject) => {
             this.close((err, data) => {
-              return err ? reject(err) : resolve13(data);
+              return err ? reject(err) : resolve15(data);
             });
           });
         }
@@ -2212,12 +2212,12 @@ var require_dispatcher_base = __commonJS({
           err = null;
         }
         if (callback2 === void 0) {
-          return new Promise((resolve13, reject) => {
+          return new Promise((resolve15, reject) => {
             this.destroy(err, (err2, data) => {
               return err2 ? (
                 /* istanbul ignore next: should never error */
                 reject(err2)
-              ) : resolve13(data);
+              ) : resolve15(data);
             });
           });
         }
@@ -4472,11 +4472,11 @@ var require_util2 = __commonJS({
     }
     function tryUpgradeRequestToAPotentiallyTrustworthyURL(request) {
     }
-    function sameOrigin(A, B) {
-      if (A.origin === B.origin && A.origin === "null") {
+    function sameOrigin(A2, B) {
+      if (A2.origin === B.origin && A2.origin === "null") {
         return true;
       }
-      if (A.protocol === B.protocol && A.hostname === B.hostname && A.port === B.port) {
+      if (A2.protocol === B.protocol && A2.hostname === B.hostname && A2.port === B.port) {
         return true;
       }
       return false;
@@ -4484,8 +4484,8 @@ var require_util2 = __commonJS({
     function createDeferredPromise() {
       let res;
       let rej;
-      const promise3 = new Promise((resolve13, reject) => {
-        res = resolve13;
+      const promise3 = new Promise((resolve15, reject) => {
+        res = resolve15;
         rej = reject;
       });
       return { promise: promise3, resolve: res, reject: rej };
@@ -6736,12 +6736,12 @@ upgrade: ${upgrade}\r
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve13, reject) => {
+      const waitForDrain = () => new Promise((resolve15, reject) => {
         assert5(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve13;
+          callback2 = resolve15;
         }
       });
       socket.on("close", onDrain).on("drain", onDrain);
@@ -7411,12 +7411,12 @@ var require_client_h2 = __commonJS({
           cb();
         }
       }
-      const waitForDrain = () => new Promise((resolve13, reject) => {
+      const waitForDrain = () => new Promise((resolve15, reject) => {
         assert5(callback2 === null);
         if (socket[kError]) {
           reject(socket[kError]);
         } else {
-          callback2 = resolve13;
+          callback2 = resolve15;
         }
       });
       h2stream.on("close", onDrain).on("drain", onDrain);
@@ -7895,16 +7895,16 @@ var require_client = __commonJS({
         return this[kNeedDrain] < 2;
       }
       async [kClose]() {
-        return new Promise((resolve13) => {
+        return new Promise((resolve15) => {
           if (this[kSize]) {
-            this[kClosedResolve] = resolve13;
+            this[kClosedResolve] = resolve15;
           } else {
-            resolve13(null);
+            resolve15(null);
           }
         });
       }
       async [kDestroy](err) {
-        return new Promise((resolve13) => {
+        return new Promise((resolve15) => {
           const requests = this[kQueue].splice(this[kPendingIdx]);
           for (let i2 = 0; i2 < requests.length; i2++) {
             const request = requests[i2];
@@ -7915,7 +7915,7 @@ var require_client = __commonJS({
               this[kClosedResolve]();
               this[kClosedResolve] = null;
             }
-            resolve13(null);
+            resolve15(null);
           };
           if (this[kHTTPContext]) {
             this[kHTTPContext].destroy(err, callback2);
@@ -7966,7 +7966,7 @@ var require_client = __commonJS({
         });
       }
       try {
-        const socket = await new Promise((resolve13, reject) => {
+        const socket = await new Promise((resolve15, reject) => {
           client[kConnector]({
             host,
             hostname: hostname4,
@@ -7978,7 +7978,7 @@ var require_client = __commonJS({
             if (err) {
               reject(err);
             } else {
-              resolve13(socket2);
+              resolve15(socket2);
             }
           });
         });
@@ -8314,8 +8314,8 @@ var require_pool_base = __commonJS({
         if (this[kQueue].isEmpty()) {
           await Promise.all(this[kClients].map((c3) => c3.close()));
         } else {
-          await new Promise((resolve13) => {
-            this[kClosedResolve] = resolve13;
+          await new Promise((resolve15) => {
+            this[kClosedResolve] = resolve15;
           });
         }
       }
@@ -9584,7 +9584,7 @@ var require_readable = __commonJS({
         if (this._readableState.closeEmitted) {
           return null;
         }
-        return await new Promise((resolve13, reject) => {
+        return await new Promise((resolve15, reject) => {
           if (this[kContentLength] > limit) {
             this.destroy(new AbortError3());
           }
@@ -9597,7 +9597,7 @@ var require_readable = __commonJS({
             if (signal?.aborted) {
               reject(signal.reason ?? new AbortError3());
             } else {
-              resolve13(null);
+              resolve15(null);
             }
           }).on("error", noop3).on("data", function(chunk) {
             limit -= chunk.length;
@@ -9616,7 +9616,7 @@ var require_readable = __commonJS({
     }
     async function consume(stream2, type) {
       assert5(!stream2[kConsume]);
-      return new Promise((resolve13, reject) => {
+      return new Promise((resolve15, reject) => {
         if (isUnusable(stream2)) {
           const rState = stream2._readableState;
           if (rState.destroyed && rState.closeEmitted === false) {
@@ -9633,7 +9633,7 @@ var require_readable = __commonJS({
             stream2[kConsume] = {
               type,
               stream: stream2,
-              resolve: resolve13,
+              resolve: resolve15,
               reject,
               length: 0,
               body: []
@@ -9703,18 +9703,18 @@ var require_readable = __commonJS({
       return buffer3;
     }
     function consumeEnd(consume2) {
-      const { type, body: body2, resolve: resolve13, stream: stream2, length } = consume2;
+      const { type, body: body2, resolve: resolve15, stream: stream2, length } = consume2;
       try {
         if (type === "text") {
-          resolve13(chunksDecode(body2, length));
+          resolve15(chunksDecode(body2, length));
         } else if (type === "json") {
-          resolve13(JSON.parse(chunksDecode(body2, length)));
+          resolve15(JSON.parse(chunksDecode(body2, length)));
         } else if (type === "arrayBuffer") {
-          resolve13(chunksConcat(body2, length).buffer);
+          resolve15(chunksConcat(body2, length).buffer);
         } else if (type === "blob") {
-          resolve13(new Blob(body2, { type: stream2[kContentType] }));
+          resolve15(new Blob(body2, { type: stream2[kContentType] }));
         } else if (type === "bytes") {
-          resolve13(chunksConcat(body2, length));
+          resolve15(chunksConcat(body2, length));
         }
         consumeFinish(consume2);
       } catch (err) {
@@ -9971,9 +9971,9 @@ var require_api_request = __commonJS({
     };
     function request(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve13, reject) => {
+        return new Promise((resolve15, reject) => {
           request.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve13(data);
+            return err ? reject(err) : resolve15(data);
           });
         });
       }
@@ -10196,9 +10196,9 @@ var require_api_stream = __commonJS({
     };
     function stream2(opts, factory, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve13, reject) => {
+        return new Promise((resolve15, reject) => {
           stream2.call(this, opts, factory, (err, data) => {
-            return err ? reject(err) : resolve13(data);
+            return err ? reject(err) : resolve15(data);
           });
         });
       }
@@ -10483,9 +10483,9 @@ var require_api_upgrade = __commonJS({
     };
     function upgrade(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve13, reject) => {
+        return new Promise((resolve15, reject) => {
           upgrade.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve13(data);
+            return err ? reject(err) : resolve15(data);
           });
         });
       }
@@ -10577,9 +10577,9 @@ var require_api_connect = __commonJS({
     };
     function connect(opts, callback2) {
       if (callback2 === void 0) {
-        return new Promise((resolve13, reject) => {
+        return new Promise((resolve15, reject) => {
           connect.call(this, opts, (err, data) => {
-            return err ? reject(err) : resolve13(data);
+            return err ? reject(err) : resolve15(data);
           });
         });
       }
@@ -14442,7 +14442,7 @@ var require_fetch = __commonJS({
       function dispatch({ body: body2 }) {
         const url3 = requestCurrentURL(request);
         const agent = fetchParams.controller.dispatcher;
-        return new Promise((resolve13, reject) => agent.dispatch(
+        return new Promise((resolve15, reject) => agent.dispatch(
           {
             path: url3.pathname + url3.search,
             origin: url3.origin,
@@ -14518,7 +14518,7 @@ var require_fetch = __commonJS({
               }
               this.body = new Readable8({ read: resume });
               const onError = this.onError.bind(this);
-              resolve13({
+              resolve15({
                 status,
                 statusText,
                 headersList,
@@ -14561,7 +14561,7 @@ var require_fetch = __commonJS({
               for (let i2 = 0; i2 < rawHeaders.length; i2 += 2) {
                 headersList.append(bufferToLowerCasedHeaderName(rawHeaders[i2]), rawHeaders[i2 + 1].toString("latin1"), true);
               }
-              resolve13({
+              resolve15({
                 status,
                 statusText: STATUS_CODES[status],
                 headersList,
@@ -15412,8 +15412,8 @@ var require_util5 = __commonJS({
     var assert5 = __require("node:assert");
     var { URLSerializer } = require_data_url();
     var { isValidHeaderName } = require_util2();
-    function urlEquals(A, B, excludeFragment = false) {
-      const serializedA = URLSerializer(A, excludeFragment);
+    function urlEquals(A2, B, excludeFragment = false) {
+      const serializedA = URLSerializer(A2, excludeFragment);
       const serializedB = URLSerializer(B, excludeFragment);
       return serializedA === serializedB;
     }
@@ -18302,8 +18302,8 @@ var require_util8 = __commonJS({
       return true;
     }
     function delay4(ms) {
-      return new Promise((resolve13) => {
-        setTimeout(resolve13, ms).unref();
+      return new Promise((resolve15) => {
+        setTimeout(resolve15, ms).unref();
       });
     }
     module.exports = {
@@ -19251,6 +19251,15 @@ var init_errors = __esm({
         exit: 70,
         meaning: "An unexpected internal error; please report it with OVERLAYCTL_DEBUG=1 output."
       },
+      E_REGISTRY: {
+        exit: 75,
+        meaning: "An OCI registry failed (5xx, dropped connection, refused request) after bounded retries."
+      },
+      E_AUTH: { exit: 77, meaning: "An OCI registry refused the credentials (or none were found for it)." },
+      E_WRONG_ARTIFACT: {
+        exit: 2,
+        meaning: "The registry artifact is not the kind expected (image, layer, cache entry)."
+      },
       E_UNSAFE_PATH: {
         exit: 2,
         meaning: "A path is unsafe (symlink planted in a shared directory, world-writable store, escape)."
@@ -19963,11 +19972,11 @@ var hasColors, format, reset, bold, dim, italic, underline, underlineDouble, und
 var init_base = __esm({
   "node_modules/yoctocolors/base.js"() {
     hasColors = tty?.WriteStream?.prototype?.hasColors?.() ?? false;
-    format = (open4, close) => {
+    format = (open7, close) => {
       if (!hasColors) {
         return (input2) => input2;
       }
-      const openCode = `\x1B[${open4}m`;
+      const openCode = `\x1B[${open7}m`;
       const closeCode = `\x1B[${close}m`;
       return (input2) => {
         const string4 = input2 + "";
@@ -20283,15 +20292,15 @@ var require_windows = __commonJS({
       }
       return false;
     }
-    function checkStat(stat11, path17, options) {
-      if (!stat11.isSymbolicLink() && !stat11.isFile()) {
+    function checkStat(stat14, path17, options) {
+      if (!stat14.isSymbolicLink() && !stat14.isFile()) {
         return false;
       }
       return checkPathExt(path17, options);
     }
     function isexe(path17, options, cb) {
-      fs8.stat(path17, function(er, stat11) {
-        cb(er, er ? false : checkStat(stat11, path17, options));
+      fs8.stat(path17, function(er, stat14) {
+        cb(er, er ? false : checkStat(stat14, path17, options));
       });
     }
     function sync2(path17, options) {
@@ -20307,20 +20316,20 @@ var require_mode = __commonJS({
     isexe.sync = sync2;
     var fs8 = __require("fs");
     function isexe(path17, options, cb) {
-      fs8.stat(path17, function(er, stat11) {
-        cb(er, er ? false : checkStat(stat11, options));
+      fs8.stat(path17, function(er, stat14) {
+        cb(er, er ? false : checkStat(stat14, options));
       });
     }
     function sync2(path17, options) {
       return checkStat(fs8.statSync(path17), options);
     }
-    function checkStat(stat11, options) {
-      return stat11.isFile() && checkMode(stat11, options);
+    function checkStat(stat14, options) {
+      return stat14.isFile() && checkMode(stat14, options);
     }
-    function checkMode(stat11, options) {
-      var mod = stat11.mode;
-      var uid = stat11.uid;
-      var gid = stat11.gid;
+    function checkMode(stat14, options) {
+      var mod = stat14.mode;
+      var uid = stat14.uid;
+      var gid = stat14.gid;
       var myUid = options.uid !== void 0 ? options.uid : process.getuid && process.getuid();
       var myGid = options.gid !== void 0 ? options.gid : process.getgid && process.getgid();
       var u2 = parseInt("100", 8);
@@ -20354,12 +20363,12 @@ var require_isexe = __commonJS({
         if (typeof Promise !== "function") {
           throw new TypeError("callback not provided");
         }
-        return new Promise(function(resolve13, reject) {
+        return new Promise(function(resolve15, reject) {
           isexe(path17, options || {}, function(er, is) {
             if (er) {
               reject(er);
             } else {
-              resolve13(is);
+              resolve15(is);
             }
           });
         });
@@ -20425,27 +20434,27 @@ var require_which = __commonJS({
         opt = {};
       const { pathEnv, pathExt, pathExtExe } = getPathInfo(cmd, opt);
       const found = [];
-      const step = (i2) => new Promise((resolve13, reject) => {
+      const step = (i2) => new Promise((resolve15, reject) => {
         if (i2 === pathEnv.length)
-          return opt.all && found.length ? resolve13(found) : reject(getNotFoundError(cmd));
+          return opt.all && found.length ? resolve15(found) : reject(getNotFoundError(cmd));
         const ppRaw = pathEnv[i2];
         const pathPart = /^".*"$/.test(ppRaw) ? ppRaw.slice(1, -1) : ppRaw;
         const pCmd = path17.join(pathPart, cmd);
         const p = !pathPart && /^\.[\\\/]/.test(cmd) ? cmd.slice(0, 2) + pCmd : pCmd;
-        resolve13(subStep(p, i2, 0));
+        resolve15(subStep(p, i2, 0));
       });
-      const subStep = (p, i2, ii) => new Promise((resolve13, reject) => {
+      const subStep = (p, i2, ii) => new Promise((resolve15, reject) => {
         if (ii === pathExt.length)
-          return resolve13(step(i2 + 1));
+          return resolve15(step(i2 + 1));
         const ext2 = pathExt[ii];
         isexe(p + ext2, { pathExt: pathExtExe }, (er, is) => {
           if (!er && is) {
             if (opt.all)
               found.push(p + ext2);
             else
-              return resolve13(p + ext2);
+              return resolve15(p + ext2);
           }
-          return resolve13(subStep(p, i2, ii + 1));
+          return resolve15(subStep(p, i2, ii + 1));
         });
       });
       return cb ? step(0).then((res) => cb(null, res), cb) : step(0);
@@ -21525,8 +21534,8 @@ var init_deferred = __esm({
   "node_modules/execa/lib/utils/deferred.js"() {
     createDeferred = () => {
       const methods = {};
-      const promise3 = new Promise((resolve13, reject) => {
-        Object.assign(methods, { resolve: resolve13, reject });
+      const promise3 = new Promise((resolve15, reject) => {
+        Object.assign(methods, { resolve: resolve15, reject });
       });
       return Object.assign(promise3, methods);
     };
@@ -24294,24 +24303,24 @@ var init_split = __esm({
         yield chunk;
         return;
       }
-      let { previousChunks } = state3;
+      let { previousChunks: previousChunks2 } = state3;
       let start = -1;
       for (let end = 0; end < chunk.length; end += 1) {
         if (chunk[end] === "\n") {
           const newlineLength = getNewlineLength(chunk, end, preserveNewlines, state3);
           let line = chunk.slice(start + 1, end + 1 - newlineLength);
-          if (previousChunks.length > 0) {
-            line = concatString(previousChunks, line);
-            previousChunks = "";
+          if (previousChunks2.length > 0) {
+            line = concatString(previousChunks2, line);
+            previousChunks2 = "";
           }
           yield line;
           start = end;
         }
       }
       if (start !== chunk.length - 1) {
-        previousChunks = concatString(previousChunks, chunk.slice(start + 1));
+        previousChunks2 = concatString(previousChunks2, chunk.slice(start + 1));
       }
-      state3.previousChunks = previousChunks;
+      state3.previousChunks = previousChunks2;
     };
     getNewlineLength = (chunk, end, preserveNewlines, state3) => {
       if (preserveNewlines) {
@@ -24320,9 +24329,9 @@ var init_split = __esm({
       state3.isWindowsNewline = end !== 0 && chunk[end - 1] === "\r";
       return state3.isWindowsNewline ? 2 : 1;
     };
-    linesFinal = function* ({ previousChunks }) {
-      if (previousChunks.length > 0) {
-        yield previousChunks;
+    linesFinal = function* ({ previousChunks: previousChunks2 }) {
+      if (previousChunks2.length > 0) {
+        yield previousChunks2;
       }
     };
     getAppendNewlineGenerator = ({ binary, preserveNewlines, readableObjectMode, state: state3 }) => binary || preserveNewlines || readableObjectMode ? void 0 : { transform: appendNewlineGenerator.bind(void 0, state3) };
@@ -26824,11 +26833,11 @@ var init_concurrent = __esm({
       const promises5 = weakMap.get(stream2);
       const promise3 = createDeferred();
       promises5.push(promise3);
-      const resolve13 = promise3.resolve.bind(promise3);
-      return { resolve: resolve13, promises: promises5 };
+      const resolve15 = promise3.resolve.bind(promise3);
+      return { resolve: resolve15, promises: promises5 };
     };
-    waitForConcurrentStreams = async ({ resolve: resolve13, promises: promises5 }, subprocess) => {
-      resolve13();
+    waitForConcurrentStreams = async ({ resolve: resolve15, promises: promises5 }, subprocess) => {
+      resolve15();
       const [isSubprocessExit] = await Promise.race([
         Promise.allSettled([true, subprocess]),
         Promise.all([false, ...promises5])
@@ -27848,6 +27857,27 @@ async function exists2(path17) {
     () => false
   );
 }
+async function withScratchDir(tag, fn) {
+  const base = process.env.TMPDIR || tmpdir();
+  const prefix2 = `overlayctl-${tag}-`;
+  for (const name of await fsp.readdir(base).catch(() => [])) {
+    if (!name.startsWith(prefix2)) continue;
+    const [pidText, host] = name.slice(prefix2.length).split("-");
+    const pid = Number(pidText);
+    if (!Number.isInteger(pid) || host !== HOST || pidAlive(pid)) continue;
+    await fsp.rm(join4(base, name), { recursive: true, force: true }).catch(() => {
+    });
+  }
+  const dir = await fsp.mkdtemp(join4(base, `${prefix2}${process.pid}-${HOST}-`)).catch((e) => {
+    throw fromFsError(e, base);
+  });
+  try {
+    return await fn(dir);
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => {
+    });
+  }
+}
 var TEMP_MARK, HOST, mountDirPrefix, mountsCleared;
 var init_atomic = __esm({
   "packages/core/src/fs/atomic.ts"() {
@@ -28205,8 +28235,8 @@ var require_utils2 = __commonJS({
       }
       return output2;
     };
-    exports2.basename = (path17, { windows } = {}) => {
-      const segs = path17.split(windows ? /[\\/]/ : "/");
+    exports2.basename = (path17, { windows: windows2 } = {}) => {
+      const segs = path17.split(windows2 ? /[\\/]/ : "/");
       const last = segs[segs.length - 1];
       if (last === "") {
         return segs[segs.length - 2];
@@ -28951,16 +28981,16 @@ var require_parse3 = __commonJS({
         const analysis = analyzeRepeatedExtglob(body2, opts);
         if ((token.type === "plus" || token.type === "star") && analysis.risky) {
           const safeOutput = analysis.safeOutput ? (token.output ? "" : ONE_CHAR) + (opts.capture ? `(${analysis.safeOutput})` : analysis.safeOutput) : void 0;
-          const open4 = tokens[token.tokensIndex];
-          open4.type = "text";
-          open4.value = literal2;
-          open4.output = safeOutput || utils.escapeRegex(literal2);
+          const open7 = tokens[token.tokensIndex];
+          open7.type = "text";
+          open7.value = literal2;
+          open7.output = safeOutput || utils.escapeRegex(literal2);
           for (let i2 = token.tokensIndex + 1; i2 < tokens.length; i2++) {
             tokens[i2].value = "";
             tokens[i2].output = "";
             delete tokens[i2].suffix;
           }
-          state3.output = token.output + open4.output;
+          state3.output = token.output + open7.output;
           state3.backtrack = true;
           push({ type: "paren", extglob: true, value, output: "" });
           decrement("parens");
@@ -29180,15 +29210,15 @@ var require_parse3 = __commonJS({
         }
         if (value === "{" && opts.nobrace !== true) {
           increment2("braces");
-          const open4 = {
+          const open7 = {
             type: "brace",
             value,
             output: "(",
             outputIndex: state3.output.length,
             tokensIndex: state3.tokens.length
           };
-          braces.push(open4);
-          push(open4);
+          braces.push(open7);
+          push(open7);
           continue;
         }
         if (value === "}") {
@@ -34410,7 +34440,7 @@ function isRef(value) {
 function cloneIssues(issues) {
   return issues.map((iss) => iss.path ? { ...iss, path: iss.path.slice() } : { ...iss });
 }
-function isRecursive2(inst, stack, resolve13) {
+function isRecursive2(inst, stack, resolve15) {
   const cached2 = recursive.get(inst);
   if (cached2 !== void 0)
     return cached2 ? PROVEN : NONE;
@@ -34420,7 +34450,7 @@ function isRecursive2(inst, stack, resolve13) {
   let result = NONE;
   const check2 = (child2) => {
     if (result !== PROVEN && child2?._zod) {
-      const answer = isRecursive2(child2, stack, resolve13);
+      const answer = isRecursive2(child2, stack, resolve15);
       if (answer > result)
         result = answer;
     }
@@ -34431,7 +34461,7 @@ function isRecursive2(inst, stack, resolve13) {
       const desc = Object.getOwnPropertyDescriptor(sh, key);
       if (spread && !desc.enumerable)
         continue;
-      const child2 = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve13) : NONE;
+      const child2 = desc.get ? ASSUMED : desc.value?._zod ? isRecursive2(desc.value, stack, resolve15) : NONE;
       if (child2 > answer)
         answer = child2;
     }
@@ -34495,7 +34525,7 @@ function isRecursive2(inst, stack, resolve13) {
       break;
     // `$ZodLazy` caches its inner on the def, so a resolved edge is followed exactly
     case "lazy": {
-      const inner = def._cachedInner ?? (resolve13 ? inst._zod.innerType : void 0);
+      const inner = def._cachedInner ?? (resolve15 ? inst._zod.innerType : void 0);
       merge2(inner ? isRecursive2(inner, stack, false) : ASSUMED);
       break;
     }
@@ -50746,9 +50776,9 @@ function setProcessLockWait(seconds) {
 function waitSecondsFor(opts) {
   return opts.waitSeconds ?? lockWait.getStore() ?? processWait ?? 0;
 }
-function trySetLock(fd, type) {
+function trySetLock(fd, type, range3) {
   const { fcntl, errno } = getFfi();
-  const lock = { l_type: type, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  const lock = { l_type: type, l_whence: 0, l_start: range3?.start ?? 0, l_len: range3?.length ?? 0, l_pid: 0 };
   if (fcntl(fd, F_OFD_SETLK, "ov_flock *", lock) === 0) return true;
   const e = errno();
   if (e === EAGAIN || e === EACCES) return false;
@@ -50765,7 +50795,7 @@ async function acquireLock(path17, mode, opts = {}) {
   const deadline = Date.now() + waitSecondsFor(opts) * 1e3;
   try {
     for (; ; ) {
-      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK)) break;
+      if (trySetLock(fd, mode === "exclusive" ? F_WRLCK : F_RDLCK, opts.range)) break;
       if (Date.now() >= deadline) throw lockedError(path17, mode);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -50810,7 +50840,7 @@ async function withLock(path17, mode, fn, opts = {}) {
     lock.release();
   }
 }
-function probeLock(path17) {
+function probeLock(path17, range3) {
   const attempt = (flags, type) => {
     let fd;
     try {
@@ -50820,7 +50850,7 @@ function probeLock(path17) {
       throw fromFsError(e, path17);
     }
     try {
-      return trySetLock(fd, type);
+      return trySetLock(fd, type, range3);
     } finally {
       closeSync2(fd);
     }
@@ -50863,7 +50893,7 @@ var init_ofd = __esm({
 // packages/core/src/fs/scratch.ts
 import { mkdtemp, readdir as readdir4, rm as rm4 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
-import { join as join9 } from "node:path";
+import { join as join11 } from "node:path";
 async function scratchDir(prefix2, base = tmpdir3()) {
   const key = `${base}\0${prefix2}`;
   if (!swept.has(key)) {
@@ -50872,11 +50902,11 @@ async function scratchDir(prefix2, base = tmpdir3()) {
     for (const name of names) {
       const m = new RegExp(`^${prefix2}-(\\d+)-([^/]+)-[^-]+$`).exec(name);
       if (!m || m[2] !== HOST || pidAlive(Number(m[1]))) continue;
-      await rm4(join9(base, name), { recursive: true, force: true }).catch(() => {
+      await rm4(join11(base, name), { recursive: true, force: true }).catch(() => {
       });
     }
   }
-  return mkdtemp(join9(base, `${prefix2}-${process.pid}-${HOST}-`));
+  return mkdtemp(join11(base, `${prefix2}-${process.pid}-${HOST}-`));
 }
 var swept;
 var init_scratch = __esm({
@@ -50888,9 +50918,9 @@ var init_scratch = __esm({
 });
 
 // packages/core/src/image/copy.ts
-import { chmod as chmod2, chown, stat as stat6 } from "node:fs/promises";
+import { chmod as chmod2, chown, stat as stat7 } from "node:fs/promises";
 async function copyImageFile(src, dst) {
-  const st = await stat6(src);
+  const st = await stat7(src);
   const sparse = st.blocks * 512 < st.size;
   await runTool("cp", [sparse ? "--sparse=always" : "--sparse=never", "--", src, dst], {
     timeoutSeconds: 3600
@@ -50899,7 +50929,7 @@ async function copyImageFile(src, dst) {
   if (process.getuid?.() === 0) await chown(dst, st.uid, st.gid);
 }
 async function isSparseFile(path17) {
-  const st = await stat6(path17);
+  const st = await stat7(path17);
   return st.blocks * 512 < st.size;
 }
 var init_copy = __esm({
@@ -50912,7 +50942,7 @@ var init_copy = __esm({
 // packages/core/src/layer/lower.ts
 import { mkdtemp as mkdtemp2, readdir as readdir5, rm as rm5 } from "node:fs/promises";
 import { tmpdir as tmpdir4 } from "node:os";
-import { join as join10 } from "node:path";
+import { join as join12 } from "node:path";
 function modeFromPerms(perms) {
   let mode = 0;
   const special = [2048, 1024, 512];
@@ -50955,9 +50985,9 @@ async function sifEntries(sif) {
   const { stdout } = await runTool("apptainer", ["sif", "list", sif]);
   const id = /^(\d+)\s*\|[^\n]*\|\s*FS \(Squashfs/m.exec(stdout)?.[1];
   if (!id) throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} has no SquashFS root filesystem partition`);
-  const dir = await mkdtemp2(join10(tmpdir4(), "overlay-sif-"));
+  const dir = await mkdtemp2(join12(tmpdir4(), "overlay-sif-"));
   try {
-    const part = join10(dir, "rootfs.sqf");
+    const part = join12(dir, "rootfs.sqf");
     await runTool("apptainer", ["sif", "dump", id, sif], { stdout: { file: part } });
     return await squashEntries(part);
   } finally {
@@ -50967,7 +50997,7 @@ async function sifEntries(sif) {
 async function dirEntries(root) {
   const out = [];
   for (const e of await readdir5(root, { recursive: true, withFileTypes: true })) {
-    const rel = join10(e.parentPath, e.name).slice(root.length + 1);
+    const rel = join12(e.parentPath, e.name).slice(root.length + 1);
     out.push({ path: rel, whiteout: e.isCharacterDevice() });
   }
   return out;
@@ -51265,7 +51295,7 @@ var init_normalize2 = __esm({
 
 // packages/core/src/image/check.ts
 import { rm as rm6 } from "node:fs/promises";
-import { join as join11 } from "node:path";
+import { join as join13 } from "node:path";
 function describeRepairs(output2, copy, path17) {
   const out = [];
   let pending = [];
@@ -51301,7 +51331,7 @@ function describeRepairs(output2, copy, path17) {
 }
 async function fsckOnCopy(image, probe, timeoutSeconds, progress) {
   const dir = await scratchDir("overlay-check");
-  const copy = join11(dir, "copy.img");
+  const copy = join13(dir, "copy.img");
   const sb = backupSuperblockArgs(probe.superblock?.backup);
   try {
     let method = "metadata-copy";
@@ -51409,7 +51439,7 @@ async function checkImage(path17, opts = {}) {
         return result({ status: "locked", error: { code: e.code, message: e.message } });
       throw e;
     }
-    const damaged = probe.superblock?.primary === "damaged";
+    const damaged2 = probe.superblock?.primary === "damaged";
     const first = await fsckOnCopy(path17, probe, timeoutSeconds, opts.onProgress ?? (() => {
     }));
     const tail2 = first.output.trim().split("\n").slice(-3).join(" ").split(first.copy).join(path17);
@@ -51420,7 +51450,7 @@ async function checkImage(path17, opts = {}) {
         `e2fsck could not examine the image (exit ${first.exit}): ${tail2}`
       );
     const problems = describeRepairs(first.output, first.copy, path17);
-    if (damaged) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
+    if (damaged2) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
     if (first.exit === 4) problems.push("e2fsck could not correct everything on the first run");
     if (first.exit >= 8) {
       problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail2})`);
@@ -51437,7 +51467,7 @@ async function checkImage(path17, opts = {}) {
         } : void 0
       });
     }
-    const corrupt = damaged || first.exit !== 0;
+    const corrupt = damaged2 || first.exit !== 0;
     if (!corrupt || !opts.repair) {
       const apptainerProblems2 = corrupt ? ["the filesystem is damaged"] : await apptainerVerdict(path17, probe);
       return result({
@@ -51568,11 +51598,11 @@ async function imageInfo(path17) {
     };
   }
   const { sb, superblock } = await readSuperblockOrBackup(path17, probe.superblock);
-  const damaged = superblock.primary === "damaged";
+  const damaged2 = superblock.primary === "damaged";
   const problems = apptainerExt3Problems(probe.ext);
-  if (damaged) problems.push("the primary superblock is damaged (check --repair restores it)");
+  if (damaged2) problems.push("the primary superblock is damaged (check --repair restores it)");
   if (truncated) problems.push("the file is truncated");
-  const upper = damaged ? null : await statInImage(path17, "/upper").catch(() => null);
+  const upper = damaged2 ? null : await statInImage(path17, "/upper").catch(() => null);
   const inodesUsed = sb.inodeCount - sb.freeInodes;
   const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
   const nonPortableMarkers = upper ? await findNonPortableMarkers2(path17).catch(() => void 0) : void 0;
@@ -51587,11 +51617,11 @@ async function imageInfo(path17) {
     inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
     reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
     uuid: sb.uuid || null,
-    clean: sb.state === "clean" && !damaged && !truncated,
+    clean: sb.state === "clean" && !damaged2 && !truncated,
     superblock,
     apptainerCompatible: problems.length === 0 && upper !== null,
     // debugfs cannot be trusted on a damaged or truncated image: no claim about upper/ then
-    apptainerProblems: upper === null && !damaged && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
+    apptainerProblems: upper === null && !damaged2 && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
     upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
     nonPortableMarkers
   };
@@ -51820,9 +51850,9 @@ var init_diagnose = __esm({
 });
 
 // packages/core/src/runtime/exec.ts
-import { mkdtemp as mkdtemp6, readFile as readFile5, rm as rm12, writeFile as writeFile7 } from "node:fs/promises";
+import { mkdtemp as mkdtemp6, readFile as readFile6, rm as rm12, writeFile as writeFile7 } from "node:fs/promises";
 import { tmpdir as tmpdir6 } from "node:os";
-import { join as join16, resolve as resolve8 } from "node:path";
+import { join as join18, resolve as resolve8 } from "node:path";
 async function chooseFakeroot(image, opts = {}) {
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   if (uid === 0 || opts.ro) return { fakeroot: false, upperUid: null };
@@ -51858,12 +51888,12 @@ async function driverOverlayConfig(runtime) {
   const cfg = await runTool(runtime.name, ["buildcfg"], { timeoutSeconds: 60 }).catch(() => void 0);
   const conf = /^\w+_CONF_FILE=(.+)$/m.exec(cfg?.stdout ?? "")?.[1];
   if (!conf || /^\w+_SUID_INSTALL=1$/m.test(cfg?.stdout ?? "")) return void 0;
-  const text = await readFile5(conf, "utf8").catch(() => void 0);
+  const text = await readFile6(conf, "utf8").catch(() => void 0);
   if (text === void 0 || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return void 0;
   const line = /^\s*enable overlay\s*=.*$/m;
   const driver = "enable overlay = driver";
-  const dir = await mkdtemp6(join16(tmpdir6(), "overlay-conf-"));
-  const file2 = join16(dir, "apptainer.conf");
+  const dir = await mkdtemp6(join18(tmpdir6(), "overlay-conf-"));
+  const file2 = join18(dir, "apptainer.conf");
   await writeFile7(file2, line.test(text) ? text.replace(line, driver) : `${text}
 ${driver}
 `, {
@@ -51964,7 +51994,7 @@ __export(build_exports, {
 });
 import { promises as fsp8 } from "node:fs";
 import { tmpdir as tmpdir7 } from "node:os";
-import { join as join17, resolve as resolve9 } from "node:path";
+import { join as join19, resolve as resolve9 } from "node:path";
 async function checkBuilt(path17) {
   const r = await checkImage(path17);
   return { status: r.status, problems: r.problems };
@@ -51988,8 +52018,8 @@ async function buildInOverlay(o2) {
   const base = await resolveBase(o2.base, { onProgress: progress });
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp8.mkdtemp(join17(tmpdir7(), "overlayctl-build-"));
-    scriptFile = join17(tempDir, "build.sh");
+    tempDir = await fsp8.mkdtemp(join19(tmpdir7(), "overlayctl-build-"));
+    scriptFile = join19(tempDir, "build.sh");
     await fsp8.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
@@ -55121,8 +55151,8 @@ var require_helpers = __commonJS({
     function req(url3, opts = {}) {
       const href = typeof url3 === "string" ? url3 : url3.href;
       const req2 = (href.startsWith("https:") ? https3 : http3).request(url3, opts);
-      const promise3 = new Promise((resolve13, reject) => {
-        req2.once("response", resolve13).once("error", reject).end();
+      const promise3 = new Promise((resolve15, reject) => {
+        req2.once("response", resolve15).once("error", reject).end();
       });
       req2.then = promise3.then.bind(promise3);
       return req2;
@@ -55299,7 +55329,7 @@ var require_parse_proxy_response = __commonJS({
     var debug_1 = __importDefault(require_src());
     var debug2 = (0, debug_1.default)("https-proxy-agent:parse-proxy-response");
     function parseProxyResponse(socket) {
-      return new Promise((resolve13, reject) => {
+      return new Promise((resolve15, reject) => {
         let buffersLength = 0;
         const buffers = [];
         function read2() {
@@ -55365,7 +55395,7 @@ var require_parse_proxy_response = __commonJS({
           }
           debug2("got proxy server response: %o %o", firstLine, headers);
           cleanup();
-          resolve13({
+          resolve15({
             connect: {
               statusCode,
               statusText,
@@ -59025,8 +59055,8 @@ var require_deferred = __commonJS({
        */
       constructor(preventUnhandledRejectionWarning = true) {
         this._state = DeferredState.PENDING;
-        this._promise = new Promise((resolve13, reject) => {
-          this._resolve = resolve13;
+        this._promise = new Promise((resolve15, reject) => {
+          this._resolve = resolve15;
           this._reject = reject;
         });
         if (preventUnhandledRejectionWarning) {
@@ -59241,11 +59271,11 @@ var require_unary_call = __commonJS({
     "use strict";
     var __awaiter19 = exports2 && exports2.__awaiter || function(thisArg, _arguments, P, generator) {
       function adopt(value) {
-        return value instanceof P ? value : new P(function(resolve13) {
-          resolve13(value);
+        return value instanceof P ? value : new P(function(resolve15) {
+          resolve15(value);
         });
       }
-      return new (P || (P = Promise))(function(resolve13, reject) {
+      return new (P || (P = Promise))(function(resolve15, reject) {
         function fulfilled(value) {
           try {
             step(generator.next(value));
@@ -59261,7 +59291,7 @@ var require_unary_call = __commonJS({
           }
         }
         function step(result) {
-          result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+          result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -59310,11 +59340,11 @@ var require_server_streaming_call = __commonJS({
     "use strict";
     var __awaiter19 = exports2 && exports2.__awaiter || function(thisArg, _arguments, P, generator) {
       function adopt(value) {
-        return value instanceof P ? value : new P(function(resolve13) {
-          resolve13(value);
+        return value instanceof P ? value : new P(function(resolve15) {
+          resolve15(value);
         });
       }
-      return new (P || (P = Promise))(function(resolve13, reject) {
+      return new (P || (P = Promise))(function(resolve15, reject) {
         function fulfilled(value) {
           try {
             step(generator.next(value));
@@ -59330,7 +59360,7 @@ var require_server_streaming_call = __commonJS({
           }
         }
         function step(result) {
-          result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+          result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -59380,11 +59410,11 @@ var require_client_streaming_call = __commonJS({
     "use strict";
     var __awaiter19 = exports2 && exports2.__awaiter || function(thisArg, _arguments, P, generator) {
       function adopt(value) {
-        return value instanceof P ? value : new P(function(resolve13) {
-          resolve13(value);
+        return value instanceof P ? value : new P(function(resolve15) {
+          resolve15(value);
         });
       }
-      return new (P || (P = Promise))(function(resolve13, reject) {
+      return new (P || (P = Promise))(function(resolve15, reject) {
         function fulfilled(value) {
           try {
             step(generator.next(value));
@@ -59400,7 +59430,7 @@ var require_client_streaming_call = __commonJS({
           }
         }
         function step(result) {
-          result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+          result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -59449,11 +59479,11 @@ var require_duplex_streaming_call = __commonJS({
     "use strict";
     var __awaiter19 = exports2 && exports2.__awaiter || function(thisArg, _arguments, P, generator) {
       function adopt(value) {
-        return value instanceof P ? value : new P(function(resolve13) {
-          resolve13(value);
+        return value instanceof P ? value : new P(function(resolve15) {
+          resolve15(value);
         });
       }
-      return new (P || (P = Promise))(function(resolve13, reject) {
+      return new (P || (P = Promise))(function(resolve15, reject) {
         function fulfilled(value) {
           try {
             step(generator.next(value));
@@ -59469,7 +59499,7 @@ var require_duplex_streaming_call = __commonJS({
           }
         }
         function step(result) {
-          result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+          result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -59517,11 +59547,11 @@ var require_test_transport = __commonJS({
     "use strict";
     var __awaiter19 = exports2 && exports2.__awaiter || function(thisArg, _arguments, P, generator) {
       function adopt(value) {
-        return value instanceof P ? value : new P(function(resolve13) {
-          resolve13(value);
+        return value instanceof P ? value : new P(function(resolve15) {
+          resolve15(value);
         });
       }
-      return new (P || (P = Promise))(function(resolve13, reject) {
+      return new (P || (P = Promise))(function(resolve15, reject) {
         function fulfilled(value) {
           try {
             step(generator.next(value));
@@ -59537,7 +59567,7 @@ var require_test_transport = __commonJS({
           }
         }
         function step(result) {
-          result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+          result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
         }
         step((generator = generator.apply(thisArg, _arguments || [])).next());
       });
@@ -59734,11 +59764,11 @@ var require_test_transport = __commonJS({
       responseTrailer: "test"
     };
     function delay4(ms, abort) {
-      return (v) => new Promise((resolve13, reject) => {
+      return (v) => new Promise((resolve15, reject) => {
         if (abort === null || abort === void 0 ? void 0 : abort.aborted) {
           reject(new rpc_error_1.RpcError("user cancel", "CANCELLED"));
         } else {
-          const id = setTimeout(() => resolve13(v), ms);
+          const id = setTimeout(() => resolve15(v), ms);
           if (abort) {
             abort.addEventListener("abort", (ev) => {
               clearTimeout(id);
@@ -59994,7 +60024,7 @@ var require_commonjs2 = __commonJS({
 });
 
 // packages/actions/src/entries/setup-overlay.ts
-import { resolve as resolve12 } from "node:path";
+import { resolve as resolve14 } from "node:path";
 
 // node_modules/@actions/core/lib/command.js
 import * as os from "os";
@@ -60183,11 +60213,11 @@ var tunnel = __toESM(require_tunnel2(), 1);
 var import_undici = __toESM(require_undici(), 1);
 var __awaiter = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -60203,7 +60233,7 @@ var __awaiter = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -60276,26 +60306,26 @@ var HttpClientResponse = class {
   }
   readBody() {
     return __awaiter(this, void 0, void 0, function* () {
-      return new Promise((resolve13) => __awaiter(this, void 0, void 0, function* () {
+      return new Promise((resolve15) => __awaiter(this, void 0, void 0, function* () {
         let output2 = Buffer.alloc(0);
         this.message.on("data", (chunk) => {
           output2 = Buffer.concat([output2, chunk]);
         });
         this.message.on("end", () => {
-          resolve13(output2.toString());
+          resolve15(output2.toString());
         });
       }));
     });
   }
   readBodyBuffer() {
     return __awaiter(this, void 0, void 0, function* () {
-      return new Promise((resolve13) => __awaiter(this, void 0, void 0, function* () {
+      return new Promise((resolve15) => __awaiter(this, void 0, void 0, function* () {
         const chunks = [];
         this.message.on("data", (chunk) => {
           chunks.push(chunk);
         });
         this.message.on("end", () => {
-          resolve13(Buffer.concat(chunks));
+          resolve15(Buffer.concat(chunks));
         });
       }));
     });
@@ -60498,14 +60528,14 @@ var HttpClient = class {
    */
   requestRaw(info2, data) {
     return __awaiter(this, void 0, void 0, function* () {
-      return new Promise((resolve13, reject) => {
+      return new Promise((resolve15, reject) => {
         function callbackForResult(err, res) {
           if (err) {
             reject(err);
           } else if (!res) {
             reject(new Error("Unknown error"));
           } else {
-            resolve13(res);
+            resolve15(res);
           }
         }
         this.requestRawWithCallback(info2, data, callbackForResult);
@@ -60749,12 +60779,12 @@ var HttpClient = class {
     return __awaiter(this, void 0, void 0, function* () {
       retryNumber = Math.min(ExponentialBackoffCeiling, retryNumber);
       const ms = ExponentialBackoffTimeSlice * Math.pow(2, retryNumber);
-      return new Promise((resolve13) => setTimeout(() => resolve13(), ms));
+      return new Promise((resolve15) => setTimeout(() => resolve15(), ms));
     });
   }
   _processResponse(res, options) {
     return __awaiter(this, void 0, void 0, function* () {
-      return new Promise((resolve13, reject) => __awaiter(this, void 0, void 0, function* () {
+      return new Promise((resolve15, reject) => __awaiter(this, void 0, void 0, function* () {
         const statusCode = res.message.statusCode || 0;
         const response = {
           statusCode,
@@ -60762,7 +60792,7 @@ var HttpClient = class {
           headers: {}
         };
         if (statusCode === HttpCodes.NotFound) {
-          resolve13(response);
+          resolve15(response);
         }
         function dateTimeDeserializer(key, value) {
           if (typeof value === "string") {
@@ -60801,7 +60831,7 @@ var HttpClient = class {
           err.result = response.result;
           reject(err);
         } else {
-          resolve13(response);
+          resolve15(response);
         }
       }));
     });
@@ -60812,11 +60842,11 @@ var lowercaseKeys = (obj) => Object.keys(obj).reduce((c3, k) => (c3[k.toLowerCas
 // node_modules/@actions/http-client/lib/auth.js
 var __awaiter2 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -60832,7 +60862,7 @@ var __awaiter2 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -60865,11 +60895,11 @@ import { EOL as EOL3 } from "os";
 import { constants, promises } from "fs";
 var __awaiter3 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -60885,7 +60915,7 @@ var __awaiter3 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -61163,11 +61193,11 @@ import * as fs2 from "fs";
 import * as path from "path";
 var __awaiter4 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -61183,7 +61213,7 @@ var __awaiter4 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -61287,11 +61317,11 @@ function isUnixExecutable(stats) {
 // node_modules/@actions/io/lib/io.js
 var __awaiter5 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -61307,7 +61337,7 @@ var __awaiter5 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -61406,11 +61436,11 @@ function findInPath(tool) {
 import { setTimeout as setTimeout2 } from "timers";
 var __awaiter6 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -61426,7 +61456,7 @@ var __awaiter6 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -61645,7 +61675,7 @@ var ToolRunner = class extends events.EventEmitter {
         this.toolPath = path3.resolve(process.cwd(), this.options.cwd || process.cwd(), this.toolPath);
       }
       this.toolPath = yield which(this.toolPath, true);
-      return new Promise((resolve13, reject) => __awaiter6(this, void 0, void 0, function* () {
+      return new Promise((resolve15, reject) => __awaiter6(this, void 0, void 0, function* () {
         this._debug(`exec tool: ${this.toolPath}`);
         this._debug("arguments:");
         for (const arg of this.args) {
@@ -61728,7 +61758,7 @@ var ToolRunner = class extends events.EventEmitter {
           if (error63) {
             reject(error63);
           } else {
-            resolve13(exitCode);
+            resolve15(exitCode);
           }
         });
         if (this.options.input) {
@@ -61851,11 +61881,11 @@ var ExecState = class _ExecState extends events.EventEmitter {
 // node_modules/@actions/exec/lib/exec.js
 var __awaiter7 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -61871,7 +61901,7 @@ var __awaiter7 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -61896,11 +61926,11 @@ var arch = os4.arch();
 // node_modules/@actions/core/lib/core.js
 var __awaiter8 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -61916,7 +61946,7 @@ var __awaiter8 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -62129,10 +62159,10 @@ var resolveSymlinksAsync = function(path17, state3, callback$1) {
   queue.enqueue();
   fs8.realpath(path17, (error63, resolvedPath) => {
     if (error63) return queue.dequeue(suppressErrors ? null : error63, state3);
-    fs8.stat(resolvedPath, (error$1, stat11) => {
+    fs8.stat(resolvedPath, (error$1, stat14) => {
       if (error$1) return queue.dequeue(suppressErrors ? null : error$1, state3);
-      if (stat11.isDirectory() && isRecursive(path17, resolvedPath, state3)) return queue.dequeue(null, state3);
-      callback$1(stat11, resolvedPath);
+      if (stat14.isDirectory() && isRecursive(path17, resolvedPath, state3)) return queue.dequeue(null, state3);
+      callback$1(stat14, resolvedPath);
       queue.dequeue(null, state3);
     });
   });
@@ -62142,9 +62172,9 @@ var resolveSymlinks = function(path17, state3, callback$1) {
   queue.enqueue();
   try {
     const resolvedPath = fs8.realpathSync(path17);
-    const stat11 = fs8.statSync(resolvedPath);
-    if (stat11.isDirectory() && isRecursive(path17, resolvedPath, state3)) return;
-    callback$1(stat11, resolvedPath);
+    const stat14 = fs8.statSync(resolvedPath);
+    if (stat14.isDirectory() && isRecursive(path17, resolvedPath, state3)) return;
+    callback$1(stat14, resolvedPath);
   } catch (e) {
     if (!suppressErrors) throw e;
   }
@@ -62341,8 +62371,8 @@ var Walker = class {
         this.walkDirectory(this.state, path17, path17, depth - 1, this.walk);
       } else if (this.resolveSymlink && entry.isSymbolicLink()) {
         let path17 = joinPathWithBasePath(entry.name, directoryPath);
-        this.resolveSymlink(path17, this.state, (stat11, resolvedPath) => {
-          if (stat11.isDirectory()) {
+        this.resolveSymlink(path17, this.state, (stat14, resolvedPath) => {
+          if (stat14.isDirectory()) {
             resolvedPath = normalizePath(resolvedPath, this.state.options);
             if (exclude && exclude(entry.name, useRealPaths ? resolvedPath : path17 + pathSeparator)) return;
             this.walkDirectory(this.state, resolvedPath, useRealPaths ? resolvedPath : path17 + pathSeparator, depth - 1, this.walk);
@@ -63319,14 +63349,14 @@ var LocalStore = class {
     }
     return had;
   }
-  async put(key, write2, opts = {}) {
+  async put(key, write3, opts = {}) {
     validateKey(key);
     await this.ensureWritable();
     const { archive, meta: meta3 } = this.paths(key);
     if (!opts.replace && await exists2(meta3)) return { status: "exists" };
     const tmp = tempPathFor(archive);
     try {
-      await write2(tmp);
+      await write3(tmp);
     } catch (e) {
       await rm3(tmp, { force: true });
       throw e;
@@ -63376,6 +63406,626 @@ var LocalStore = class {
   }
 };
 
+// packages/core/src/cache/registry-store.ts
+init_errors();
+init_atomic();
+import { createHash as createHash8 } from "node:crypto";
+import { createReadStream as createReadStream3 } from "node:fs";
+import { open as open4, stat as stat6 } from "node:fs/promises";
+import { join as join10 } from "node:path";
+
+// packages/core/src/registry/client.ts
+init_errors();
+import { createHash as createHash7 } from "node:crypto";
+import { createReadStream as createReadStream2 } from "node:fs";
+import { readFile as readFile4 } from "node:fs/promises";
+import { homedir as homedir4 } from "node:os";
+import { join as join9 } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+var EMPTY_CONFIG = {
+  mediaType: "application/vnd.oci.empty.v1+json",
+  digest: "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+  size: 2
+};
+var OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+var REF_RE = /^oras:\/\/([a-z0-9.-]+(?::\d+)?|\[[0-9a-f:]+\](?::\d+)?)\/([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)(?::([A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(sha256:[a-f0-9]{64}))?$/;
+function parseOrasRef(uri, what = "reference") {
+  const m = REF_RE.exec(uri);
+  if (!m)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${what} ${JSON.stringify(uri)} is not oras://HOST/REPO[:TAG]`,
+      {
+        hint: "e.g. oras://ghcr.io/OWNER/env:v1 (repository names are lower case)"
+      }
+    );
+  return { host: m[1], repo: m[2], tag: m[3], digest: m[4] };
+}
+var formatRef = (r) => `oras://${r.host}/${r.repo}${r.tag ? `:${r.tag}` : ""}${r.digest ? `@${r.digest}` : ""}`;
+var sha256Digest = (b) => `sha256:${createHash7("sha256").update(b).digest("hex")}`;
+function decodeAuth(entry) {
+  if (entry.username && entry.password) return { username: entry.username, password: entry.password };
+  if (!entry.auth) return void 0;
+  const text = Buffer.from(entry.auth, "base64").toString("utf8");
+  const i2 = text.indexOf(":");
+  return i2 > 0 ? { username: text.slice(0, i2), password: text.slice(i2 + 1) } : void 0;
+}
+function authKeyHost(key) {
+  const host = key.replace(/^[a-z]+:\/\//, "").replace(/\/.*$/, "");
+  return ["docker.io", "registry-1.docker.io", "index.docker.io"].includes(host) ? "docker.io" : host;
+}
+async function fromConfigFile(path17, host) {
+  let json2;
+  try {
+    json2 = JSON.parse(await readFile4(path17, "utf8"));
+  } catch {
+    return void 0;
+  }
+  const want = authKeyHost(host);
+  for (const [key, entry] of Object.entries(json2.auths ?? {})) {
+    if (authKeyHost(key) !== want) continue;
+    const c3 = decodeAuth(entry ?? {});
+    if (c3) return { ...c3, source: path17 };
+  }
+  return void 0;
+}
+async function findCredentials(host, env = process.env) {
+  if (env.OVERLAY_REGISTRY_USERNAME && env.OVERLAY_REGISTRY_PASSWORD)
+    return {
+      username: env.OVERLAY_REGISTRY_USERNAME,
+      password: env.OVERLAY_REGISTRY_PASSWORD,
+      source: "OVERLAY_REGISTRY_USERNAME/OVERLAY_REGISTRY_PASSWORD"
+    };
+  const home = env.HOME || homedir4();
+  const dockerDir = env.DOCKER_CONFIG || join9(home, ".docker");
+  const apptainerDir = env.APPTAINER_CONFIGDIR || join9(home, ".apptainer");
+  for (const file2 of [join9(dockerDir, "config.json"), join9(apptainerDir, "docker-config.json")]) {
+    const c3 = await fromConfigFile(file2, host);
+    if (c3) return c3;
+  }
+  if (host === "ghcr.io" && env.GITHUB_TOKEN)
+    return {
+      username: env.GITHUB_ACTOR || "github-actions",
+      password: env.GITHUB_TOKEN,
+      source: "GITHUB_TOKEN"
+    };
+  return void 0;
+}
+var isLoopback = (host) => /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?::\d+)?$/.test(host);
+var MAX_ATTEMPTS = Number(process.env.OVERLAY_REGISTRY_ATTEMPTS) || 4;
+var Transient = class extends Error {
+};
+var RegistryClient = class _RegistryClient {
+  constructor(host, repo, opts = {}) {
+    this.host = host;
+    this.repo = repo;
+    this.opts = opts;
+    const scheme = isLoopback(host) || opts.insecure ? "http" : "https";
+    this.base = `${scheme}://${host}/v2/${repo}/`;
+  }
+  host;
+  repo;
+  opts;
+  base;
+  auth = /* @__PURE__ */ new Map();
+  // scope -> Authorization header
+  challenge;
+  creds;
+  where() {
+    return `${this.host}/${this.repo}`;
+  }
+  async credentials() {
+    if (this.creds === void 0) this.creds = await findCredentials(this.host, this.opts.env) ?? null;
+    return this.creds ?? void 0;
+  }
+  scopeFor(method, path17, alsoPull) {
+    const actions = method === "GET" || method === "HEAD" ? "pull" : method === "DELETE" && path17.startsWith("manifests/") ? "pull,push,delete" : "pull,push";
+    const own2 = `repository:${this.repo}:${actions}`;
+    return alsoPull ? `${own2} repository:${alsoPull}:pull` : own2;
+  }
+  /** Answer a 401 challenge: fills this.auth for the scope, or throws E_AUTH. */
+  async authenticate(header, scope, failedBefore) {
+    const creds = await this.credentials();
+    const who = creds ? `as ${creds.username} (credentials from ${creds.source})` : "without credentials";
+    const hint = creds ? "check the user name and password/token (and that it may read/write this repository)" : `log in first (docker/podman/oras login ${this.host}, apptainer registry login) or set OVERLAY_REGISTRY_USERNAME and OVERLAY_REGISTRY_PASSWORD`;
+    if (failedBefore || !header)
+      throw new OverlayError("E_AUTH", `${this.where()} refused access ${who}`, { hint });
+    const scheme = /^\s*(\w+)/.exec(header)?.[1]?.toLowerCase();
+    const param = (name) => new RegExp(`${name}="([^"]*)"`, "i").exec(header)?.[1];
+    if (scheme === "basic") {
+      if (!creds) throw new OverlayError("E_AUTH", `${this.where()} needs credentials`, { hint });
+      this.challenge = { scheme: "basic" };
+      this.auth.set(scope, `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`);
+      return;
+    }
+    if (scheme !== "bearer" || !param("realm"))
+      throw new OverlayError("E_AUTH", `${this.where()} asks for an unsupported authentication (${header})`);
+    this.challenge = { scheme: "bearer", realm: param("realm"), service: param("service") };
+    this.auth.set(scope, await this.token(scope, creds, hint, who));
+  }
+  async token(scope, creds, hint, who) {
+    const url3 = new URL(this.challenge.realm);
+    if (this.challenge.service) url3.searchParams.set("service", this.challenge.service);
+    for (const s of scope.split(" ")) url3.searchParams.append("scope", s);
+    const headers = {};
+    if (creds)
+      headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`;
+    let res;
+    try {
+      res = await fetch(url3, { headers });
+    } catch (e) {
+      throw new Transient(`token service ${url3.origin}: ${e.message}`);
+    }
+    if (res.status >= 500 || res.status === 429) throw new Transient(`token service answered ${res.status}`);
+    if (!res.ok)
+      throw new OverlayError("E_AUTH", `${this.where()}: the token service refused ${who}`, { hint });
+    const body2 = await res.json().catch(() => ({}));
+    const token = body2.token || body2.access_token;
+    if (!token) throw new OverlayError("E_REGISTRY", `token service ${url3.origin} answered no token`);
+    return `Bearer ${token}`;
+  }
+  /** One HTTP exchange with auth (a 401 is answered once); transient failures throw Transient. */
+  async send(r) {
+    const url3 = /^https?:\/\//.test(r.path) ? r.path : new URL(r.path, this.base).toString();
+    const scope = this.scopeFor(r.method, r.path, r.alsoPull);
+    for (let authTry = 0; ; authTry++) {
+      const headers = { ...r.headers };
+      const auth = this.auth.get(scope) ?? (this.challenge?.scheme === "basic" ? [...this.auth.values()][0] : void 0);
+      if (auth) headers.authorization = auth;
+      let res;
+      try {
+        const body2 = r.body === void 0 ? void 0 : Buffer.isBuffer(r.body) ? r.body : r.body();
+        res = await fetch(url3, {
+          method: r.method,
+          headers,
+          body: body2,
+          redirect: "follow",
+          ...body2 && !Buffer.isBuffer(body2) ? { duplex: "half" } : {}
+        });
+      } catch (e) {
+        const cause = e.cause;
+        if (cause?.code === "EPROTO" || /wrong version number|SSL/i.test(cause?.message ?? ""))
+          throw new OverlayError("E_REGISTRY", `${this.host} does not speak HTTPS`, {
+            hint: "for a plain-HTTP registry pass --no-https"
+          });
+        throw new Transient(`${r.method} ${url3}: ${cause?.message ?? e.message}`);
+      }
+      if (res.status === 401 && authTry === 0) {
+        await res.body?.cancel();
+        await this.authenticate(res.headers.get("www-authenticate"), scope, false);
+        continue;
+      }
+      if (r.ok.includes(res.status)) return res;
+      const text = await res.text().catch(() => "");
+      if (res.status === 401 || res.status === 403) await this.authenticate(null, scope, true);
+      if (res.status >= 500 || res.status === 429)
+        throw new Transient(`${r.method} ${url3} answered ${res.status} ${text.slice(0, 200)}`);
+      throw new OverlayError(
+        "E_REGISTRY",
+        `${this.where()}: ${r.method} answered ${res.status} ${text.slice(0, 300)}`
+      );
+    }
+  }
+  /** Run `op` again on transient failures, a bounded number of times with backoff. */
+  async retrying(what, op) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await op();
+      } catch (e) {
+        if (!(e instanceof Transient) && !isConnectionDrop(e)) throw e;
+        if (attempt >= MAX_ATTEMPTS)
+          throw new OverlayError(
+            "E_REGISTRY",
+            `${this.where()}: ${what} failed ${attempt} times: ${e.message}`,
+            {
+              hint: "the registry is failing or unreachable; try again later"
+            }
+          );
+        this.opts.onRetry?.(`${what}: ${e.message}; retrying (${attempt}/${MAX_ATTEMPTS - 1})`);
+        await sleep(250 * 2 ** (attempt - 1));
+      }
+    }
+  }
+  async ping() {
+    await this.retrying("ping", async () => {
+      const res = await this.send({ method: "GET", path: "tags/list", ok: [200, 404] });
+      await res.body?.cancel();
+    });
+  }
+  async hasBlob(digest) {
+    return this.retrying("check blob", async () => {
+      const res = await this.send({ method: "HEAD", path: `blobs/${digest}`, ok: [200, 404] });
+      return res.status === 200;
+    });
+  }
+  /** Cross-repository mount: true when the registry linked the blob (201), false when it did not. */
+  async mountBlob(digest, from) {
+    return this.retrying("mount blob", async () => {
+      const res = await this.send({
+        method: "POST",
+        path: `blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`,
+        ok: [201, 202],
+        alsoPull: from
+      });
+      await res.body?.cancel();
+      if (res.status === 201) return true;
+      const loc = res.headers.get("location");
+      if (loc)
+        await this.send({ method: "DELETE", path: new URL(loc, this.base).toString(), ok: [204, 404] }).catch(
+          () => {
+          }
+        );
+      return false;
+    });
+  }
+  async startUpload() {
+    const res = await this.send({ method: "POST", path: "blobs/uploads/", ok: [202] });
+    await res.body?.cancel();
+    const loc = res.headers.get("location");
+    if (!loc) throw new OverlayError("E_REGISTRY", `${this.where()}: upload started without a Location`);
+    return new URL(loc, this.base).toString();
+  }
+  static withDigest(location, digest) {
+    const u2 = new URL(location);
+    u2.searchParams.set("digest", digest);
+    return u2.toString();
+  }
+  /** Monolithic upload of an in-memory blob (POST, then PUT with the bytes). */
+  async uploadBlob(data, digest = sha256Digest(data)) {
+    await this.retrying("upload blob", async () => {
+      const loc = await this.startUpload();
+      const res = await this.send({
+        method: "PUT",
+        path: _RegistryClient.withDigest(loc, digest),
+        headers: { "content-type": "application/octet-stream", "content-length": String(data.length) },
+        body: data,
+        ok: [201]
+      });
+      await res.body?.cancel();
+    });
+  }
+  /**
+   * Chunked upload of a file (POST, PATCH per part with Content-Range, PUT with the digest): large
+   * blobs never sit in memory, and no single request outlives a proxy's time limit.
+   */
+  async uploadFile(path17, size, digest, partBytes = 64 * 1024 * 1024) {
+    await this.retrying("upload blob", async () => {
+      let loc = await this.startUpload();
+      for (let start = 0; start < size; start += partBytes) {
+        const end = Math.min(size, start + partBytes);
+        const res2 = await this.send({
+          method: "PATCH",
+          path: loc,
+          headers: {
+            "content-type": "application/octet-stream",
+            "content-length": String(end - start),
+            "content-range": `${start}-${end - 1}`
+          },
+          body: () => createReadStream2(path17, { start, end: end - 1 }),
+          ok: [202]
+        });
+        await res2.body?.cancel();
+        loc = new URL(res2.headers.get("location") ?? loc, this.base).toString();
+      }
+      const res = await this.send({
+        method: "PUT",
+        path: _RegistryClient.withDigest(loc, digest),
+        headers: { "content-type": "application/octet-stream", "content-length": "0" },
+        body: Buffer.alloc(0),
+        ok: [201]
+      });
+      await res.body?.cancel();
+    });
+  }
+  /**
+   * Stream a blob to `sink` (called again from the start after a dropped connection: `reset` is
+   * called first), verifying its digest: a mismatch is E_INTEGRITY and is not retried.
+   */
+  async readBlob(digest, consume, reset2 = () => {
+  }) {
+    return this.retrying("download blob", async () => {
+      await reset2();
+      const res = await this.send({ method: "GET", path: `blobs/${digest}`, ok: [200, 404] });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new OverlayError("E_NOT_FOUND", `${this.where()} has no blob ${digest}`);
+      }
+      const hash2 = createHash7("sha256");
+      let n2 = 0;
+      try {
+        for await (const chunk of res.body) {
+          hash2.update(chunk);
+          n2 += chunk.length;
+          await consume(chunk);
+        }
+      } catch (e) {
+        if (isOverlayError(e)) throw e;
+        throw new Transient(`blob ${digest.slice(0, 19)}\u2026 cut after ${n2} bytes: ${e.message}`);
+      }
+      const got = `sha256:${hash2.digest("hex")}`;
+      if (got !== digest)
+        throw new OverlayError("E_INTEGRITY", `${this.where()}: blob ${digest} arrived with digest ${got}`, {
+          hint: "the registry holds a damaged blob; push the artifact again"
+        });
+      return n2;
+    });
+  }
+  /** A small blob in memory (verified). */
+  async getBlob(digest) {
+    let parts = [];
+    await this.readBlob(
+      digest,
+      (c3) => {
+        parts.push(Buffer.from(c3));
+      },
+      () => {
+        parts = [];
+      }
+    );
+    return Buffer.concat(parts);
+  }
+  async putManifest(reference, body2, mediaType) {
+    return this.retrying("put manifest", async () => {
+      const res = await this.send({
+        method: "PUT",
+        path: `manifests/${reference}`,
+        headers: { "content-type": mediaType },
+        body: body2,
+        ok: [201]
+      });
+      await res.body?.cancel();
+      return sha256Digest(body2);
+    });
+  }
+  /** A manifest by tag or digest, with its digest checked when asked by digest. */
+  async getManifest(reference) {
+    return this.retrying("get manifest", async () => {
+      const res = await this.send({
+        method: "GET",
+        path: `manifests/${reference}`,
+        headers: {
+          accept: [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json"
+          ].join(", ")
+        },
+        ok: [200, 404]
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new OverlayError("E_NOT_FOUND", `${this.where()} has no ${reference}`, {
+          hint: `list what is there: skopeo list-tags docker://${this.where()}`
+        });
+      }
+      const body2 = Buffer.from(await res.arrayBuffer());
+      const digest = sha256Digest(body2);
+      if (reference.startsWith("sha256:") && digest !== reference)
+        throw new OverlayError(
+          "E_INTEGRITY",
+          `${this.where()}: manifest ${reference} arrived with digest ${digest}`
+        );
+      return { body: body2, digest, mediaType: res.headers.get("content-type") ?? "" };
+    });
+  }
+  /** Does a tag exist (HEAD on the manifest)? */
+  async hasManifest(reference) {
+    return this.retrying("check manifest", async () => {
+      const res = await this.send({
+        method: "HEAD",
+        path: `manifests/${reference}`,
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+        ok: [200, 404]
+      });
+      return res.status === 200;
+    });
+  }
+  /** Delete a manifest by digest (registries that allow it; distribution needs delete enabled). */
+  async deleteManifest(digest) {
+    return this.retrying("delete manifest", async () => {
+      const res = await this.send({ method: "DELETE", path: `manifests/${digest}`, ok: [202, 404, 405] });
+      await res.body?.cancel();
+      if (res.status === 405)
+        throw new OverlayError("E_CACHE", `${this.where()} does not allow deleting through the API`, {
+          hint: "delete it in the registry's web interface, or let its retention rules remove it"
+        });
+      return res.status === 202;
+    });
+  }
+  /** Can we push here? Opens an upload (needs push rights) and cancels it. */
+  async checkPush() {
+    await this.retrying("check push access", async () => {
+      const loc = await this.startUpload();
+      await this.send({ method: "DELETE", path: loc, ok: [204, 404, 405] }).then((r) => r.body?.cancel()).catch(() => {
+      });
+    });
+  }
+  /** Every tag (following the Link header's pages); none for a repository that does not exist. */
+  async listTags() {
+    const tags2 = [];
+    let path17 = "tags/list?n=1000";
+    while (path17) {
+      const page = path17;
+      const { list, next } = await this.retrying("list tags", async () => {
+        const res = await this.send({ method: "GET", path: page, ok: [200, 404] });
+        if (res.status === 404) {
+          await res.body?.cancel();
+          return { list: [], next: void 0 };
+        }
+        const json2 = await res.json();
+        const link2 = /<([^>]+)>;\s*rel="next"/.exec(res.headers.get("link") ?? "")?.[1];
+        return { list: json2.tags ?? [], next: link2 ? new URL(link2, this.base).toString() : void 0 };
+      });
+      tags2.push(...list);
+      path17 = next;
+    }
+    return tags2;
+  }
+};
+function isConnectionDrop(e) {
+  if (isOverlayError(e)) return false;
+  const msg = `${e?.message ?? ""} ${e?.cause?.message ?? ""}`;
+  return /terminated|socket|ECONNRESET|EPIPE|other side closed|fetch failed/i.test(msg);
+}
+
+// packages/core/src/cache/registry-store.ts
+var CACHE_ARTIFACT_TYPE = "application/vnd.overlay-action.cache.v1";
+var CACHE_ARCHIVE_MEDIA_TYPE = "application/vnd.overlay-action.cache.archive.v1+zstd";
+var KEY = "org.overlay-action.cache.key";
+var CREATED = "org.opencontainers.image.created";
+var tagForKey = (key) => `ovc-${createHash8("sha256").update(key).digest("hex").slice(0, 40)}`;
+async function fileDigest(path17) {
+  const hash2 = createHash8("sha256");
+  for await (const chunk of createReadStream3(path17, { highWaterMark: 4 * 2 ** 20 }))
+    hash2.update(chunk);
+  return `sha256:${hash2.digest("hex")}`;
+}
+var scratch = (fn) => withScratchDir("store", fn);
+var RegistryStore = class {
+  constructor(spec) {
+    this.spec = spec;
+    const ref = parseOrasRef(spec, "store");
+    if (ref.tag || ref.digest)
+      throw new OverlayError(
+        "E_INVALID_INPUT",
+        `store ${spec}: a registry store is oras://HOST/REPO, without a tag`,
+        {
+          hint: "tags are derived from the cache keys"
+        }
+      );
+    this.client = new RegistryClient(ref.host, ref.repo, {
+      insecure: process.env.OVERLAY_REGISTRY_PLAIN_HTTP === "1"
+    });
+  }
+  spec;
+  kind = "oras";
+  client;
+  /** The manifest of the entry under `key`, or null (a tag whose annotation names another key is no entry). */
+  async entry(key) {
+    try {
+      const { body: body2, digest } = await this.client.getManifest(tagForKey(key));
+      const m = JSON.parse(body2.toString("utf8"));
+      if (m.artifactType !== CACHE_ARTIFACT_TYPE || m.annotations?.[KEY] !== key) return null;
+      return { m, digest };
+    } catch (e) {
+      if (isOverlayError(e, "E_NOT_FOUND")) return null;
+      throw e;
+    }
+  }
+  async listEntries() {
+    const tags2 = (await this.client.listTags()).filter((t) => t.startsWith("ovc-"));
+    const out = [];
+    for (let i2 = 0; i2 < tags2.length; i2 += 4) {
+      const batch = await Promise.all(
+        tags2.slice(i2, i2 + 4).map(async (t) => {
+          try {
+            const m = JSON.parse((await this.client.getManifest(t)).body.toString("utf8"));
+            const key = m.annotations?.[KEY];
+            if (m.artifactType !== CACHE_ARTIFACT_TYPE || !key || tagForKey(key) !== t) return null;
+            return { key, created: m.annotations?.[CREATED] ?? "", m };
+          } catch (e) {
+            if (isOverlayError(e, "E_NOT_FOUND")) return null;
+            throw e;
+          }
+        })
+      );
+      for (const b of batch) if (b) out.push(b);
+    }
+    return out;
+  }
+  async fetch(keys, use) {
+    let best = null;
+    const exact = await this.entry(keys.primary);
+    if (exact) best = { key: keys.primary, m: exact.m };
+    if (!best && keys.restoreKeys.length) {
+      const all = (await this.listEntries()).sort((a2, b) => b.created.localeCompare(a2.created));
+      for (const prefix2 of keys.restoreKeys) {
+        best = all.find((e) => e.key.startsWith(prefix2)) ?? null;
+        if (best) break;
+      }
+    }
+    const blob = best?.m.layers?.[0];
+    if (!best || !blob || blob.mediaType !== CACHE_ARCHIVE_MEDIA_TYPE) return null;
+    const key = best.key;
+    return scratch(async (dir) => {
+      const archive = join10(dir, "entry.ovc.zst");
+      const fh = await open4(archive, "w");
+      let pos = 0;
+      try {
+        await this.client.readBlob(
+          blob.digest,
+          async (chunk) => {
+            await fh.write(chunk, 0, chunk.length, pos);
+            pos += chunk.length;
+          },
+          async () => {
+            await fh.truncate(0);
+            pos = 0;
+          }
+        );
+      } catch (e) {
+        if (!isOverlayError(e, "E_INTEGRITY")) throw e;
+      } finally {
+        await fh.close();
+      }
+      return { key, value: await use(archive, key) };
+    });
+  }
+  async put(key, write3, opts = {}) {
+    validateKey(key);
+    if (!opts.replace && await this.has(key)) return { status: "exists" };
+    return scratch(async (dir) => {
+      const archive = join10(dir, "entry.ovc.zst");
+      await write3(archive);
+      const [digest, st] = await Promise.all([fileDigest(archive), stat6(archive)]);
+      if (!await this.client.hasBlob(digest)) await this.client.uploadFile(archive, st.size, digest);
+      if (!await this.client.hasBlob(EMPTY_CONFIG.digest)) await this.client.uploadBlob(Buffer.from("{}"));
+      if (!opts.replace && await this.has(key)) return { status: "exists" };
+      const manifest = {
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: CACHE_ARTIFACT_TYPE,
+        config: EMPTY_CONFIG,
+        layers: [{ mediaType: CACHE_ARCHIVE_MEDIA_TYPE, digest, size: st.size }],
+        annotations: {
+          [KEY]: key,
+          [CREATED]: (/* @__PURE__ */ new Date()).toISOString(),
+          "org.overlay-action.cache.format-version": String(CACHE_FORMAT_VERSION)
+        }
+      };
+      const body2 = Buffer.from(JSON.stringify(manifest));
+      await this.client.putManifest(tagForKey(key), body2, OCI_MANIFEST);
+      return { status: "saved", bytes: st.size };
+    });
+  }
+  async has(key) {
+    return await this.entry(key) !== null;
+  }
+  async delete(key) {
+    const e = await this.entry(key);
+    if (!e) return false;
+    try {
+      return await this.client.deleteManifest(e.digest);
+    } catch (err) {
+      if (isOverlayError(err, "E_CACHE"))
+        throw new OverlayError("E_CACHE", `${err.message}: cannot delete cache entry ${key}`, {
+          hint: `delete tag ${tagForKey(key)} in the registry's interface (or let its retention rules remove it)`
+        });
+      throw err;
+    }
+  }
+  async ensureWritable() {
+    try {
+      await this.client.checkPush();
+    } catch (e) {
+      if (isOverlayError(e, "E_AUTH")) throw e;
+      throw new OverlayError("E_CACHE", `cannot write to ${this.spec}: ${e.message}`, {
+        hint: isOverlayError(e) ? e.hint : void 0
+      });
+    }
+  }
+};
+
 // packages/core/src/cache/state.ts
 init_zod();
 init_errors();
@@ -63383,10 +64033,10 @@ init_check();
 init_format();
 init_truncation();
 init_ofd();
-import { readFile as readFile4, rm as rm7, stat as stat7, writeFile as writeFile4 } from "node:fs/promises";
-import { basename as basename7, dirname as dirname8, join as join12 } from "node:path";
+import { readFile as readFile5, rm as rm7, stat as stat8, writeFile as writeFile4 } from "node:fs/promises";
+import { basename as basename7, dirname as dirname8, join as join14 } from "node:path";
 function statePath(image) {
-  return join12(dirname8(image), `.${basename7(image)}.overlay-cache.json`);
+  return join14(dirname8(image), `.${basename7(image)}.overlay-cache.json`);
 }
 var restoreRecord = external_exports.object({
   /** CacheStore.spec of the store the image came from. */
@@ -63397,12 +64047,12 @@ var restoreRecord = external_exports.object({
   file: external_exports.string()
 });
 async function fileIdentity(image) {
-  const s = await stat7(image, { bigint: true });
+  const s = await stat8(image, { bigint: true });
   return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 async function readRestoreState(image) {
   try {
-    return restoreRecord.parse(JSON.parse(await readFile4(statePath(image), "utf8")));
+    return restoreRecord.parse(JSON.parse(await readFile5(statePath(image), "utf8")));
   } catch {
     return null;
   }
@@ -63467,15 +64117,15 @@ async function verifyForSave(image, opts = {}) {
   });
 }
 async function entryVerifies(store, key, near) {
-  const scratch = join12(dirname8(near), `.${basename7(near)}.verify-${process.pid}`);
+  const scratch3 = join14(dirname8(near), `.${basename7(near)}.verify-${process.pid}`);
   try {
     const found = await store.fetch(
       { primary: key, restoreKeys: [] },
-      (archive) => unpackImage(archive, scratch)
+      (archive) => unpackImage(archive, scratch3)
     );
     return found?.key === key && found.value.ok;
   } finally {
-    await rm7(scratch, { force: true });
+    await rm7(scratch3, { force: true });
   }
 }
 async function saveImage(store, key, image, opts = {}) {
@@ -63520,14 +64170,11 @@ async function saveImage(store, key, image, opts = {}) {
 
 // packages/core/src/cache/stores.ts
 init_errors();
-var STORE_SPEC_FORMS = "a directory path (./store, /shared/overlay-cache)";
+var STORE_SPEC_FORMS = "a directory path (./store, /shared/overlay-cache) or a registry repository (oras://HOST/REPO)";
 function openStore(spec) {
   const s = spec ?? defaultStoreDir();
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(s)?.[1]?.toLowerCase();
-  if (scheme === "oras")
-    throw new OverlayError("E_INVALID_INPUT", `store ${s}: registry stores (oras://) are not supported yet`, {
-      hint: `use ${STORE_SPEC_FORMS}`
-    });
+  if (scheme === "oras") return new RegistryStore(s);
   if (scheme)
     throw new OverlayError("E_INVALID_INPUT", `store ${s}: ${scheme}:// stores are not supported`, {
       hint: `a store is ${STORE_SPEC_FORMS}`
@@ -63541,7 +64188,7 @@ init_errors();
 init_scratch();
 init_check();
 import { rm as rm8 } from "node:fs/promises";
-import { join as join13 } from "node:path";
+import { join as join15 } from "node:path";
 function listableStore(store) {
   if (store instanceof LocalStore) return store;
   throw new OverlayError(
@@ -63558,7 +64205,7 @@ async function verifyStore(store, opts = {}) {
   for (const entry of entries) {
     const started = Date.now();
     const dir = await scratchDir("overlay-verify", opts.workDir);
-    const target = join13(dir, "restored.img");
+    const target = join15(dir, "restored.img");
     const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status, problems, error63) => ({
       ...checkResult(entry.archive, started, {
@@ -63677,7 +64324,7 @@ init_copy();
 init_format();
 init_info2();
 init_superblock();
-import { stat as stat8, truncate } from "node:fs/promises";
+import { stat as stat9, truncate } from "node:fs/promises";
 async function minimumSizeBytes(path17) {
   const sb = await readSuperblock(path17);
   const { stdout } = await runTool("resize2fs", ["-P", path17], { timeoutSeconds: 600 });
@@ -63689,7 +64336,7 @@ async function minimumSizeBytes(path17) {
 async function resizeImage(path17, sizeBytes, opts = {}) {
   await requireExt3(path17);
   const previousSizeBytes = await withLock(path17, "exclusive", async () => {
-    const before = (await stat8(path17)).size;
+    const before = (await stat9(path17)).size;
     if (before === sizeBytes) return before;
     if (sizeBytes < before) {
       const min = await minimumSizeBytes(path17);
@@ -63754,11 +64401,11 @@ init_ofd();
 init_size();
 init_native2();
 init_run();
-import { createHash as createHash7 } from "node:crypto";
-import { createReadStream as createReadStream2, lstatSync } from "node:fs";
-import { mkdtemp as mkdtemp4, readdir as readdir6, rm as rm10, stat as stat9, writeFile as writeFile5 } from "node:fs/promises";
+import { createHash as createHash9 } from "node:crypto";
+import { createReadStream as createReadStream4, lstatSync } from "node:fs";
+import { mkdtemp as mkdtemp4, readdir as readdir6, rm as rm10, stat as stat10, writeFile as writeFile5 } from "node:fs/promises";
 import { tmpdir as tmpdir5 } from "node:os";
-import { join as join14 } from "node:path";
+import { join as join16 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
 init_atomic();
@@ -63808,7 +64455,7 @@ async function planLayer(upper, lower) {
   let files = 0;
   let whiteouts = 0;
   const walk = async (rel) => {
-    const dir = rel ? join14(upper, rel) : upper;
+    const dir = rel ? join16(upper, rel) : upper;
     const entries = [];
     for (const d of await readdir6(dir, { withFileTypes: true })) {
       let kind = "other";
@@ -63818,7 +64465,7 @@ async function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = lstatSync(join14(dir, d.name)).rdev === 0;
+        whiteoutDevice = lstatSync(join16(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
@@ -63867,7 +64514,7 @@ async function withOutputProgress(label, file2, onProgress, step, everyMs = 5e3)
   if (!onProgress) return step();
   const started = Date.now();
   const timer = setInterval(() => {
-    stat9(file2).then(
+    stat10(file2).then(
       (st) => onProgress(
         `${label}: ${formatBytes(st.size)} written, ${Math.round((Date.now() - started) / 1e3)} s`
       ),
@@ -63882,8 +64529,8 @@ async function withOutputProgress(label, file2, onProgress, step, everyMs = 5e3)
   }
 }
 async function sha256File(path17) {
-  const hash2 = createHash7("sha256");
-  for await (const chunk of createReadStream2(path17)) hash2.update(chunk);
+  const hash2 = createHash9("sha256");
+  for await (const chunk of createReadStream4(path17)) hash2.update(chunk);
   return hash2.digest("hex");
 }
 function compressionArgs(c3, level) {
@@ -63902,18 +64549,18 @@ async function commitLayer(o2) {
     o2.onProgress?.(`e2fsck -fn ${o2.image} (it must be clean to be read)`);
     await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join14(tmpdir5(), "overlay-commit-"));
+    const work = await mkdtemp4(join16(tmpdir5(), "overlay-commit-"));
     let planned;
     try {
       await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join14(mnt, "upper");
-        if (!(await stat9(upper).catch(() => null))?.isDirectory()) {
+        const upper = join16(mnt, "upper");
+        if (!(await stat10(upper).catch(() => null))?.isDirectory()) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
         planned = await planLayer(upper, lower);
-        const excludeFile = join14(work, "exclude");
-        const pseudoFile = join14(work, "pseudo");
+        const excludeFile = join16(work, "exclude");
+        const pseudoFile = join16(work, "pseudo");
         await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
 `).join(""));
         await writeFile5(pseudoFile, planned.pseudo.map((p) => `${p}
@@ -63944,14 +64591,14 @@ async function commitLayer(o2) {
         await copyImageFile(o2.image, tmp);
         await withFuse2fs(tmp, "rw", async (mnt) => {
           for (const dir of ["upper", "work"]) {
-            for (const name of await readdir6(join14(mnt, dir)))
-              await rm10(join14(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir6(join16(mnt, dir)))
+              await rm10(join16(mnt, dir, name), { recursive: true, force: true });
           }
         });
         await runTool("e2fsck", ["-fy", "-E", "discard", tmp], { okExitCodes: [1, 2] });
       });
     }
-    const bytes = (await stat9(o2.output)).size;
+    const bytes = (await stat10(o2.output)).size;
     o2.onProgress?.(`sha256 of ${o2.output}`);
     return {
       layer: o2.output,
@@ -63978,7 +64625,7 @@ init_atomic();
 init_format();
 init_run();
 import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp5, readdir as readdir7, rm as rm11, writeFile as writeFile6 } from "node:fs/promises";
-import { dirname as dirname10, join as join15 } from "node:path";
+import { dirname as dirname10, join as join17 } from "node:path";
 init_lower();
 var parentOf = (path17) => path17.includes("/") ? path17.slice(0, path17.lastIndexOf("/")) : "";
 function mergeListings(listings) {
@@ -64024,7 +64671,7 @@ async function openUp(root) {
   await chmod3(root, 448);
   for (const d of await readdir7(root, { recursive: true, withFileTypes: true })) {
     if (d.isSymbolicLink()) continue;
-    const p = join15(d.parentPath, d.name);
+    const p = join17(d.parentPath, d.name);
     const want = d.isDirectory() ? 448 : d.isFile() ? 384 : 0;
     if (!want) continue;
     const { mode } = await lstat3(p);
@@ -64051,16 +64698,16 @@ async function squashLayers(layers, output2, opts) {
       `${[...recreated].map((p) => `/${p}`).join(", ")} deleted and made again in a later layer: give --base so the merged layer keeps hiding the base image's old content there`
     );
   }
-  const staging = await mkdtemp5(join15(dirname10(output2), ".squash-"));
+  const staging = await mkdtemp5(join17(dirname10(output2), ".squash-"));
   try {
-    const tree = join15(staging, "root");
+    const tree = join17(staging, "root");
     for (const [i2, layer] of layers.entries()) {
       const exclude = listings[i2].filter((e) => e.path !== "").filter((e) => {
         const m = merged.get(e.path);
         if (m?.type === "d" && e.type === "d") return false;
         return m?.layer !== i2 || DEVICE_TYPES.has(e.type);
       }).map((e) => e.path);
-      const excludeFile = join15(staging, `exclude-${i2}`);
+      const excludeFile = join17(staging, `exclude-${i2}`);
       await writeFile6(excludeFile, exclude.map((p) => `${p}
 `).join(""));
       opts.onProgress?.(`extracting ${layer}`);
@@ -64094,7 +64741,7 @@ async function squashLayers(layers, output2, opts) {
         pseudo.push(`${name} m ${octal(e.mode)} ${e.uid} ${e.gid}`);
       }
     }
-    const pseudoFile = join15(staging, "pseudo");
+    const pseudoFile = join17(staging, "pseudo");
     await writeFile6(pseudoFile, pseudo.map((p) => `${p}
 `).join(""));
     const top = merged.get("");
@@ -64144,7 +64791,7 @@ init_runtime();
 init_build();
 init_exec();
 import { promises as fsp9 } from "node:fs";
-import { join as join18, resolve as resolve10 } from "node:path";
+import { join as join20, resolve as resolve10 } from "node:path";
 var PACKAGES = ["python3", "python3-yaml", "python3-jinja2", "python3-requests", "python3-numpy"];
 var INSTALL_SH = `# The demo's build: a Python environment from Debian packages, installed into the overlay.
 # apt's package lists and downloaded .debs are bind-mounted from the demo directory, and its
@@ -64166,7 +64813,7 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp9.readdir(dir).catch(() => [])).map((f) => join18(dir, f))
+    ...(await fsp9.readdir(dir).catch(() => [])).map((f) => join20(dir, f))
   ];
   for (const file2 of files) {
     const text = await fsp9.readFile(file2, "utf8").catch(() => "");
@@ -64177,8 +64824,8 @@ async function hostMirror() {
   return "http://deb.debian.org/debian";
 }
 async function demoBase(dir, log3) {
-  const sif = join18(dir, "base.sif");
-  const def = join18(dir, "base.def");
+  const sif = join20(dir, "base.sif");
+  const def = join20(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
@@ -64205,16 +64852,16 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve10(o2.dir);
-  await fsp9.mkdir(join18(dir, "apt/archives/partial"), { recursive: true });
-  await fsp9.mkdir(join18(dir, "apt/lists/partial"), { recursive: true });
+  await fsp9.mkdir(join20(dir, "apt/archives/partial"), { recursive: true });
+  await fsp9.mkdir(join20(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join18(dir, "env.img");
+  const image = join20(dir, "env.img");
   await fsp9.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join18(dir, "install.sh");
+  const script = join20(dir, "install.sh");
   await fsp9.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
@@ -64267,6 +64914,405 @@ async function runDemo(o2) {
 // packages/core/src/index.ts
 init_diagnose();
 init_exec();
+
+// packages/core/src/sif/format.ts
+init_errors();
+import { randomUUID as randomUUID2 } from "node:crypto";
+import { promises as fsp10 } from "node:fs";
+var SIF_MAGIC = "SIF_MAGIC";
+var HEADER_LEN = 128;
+var DESCRIPTOR_LEN = 585;
+var DEFAULT_DESCRIPTOR_CAPACITY = 48;
+var DEFAULT_DESCRIPTORS_OFFSET = 4096;
+var PARTITION_ALIGNMENT = 4096;
+var GROUP_MASK = 4026531840;
+var SIF_DATA_TYPES = {
+  16385: "deffile",
+  16386: "envVars",
+  16387: "labels",
+  16388: "partition",
+  16389: "signature",
+  16390: "genericJson",
+  16391: "generic",
+  16392: "cryptoMessage",
+  16393: "sbom",
+  16394: "ociRootIndex",
+  16395: "ociBlob"
+};
+var DATA_PARTITION = 16388;
+var DATA_SIGNATURE = 16389;
+var SIF_FS_TYPES = {
+  1: "squashfs",
+  2: "ext3",
+  3: "archive",
+  4: "raw",
+  5: "encryptedSquashfs",
+  6: "gocryptfsSquashfs"
+};
+var FS_SQUASHFS = 1;
+var SIF_PART_TYPES = { 1: "system", 2: "primarySystem", 3: "data", 4: "overlay" };
+var PART_OVERLAY = 4;
+var ARCH_BY_NODE = {
+  ia32: "01",
+  x64: "02",
+  arm: "03",
+  arm64: "04",
+  ppc64: "06",
+  // Node's ppc64 is little-endian
+  mips: "07",
+  mipsel: "08",
+  s390x: "11",
+  riscv64: "12",
+  loong64: "13"
+};
+var ARCH_NAMES = {
+  "00": "unknown",
+  "01": "386",
+  "02": "amd64",
+  "03": "arm",
+  "04": "arm64",
+  "05": "ppc64",
+  "06": "ppc64le",
+  "07": "mips",
+  "08": "mipsle",
+  "09": "mips64",
+  "10": "mips64le",
+  "11": "s390x",
+  "12": "riscv64",
+  "13": "loong64"
+};
+var hostSifArch = () => ARCH_BY_NODE[process.arch] ?? "00";
+var sifArchName = (code) => ARCH_NAMES[code] ?? "unknown";
+var cstr = (b, start, len) => {
+  const s = b.subarray(start, start + len);
+  const nul = s.indexOf(0);
+  return s.subarray(0, nul < 0 ? s.length : nul).toString("latin1");
+};
+var i64 = (b, at) => Number(b.readBigInt64LE(at));
+function isSifHead(head) {
+  return head.length >= 42 && head.toString("latin1", 32, 41) === SIF_MAGIC && head[41] === 0;
+}
+function parseHeader(b) {
+  const arch4 = cstr(b, 45, 3);
+  return {
+    launchScript: cstr(b, 0, 32),
+    version: cstr(b, 42, 3),
+    arch: arch4,
+    archName: sifArchName(arch4),
+    id: formatUuid2(b.subarray(48, 64)),
+    createdAt: i64(b, 64),
+    modifiedAt: i64(b, 72),
+    descriptorsFree: i64(b, 80),
+    descriptorsTotal: i64(b, 88),
+    descriptorsOffset: i64(b, 96),
+    descriptorsSize: i64(b, 104),
+    dataOffset: i64(b, 112),
+    dataSize: i64(b, 120)
+  };
+}
+function parseDescriptor(raw, slot) {
+  if (raw[4] === 0) return null;
+  const dataType = raw.readInt32LE(0);
+  const groupRaw = raw.readUInt32LE(9);
+  const linkRaw = raw.readUInt32LE(13);
+  const d = {
+    slot,
+    dataType,
+    type: SIF_DATA_TYPES[dataType] ?? "unknown",
+    id: raw.readUInt32LE(5),
+    groupId: (groupRaw & ~GROUP_MASK) >>> 0,
+    linkedId: (linkRaw & ~GROUP_MASK) >>> 0,
+    linkedIsGroup: (linkRaw & GROUP_MASK) >>> 0 === GROUP_MASK,
+    offset: i64(raw, 17),
+    size: i64(raw, 25),
+    sizeWithPadding: i64(raw, 33),
+    createdAt: i64(raw, 41),
+    modifiedAt: i64(raw, 49),
+    name: cstr(raw, 73, 128),
+    raw
+  };
+  const extra = 201;
+  if (dataType === DATA_PARTITION) {
+    const fsType = raw.readInt32LE(extra);
+    const partType = raw.readInt32LE(extra + 4);
+    const arch4 = cstr(raw, extra + 8, 3);
+    d.partition = {
+      fsType,
+      fs: SIF_FS_TYPES[fsType] ?? "unknown",
+      partType,
+      part: SIF_PART_TYPES[partType] ?? "unknown",
+      arch: arch4,
+      archName: sifArchName(arch4)
+    };
+  } else if (dataType === DATA_SIGNATURE) {
+    d.signature = { hashType: raw.readInt32LE(extra), entity: cstr(raw, extra + 4, 256) };
+  }
+  return d;
+}
+function formatUuid2(b) {
+  const h2 = b.toString("hex");
+  return `${h2.slice(0, 8)}-${h2.slice(8, 12)}-${h2.slice(12, 16)}-${h2.slice(16, 20)}-${h2.slice(20)}`;
+}
+function uuidBytes(id) {
+  const hex3 = id.replace(/-/g, "");
+  if (!/^[0-9a-f]{32}$/i.test(hex3)) throw new OverlayError("E_INVALID_INPUT", `not a UUID: ${id}`);
+  return Buffer.from(hex3, "hex");
+}
+var damaged = (path17, why) => new OverlayError("E_INTEGRITY", `${path17} is a damaged SIF file: ${why}`, {
+  hint: "the SIF header or descriptor table is not usable; restore the file from a copy"
+});
+async function readSif(path17) {
+  let fh;
+  try {
+    fh = await fsp10.open(path17, "r");
+  } catch (e) {
+    throw fromFsError(e, path17);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new OverlayError("E_UNKNOWN_FORMAT", `${path17} is not a regular file`);
+    const rawHeader = Buffer.alloc(HEADER_LEN);
+    const { bytesRead } = await fh.read(rawHeader, 0, HEADER_LEN, 0);
+    if (!isSifHead(rawHeader.subarray(0, bytesRead)))
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path17} is not a SIF file`);
+    if (bytesRead < HEADER_LEN) throw damaged(path17, "truncated header");
+    const header = parseHeader(rawHeader);
+    if (header.version !== "01")
+      throw new OverlayError(
+        "E_UNKNOWN_FORMAT",
+        `${path17} is SIF version ${header.version}; only 01 is known`
+      );
+    const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
+    if (total < 0 || total > 1e6 || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
+      throw damaged(path17, "descriptor table fields are inconsistent");
+    if (off + size > st.size) throw damaged(path17, "the file ends inside the descriptor table");
+    const table = Buffer.alloc(size);
+    await fh.read(table, 0, size, off);
+    const descriptors2 = [];
+    for (let i2 = 0; i2 < total; i2++) {
+      const d = parseDescriptor(Buffer.from(table.subarray(i2 * DESCRIPTOR_LEN, (i2 + 1) * DESCRIPTOR_LEN)), i2);
+      if (!d) continue;
+      if (d.offset < 0 || d.size < 0 || d.offset + d.size > st.size)
+        throw damaged(path17, `object ${d.id} (${d.type}) extends past the end of the file (truncated)`);
+      descriptors2.push(d);
+    }
+    return { path: path17, fileSize: st.size, header, descriptors: descriptors2, rawHeader };
+  } finally {
+    await fh.close();
+  }
+}
+function encodeDescriptor(d) {
+  const raw = Buffer.alloc(DESCRIPTOR_LEN);
+  raw.writeInt32LE(d.dataType, 0);
+  raw[4] = 1;
+  raw.writeUInt32LE(d.id, 5);
+  raw.writeUInt32LE((d.groupId | GROUP_MASK) >>> 0, 9);
+  raw.writeUInt32LE(d.linkedId ?? 0, 13);
+  raw.writeBigInt64LE(BigInt(d.offset), 17);
+  raw.writeBigInt64LE(BigInt(d.size), 25);
+  raw.writeBigInt64LE(BigInt(d.sizeWithPadding), 33);
+  raw.writeBigInt64LE(BigInt(d.time), 41);
+  raw.writeBigInt64LE(BigInt(d.time), 49);
+  if (d.name) raw.write(d.name.slice(0, 127), 73, "latin1");
+  if (d.partition) {
+    raw.writeInt32LE(d.partition.fsType, 201);
+    raw.writeInt32LE(d.partition.partType, 205);
+    raw.write(d.partition.arch.slice(0, 2), 209, "latin1");
+  }
+  return raw;
+}
+function encodeHeader(h2) {
+  const total = h2.descriptorsTotal ?? DEFAULT_DESCRIPTOR_CAPACITY;
+  const b = Buffer.alloc(HEADER_LEN);
+  b.write("#!/usr/bin/env run-singularity\n", 0, "latin1");
+  b.write(SIF_MAGIC, 32, "latin1");
+  b.write("01", 42, "latin1");
+  b.write((h2.arch ?? "00").slice(0, 2), 45, "latin1");
+  uuidBytes(h2.id ?? randomUUID2()).copy(b, 48);
+  b.writeBigInt64LE(BigInt(h2.time), 64);
+  b.writeBigInt64LE(BigInt(h2.time), 72);
+  b.writeBigInt64LE(BigInt(h2.descriptorsFree), 80);
+  b.writeBigInt64LE(BigInt(total), 88);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET), 96);
+  b.writeBigInt64LE(BigInt(total * DESCRIPTOR_LEN), 104);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET + total * DESCRIPTOR_LEN), 112);
+  b.writeBigInt64LE(BigInt(h2.dataSize), 120);
+  return b;
+}
+
+// packages/core/src/sif/layer.ts
+init_errors();
+init_atomic();
+import { createHash as createHash10 } from "node:crypto";
+import { createReadStream as createReadStream5, promises as fsp12 } from "node:fs";
+
+// packages/core/src/sif/rewrite.ts
+init_errors();
+init_atomic();
+import { promises as fsp11 } from "node:fs";
+var CHUNK = 4 * 1024 * 1024;
+var BLOCK2 = 4096;
+var ZERO_BLOCK2 = Buffer.alloc(BLOCK2);
+function intersect(extents, start, end) {
+  const out = [];
+  for (const [a2, b] of extents) {
+    const s = Math.max(a2, start);
+    const e = Math.min(b, end);
+    if (s < e) out.push([s, e]);
+  }
+  return out;
+}
+async function copyRange(src, srcExtents, srcStart, length, dst, dstStart, mode) {
+  const end = srcStart + length;
+  const ranges = mode === "full" ? [[srcStart, end]] : intersect(srcExtents, srcStart, end);
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (const [a2, b] of ranges) {
+    const from = mode === "sparse" ? a2 - (a2 - srcStart) % BLOCK2 : a2;
+    for (let pos = from; pos < b; pos += CHUNK) {
+      const want = Math.min(CHUNK, b - pos);
+      const { bytesRead } = await src.read(buf, 0, want, pos);
+      if (bytesRead < want) buf.fill(0, bytesRead, want);
+      const data = buf.subarray(0, want);
+      const at = dstStart + (pos - srcStart);
+      if (mode !== "sparse") {
+        await writeAll(dst, data, at);
+        continue;
+      }
+      let runStart = -1;
+      for (let o2 = 0; o2 < want; o2 += BLOCK2) {
+        const block = data.subarray(o2, Math.min(o2 + BLOCK2, want));
+        const zero = block.length === BLOCK2 ? block.equals(ZERO_BLOCK2) : block.every((x) => x === 0);
+        if (!zero && runStart < 0) runStart = o2;
+        else if (zero && runStart >= 0) {
+          await writeAll(dst, data.subarray(runStart, o2), at + runStart);
+          runStart = -1;
+        }
+      }
+      if (runStart >= 0) await writeAll(dst, data.subarray(runStart, want), at + runStart);
+    }
+  }
+}
+async function writeAll(fh, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+    if (bytesWritten <= 0) throw new OverlayError("E_NO_SPACE", "short write: no space left on device");
+    done += bytesWritten;
+  }
+}
+async function openOrThrow(path17, flags) {
+  try {
+    return await fsp11.open(path17, flags);
+  } catch (e) {
+    throw fromFsError(e, path17);
+  }
+}
+async function extractObjectTo(sifPath, d, out, mode = "sparse") {
+  const src = await openOrThrow(sifPath, "r");
+  try {
+    const dst = await openOrThrow(out, "w");
+    try {
+      await dst.truncate(d.size);
+      const extents = mode === "full" ? [] : await dataExtents(sifPath);
+      await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
+      await dst.sync();
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    await src.close();
+  }
+}
+
+// packages/core/src/sif/layer.ts
+async function requireSquashfs2(path17) {
+  const fh = await fsp12.open(path17, "r").catch((e) => {
+    throw fromFsError(e, path17);
+  });
+  try {
+    const st = await fh.stat();
+    const head = Buffer.alloc(4);
+    await fh.read(head, 0, 4, 0);
+    if (!st.isFile() || head.toString("latin1") !== "hsqs")
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path17} is not a SquashFS layer`);
+    return st.size;
+  } finally {
+    await fh.close();
+  }
+}
+async function sha256File2(path17) {
+  const hash2 = createHash10("sha256");
+  for await (const chunk of createReadStream5(path17)) hash2.update(chunk);
+  return hash2.digest();
+}
+async function wrapLayerInSif(layerSqfs, outSif) {
+  const size = await requireSquashfs2(layerSqfs);
+  const digest = await sha256File2(layerSqfs);
+  digest[6] = digest[6] & 15 | 64;
+  digest[8] = digest[8] & 63 | 128;
+  const id = digest.subarray(0, 16).toString("hex");
+  const uuid3 = `${id.slice(0, 8)}-${id.slice(8, 12)}-${id.slice(12, 16)}-${id.slice(16, 20)}-${id.slice(20)}`;
+  const dataOffset = DEFAULT_DESCRIPTORS_OFFSET + DEFAULT_DESCRIPTOR_CAPACITY * DESCRIPTOR_LEN;
+  const offset = Math.ceil(dataOffset / PARTITION_ALIGNMENT) * PARTITION_ALIGNMENT;
+  const header = encodeHeader({
+    id: uuid3,
+    time: 0,
+    descriptorsFree: DEFAULT_DESCRIPTOR_CAPACITY - 1,
+    dataSize: offset + size - dataOffset
+  });
+  const descriptor = encodeDescriptor({
+    dataType: DATA_PARTITION,
+    id: 1,
+    groupId: 1,
+    offset,
+    size,
+    sizeWithPadding: offset - dataOffset + size,
+    time: 0,
+    partition: { fsType: FS_SQUASHFS, partType: PART_OVERLAY, arch: hostSifArch() }
+  });
+  await replaceAtomically(outSif, async (tmp) => {
+    const fh = await fsp12.open(tmp, "r+");
+    try {
+      await fh.write(header, 0, header.length, 0);
+      await fh.write(descriptor, 0, descriptor.length, DEFAULT_DESCRIPTORS_OFFSET);
+      await fh.truncate(offset);
+      let pos = offset;
+      for await (const chunk of createReadStream5(layerSqfs, { highWaterMark: 4 * 1024 * 1024 })) {
+        const b = chunk;
+        await fh.write(b, 0, b.length, pos);
+        pos += b.length;
+      }
+      if (pos !== offset + size)
+        throw new OverlayError("E_TOOL_FAILED", `${layerSqfs} changed while it was read`);
+    } finally {
+      await fh.close();
+    }
+  });
+  return { path: outSif, sizeBytes: (await fsp12.stat(outSif)).size, id: uuid3 };
+}
+async function layerFromSif(sif, outSqfs) {
+  const file2 = await readSif(sif);
+  const layers = file2.descriptors.filter(
+    (d2) => d2.partition?.fsType === FS_SQUASHFS && (d2.partition.partType === PART_OVERLAY || d2.partition.partType === 3)
+  );
+  if (layers.length === 0)
+    throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} holds no SquashFS layer partition`, {
+      hint: "a container SIF is not a layer; layers are SIFs with one SquashFS overlay partition"
+    });
+  if (layers.length > 1)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${sif} holds ${layers.length} SquashFS layer partitions; expected one`
+    );
+  const d = layers[0];
+  await replaceAtomically(outSqfs, async (tmp) => {
+    await extractObjectTo(sif, d, tmp, "extents");
+    await requireSquashfs2(tmp);
+  });
+  return { path: outSqfs, sizeBytes: d.size, id: file2.header.id };
+}
+
+// packages/core/src/index.ts
 init_size();
 
 // packages/core/src/tasks/cache.ts
@@ -64395,7 +65441,7 @@ function parseTaskInput(task, raw, nameStyle = (f) => `--${kebab(f)}`) {
 // packages/core/src/tasks/setup.ts
 init_zod();
 init_resolve();
-import { promises as fsp10 } from "node:fs";
+import { promises as fsp13 } from "node:fs";
 init_errors();
 init_atomic();
 init_check();
@@ -64587,7 +65633,7 @@ async function reconcile(path17, input2, ctx, done) {
 }
 async function allocateAll(path17, ctx) {
   ctx.progress(`allocating every block of ${path17} (sparse: false)`);
-  await runTool("fallocate", ["-l", String((await fsp10.stat(path17)).size), path17], { timeoutSeconds: 1800 });
+  await runTool("fallocate", ["-l", String((await fsp13.stat(path17)).size), path17], { timeoutSeconds: 1800 });
 }
 async function setupOverlay(input2, ctx) {
   if (await exists2(input2.path)) {
@@ -64712,7 +65758,7 @@ async function setupOverlay(input2, ctx) {
   }
 }
 async function discard(path17) {
-  await fsp10.rm(path17, { force: true });
+  await fsp13.rm(path17, { force: true });
   await forgetRestoreState(path17);
 }
 async function saveOverlay(opts, store, ctx) {
@@ -64766,7 +65812,9 @@ var setupTask = defineTask({
 
 // packages/core/src/tasks/cache.ts
 var keySchema = external_exports.string().min(1).max(512).refine((k) => !k.includes(","), "may not contain commas").describe("Cache key (at most 512 characters, no commas)");
-var storeField = external_exports.string().min(1).optional().describe("Cache store: a directory (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)");
+var storeField = external_exports.string().min(1).optional().describe(
+  "Cache store: a directory or oras://HOST/REPO (default $OVERLAY_CACHE_STORE or ~/.cache/overlay-action/store)"
+);
 var cacheSaveTask = defineTask({
   name: "cache save",
   summary: "Save an overlay image into a cache store: verified first (not truncated, e2fsck clean); no-op when it is what was restored from this store under this key",
@@ -64853,6 +65901,14 @@ var cachePruneTask = defineTask({
   }),
   async run(input2) {
     const store = openStore(input2.store);
+    if (store.kind === "oras")
+      throw new OverlayError(
+        "E_INVALID_INPUT",
+        `${store.spec}: registries prune by their own retention rules`,
+        {
+          hint: "set a retention policy in the registry (ghcr.io: package settings or actions/delete-package-versions; Harbor: tag retention); remove one entry with overlayctl cache delete"
+        }
+      );
     if (!(store instanceof LocalStore))
       throw new OverlayError("E_INVALID_INPUT", `cache prune works on a directory store, not ${store.spec}`);
     const m = /^(\d+)\s*([kmgt])?/i.exec(input2.maxSize);
@@ -65267,6 +66323,766 @@ var normalizeTask = defineTask({
   render: (r) => r.changed ? `${r.image}: ${r.deletionsRewritten} deletions rewritten, ${r.opaqueDirs} replaced directories, ${r.explicitWhiteouts} explicit whiteouts, ${r.xattrsStripped} xattrs stripped` : `${r.image}: already portable`
 });
 
+// packages/core/src/tasks/pull.ts
+init_zod();
+init_size();
+
+// packages/core/src/transfer/transfer.ts
+init_errors();
+init_format();
+import { resolve as resolve12 } from "node:path";
+
+// packages/core/src/transfer/image.ts
+import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5, write as write2 } from "node:fs";
+import { open as open5, readFile as readFile7, rename as rename3, rm as rm13, stat as stat11, writeFile as writeFile8 } from "node:fs/promises";
+import { basename as basename8, dirname as dirname11, join as join21, resolve as resolve11 } from "node:path";
+init_errors();
+init_atomic();
+init_format();
+init_ofd();
+init_run();
+var IMAGE_ARTIFACT_TYPE = "application/vnd.overlay-action.image.v1";
+var CHUNK_MEDIA_TYPE = "application/vnd.overlay-action.image.chunk.v1+zstd";
+var IMAGE_FORMAT_VERSION = 1;
+var A = "org.overlay-action";
+var CHUNK_MAGIC = Buffer.from("OVERLAY-ACTION-CHUNK\n");
+var END2 = 0xffffffffffffffffn;
+var META_WINDOW = 2 ** 20;
+var DATA_WINDOW = 4 * 2 ** 20;
+var BLOCK3 = 4096;
+var ZERO_BLOCK3 = Buffer.alloc(BLOCK3);
+function layoutOf(head) {
+  const fallback = { groupBytes: 128 * 2 ** 20, metaSpan: 8 * 2 ** 20 };
+  if (head.length < 2048 || head.readUInt16LE(1024 + 56) !== 61267) return fallback;
+  const sb = 1024;
+  const bs = 1024 << head.readUInt32LE(sb + 24);
+  const blocksPerGroup = head.readUInt32LE(sb + 32);
+  const inodesPerGroup = head.readUInt32LE(sb + 40);
+  const inodeSize = head.readUInt32LE(sb + 76) >= 1 ? head.readUInt16LE(sb + 88) : 128;
+  const blocksCount = head.readUInt32LE(sb + 4);
+  const reservedGdt = head.readUInt16LE(sb + 206);
+  const groups = Math.ceil(blocksCount / blocksPerGroup);
+  const gdtBlocks = Math.ceil(groups * 32 / bs);
+  const headBlocks = 1 + gdtBlocks + reservedGdt + 2 + Math.ceil(inodesPerGroup * inodeSize / bs);
+  const groupBytes = bs * blocksPerGroup;
+  const metaSpan = Math.ceil(headBlocks * bs / META_WINDOW) * META_WINDOW;
+  if (!Number.isSafeInteger(groupBytes) || groupBytes < META_WINDOW || groupBytes % BLOCK3 || metaSpan > groupBytes)
+    return fallback;
+  return { groupBytes, metaSpan };
+}
+function windowStart(offset, l) {
+  const groupStart = offset - offset % l.groupBytes;
+  const within = offset - groupStart;
+  return within < l.metaSpan ? groupStart + Math.floor(within / META_WINDOW) * META_WINDOW : groupStart + l.metaSpan + Math.floor((within - l.metaSpan) / DATA_WINDOW) * DATA_WINDOW;
+}
+function windowEnd(offset, l, size) {
+  const groupStart = offset - offset % l.groupBytes;
+  const start = windowStart(offset, l);
+  const end = start + (start - groupStart < l.metaSpan ? META_WINDOW : DATA_WINDOW);
+  return Math.min(end, groupStart + l.groupBytes, size);
+}
+async function compressBatch(raws) {
+  return withScratchDir("chunks", async (dir) => {
+    const files = raws.map((_, i2) => join21(dir, `w${i2}`));
+    await Promise.all(raws.map((r, i2) => writeFile8(files[i2], r)));
+    await runTool("zstd", ["-3", "-q", "--", ...files], { timeoutSeconds: 600 });
+    return Promise.all(files.map((f) => readFile7(`${f}.zst`)));
+  });
+}
+var BATCH_WINDOWS = 8;
+async function decompressBatch(blobs) {
+  return withScratchDir("chunks", async (dir) => {
+    const files = blobs.map((_, i2) => join21(dir, `w${i2}`));
+    await Promise.all(blobs.map((b, i2) => writeFile8(`${files[i2]}.zst`, b)));
+    await runTool("zstd", ["-d", "-q", "--", ...files.map((f) => `${f}.zst`)], { timeoutSeconds: 600 });
+    return Promise.all(files.map((f) => readFile7(f)));
+  });
+}
+function encodeRecords(runs) {
+  const parts = [CHUNK_MAGIC];
+  for (const r of runs) {
+    const h2 = Buffer.alloc(12);
+    h2.writeBigUInt64BE(BigInt(r.offset));
+    h2.writeUInt32BE(r.data.length, 8);
+    parts.push(h2, r.data);
+  }
+  const end = Buffer.alloc(12);
+  end.writeBigUInt64BE(END2);
+  parts.push(end);
+  return Buffer.concat(parts);
+}
+function decodeRecords(raw, start, end) {
+  const bad = (why) => new OverlayError("E_INTEGRITY", `corrupt image chunk at ${start}: ${why}`);
+  if (!raw.subarray(0, CHUNK_MAGIC.length).equals(CHUNK_MAGIC)) throw bad("not an overlay-action chunk");
+  const out = [];
+  let p = CHUNK_MAGIC.length;
+  let next = start;
+  for (; ; ) {
+    if (p + 12 > raw.length) throw bad("truncated");
+    const off = raw.readBigUInt64BE(p);
+    const len = raw.readUInt32BE(p + 8);
+    p += 12;
+    if (off === END2) break;
+    const at = Number(off);
+    if (len === 0 || at % BLOCK3 || at < next || at + len > end || p + len > raw.length)
+      throw bad(`record at ${at} (${len} bytes) outside its window`);
+    out.push({ offset: at, data: raw.subarray(p, p + len) });
+    p += len;
+    next = at + len;
+  }
+  if (p !== raw.length) throw bad("trailing bytes");
+  return out;
+}
+async function* windows(image, layout, size, regions) {
+  let cur;
+  const done = (w) => {
+    const runs = mergeRuns(w.runs);
+    return { ...w, runs, raw: encodeRecords(runs) };
+  };
+  for await (const run2 of packedRuns(image, regions)) {
+    let off = run2.offset;
+    let data = run2.data;
+    while (data.length) {
+      if (cur && off >= cur.end) {
+        yield done(cur);
+        cur = void 0;
+      }
+      cur ??= { start: windowStart(off, layout), end: windowEnd(off, layout, size), runs: [] };
+      const take = Math.min(data.length, cur.end - off);
+      cur.runs.push({ offset: off, data: data.subarray(0, take) });
+      off += take;
+      data = data.subarray(take);
+    }
+  }
+  if (cur) yield done(cur);
+}
+function bounded(limit) {
+  const running = /* @__PURE__ */ new Set();
+  let failure2;
+  return {
+    async add(task) {
+      if (failure2) throw failure2;
+      while (running.size >= limit) await Promise.race(running);
+      if (failure2) throw failure2;
+      const p = task().catch((e) => {
+        failure2 ??= e;
+      }).finally(() => running.delete(p));
+      running.add(p);
+    },
+    async drain() {
+      await Promise.all(running);
+      if (failure2) throw failure2;
+    }
+  };
+}
+function progressReporter(onProgress, verb) {
+  let last = 0;
+  return (p, force = false) => {
+    if (!onProgress) return;
+    const now = Date.now();
+    if (!force && now - last < 2e3) return;
+    last = now;
+    onProgress(
+      `${verb} ${p.chunksDone}/${p.chunks || "?"} chunks, ${(p.bytesMoved / 2 ** 20).toFixed(1)} MiB moved, ${p.chunksSkipped} reused`
+    );
+  };
+}
+async function pushImage(client, imagePath, tag, opts = {}) {
+  const image = resolve11(imagePath);
+  await requireExt3(image);
+  const lock = await acquireLock(image, "shared");
+  try {
+    const [head, st] = await Promise.all([readHead(image), stat11(image)]);
+    const size = st.size;
+    const layout = layoutOf(head);
+    const hash2 = new ContentHash(size);
+    const layers = [];
+    const prog = { chunks: 0, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
+    const report2 = progressReporter(opts.onProgress, "pushed");
+    const pool = bounded(2);
+    let dataBytes = 0;
+    if (!await client.hasBlob(EMPTY_CONFIG.digest)) await client.uploadBlob(Buffer.from("{}"));
+    const previous = await previousChunks(client, tag);
+    let unchanged = 0;
+    const upload = async (index, blob, start, end, rawDigest) => {
+      const digest2 = sha256Digest(blob);
+      layers[index] = {
+        mediaType: CHUNK_MEDIA_TYPE,
+        digest: digest2,
+        size: blob.length,
+        annotations: {
+          [`${A}.chunk.offset`]: String(start),
+          [`${A}.chunk.end`]: String(end),
+          [`${A}.chunk.raw-digest`]: rawDigest
+        }
+      };
+      let present = await client.hasBlob(digest2);
+      if (!present && opts.mountFrom) present = await client.mountBlob(digest2, opts.mountFrom);
+      if (present) prog.chunksSkipped++;
+      else {
+        await client.uploadBlob(blob, digest2);
+        prog.bytesMoved += blob.length;
+      }
+      prog.chunksDone++;
+      report2(prog);
+    };
+    let batch = [];
+    const flush = async () => {
+      const mine = batch;
+      batch = [];
+      if (!mine.length) return;
+      await pool.add(async () => {
+        const blobs = await compressBatch(mine.map((p) => p.raw));
+        const ups = bounded(3);
+        for (const [i2, p] of mine.entries())
+          await ups.add(() => upload(p.index, blobs[i2], p.start, p.end, p.rawDigest));
+        await ups.drain();
+      });
+    };
+    for await (const w of windows(image, layout, size)) {
+      for (const r of w.runs) {
+        hash2.update(r.offset, r.data);
+        dataBytes += r.data.length;
+      }
+      const rawDigest = sha256Digest(w.raw);
+      const known = previous.get(`${w.start}-${w.end}-${rawDigest}`);
+      const index = layers.length;
+      layers.push(void 0);
+      prog.chunks++;
+      if (known) {
+        await pool.add(async () => {
+          if (await client.hasBlob(known.digest)) {
+            layers[index] = known;
+            unchanged++;
+            prog.chunksSkipped++;
+            prog.chunksDone++;
+            report2(prog);
+          } else await upload(index, (await compressBatch([w.raw]))[0], w.start, w.end, rawDigest);
+        });
+        continue;
+      }
+      batch.push({ index, start: w.start, end: w.end, raw: w.raw, rawDigest });
+      if (batch.length >= BATCH_WINDOWS) await flush();
+    }
+    await flush();
+    await pool.drain();
+    report2(prog, true);
+    const info2 = {
+      sizeBytes: size,
+      sha256: hash2.digest(),
+      dataBytes,
+      chunks: layers.length
+    };
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: IMAGE_ARTIFACT_TYPE,
+      config: EMPTY_CONFIG,
+      layers,
+      annotations: {
+        [`${A}.format-version`]: String(IMAGE_FORMAT_VERSION),
+        [`${A}.image.name`]: basename8(image),
+        [`${A}.image.size`]: String(size),
+        [`${A}.image.content-digest`]: info2.sha256,
+        [`${A}.image.data-bytes`]: String(dataBytes),
+        "org.opencontainers.image.created": (/* @__PURE__ */ new Date()).toISOString(),
+        ...opts.annotations
+      }
+    };
+    const digest = await client.putManifest(tag, Buffer.from(JSON.stringify(manifest)), OCI_MANIFEST);
+    return {
+      ...info2,
+      digest,
+      chunksUploaded: prog.chunks - prog.chunksSkipped,
+      chunksSkipped: prog.chunksSkipped,
+      chunksUnchanged: unchanged,
+      bytesUploaded: prog.bytesMoved
+    };
+  } finally {
+    lock.release();
+  }
+}
+async function previousChunks(client, tag) {
+  const out = /* @__PURE__ */ new Map();
+  try {
+    const { body: body2 } = await client.getManifest(tag);
+    const m = parseImageManifest(body2, tag);
+    for (const l of m.layers) {
+      const a2 = l.annotations;
+      out.set(`${a2[`${A}.chunk.offset`]}-${a2[`${A}.chunk.end`]}-${a2[`${A}.chunk.raw-digest`]}`, l);
+    }
+  } catch (e) {
+    if (!isOverlayError(e, "E_NOT_FOUND") && !isOverlayError(e, "E_WRONG_ARTIFACT")) throw e;
+  }
+  return out;
+}
+function parseImageManifest(body2, where2) {
+  let m;
+  try {
+    m = JSON.parse(body2.toString("utf8"));
+  } catch {
+    throw new OverlayError("E_WRONG_ARTIFACT", `${where2} is not an OCI manifest`);
+  }
+  if (m.artifactType !== IMAGE_ARTIFACT_TYPE || !Array.isArray(m.layers))
+    throw new OverlayError(
+      "E_WRONG_ARTIFACT",
+      `${where2} is ${m.artifactType ? `a ${m.artifactType} artifact` : "not an overlay image"} (expected ${IMAGE_ARTIFACT_TYPE})`,
+      { hint: "push it with overlayctl push, or pull container images with apptainer pull" }
+    );
+  const a2 = m.annotations ?? {};
+  const version4 = Number(a2[`${A}.format-version`]);
+  if (version4 !== IMAGE_FORMAT_VERSION)
+    throw new OverlayError(
+      "E_WRONG_ARTIFACT",
+      `${where2} has image format ${version4}, this overlayctl reads ${IMAGE_FORMAT_VERSION}`,
+      {
+        hint: "use the overlayctl version that pushed it"
+      }
+    );
+  const size = Number(a2[`${A}.image.size`]);
+  if (!Number.isSafeInteger(size) || size <= 0 || size % BLOCK3)
+    throw new OverlayError("E_WRONG_ARTIFACT", `${where2}: implausible image size ${a2[`${A}.image.size`]}`);
+  for (const l of m.layers) {
+    const s = Number(l.annotations?.[`${A}.chunk.offset`]);
+    const e = Number(l.annotations?.[`${A}.chunk.end`]);
+    if (l.mediaType !== CHUNK_MEDIA_TYPE || !(s >= 0 && e > s && e <= size && s % BLOCK3 === 0))
+      throw new OverlayError("E_WRONG_ARTIFACT", `${where2}: a layer is not an image chunk in bounds`);
+  }
+  return {
+    ...m,
+    info: {
+      sizeBytes: size,
+      sha256: a2[`${A}.image.content-digest`] ?? "",
+      dataBytes: Number(a2[`${A}.image.data-bytes`]),
+      chunks: m.layers.length
+    }
+  };
+}
+async function writeFully2(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok2, fail2) => write2(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok2(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
+}
+function inRegions(regions, offset) {
+  let lo = 0;
+  let hi = regions.length - 1;
+  while (lo <= hi) {
+    const mid = lo + hi >> 1;
+    const [a2, b] = regions[mid];
+    if (offset < a2) hi = mid - 1;
+    else if (offset >= b) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
+async function windowFromFile(old, start, end) {
+  const buf = Buffer.alloc(end - start);
+  await old.fh.read(buf, 0, buf.length, start);
+  const blocks4 = [];
+  for (let b = 0; b < buf.length; b += BLOCK3) {
+    const block = buf.subarray(b, b + BLOCK3);
+    if (!block.equals(ZERO_BLOCK3) && inRegions(old.regions, start + b))
+      blocks4.push({ offset: start + b, data: block });
+  }
+  return encodeRecords(mergeRuns(blocks4));
+}
+async function pullImage(client, manifestBody, manifestDigest, targetPath, opts) {
+  const m = parseImageManifest(manifestBody, opts.where);
+  const target = resolve11(targetPath);
+  const size = m.info.sizeBytes;
+  await removeStaleTemps(target);
+  const tmp = tempPathFor(target);
+  let fd;
+  try {
+    fd = openSync5(tmp, "wx", 420);
+  } catch (e) {
+    throw fromFsError(e, tmp);
+  }
+  let fdOpen = true;
+  let lock;
+  let old;
+  const prog = { chunks: m.layers.length, chunksDone: 0, chunksSkipped: 0, bytesMoved: 0 };
+  const report2 = progressReporter(opts.onProgress, "pulled");
+  try {
+    ftruncateSync2(fd, size);
+    if (await exists2(target)) old = await openOld(target);
+    const hash2 = new ContentHash(size);
+    let dataBytes = 0;
+    const reused = /* @__PURE__ */ new Set();
+    const groups = Math.ceil(m.layers.length / BATCH_WINDOWS);
+    const loadGroup = async (g) => {
+      const first = g * BATCH_WINDOWS;
+      const members2 = m.layers.slice(first, first + BATCH_WINDOWS);
+      const raws = new Array(members2.length);
+      const fetched = [];
+      await Promise.all(
+        members2.map(async (l, k) => {
+          if (old) {
+            const raw = await windowFromFile(
+              old,
+              Number(l.annotations[`${A}.chunk.offset`]),
+              Number(l.annotations[`${A}.chunk.end`])
+            );
+            if (sha256Digest(raw) === l.annotations[`${A}.chunk.raw-digest`]) {
+              reused.add(first + k);
+              raws[k] = raw;
+              return;
+            }
+          }
+          const blob = await client.getBlob(l.digest);
+          prog.bytesMoved += blob.length;
+          fetched.push({ k, blob });
+        })
+      );
+      if (fetched.length) {
+        const out = await decompressBatch(fetched.map((f) => f.blob)).catch((err) => {
+          throw new OverlayError("E_INTEGRITY", `${opts.where}: a chunk does not decompress`, { cause: err });
+        });
+        fetched.forEach((f, j) => {
+          raws[f.k] = out[j];
+        });
+      }
+      return raws;
+    };
+    let next = groups ? loadGroup(0) : void 0;
+    for (let g = 0; g < groups; g++) {
+      const raws = await next;
+      next = g + 1 < groups ? loadGroup(g + 1) : void 0;
+      next?.catch(() => {
+      });
+      for (const [k, raw] of raws.entries()) {
+        const i2 = g * BATCH_WINDOWS + k;
+        const l = m.layers[i2];
+        const s = Number(l.annotations[`${A}.chunk.offset`]);
+        const e = Number(l.annotations[`${A}.chunk.end`]);
+        if (reused.has(i2)) prog.chunksSkipped++;
+        if (sha256Digest(raw) !== l.annotations[`${A}.chunk.raw-digest`])
+          throw new OverlayError("E_INTEGRITY", `${opts.where}: chunk at ${s} does not match its manifest`, {
+            hint: "the registry holds a damaged chunk; push the image again"
+          });
+        for (const r of decodeRecords(raw, s, e)) {
+          await writeFully2(fd, r.data, r.offset);
+          hash2.update(r.offset, r.data);
+          dataBytes += r.data.length;
+        }
+        prog.chunksDone++;
+        report2(prog);
+      }
+    }
+    report2(prog, true);
+    const sha256 = hash2.digest();
+    if (sha256 !== m.info.sha256)
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${opts.where}: pulled image's content digest ${sha256} is not ${m.info.sha256}`
+      );
+    fdatasyncSync2(fd);
+    closeSync5(fd);
+    fdOpen = false;
+    const fsck = await runTool("e2fsck", ["-fn", "-E", "readahead_kb=0", tmp], {
+      okExitCodes: Array.from({ length: 255 }, (_, i2) => i2 + 1),
+      timeoutSeconds: 1800
+    });
+    if (fsck.exitCode !== 0)
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${opts.where}: pulled image fails e2fsck (exit ${fsck.exitCode})`,
+        {
+          hint: "the pushed image was damaged; check it with overlayctl check and push it again"
+        }
+      );
+    if (old) {
+      await old.fh.close();
+      old = void 0;
+    }
+    if (await exists2(target)) lock = await acquireLock(target, "exclusive");
+    await rename3(tmp, target);
+    await fsyncPath(dirname11(target)).catch(() => {
+    });
+    return {
+      ...m.info,
+      dataBytes,
+      digest: manifestDigest,
+      chunksDownloaded: prog.chunks - prog.chunksSkipped,
+      chunksReused: prog.chunksSkipped,
+      bytesDownloaded: prog.bytesMoved
+    };
+  } catch (e) {
+    const code = e.code;
+    if (!isOverlayError(e) && (code === "ENOSPC" || code === "EDQUOT"))
+      throw new OverlayError("E_NO_SPACE", `no space left to pull into ${target}`);
+    throw e;
+  } finally {
+    if (fdOpen) closeSync5(fd);
+    await old?.fh.close();
+    lock?.release();
+    await rm13(tmp, { force: true });
+  }
+}
+async function openOld(path17) {
+  try {
+    const f = await detectFormat(path17);
+    if (f.format === "squashfs") return void 0;
+    const regions = await packRegions(path17);
+    return { fh: await open5(path17, "r"), regions };
+  } catch {
+    return void 0;
+  }
+}
+function mergeRuns(blocks4) {
+  const out = [];
+  let cur;
+  for (const b of blocks4) {
+    if (cur && cur.offset + cur.len === b.offset) {
+      cur.parts.push(b.data);
+      cur.len += b.data.length;
+    } else {
+      if (cur) out.push({ offset: cur.offset, data: Buffer.concat(cur.parts) });
+      cur = { offset: b.offset, parts: [b.data], len: b.data.length };
+    }
+  }
+  if (cur) out.push({ offset: cur.offset, data: Buffer.concat(cur.parts) });
+  return out;
+}
+
+// packages/core/src/transfer/layer.ts
+init_errors();
+init_atomic();
+import { createHash as createHash11 } from "node:crypto";
+import { createReadStream as createReadStream6 } from "node:fs";
+import { open as open6, stat as stat12 } from "node:fs/promises";
+import { basename as basename9, join as join22 } from "node:path";
+var SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json";
+var SIF_LAYER_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif";
+var LAYER_DIGEST = "org.overlay-action.layer.sha256";
+var EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+async function fileDigest2(path17) {
+  const hash2 = createHash11("sha256");
+  for await (const chunk of createReadStream6(path17, { highWaterMark: 4 * 2 ** 20 }))
+    hash2.update(chunk);
+  return `sha256:${hash2.digest("hex")}`;
+}
+var scratch2 = (fn) => withScratchDir("sif", fn);
+async function pushLayer(client, layer, tag, opts = {}) {
+  return scratch2(async (dir) => {
+    const sif = join22(dir, `${basename9(layer).replace(/\.(sqfs|squashfs|img)$/, "")}.sif`);
+    opts.onProgress?.("wrapping the layer in a SIF");
+    await wrapLayerInSif(layer, sif);
+    const [sifDigest, layerSha256, st] = await Promise.all([fileDigest2(sif), fileDigest2(layer), stat12(sif)]);
+    const present = await client.hasBlob(sifDigest);
+    if (!present) {
+      opts.onProgress?.(`uploading ${(st.size / 2 ** 20).toFixed(1)} MiB`);
+      await client.uploadFile(sif, st.size, sifDigest);
+    }
+    if (!await client.hasBlob(EMPTY_JSON_DIGEST)) await client.uploadBlob(Buffer.from("{}"));
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: SIF_CONFIG_MEDIA_TYPE, size: 2, digest: EMPTY_JSON_DIGEST },
+      layers: [
+        {
+          mediaType: SIF_LAYER_MEDIA_TYPE,
+          size: st.size,
+          digest: sifDigest,
+          annotations: { "org.opencontainers.image.title": basename9(sif) }
+        }
+      ],
+      annotations: {
+        [LAYER_DIGEST]: layerSha256,
+        "org.opencontainers.image.created": (/* @__PURE__ */ new Date()).toISOString()
+      }
+    };
+    const digest = await client.putManifest(tag, Buffer.from(JSON.stringify(manifest)), OCI_MANIFEST);
+    return { digest, sifBytes: st.size, layerSha256, uploaded: !present };
+  });
+}
+function isSifManifest(m) {
+  return m.layers?.length === 1 && m.layers[0].mediaType === SIF_LAYER_MEDIA_TYPE;
+}
+async function pullLayer(client, manifest, manifestDigest, target, opts) {
+  return scratch2(async (dir) => {
+    const sif = join22(dir, "layer.sif");
+    const blob = manifest.layers[0];
+    opts.onProgress?.(`downloading ${(blob.size / 2 ** 20).toFixed(1)} MiB`);
+    const fh = await open6(sif, "w");
+    let pos = 0;
+    try {
+      await client.readBlob(
+        blob.digest,
+        async (chunk) => {
+          await fh.write(chunk, 0, chunk.length, pos);
+          pos += chunk.length;
+        },
+        async () => {
+          await fh.truncate(0);
+          pos = 0;
+        }
+      );
+    } finally {
+      await fh.close();
+    }
+    const want = manifest.annotations?.[LAYER_DIGEST];
+    const layerSha256 = await replaceAtomically(target, async (tmp) => {
+      try {
+        await layerFromSif(sif, tmp);
+      } catch (e) {
+        if (isOverlayError(e, "E_UNKNOWN_FORMAT") || isOverlayError(e, "E_INVALID_INPUT"))
+          throw new OverlayError("E_WRONG_ARTIFACT", `${opts.where} is a SIF but not a layer: ${e.message}`, {
+            hint: "container images are pulled with apptainer pull"
+          });
+        throw e;
+      }
+      const got = await fileDigest2(tmp);
+      if (want && want !== got)
+        throw new OverlayError("E_INTEGRITY", `${opts.where}: layer digest ${got} is not ${want}`);
+      return got;
+    });
+    return { digest: manifestDigest, layerSha256, sizeBytes: (await stat12(target)).size };
+  });
+}
+
+// packages/core/src/transfer/transfer.ts
+async function pushArtifact(file2, uri, opts = {}) {
+  const ref = parseOrasRef(uri);
+  if (!ref.tag || ref.digest)
+    throw new OverlayError("E_INVALID_INPUT", `push needs a tag: ${uri}`, {
+      hint: `e.g. ${formatRef({ ...ref, digest: void 0, tag: "v1" })}`
+    });
+  const { format: format2 } = await detectFormat(file2);
+  const client = new RegistryClient(ref.host, ref.repo, {
+    insecure: opts.insecure,
+    onRetry: opts.onProgress
+  });
+  if (format2 === "squashfs") {
+    const r2 = await pushLayer(client, file2, ref.tag, opts);
+    return {
+      kind: "layer",
+      ref: uri,
+      digest: r2.digest,
+      sizeBytes: r2.sifBytes,
+      sha256: r2.layerSha256.replace(/^sha256:/, ""),
+      chunks: 1,
+      chunksUploaded: r2.uploaded ? 1 : 0,
+      chunksSkipped: r2.uploaded ? 0 : 1,
+      chunksUnchanged: 0,
+      bytesUploaded: r2.uploaded ? r2.sifBytes : 0
+    };
+  }
+  const r = await pushImage(client, file2, ref.tag, opts);
+  return {
+    kind: "image",
+    ref: uri,
+    digest: r.digest,
+    sizeBytes: r.sizeBytes,
+    sha256: r.sha256,
+    chunks: r.chunks,
+    chunksUploaded: r.chunksUploaded,
+    chunksSkipped: r.chunksSkipped,
+    chunksUnchanged: r.chunksUnchanged,
+    bytesUploaded: r.bytesUploaded
+  };
+}
+async function pullArtifact(uri, file2, opts = {}) {
+  const ref = parseOrasRef(uri);
+  const client = new RegistryClient(ref.host, ref.repo, {
+    insecure: opts.insecure,
+    onRetry: opts.onProgress
+  });
+  const { body: body2, digest } = await client.getManifest(ref.digest ?? ref.tag ?? "latest");
+  let manifest;
+  try {
+    manifest = JSON.parse(body2.toString("utf8"));
+  } catch {
+    throw new OverlayError("E_WRONG_ARTIFACT", `${uri} is not an OCI manifest`);
+  }
+  const where2 = formatRef(ref);
+  const target = resolve12(file2);
+  if (manifest.artifactType === IMAGE_ARTIFACT_TYPE) {
+    const r = await pullImage(client, body2, digest, target, { onProgress: opts.onProgress, where: where2 });
+    return {
+      kind: "image",
+      ref: uri,
+      digest,
+      file: target,
+      sizeBytes: r.sizeBytes,
+      sha256: r.sha256,
+      chunks: r.chunks,
+      chunksDownloaded: r.chunksDownloaded,
+      chunksReused: r.chunksReused,
+      bytesDownloaded: r.bytesDownloaded
+    };
+  }
+  if (isSifManifest(manifest)) {
+    const r = await pullLayer(client, manifest, digest, target, {
+      onProgress: opts.onProgress,
+      where: where2
+    });
+    return {
+      kind: "layer",
+      ref: uri,
+      digest,
+      file: target,
+      sizeBytes: r.sizeBytes,
+      sha256: r.layerSha256.replace(/^sha256:/, ""),
+      chunks: 1,
+      chunksDownloaded: 1,
+      chunksReused: 0,
+      bytesDownloaded: manifest.layers[0].size
+    };
+  }
+  throw new OverlayError(
+    "E_WRONG_ARTIFACT",
+    `${where2} is neither an overlay image nor a SIF layer (${manifest.artifactType ?? manifest.layers?.[0]?.mediaType ?? "unknown kind"})`,
+    { hint: "container images are pulled with apptainer pull" }
+  );
+}
+
+// packages/core/src/tasks/push.ts
+init_zod();
+init_size();
+var orasRefSchema = external_exports.string().regex(/^oras:\/\//, "an oras://HOST/REPO:TAG reference").describe("Registry reference, oras://HOST/REPO:TAG");
+var plainHttpField = external_exports.boolean().default(false).describe("Plain HTTP to a registry that is not on loopback (loopback always is)");
+var NO_HTTPS_ALIAS = {
+  "no-https": { description: "Same as --plain-http (Apptainer's flag)", sets: { plainHttp: true } }
+};
+var pushTask = defineTask({
+  name: "push",
+  summary: "Push an ext3 overlay (as chunks; only missing ones are uploaded) or a SquashFS layer (as an Apptainer-pullable SIF) to an OCI registry",
+  positional: ["file", "ref"],
+  cliAliases: NO_HTTPS_ALIAS,
+  input: external_exports.object({
+    file: pathSchema.describe("The ext3 overlay image or committed SquashFS layer"),
+    ref: orasRefSchema,
+    plainHttp: plainHttpField
+  }),
+  run: (input2, ctx) => pushArtifact(input2.file, input2.ref, { insecure: input2.plainHttp, onProgress: ctx.progress }),
+  render: (r) => `pushed ${r.kind} ${r.ref}@${r.digest}
+${r.chunksUploaded}/${r.chunks} chunks uploaded (${formatBytes(r.bytesUploaded)}), ${r.chunksSkipped} already there`
+});
+
+// packages/core/src/tasks/pull.ts
+var pullTask = defineTask({
+  name: "pull",
+  summary: "Pull an overlay image or layer from an OCI registry (verified, atomic; reuses what an older image at FILE already holds)",
+  positional: ["ref", "file"],
+  cliAliases: NO_HTTPS_ALIAS,
+  input: external_exports.object({
+    ref: external_exports.string().regex(/^oras:\/\//, "an oras://HOST/REPO[:TAG|@sha256:DIGEST] reference").describe("Registry reference, oras://HOST/REPO[:TAG|@sha256:DIGEST]"),
+    file: pathSchema.describe(
+      "Where to put the image or layer (an older image there is reused, then replaced)"
+    ),
+    plainHttp: plainHttpField
+  }),
+  run: (input2, ctx) => pullArtifact(input2.ref, input2.file, { insecure: input2.plainHttp, onProgress: ctx.progress }),
+  render: (r) => `pulled ${r.kind} ${r.ref} -> ${r.file}
+${r.chunksDownloaded}/${r.chunks} chunks downloaded (${formatBytes(r.bytesDownloaded)}), ${r.chunksReused} reused from the old file`
+});
+
 // packages/core/src/tasks/resize.ts
 init_zod();
 init_size();
@@ -65320,9 +67136,9 @@ init_runtime();
 init_zod();
 
 // packages/actions/src/base-cache.ts
-import { rm as rm14 } from "node:fs/promises";
+import { rm as rm15 } from "node:fs/promises";
 import { arch as arch3, platform as platform4 } from "node:os";
-import { join as join24 } from "node:path";
+import { join as join28 } from "node:path";
 
 // node_modules/@actions/cache/lib/cache.js
 import * as path16 from "path";
@@ -65371,7 +67187,7 @@ import * as path13 from "path";
 import * as path9 from "path";
 import assert2 from "assert";
 var IS_WINDOWS3 = process.platform === "win32";
-function dirname12(p) {
+function dirname13(p) {
   p = safeTrimTrailingSeparator(p);
   if (IS_WINDOWS3 && /^\\\\[^\\]+(\\[^\\]+)?$/.test(p)) {
     return p;
@@ -65485,14 +67301,14 @@ function getSearchPaths(patterns) {
     }
     let foundAncestor = false;
     let tempKey = key;
-    let parent = dirname12(tempKey);
+    let parent = dirname13(tempKey);
     while (parent !== tempKey) {
       if (searchPathMap[parent]) {
         foundAncestor = true;
         break;
       }
       tempKey = parent;
-      parent = dirname12(tempKey);
+      parent = dirname13(tempKey);
     }
     if (!foundAncestor) {
       result.push(pattern.searchPath);
@@ -65614,19 +67430,19 @@ function balancedWithBudget(str, masked, budget) {
 }
 function maskUnmatchedOpens(masked, budget) {
   budget.remaining -= masked.length;
-  const open4 = [];
+  const open7 = [];
   for (let i2 = 0; i2 < masked.length; i2++) {
     const c3 = masked.charCodeAt(i2);
     if (c3 === 123) {
-      open4.push(i2);
-    } else if (c3 === 125 && open4.length) {
-      open4.pop();
+      open7.push(i2);
+    } else if (c3 === 125 && open7.length) {
+      open7.pop();
     }
   }
   let out = "";
   let last = 0;
-  for (let i2 = 0; i2 < open4.length; i2++) {
-    const at = open4[i2];
+  for (let i2 = 0; i2 < open7.length; i2++) {
+    const at = open7[i2];
     out += masked.slice(last, at) + "\0";
     last = at + 1;
   }
@@ -67410,10 +69226,10 @@ var Minimatch = class {
       }
       return filtered.join("/");
     }).join("|");
-    const [open4, close] = set2.length > 1 ? ["(?:", ")"] : ["", ""];
-    re = "^" + open4 + re + close + "$";
+    const [open7, close] = set2.length > 1 ? ["(?:", ")"] : ["", ""];
+    re = "^" + open7 + re + close + "$";
     if (this.partial) {
-      re = "^(?:\\/|" + open4 + re.slice(1, -1) + close + ")$";
+      re = "^(?:\\/|" + open7 + re.slice(1, -1) + close + ")$";
     }
     if (this.negate)
       re = "^(?!" + re + ").+$";
@@ -67503,12 +69319,12 @@ var Path = class {
         this.segments = itemPath.split(path11.sep);
       } else {
         let remaining = itemPath;
-        let dir = dirname12(remaining);
+        let dir = dirname13(remaining);
         while (dir !== remaining) {
-          const basename10 = path11.basename(remaining);
-          this.segments.unshift(basename10);
+          const basename12 = path11.basename(remaining);
+          this.segments.unshift(basename12);
           remaining = dir;
-          dir = dirname12(remaining);
+          dir = dirname13(remaining);
         }
         this.segments.unshift(remaining);
       }
@@ -67520,7 +69336,7 @@ var Path = class {
         segment = normalizeSeparators2(itemPath[i2]);
         if (i2 === 0 && hasRoot(segment)) {
           segment = safeTrimTrailingSeparator(segment);
-          assert3(segment === dirname12(segment), `Parameter 'itemPath' root segment contains information for multiple segments`);
+          assert3(segment === dirname13(segment), `Parameter 'itemPath' root segment contains information for multiple segments`);
           this.segments.push(segment);
         } else {
           assert3(!segment.includes(path11.sep), `Parameter 'itemPath' contains unexpected path separators`);
@@ -67550,7 +69366,7 @@ var Path = class {
 // node_modules/@actions/glob/lib/internal-pattern.js
 var IS_WINDOWS6 = process.platform === "win32";
 var Pattern = class _Pattern {
-  constructor(patternOrNegate, isImplicitPattern = false, segments, homedir5) {
+  constructor(patternOrNegate, isImplicitPattern = false, segments, homedir6) {
     this.negate = false;
     let pattern;
     if (typeof patternOrNegate === "string") {
@@ -67569,7 +69385,7 @@ var Pattern = class _Pattern {
       this.negate = !this.negate;
       pattern = pattern.substr(1).trim();
     }
-    pattern = _Pattern.fixupPattern(pattern, homedir5);
+    pattern = _Pattern.fixupPattern(pattern, homedir6);
     this.segments = new Path(pattern).segments;
     this.trailingSeparator = normalizeSeparators2(pattern).endsWith(path12.sep);
     pattern = safeTrimTrailingSeparator(pattern);
@@ -67611,7 +69427,7 @@ var Pattern = class _Pattern {
    */
   partialMatch(itemPath) {
     itemPath = safeTrimTrailingSeparator(itemPath);
-    if (dirname12(itemPath) === itemPath) {
+    if (dirname13(itemPath) === itemPath) {
       return this.rootRegExp.test(itemPath);
     }
     return this.minimatch.matchOne(itemPath.split(IS_WINDOWS6 ? /\\+/ : /\/+/), this.minimatch.set[0], true);
@@ -67625,7 +69441,7 @@ var Pattern = class _Pattern {
   /**
    * Normalizes slashes and ensures absolute root
    */
-  static fixupPattern(pattern, homedir5) {
+  static fixupPattern(pattern, homedir6) {
     assert4(pattern, "pattern cannot be empty");
     const literalSegments = new Path(pattern).segments.map((x) => _Pattern.getLiteral(x));
     assert4(literalSegments.every((x, i2) => (x !== "." || i2 === 0) && x !== ".."), `Invalid pattern '${pattern}'. Relative pathing '.' and '..' is not allowed.`);
@@ -67634,10 +69450,10 @@ var Pattern = class _Pattern {
     if (pattern === "." || pattern.startsWith(`.${path12.sep}`)) {
       pattern = _Pattern.globEscape(process.cwd()) + pattern.substr(1);
     } else if (pattern === "~" || pattern.startsWith(`~${path12.sep}`)) {
-      homedir5 = homedir5 || os6.homedir();
-      assert4(homedir5, "Unable to determine HOME directory");
-      assert4(hasAbsoluteRoot(homedir5), `Expected HOME directory to be a rooted path. Actual '${homedir5}'`);
-      pattern = _Pattern.globEscape(homedir5) + pattern.substr(1);
+      homedir6 = homedir6 || os6.homedir();
+      assert4(homedir6, "Unable to determine HOME directory");
+      assert4(hasAbsoluteRoot(homedir6), `Expected HOME directory to be a rooted path. Actual '${homedir6}'`);
+      pattern = _Pattern.globEscape(homedir6) + pattern.substr(1);
     } else if (IS_WINDOWS6 && (pattern.match(/^[A-Z]:$/i) || pattern.match(/^[A-Z]:[^\\]/i))) {
       let root = ensureAbsoluteRoot("C:\\dummy-root", pattern.substr(0, 2));
       if (pattern.length > 2 && !root.endsWith("\\")) {
@@ -67718,11 +69534,11 @@ var SearchState = class {
 // node_modules/@actions/glob/lib/internal-globber.js
 var __awaiter9 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -67738,7 +69554,7 @@ var __awaiter9 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -67751,14 +69567,14 @@ var __asyncValues = function(o2) {
   }, i2);
   function verb(n2) {
     i2[n2] = o2[n2] && function(v) {
-      return new Promise(function(resolve13, reject) {
-        v = o2[n2](v), settle2(resolve13, reject, v.done, v.value);
+      return new Promise(function(resolve15, reject) {
+        v = o2[n2](v), settle2(resolve15, reject, v.done, v.value);
       });
     };
   }
-  function settle2(resolve13, reject, d, v) {
+  function settle2(resolve15, reject, d, v) {
     Promise.resolve(v).then(function(v2) {
-      resolve13({ value: v2, done: d });
+      resolve15({ value: v2, done: d });
     }, reject);
   }
 };
@@ -67955,11 +69771,11 @@ var DefaultGlobber = class _DefaultGlobber {
 // node_modules/@actions/glob/lib/glob.js
 var __awaiter10 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -67975,7 +69791,7 @@ var __awaiter10 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -68023,11 +69839,11 @@ var CacheReadDeniedMessagePrefix = "cache read denied:";
 // node_modules/@actions/cache/lib/internal/cacheUtils.js
 var __awaiter11 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -68043,7 +69859,7 @@ var __awaiter11 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -68056,14 +69872,14 @@ var __asyncValues2 = function(o2) {
   }, i2);
   function verb(n2) {
     i2[n2] = o2[n2] && function(v) {
-      return new Promise(function(resolve13, reject) {
-        v = o2[n2](v), settle2(resolve13, reject, v.done, v.value);
+      return new Promise(function(resolve15, reject) {
+        v = o2[n2](v), settle2(resolve15, reject, v.done, v.value);
       });
     };
   }
-  function settle2(resolve13, reject, d, v) {
+  function settle2(resolve15, reject, d, v) {
     Promise.resolve(v).then(function(v2) {
-      resolve13({ value: v2, done: d });
+      resolve15({ value: v2, done: d });
     }, reject);
   }
 };
@@ -68565,7 +70381,7 @@ function createHttpHeaders(rawHeaders) {
 }
 
 // node_modules/@typespec/ts-http-runtime/dist/esm/util/uuidUtils.js
-function randomUUID3() {
+function randomUUID4() {
   return crypto.randomUUID();
 }
 
@@ -68605,7 +70421,7 @@ var PipelineRequestImpl = class {
     this.abortSignal = options.abortSignal;
     this.onUploadProgress = options.onUploadProgress;
     this.onDownloadProgress = options.onDownloadProgress;
-    this.requestId = options.requestId || randomUUID3();
+    this.requestId = options.requestId || randomUUID4();
     this.allowInsecureConnection = options.allowInsecureConnection ?? false;
     this.enableBrowserStreams = options.enableBrowserStreams ?? false;
     this.requestOverrides = options.requestOverrides;
@@ -69046,9 +70862,9 @@ function isStreamComplete(stream2) {
   if (stream2.readable === false) {
     return Promise.resolve();
   }
-  return new Promise((resolve13) => {
+  return new Promise((resolve15) => {
     const handler = () => {
-      resolve13();
+      resolve15();
       stream2.removeListener("close", handler);
       stream2.removeListener("end", handler);
       stream2.removeListener("error", handler);
@@ -69203,8 +71019,8 @@ var NodeHttpClient = class {
       headers: request.headers.toJSON({ preserveCase: true }),
       ...request.requestOverrides
     };
-    return new Promise((resolve13, reject) => {
-      const req = isInsecure ? http2.request(options, resolve13) : https2.request(options, resolve13);
+    return new Promise((resolve15, reject) => {
+      const req = isInsecure ? http2.request(options, resolve15) : https2.request(options, resolve15);
       req.once("error", (err) => {
         reject(new RestError(err.message, { code: err.code ?? RestError.REQUEST_SEND_ERROR, request }));
       });
@@ -69288,7 +71104,7 @@ function getDecodedResponseStream(stream2, headers) {
   return stream2;
 }
 function streamToText(stream2) {
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     const buffer3 = [];
     stream2.on("data", (chunk) => {
       if (Buffer.isBuffer(chunk)) {
@@ -69298,7 +71114,7 @@ function streamToText(stream2) {
       }
     });
     stream2.on("end", () => {
-      resolve13(Buffer.concat(buffer3).toString("utf8"));
+      resolve15(Buffer.concat(buffer3).toString("utf8"));
     });
     stream2.on("error", (e) => {
       if (e && e?.name === "AbortError") {
@@ -69393,7 +71209,7 @@ function calculateRetryDelay(retryAttempt, config2) {
 // node_modules/@typespec/ts-http-runtime/dist/esm/util/helpers.js
 var StandardAbortMessage = "The operation was aborted.";
 function delay(delayInMs, value, options) {
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     let timer = void 0;
     let onAborted = void 0;
     const rejectOnAbort = () => {
@@ -69416,7 +71232,7 @@ function delay(delayInMs, value, options) {
     }
     timer = setTimeout(() => {
       removeListeners();
-      resolve13(value);
+      resolve15(value);
     }, delayInMs);
     if (options?.abortSignal) {
       options.abortSignal.addEventListener("abort", onAborted);
@@ -69974,7 +71790,7 @@ async function concat(sources) {
 
 // node_modules/@typespec/ts-http-runtime/dist/esm/policies/multipartPolicy.js
 function generateBoundary() {
-  return `----AzSDKFormBoundary${randomUUID3()}`;
+  return `----AzSDKFormBoundary${randomUUID4()}`;
 }
 function encodeHeaders(headers) {
   let result = "";
@@ -70219,7 +72035,7 @@ var AbortError2 = class extends Error {
 // node_modules/@azure/core-util/dist/esm/createAbortablePromise.js
 function createAbortablePromise(buildPromise, options) {
   const { cleanupBeforeAbort, abortSignal, abortErrorMsg } = options ?? {};
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     function rejectOnAbort() {
       reject(new AbortError2(abortErrorMsg ?? "The operation was aborted."));
     }
@@ -70237,7 +72053,7 @@ function createAbortablePromise(buildPromise, options) {
     try {
       buildPromise((x) => {
         removeListeners();
-        resolve13(x);
+        resolve15(x);
       }, (x) => {
         removeListeners();
         reject(x);
@@ -70254,8 +72070,8 @@ var StandardAbortMessage2 = "The delay was aborted.";
 function delay2(timeInMs, options) {
   let token;
   const { abortSignal, abortErrorMsg } = options ?? {};
-  return createAbortablePromise((resolve13) => {
-    token = setTimeout(resolve13, timeInMs);
+  return createAbortablePromise((resolve15) => {
+    token = setTimeout(resolve15, timeInMs);
   }, {
     cleanupBeforeAbort: () => clearTimeout(token),
     abortSignal,
@@ -70286,8 +72102,8 @@ function getErrorMessage(e) {
 function isError2(e) {
   return isError(e);
 }
-function randomUUID4() {
-  return randomUUID3();
+function randomUUID5() {
+  return randomUUID4();
 }
 var isNodeLike2 = isNodeLike;
 function uint8ArrayToString3(bytes, format2) {
@@ -78343,7 +80159,7 @@ var BufferScheduler = class {
    *
    */
   async do() {
-    return new Promise((resolve13, reject) => {
+    return new Promise((resolve15, reject) => {
       this.readable.on("data", (data) => {
         data = typeof data === "string" ? Buffer.from(data, this.encoding) : data;
         this.appendUnresolvedData(data);
@@ -78371,11 +80187,11 @@ var BufferScheduler = class {
         if (this.isStreamEnd && this.executingOutgoingHandlers === 0) {
           if (this.unresolvedLength > 0 && this.unresolvedLength < this.bufferSize) {
             const buffer3 = this.shiftBufferFromUnresolvedDataArray();
-            this.outgoingHandler(() => buffer3.getReadableStream(), buffer3.size, this.offset).then(resolve13).catch(reject);
+            this.outgoingHandler(() => buffer3.getReadableStream(), buffer3.size, this.offset).then(resolve15).catch(reject);
           } else if (this.unresolvedLength >= this.bufferSize) {
             return;
           } else {
-            resolve13();
+            resolve15();
           }
         }
       });
@@ -78482,7 +80298,7 @@ var BufferScheduler = class {
 
 // node_modules/@azure/storage-common/dist/esm/crc64.js
 import { createRequire as createRequire3 } from "node:module";
-import { dirname as dirname13 } from "node:path";
+import { dirname as dirname14 } from "node:path";
 import { fileURLToPath as fileURLToPath5 } from "node:url";
 var __isNode__ = typeof process === "object" && typeof process.versions === "object" && typeof process.versions.node === "string";
 var require2;
@@ -78491,7 +80307,7 @@ var __dirname;
 if (__isNode__) {
   require2 = createRequire3(import.meta.url);
   __filename = fileURLToPath5(import.meta.url);
-  __dirname = dirname13(__filename);
+  __dirname = dirname14(__filename);
 }
 var NativeCRC64 = (() => {
   var _scriptDir = typeof document !== "undefined" && document.currentScript ? document.currentScript.src : void 0;
@@ -78500,8 +80316,8 @@ var NativeCRC64 = (() => {
     NativeCRC642 = NativeCRC642 || {};
     var Module = typeof NativeCRC642 != "undefined" ? NativeCRC642 : {};
     var readyPromiseResolve, readyPromiseReject;
-    Module["ready"] = new Promise(function(resolve13, reject) {
-      readyPromiseResolve = resolve13;
+    Module["ready"] = new Promise(function(resolve15, reject) {
+      readyPromiseResolve = resolve15;
       readyPromiseReject = reject;
     });
     ["_malloc", "_free", "_emscripten_bind_VoidPtr___destroy___0", "_emscripten_bind_Crc64Hash_Crc64Hash_0", "_emscripten_bind_Crc64Hash_OnAppend_2", "_emscripten_bind_Crc64Hash_OnFinal_3", "_emscripten_bind_Crc64Hash___destroy___0", "_fflush", "onRuntimeInitialized"].forEach((prop) => {
@@ -80994,7 +82810,7 @@ function getURLQueries(url3) {
   return queries;
 }
 async function delay3(timeInMs, aborter, abortError) {
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     let timeout;
     const abortHandler = () => {
       if (timeout !== void 0) {
@@ -81006,7 +82822,7 @@ async function delay3(timeInMs, aborter, abortError) {
       if (aborter !== void 0) {
         aborter.removeEventListener("abort", abortHandler);
       }
-      resolve13();
+      resolve15();
     };
     timeout = setTimeout(resolveHandler, timeInMs);
     if (aborter !== void 0) {
@@ -97611,7 +99427,7 @@ var BlobLeaseClient = class {
       this._containerOrBlobOperation = clientContext.blob;
     }
     if (!leaseId2) {
-      leaseId2 = randomUUID4();
+      leaseId2 = randomUUID5();
     }
     this._leaseId = leaseId2;
   }
@@ -98781,7 +100597,7 @@ var AvroReadableFromStream = class extends AvroReadable {
       this._position += chunk.length;
       return this.toUint8Array(chunk);
     } else {
-      return new Promise((resolve13, reject) => {
+      return new Promise((resolve15, reject) => {
         const cleanUp = () => {
           this._readable.removeListener("readable", readableCallback);
           this._readable.removeListener("error", rejectCallback);
@@ -98796,7 +100612,7 @@ var AvroReadableFromStream = class extends AvroReadable {
           if (callbackChunk) {
             this._position += callbackChunk.length;
             cleanUp();
-            resolve13(this.toUint8Array(callbackChunk));
+            resolve15(this.toUint8Array(callbackChunk));
           }
         };
         const rejectCallback = () => {
@@ -99442,8 +101258,8 @@ var Poller = class {
     this.stopped = true;
     this.pollProgressCallbacks = [];
     this.operation = operation;
-    this.promise = new Promise((resolve13, reject) => {
-      this.resolve = resolve13;
+    this.promise = new Promise((resolve15, reject) => {
+      this.resolve = resolve15;
       this.reject = reject;
     });
     this.promise.catch(() => {
@@ -99848,8 +101664,8 @@ var Batch = class {
       return Promise.resolve();
     }
     this.parallelExecute();
-    return new Promise((resolve13, reject) => {
-      this.emitter.on("finish", resolve13);
+    return new Promise((resolve15, reject) => {
+      this.emitter.on("finish", resolve15);
       this.emitter.on("error", (error63) => {
         this.state = BatchStates.Error;
         reject(error63);
@@ -99896,12 +101712,12 @@ import util3 from "node:util";
 async function streamToBuffer(stream2, buffer3, offset, end, encoding) {
   let pos = 0;
   const count2 = end - offset;
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     const timeout = setTimeout(() => reject(new Error(`The operation cannot be completed in timeout.`)), REQUEST_TIMEOUT);
     stream2.on("readable", () => {
       if (pos >= count2) {
         clearTimeout(timeout);
-        resolve13();
+        resolve15();
         return;
       }
       let chunk = stream2.read();
@@ -99920,7 +101736,7 @@ async function streamToBuffer(stream2, buffer3, offset, end, encoding) {
       if (pos < count2) {
         reject(new Error(`Stream drains before getting enough data needed. Data read: ${pos}, data need: ${count2}`));
       }
-      resolve13();
+      resolve15();
     });
     stream2.on("error", (msg) => {
       clearTimeout(timeout);
@@ -99929,7 +101745,7 @@ async function streamToBuffer(stream2, buffer3, offset, end, encoding) {
   });
 }
 async function readStreamToLocalFile(rs, file2) {
-  return new Promise((resolve13, reject) => {
+  return new Promise((resolve15, reject) => {
     const ws = fs5.createWriteStream(file2);
     rs.on("error", (err) => {
       reject(err);
@@ -99937,7 +101753,7 @@ async function readStreamToLocalFile(rs, file2) {
     ws.on("error", (err) => {
       reject(err);
     });
-    ws.on("close", resolve13);
+    ws.on("close", resolve15);
     rs.pipe(ws);
   });
 }
@@ -100849,7 +102665,7 @@ var BlobClient = class _BlobClient extends StorageClient2 {
    * @returns The SAS URI consisting of the URI to the resource represented by this client, followed by the generated SAS token.
    */
   generateSasUrl(options) {
-    return new Promise((resolve13) => {
+    return new Promise((resolve15) => {
       if (!(this.credential instanceof StorageSharedKeyCredential)) {
         throw new RangeError("Can only generate the SAS when the client is initialized with a shared key credential");
       }
@@ -100860,7 +102676,7 @@ var BlobClient = class _BlobClient extends StorageClient2 {
         versionId: this._versionId,
         ...options
       }, this.credential).toString();
-      resolve13(appendToURLQuery(this.url, sas));
+      resolve15(appendToURLQuery(this.url, sas));
     });
   }
   /**
@@ -100899,7 +102715,7 @@ var BlobClient = class _BlobClient extends StorageClient2 {
    * @returns The SAS URI consisting of the URI to the resource represented by this client, followed by the generated SAS token.
    */
   generateUserDelegationSasUrl(options, userDelegationKey) {
-    return new Promise((resolve13) => {
+    return new Promise((resolve15) => {
       const sas = generateBlobSASQueryParameters({
         containerName: this._containerName,
         blobName: this._name,
@@ -100907,7 +102723,7 @@ var BlobClient = class _BlobClient extends StorageClient2 {
         versionId: this._versionId,
         ...options
       }, userDelegationKey, this.accountName).toString();
-      resolve13(appendToURLQuery(this.url, sas));
+      resolve15(appendToURLQuery(this.url, sas));
     });
   }
   /**
@@ -101754,7 +103570,7 @@ var BlockBlobClient = class _BlockBlobClient extends BlobClient {
         throw new RangeError(`The buffer's size is too big or the BlockSize is too small;the number of blocks must be <= ${BLOCK_BLOB_MAX_BLOCKS}`);
       }
       const blockList = [];
-      const blockIDPrefix = randomUUID4();
+      const blockIDPrefix = randomUUID5();
       let transferProgress = 0;
       const batch = new Batch(options.concurrency);
       for (let i2 = 0; i2 < numBlocks; i2++) {
@@ -101835,7 +103651,7 @@ var BlockBlobClient = class _BlockBlobClient extends BlobClient {
     }
     return tracingClient.withSpan("BlockBlobClient-uploadStream", options, async (updatedOptions) => {
       let blockNum = 0;
-      const blockIDPrefix = randomUUID4();
+      const blockIDPrefix = randomUUID5();
       let transferProgress = 0;
       const blockList = [];
       const scheduler3 = new BufferScheduler(
@@ -102664,11 +104480,11 @@ var RateLimitError = class extends Error {
 // node_modules/@actions/cache/lib/internal/uploadUtils.js
 var __awaiter12 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -102684,7 +104500,7 @@ var __awaiter12 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -102808,11 +104624,11 @@ import * as util4 from "util";
 // node_modules/@actions/cache/lib/internal/requestUtils.js
 var __awaiter13 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -102828,7 +104644,7 @@ var __awaiter13 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -102856,9 +104672,9 @@ function isRetryableStatusCode(statusCode) {
   ];
   return retryableStatusCodes.includes(statusCode);
 }
-function sleep(milliseconds) {
+function sleep2(milliseconds) {
   return __awaiter13(this, void 0, void 0, function* () {
-    return new Promise((resolve13) => setTimeout(resolve13, milliseconds));
+    return new Promise((resolve15) => setTimeout(resolve15, milliseconds));
   });
 }
 function retry(name_1, method_1, getStatusCode_1) {
@@ -102893,7 +104709,7 @@ function retry(name_1, method_1, getStatusCode_1) {
         debug(`${name} - Error is not retryable`);
         break;
       }
-      yield sleep(delay4);
+      yield sleep2(delay4);
       attempt++;
     }
     throw Error(`${name} failed: ${errorMessage}`);
@@ -102933,11 +104749,11 @@ function retryHttpClientResponse(name_1, method_1) {
 // node_modules/@actions/cache/lib/internal/downloadUtils.js
 var __awaiter14 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -102953,7 +104769,7 @@ var __awaiter14 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -103232,8 +105048,8 @@ function downloadCacheStorageSDK(archiveLocation, archivePath, options) {
 }
 var promiseWithTimeout = (timeoutMs, promise3) => __awaiter14(void 0, void 0, void 0, function* () {
   let timeoutHandle;
-  const timeoutPromise = new Promise((resolve13) => {
-    timeoutHandle = setTimeout(() => resolve13("timeout"), timeoutMs);
+  const timeoutPromise = new Promise((resolve15) => {
+    timeoutHandle = setTimeout(() => resolve15("timeout"), timeoutMs);
   });
   return Promise.race([promise3, timeoutPromise]).then((result) => {
     clearTimeout(timeoutHandle);
@@ -103357,11 +105173,11 @@ function getUserAgentString2() {
 // node_modules/@actions/cache/lib/internal/cacheHttpClient.js
 var __awaiter15 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -103377,7 +105193,7 @@ var __awaiter15 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -104254,11 +106070,11 @@ function maskSecretUrls(body2) {
 // node_modules/@actions/cache/lib/internal/shared/cacheTwirpClient.js
 var __awaiter16 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -104274,7 +106090,7 @@ var __awaiter16 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -104403,7 +106219,7 @@ var CacheServiceClient = class {
   }
   sleep(milliseconds) {
     return __awaiter16(this, void 0, void 0, function* () {
-      return new Promise((resolve13) => setTimeout(resolve13, milliseconds));
+      return new Promise((resolve15) => setTimeout(resolve15, milliseconds));
     });
   }
   getExponentialRetryTimeMilliseconds(attempt) {
@@ -104428,11 +106244,11 @@ import { existsSync as existsSync4, writeFileSync as writeFileSync4 } from "fs";
 import * as path15 from "path";
 var __awaiter17 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -104448,7 +106264,7 @@ var __awaiter17 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -104642,11 +106458,11 @@ function createTar(archiveFolder, sourceDirectories, compressionMethod) {
 // node_modules/@actions/cache/lib/cache.js
 var __awaiter18 = function(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve13) {
-      resolve13(value);
+    return value instanceof P ? value : new P(function(resolve15) {
+      resolve15(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve13, reject) {
+  return new (P || (P = Promise))(function(resolve15, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -104662,7 +106478,7 @@ var __awaiter18 = function(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve13(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve15(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -105067,8 +106883,8 @@ function saveCacheV2(paths_1, key_1, options_1) {
 }
 
 // packages/actions/src/github-cache-store.ts
-import { mkdir as mkdir4, rm as rm13, stat as stat10 } from "node:fs/promises";
-import { join as join23 } from "node:path";
+import { mkdir as mkdir4, rm as rm14, stat as stat13 } from "node:fs/promises";
+import { join as join27 } from "node:path";
 async function capturing(fn) {
   const seen = { problems: [], debug: [] };
   const original = process.stdout.write.bind(process.stdout);
@@ -105098,14 +106914,14 @@ var GitHubCacheStore = class {
     return process.env.GITHUB_WORKSPACE || process.cwd();
   }
   get dir() {
-    return join23(this.workspace, ".overlay-action-cache");
+    return join27(this.workspace, ".overlay-action-cache");
   }
   get archive() {
-    return join23(this.workspace, this.relative);
+    return join27(this.workspace, this.relative);
   }
   /** Nothing of ours stays in the user's checkout, whatever happened. */
   async clean() {
-    await rm13(this.dir, { recursive: true, force: true });
+    await rm14(this.dir, { recursive: true, force: true });
   }
   async ensureWritable() {
   }
@@ -105139,13 +106955,13 @@ var GitHubCacheStore = class {
       await this.clean();
     }
   }
-  async put(key, write2, opts = {}) {
+  async put(key, write3, opts = {}) {
     if (opts.replace && await this.has(key)) await this.delete(key);
     try {
       await this.clean();
       await mkdir4(this.dir, { recursive: true });
-      await write2(this.archive);
-      const bytes = (await stat10(this.archive)).size;
+      await write3(this.archive);
+      const bytes = (await stat13(this.archive)).size;
       const r = await saveToActionsCache([this.relative], key);
       return r.status === "saved" ? { status: "saved", bytes } : r;
     } finally {
@@ -105260,7 +107076,7 @@ async function restoreBase(ref, log3) {
     log3(`base ${ref}: its registry did not give a digest; the pulled image is not cached`);
     return void 0;
   }
-  const path17 = join24(imageCacheDir(), `${baseCacheKey(ref)}.sif`);
+  const path17 = join28(imageCacheDir(), `${baseCacheKey(ref)}.sif`);
   const key = `overlay-base-${platform4()}-${arch3()}-${baseCacheKey(ref).slice(0, 16)}-${digest.replace(":", "-")}`;
   if (await exists2(path17)) return { key, path: path17, present: true };
   let hit;
@@ -105270,7 +107086,7 @@ async function restoreBase(ref, log3) {
     log3(`base ${ref}: cache restore failed: ${e.message}`);
   }
   if (hit) log3(`base ${ref} (${digest}) restored from the Actions cache`);
-  else await rm14(path17, { force: true });
+  else await rm15(path17, { force: true });
   return { key, path: path17, present: Boolean(hit) && await exists2(path17) };
 }
 async function saveBase(state3, log3) {
@@ -105306,7 +107122,7 @@ function actionInputs(spec) {
       field: f.name,
       extra,
       required: f.required,
-      default: defaultText(f.defaultValue),
+      default: spec.defaults?.[name] ?? defaultText(f.defaultValue),
       description: spec.describe?.[name] ?? f.description,
       kind: f.kind,
       choices: f.choices
@@ -105329,6 +107145,13 @@ var setupOverlaySpec = {
   describe: {
     "create-dirs": "Directories to create under upper/ in a new image, one per line (e.g. /opt/env: a non-root build can then write there)"
   },
+  extra: external_exports.object({
+    registryToken: external_exports.string().optional().describe(
+      "Token for an oras://ghcr.io/\u2026 store (the job token by default; saving needs `permissions: packages: write`)"
+    )
+  }),
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a GitHub expression, expanded by the runner
+  defaults: { "registry-token": "${{ github.token }}" },
   outputs: {
     path: "Path of the image",
     base: 'Path of the base image as a SIF the runtime runs (a pulled reference is cached); "" without base',
@@ -105486,7 +107309,7 @@ async function main() {
   const out = await setupOverlay(input2, context3(input2));
   if (input2.cache && out.store) {
     const state3 = {
-      path: resolve12(out.path),
+      path: resolve14(out.path),
       key: out.cacheKey,
       cacheHit: out.cacheHit,
       store: input2.store === void 0 ? "" : out.store,
@@ -105584,4 +107407,10 @@ async function post() {
     }
   ]);
 }
+function useRegistryToken(token) {
+  if (!token || process.env.GITHUB_TOKEN) return;
+  setSecret(token);
+  process.env.GITHUB_TOKEN = token;
+}
+useRegistryToken(getInput("registry-token"));
 await run(main, post);
