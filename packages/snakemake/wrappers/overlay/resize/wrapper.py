@@ -16,7 +16,7 @@ import sys
 # --- common: begin (scripts/gen-workflows.mjs copies packages/snakemake/wrapper-common.py here) ---
 # "Try again later": these codes end the job with this status (give the rule `retries:`).
 RETRYABLE = 75  # gen-workflows: retryable
-RETRYABLE_CODES = ("E_LOCKED", "E_TIMEOUT")  # gen-workflows: retryable-codes
+RETRYABLE_CODES = ("E_LOCKED", "E_TIMEOUT", "E_REGISTRY")  # gen-workflows: retryable-codes
 LOG = open(snakemake.log[0], "a") if snakemake.log else None
 
 
