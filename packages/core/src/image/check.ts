@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { removeStaleTemps, replaceAtomically } from '../fs/atomic';
 import { acquireLock, type Lock } from '../lock/ofd';
+import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { copyImageFile } from './copy';
 import { hasErrorFlag, needsRecovery, requireExt3 } from './format';
@@ -90,6 +91,8 @@ export async function checkImage(
   path: string,
   opts: { repair?: boolean /** the caller already holds a lock on the image */; lockHeld?: boolean } = {},
 ): Promise<CheckResult> {
+  // the overlay partition inside a SIF: checked (and repaired) through the SIF module
+  if (await isSifFile(path)) return (await import('../sif/overlay')).checkSifOverlay(path, opts);
   const started = Date.now();
   const result = (r: Partial<CheckResult> & { status: CheckStatus }): CheckResult => ({
     path,

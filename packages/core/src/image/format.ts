@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
+import { isSifHead } from '../sif/format';
 
 export type ImageFormat = 'ext2' | 'ext3' | 'ext4' | 'squashfs';
 
@@ -57,6 +58,11 @@ export async function readHead(path: string, bytes = 4096): Promise<Buffer> {
 export async function detectFormat(path: string): Promise<FormatInfo> {
   const head = await readHead(path);
   if (head.length >= 4 && head.toString('latin1', 0, 4) === 'hsqs') return { format: 'squashfs' };
+  if (isSifHead(head)) {
+    throw new OverlayError('E_NOT_EXT3', `${path} is a SIF container file, not a standalone overlay image`, {
+      hint: `info, check, resize, create, exec and build take the SIF itself; for anything else copy its overlay out first: overlayctl extract ${path} overlay.img`,
+    });
+  }
   if (head.length >= SB + 104 && head.readUInt16LE(SB + 56) === 0xef53) {
     const ext = {
       compat: head.readUInt32LE(SB + 92),

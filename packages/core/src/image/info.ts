@@ -1,6 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError } from '../errors';
 import { removeStaleTemps } from '../fs/atomic';
+import { isSifFile } from '../sif/format';
+import type { SifSummary } from '../sif/overlay';
 import { runTool } from '../tools/run';
 import { statInImage } from './debugfs';
 import { apptainerExt3Problems, detectFormat, type ImageFormat } from './format';
@@ -8,7 +10,8 @@ import { readSuperblock } from './superblock';
 
 export interface ImageInfo {
   path: string;
-  format: ImageFormat;
+  /** For a SIF: its overlay partition's format, or 'sif' when it has none. */
+  format: ImageFormat | 'sif';
   sizeBytes: number;
   allocatedBytes: number;
   sparse: boolean;
@@ -27,10 +30,13 @@ export interface ImageInfo {
   upper: { uid: number; gid: number } | null;
   /** fuse-overlayfs `.wh.*` markers in upper/ that read-only readers ignore (see normalize). */
   nonPortableMarkers?: { count: number; examples: string[] };
+  /** A SIF file: its objects (the overlay's facts are the fields above). */
+  sif?: SifSummary;
 }
 
 /** Everything about an image without mounting it: superblock via dumpe2fs, upper/ via debugfs. */
 export async function imageInfo(path: string): Promise<ImageInfo> {
+  if (await isSifFile(path)) return (await import('../sif/overlay')).sifInfo(path);
   await removeStaleTemps(path); // what a killed operation left behind
   const st = await fsp.stat(path).catch((e) => {
     throw fromFsError(e, path);

@@ -1,8 +1,11 @@
+import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
 import { probeLock } from '../lock/ofd';
+import { isSifFile } from '../sif/format';
+import { findSifOverlay, overlayLockRange, partitionDevice } from '../sif/overlay';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';
 import { diagnoseRuntimeFailure } from './diagnose';
@@ -91,8 +94,20 @@ export function execArgs(o: {
   pwd?: string;
   base: string;
   command: string[];
+  /** The image is a SIF with an embedded overlay and also the base: Apptainer's `--writable`. */
+  sifSelf?: boolean;
 }): string[] {
   const args = ['exec'];
+  if (o.sifSelf) {
+    for (const layer of o.layers) args.push('--overlay', `${layer}:ro`);
+    if (!o.ro) args.push('--writable'); // without it Apptainer mounts the embedded overlay read-only
+    if (o.fakeroot) args.push('--fakeroot');
+    for (const bind of o.binds) args.push('--bind', bind);
+    for (const [k, v] of Object.entries(o.env)) args.push('--env', `${k}=${v}`);
+    if (o.pwd) args.push('--pwd', o.pwd);
+    args.push(o.image, ...o.command);
+    return args;
+  }
   for (const layer of o.layers) args.push('--overlay', `${layer}:ro`);
   args.push('--overlay', o.ro ? `${o.image}:ro` : o.image);
   if (o.fakeroot) args.push('--fakeroot');
@@ -118,10 +133,14 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   const layers = (o.layers ?? []).map((l) => checkOverlayPath(l, 'layer'));
   const runtime = findRuntime();
   const ro = o.ro ?? false;
-  if (ro) await detectFormat(image);
+  // a SIF with an embedded overlay: the overlay partition is the image (locked by its byte range)
+  const sifOverlay = (await isSifFile(image)) ? (await findSifOverlay(image)).overlay : null;
+  if (sifOverlay) {
+    // findSifOverlay found an ext3 overlay partition; Apptainer checks its superblock itself
+  } else if (ro) await detectFormat(image);
   else await requireExt3(image);
   for (const layer of layers) await detectFormat(layer);
-  const lock = probeLock(image);
+  const lock = probeLock(image, sifOverlay ? overlayLockRange(sifOverlay) : undefined);
   if (lock === 'write' || (lock === 'read' && !ro)) {
     throw new OverlayError(
       'E_LOCKED',
@@ -134,9 +153,18 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   }
   const fakeroot =
     o.fakeroot === undefined || o.fakeroot === 'auto'
-      ? (await chooseFakeroot(image, { ro })).fakeroot
+      ? (await chooseFakeroot((sifOverlay && partitionDevice(image, sifOverlay)) || image, { ro })).fakeroot
       : o.fakeroot;
   const base = await resolveBase(o.base, { onProgress: o.onProgress });
+  const sifSelf = !!sifOverlay && sameFile(base.path, image);
+  if (sifSelf && layers.length && !ro)
+    throw new OverlayError(
+      'E_INVALID_INPUT',
+      'read-only layers cannot be added to a SIF run with its own writable overlay',
+      {
+        hint: 'Apptainer refuses --overlay with --writable; extract the overlay (overlayctl extract) to use layers',
+      },
+    );
   const args = execArgs({
     image,
     ro,
@@ -147,6 +175,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     pwd: o.pwd,
     base: base.path,
     command: o.command,
+    sifSelf,
   });
   const stdout = o.stdout ?? 'inherit';
   const onLine = o.onLine ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -177,4 +206,12 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     stdout: stdout === 'capture' ? result.stdout : undefined,
     stderr: result.stderr,
   };
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
 }

@@ -405,3 +405,10 @@ export function describeObject(d: SifDescriptor) {
   const { raw: _raw, slot: _slot, ...rest } = d;
   return rest;
 }
+
+/** The byte range Apptainer locks in a SIF (its overlay partition); undefined for other files. */
+export async function sifOverlayRange(path: string): Promise<{ start: number; length: number } | undefined> {
+  if (!(await isSifFile(path))) return undefined;
+  const overlay = overlayPartitions(await readSif(path))[0];
+  return overlay ? { start: overlay.offset, length: overlay.size } : undefined;
+}

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { type NormalizeResult, normalizeImage } from '../layer/normalize';
 import { runInContainer } from '../runtime/exec';
+import { isSifFile } from '../sif/format';
 import { pathSchema } from './common';
 import { defineTask } from './define';
 
@@ -69,7 +70,8 @@ export const execTask = defineTask({
       command: input.command,
     });
     let normalized: NormalizeResult | undefined;
-    if (!input.ro && input.normalize) {
+    // a SIF's embedded overlay is not rewritten after each session (see docs/overlay-forms.md)
+    if (!input.ro && input.normalize && !(await isSifFile(input.image))) {
       normalized = await normalizeImage(input.image, { base: input.base, layers: input.layer }).catch((e) => {
         ctx.warn(`could not normalize ${input.image}: ${(e as Error).message}`);
         return undefined;
