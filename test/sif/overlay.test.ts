@@ -3,7 +3,7 @@
 // profile, embed, extract, grow and shrink, refusals, exec; each change followed by `apptainer
 // exec --writable` reading and writing files, and the container partition's sha256 unchanged.
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,6 +46,16 @@ beforeAll(async () => {
   baseContainer = await containerSha(base);
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
+
+describe('the three forms', () => {
+  it('a directory overlay (docs/overlay-forms.md): Apptainer fills upper/ and work/', async () => {
+    const ovdir = join(dir, 'ovdir');
+    mkdirSync(ovdir);
+    await execa('apptainer', ['exec', '--overlay', ovdir, base, 'sh', '-c', 'echo x > /opt/d']);
+    expect(readFileSync(join(ovdir, 'upper/opt/d'), 'utf8')).toBe('x\n');
+    expect(existsSync(join(ovdir, 'work'))).toBe(true);
+  });
+});
 
 describe('info', () => {
   it('lists the objects and gives the embedded overlay the facts of a standalone image', async () => {
@@ -224,6 +234,31 @@ describe('create, embed, extract', () => {
     expect(fileSha(signed)).toBe(before);
     const ours = await execa('apptainer', ['overlay', 'create', '--size', '64', signed], { reject: false });
     expect(ours.exitCode).not.toBe(0); // Apptainer refuses it too
+
+    // with an overlay partition and then signed: resize and repair refused, a check still reads it
+    const signedOverlay = await sifWithOverlay(base, join(dir, 'signed-overlay.sif'), 64);
+    await execa('apptainer', [
+      'sif',
+      'add',
+      '--datatype',
+      '5',
+      '--signhash',
+      '1',
+      '--signentity',
+      '0123456789ABCDEF0123456789ABCDEF01234567',
+      '--link',
+      '3',
+      signedOverlay,
+      sig,
+    ]);
+    const signedSum = fileSha(signedOverlay);
+    const rs = await ctl(['resize', signedOverlay, '--size', '128M']);
+    expect(rs.code).toBe(2);
+    expect(rs.out.error.message).toMatch(/signed/);
+    const rp = await ctl(['check', '--repair', signedOverlay]);
+    expect(rp.out.images[0].error.code).toBe('E_INVALID_INPUT');
+    expect((await ctl(['check', signedOverlay])).out.images[0].status).toBe('clean');
+    expect(fileSha(signedOverlay)).toBe(signedSum);
 
     const encrypted = join(dir, 'encrypted.sif');
     await execa('apptainer', ['sif', 'new', encrypted]);
