@@ -359,6 +359,22 @@ describe('exec and locks', () => {
     expect(r.stdout).toBe('own');
   });
 
+  it('overlayctl build on the SIF itself or on another base, crash-safe like an image', async () => {
+    const sif = await sifWithOverlay(base, join(dir, 'build.sif'), 64);
+    const objects = await otherObjects(sif);
+    const own = await ctl(['build', sif, '--base', sif, '--run', 'echo one > /opt/one']);
+    expect(own.code, own.stderr).toBe(0);
+    const other = await ctl(['build', sif, '--base', base, '--run', 'cat /opt/one > /opt/two']);
+    expect(other.code, other.stderr).toBe(0);
+    const failed = fileSha(sif);
+    const bad = await ctl(['build', sif, '--base', sif, '--run', 'echo three > /opt/three; exit 3']);
+    expect(bad.out.error.code).toBe('E_BUILD_FAILED');
+    expect(fileSha(sif)).toBe(failed); // a failed build leaves the SIF as it was
+    expect(await otherObjects(sif)).toEqual(objects);
+    const r = await apptainerWritable(sif, 'cat /opt/two; ls /opt/three 2>&1 || true');
+    expect(r.stdout).toMatch(/^one\n.*No such file/);
+  });
+
   it('apptainer --writable running makes our writers fail fast with E_LOCKED, and our lock makes it refuse', async () => {
     const sif = await sifWithOverlay(base, join(dir, 'lock.sif'), 64);
     const marker = join(dir, 'lock.started');

@@ -208,7 +208,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   };
 }
 
-function sameFile(a: string, b: string): boolean {
+export function sameFile(a: string, b: string): boolean {
   try {
     return realpathSync(a) === realpathSync(b);
   } catch {

@@ -228,6 +228,20 @@ export async function sifInfo(path: string): Promise<ImageInfo> {
 }
 
 /**
+ * e2fsck's findings when the only fault is the superblock's free block/inode totals (not a group's).
+ * Apptainer's unprivileged mount of a SIF partition (fuse2fs under an LD_PRELOAD offset shim)
+ * writes fuse2fs's superblock update at the SIF's own offset 1024 (header padding) instead of
+ * the partition's, so after every such session the partition's totals are stale. The kernel
+ * recomputes them at mount and e2fsck -fn does not count them as errors; only -fy "fixes" them.
+ */
+const STALE_TOTALS = /^(Free (blocks|inodes) count wrong \(\d+, counted=\d+\)\.?|Fix\? yes)$/;
+export const onlyStaleTotals = (r: CheckResult) =>
+  r.status === 'corrupt' &&
+  r.e2fsckExit === 1 &&
+  r.problems.length > 0 &&
+  r.problems.every((p) => STALE_TOTALS.test(p));
+
+/**
  * check / check --repair of the embedded overlay: the same e2fsck verdicts as a standalone image
  * (checkImage on a sparse copy of the partition). A repair writes the repaired partition back by
  * rewriting the SIF under a temp name and renaming it (rewriteSif): the container partition and
@@ -266,7 +280,18 @@ export async function checkSifOverlay(
     return await withWorkDir(path, !!opts.repair, async (dir) => {
       const image = join(dir, 'overlay.img');
       await extractObjectTo(path, overlay, image);
-      const r = await checkImage(image, { repair: opts.repair, lockHeld: true });
+      let r = await checkImage(image, { repair: opts.repair, lockHeld: true });
+      if (!opts.repair && onlyStaleTotals(r)) {
+        r = {
+          ...r,
+          status: 'clean',
+          problems: [],
+          warnings: [
+            ...r.warnings,
+            `stale superblock free block/inode totals (${r.problems.filter((p) => p !== 'Fix? yes').join(' ')}), left by an unprivileged Apptainer session on the SIF; harmless, check --repair refreshes them`,
+          ],
+        };
+      }
       if (r.status === 'repaired') {
         await requireExt3(image); // never put back anything Apptainer would reject
         await rewriteSif(path, { kind: 'replace', id: overlay.id, source: image });
