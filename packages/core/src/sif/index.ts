@@ -3,3 +3,4 @@
 export * from './format';
 export * from './layer';
 export * from './rewrite';
+export * from './overlay';
