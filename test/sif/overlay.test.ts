@@ -104,6 +104,39 @@ describe('info', () => {
   });
 });
 
+describe('damaged SIF files', () => {
+  it('a SIF truncated inside its overlay: E_INTEGRITY from info, check and resize, file untouched', async () => {
+    const sif = await sifWithOverlay(base, join(dir, 'cut.sif'), 64);
+    const o = (await overlayObject(sif))!;
+    await execa('truncate', ['-s', String(o.start + 2 ** 20), sif]);
+    const before = fileSha(sif);
+    const info = await ctl(['info', sif]);
+    expect(info.code).toBe(65);
+    expect(info.out.error.code).toBe('E_INTEGRITY');
+    expect(info.out.error.message).toMatch(/truncated/);
+    const check = await ctl(['check', sif]);
+    expect(check.code).toBe(1);
+    expect(check.out.images[0]).toMatchObject({ status: 'corrupt', error: { code: 'E_INTEGRITY' } });
+    const resize = await ctl(['resize', sif, '--size', '128M']);
+    expect(resize.out.error.code).toBe('E_INTEGRITY');
+    expect(fileSha(sif)).toBe(before);
+  });
+
+  it('a hostile descriptor count is refused before anything is allocated', async () => {
+    const sif = join(dir, 'hostile.sif');
+    copyFileSync(base, sif);
+    const fh = await (await import('node:fs/promises')).open(sif, 'r+');
+    const b = Buffer.alloc(16);
+    b.writeBigInt64LE(10n ** 9n, 0); // descriptorsTotal
+    b.writeBigInt64LE(10n ** 9n * 585n, 8);
+    await fh.write(b, 0, 16, 88);
+    await fh.close();
+    const info = await ctl(['info', sif]);
+    expect(info.code).toBe(65);
+    expect(info.out.error.message).toMatch(/descriptor table/);
+  });
+});
+
 describe('check and repair', () => {
   it('clean, then damaged inside the partition: corrupt, repaired, Apptainer runs it', async () => {
     const sif = await sifWithOverlay(base, join(dir, 'check.sif'), 64);

@@ -21,6 +21,8 @@ export const DEFAULT_DESCRIPTOR_CAPACITY = 48;
 export const DEFAULT_DESCRIPTORS_OFFSET = 4096;
 export const PARTITION_ALIGNMENT = 4096;
 const GROUP_MASK = 0xf0000000;
+/** Far above any real SIF (Apptainer makes 48); bounds what a hostile header can make us allocate. */
+const MAX_DESCRIPTORS = 65536;
 
 export const SIF_DATA_TYPES = {
   16385: 'deffile',
@@ -268,7 +270,7 @@ export async function readSif(path: string): Promise<SifFile> {
         `${path} is SIF version ${header.version}; only 01 is known`,
       );
     const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
-    if (total < 0 || total > 1_000_000 || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
+    if (total < 0 || total > MAX_DESCRIPTORS || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
       throw damaged(path, 'descriptor table fields are inconsistent');
     if (off + size > st.size) throw damaged(path, 'the file ends inside the descriptor table');
     const table = Buffer.alloc(size);
