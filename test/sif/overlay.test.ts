@@ -9,8 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { wrapLayerInSif } from '../../packages/core/src/sif/index';
 import { ensureBaseImage } from '../helpers/base-image';
-import { lastJson, overlayctl } from '../runtime/helpers';
+import { lastJson, makeLayer, overlayctl } from '../runtime/helpers';
 import {
   apptainerWritable,
   containerSha,
@@ -82,6 +83,35 @@ describe('info', () => {
     const plain = await ctl(['info', img]);
     for (const k of ['usedBytes', 'freeBytes', 'inodesTotal', 'inodesUsed', 'inodeRatio', 'uuid', 'upper'])
       expect(r.out[k], k).toEqual(plain.out[k]);
+  });
+
+  it('finds an overlay added the documented manual way (apptainer sif add --partfs 2 --parttype 4)', async () => {
+    const img = join(dir, 'manual.img');
+    expect((await ctl(['create', img, '--size', '64M'])).code).toBe(0);
+    const sif = join(dir, 'manual.sif');
+    copyFileSync(base, sif);
+    await execa('apptainer', [
+      'sif',
+      'add',
+      '--datatype',
+      '4',
+      '--partfs',
+      '2',
+      '--parttype',
+      '4',
+      '--partarch',
+      '2',
+      '--groupid',
+      '1',
+      sif,
+      img,
+    ]);
+    const r = await ctl(['info', sif]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.out).toMatchObject({ format: 'ext3', apptainerCompatible: true });
+    expect((await ctl(['check', sif])).out.images[0].status).toBe('clean');
+    const w = await apptainerWritable(sif, 'echo m > /opt/m && cat /opt/m');
+    expect(w.stdout).toBe('m');
   });
 
   it('a SIF without an overlay: info lists it, other commands say so clearly', async () => {
@@ -390,6 +420,30 @@ describe('exec and locks', () => {
     expect(other.stdout.trim()).toBe('own');
     const r = await apptainerWritable(sif, 'cat /opt/own');
     expect(r.stdout).toBe('own');
+  });
+
+  it('a layer wrapped in SIF (the registry form) is accepted by exec --layer', async () => {
+    const layer = await makeLayer(join(dir, 'exec-layer.sqfs'), { '/opt/fromlayer.txt': 'layer\n' });
+    const wrapped = join(dir, 'exec-layer.sif');
+    await wrapLayerInSif(layer, wrapped);
+    const img = join(dir, 'exec-layer.img');
+    expect((await ctl(['create', img, '--size', '64M'])).code).toBe(0);
+    const r = await overlayctl([
+      'exec',
+      img,
+      '--base',
+      base,
+      '--layer',
+      wrapped,
+      '--',
+      'cat',
+      '/opt/fromlayer.txt',
+    ]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe('layer');
+    const notLayer = await overlayctl(['exec', img, '--base', base, '--layer', base, '--', 'true']);
+    expect(notLayer.exitCode).toBe(125);
+    expect(notLayer.stderr).toMatch(/cannot be a layer/);
   });
 
   it('overlayctl build on the SIF itself or on another base, crash-safe like an image', async () => {

@@ -8,9 +8,9 @@ import { type CreateOptions, createImage } from '../image/create';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
+import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';
-import { isSifFile } from '../sif/format';
 import { type FakerootMode, runInContainer, sameFile } from './exec';
 
 /** Where the build script appears inside the container (a bind: nothing is written to the image). */

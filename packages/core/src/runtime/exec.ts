@@ -5,6 +5,7 @@ import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
 import { probeLock } from '../lock/ofd';
 import { isSifFile } from '../sif/format';
+import { requireSifLayer } from '../sif/layer';
 import { findSifOverlay, overlayLockRange, partitionDevice } from '../sif/overlay';
 import { runTool } from '../tools/run';
 import { resolveBase } from './base';
@@ -139,7 +140,11 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     // findSifOverlay found an ext3 overlay partition; Apptainer checks its superblock itself
   } else if (ro) await detectFormat(image);
   else await requireExt3(image);
-  for (const layer of layers) await detectFormat(layer);
+  for (const layer of layers) {
+    if (await isSifFile(layer))
+      await requireSifLayer(layer); // registry layers come as SIFs
+    else await detectFormat(layer);
+  }
   const lock = probeLock(image, sifOverlay ? overlayLockRange(sifOverlay) : undefined);
   if (lock === 'write' || (lock === 'read' && !ro)) {
     throw new OverlayError(
