@@ -17,6 +17,7 @@ import { build } from 'esbuild';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deriveKey } from '../../packages/core/src/cache/key';
+import { CACHE_FORMAT_VERSION, imageContentDigest } from '../../packages/core/src/cache/pack';
 import { contentDigest } from '../../packages/core/src/fs/sparse';
 import { startCacheServer } from '../cache-server/server';
 
@@ -142,7 +143,7 @@ describe('local store round trip', () => {
       return Buffer.concat([h, data]);
     };
     const header = json({
-      formatVersion: 2,
+      formatVersion: CACHE_FORMAT_VERSION,
       imageName: 'x.img',
       sizeBytes: 1 << 20,
       fsUuid: '',
@@ -199,7 +200,7 @@ describe('local store round trip', () => {
     await execa('debugfs', ['-w', '-R', 'write /etc/hostname /upper/new-file', copy]);
     const s = await ctl(['cache', 'save', copy, '--key', 'next', '--store', store]);
     expect(s.out.saved).toBe(true);
-    expect(s.out.sha256).toBe(await contentDigest(copy));
+    expect(s.out.sha256).toBe(await imageContentDigest(copy));
   });
 
   it('concurrent saves and restores on one store: one entry, every restore complete', async () => {

@@ -12,11 +12,13 @@ import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFil
 import { dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EXIT_STATUS } from '../../packages/core/src/errors';
 import { ensureBaseImage } from '../helpers/base-image';
 import { isRoot, SYSTEM_PATH } from '../helpers/tools';
 import { ensureTestUser, makeUserDir, runAs, type TestUser } from '../helpers/users';
+import { holdWritable } from '../workflows/helpers';
 import { type NfProcess, parseProcess, type Value } from './nf-extract';
-import { describeTask, type Runner, readVersions, runTask, type TaskResult } from './nf-task';
+import { describeTask, type Runner, runTask, type TaskResult, topicVersions } from './nf-task';
 
 // biome-ignore lint/suspicious/noExplicitAny: overlayctl's JSON; the tests assert its shape
 type Json = Record<string, any>;
@@ -32,12 +34,32 @@ interface ModuleSpec {
   op: string;
   /** the emit name and glob of the main artefact, if the module makes one */
   product?: { emit: string; glob: string };
+  /** the system tool whose version the module reports besides overlayctl's */
+  tool: string;
 }
 const SPECS: ModuleSpec[] = [
-  { dir: 'setup', process: 'OVERLAY_SETUP', op: 'setup', product: { emit: 'image', glob: '*.img' } },
-  { dir: 'resize', process: 'OVERLAY_RESIZE', op: 'resize', product: { emit: 'image', glob: '*.img' } },
-  { dir: 'check', process: 'OVERLAY_CHECK', op: 'check' },
-  { dir: 'commit', process: 'OVERLAY_COMMIT', op: 'commit', product: { emit: 'layer', glob: '*.sqf' } },
+  {
+    dir: 'setup',
+    process: 'OVERLAY_SETUP',
+    op: 'setup',
+    product: { emit: 'image', glob: '*.img' },
+    tool: 'apptainer',
+  },
+  {
+    dir: 'resize',
+    process: 'OVERLAY_RESIZE',
+    op: 'resize',
+    product: { emit: 'image', glob: '*.img' },
+    tool: 'e2fsprogs',
+  },
+  { dir: 'check', process: 'OVERLAY_CHECK', op: 'check', tool: 'e2fsprogs' },
+  {
+    dir: 'commit',
+    process: 'OVERLAY_COMMIT',
+    op: 'commit',
+    product: { emit: 'layer', glob: '*.sqf' },
+    tool: 'squashfs-tools',
+  },
 ];
 
 const modules = new Map<string, NfProcess>();
@@ -103,9 +125,12 @@ async function expectTaskOk(r: TaskResult, spec: ModuleSpec): Promise<Json> {
   expect(r.exitCode, describeTask(r)).toBe(0);
   expect(r.missing, describeTask(r)).toEqual([]);
   for (const [emit, files] of Object.entries(r.outputs)) expect(files, `emit ${emit}`).toHaveLength(1);
-  const versions = await readVersions(r.outputs.versions![0]!);
+  // nf-core's topic-channel versions: [process, tool, version] tuples from eval outputs
+  const versions = topicVersions(r);
   expect(versions.process).toBe(spec.process);
   expect(versions.tools.overlayctl).toBe(expectedVersion);
+  expect(versions.tools[spec.tool]).toMatch(/^\d+\.\d+(\.\d+)?$/);
+  expect(r.values.versions_overlayctl).toEqual([spec.process, 'overlayctl', expectedVersion]);
   const json = await readJson(r.outputs.json![0]!);
   expect(r.outputs.json![0]).toMatch(new RegExp(`\\.${spec.op}\\.json$`));
   return json;
@@ -172,6 +197,17 @@ afterAll(async () => {
   if (tmp && !process.env.OVERLAY_KEEP_TMP) await rm(tmp, { recursive: true, force: true });
 });
 
+/** How meta.yml (nf-core's schema) names an output item: the variable, the glob, the value or the command. */
+function metaKey(item: NfProcess['outputs'][number]['items'][number]): string {
+  if (item.kind === 'val' && item.name) return `${item.name}:`;
+  if (item.kind === 'val') {
+    const literal = /^'([^']*)'$/.exec(item.expr!);
+    return literal ? `${literal[1]}:` : `${item.expr}:`; // "${task.process}" stays quoted
+  }
+  if (item.kind === 'eval') return `'${item.pattern!.replace(/\\(.)/g, '$1').replaceAll("'", "''")}':`;
+  return `"${item.pattern}":`;
+}
+
 describe.each(SPECS)('module $process: main.nf and meta.yml', (spec) => {
   it('is an nf-core-shaped process: tag, label, typed input, emits, versions, when, script, stub', async () => {
     const p = await loadModule(spec.dir);
@@ -185,10 +221,23 @@ describe.each(SPECS)('module $process: main.nf and meta.yml', (spec) => {
     expect(p.when).toBe('task.ext.when == null || task.ext.when');
 
     for (const o of p.outputs) expect(o.emit, o.text).toBeTruthy();
-    expect(p.outputs.at(-1)).toMatchObject({
-      emit: 'versions',
-      items: [{ kind: 'path', pattern: 'versions.yml' }],
-    });
+    // versions through the `versions` topic (no versions.yml): overlayctl's and the tool's
+    const topics = p.outputs.filter((o) => o.topic);
+    expect(topics.map((o) => [o.emit, o.topic])).toEqual([
+      ['versions_overlayctl', 'versions'],
+      [`versions_${spec.tool.replace('-', '_')}`, 'versions'],
+    ]);
+    expect(topics[0]!.items).toEqual([
+      { kind: 'val', expr: '"${task.process}"' },
+      { kind: 'val', expr: "'overlayctl'" },
+      { kind: 'eval', pattern: 'overlayctl --version', quote: "'" },
+    ]);
+    expect(topics[1]!.items.slice(0, 2)).toEqual([
+      { kind: 'val', expr: '"${task.process}"' },
+      { kind: 'val', expr: `'${spec.tool}'` },
+    ]);
+    expect(topics[1]!.items[2]!.kind).toBe('eval');
+    expect(p.script.template + (p.stub?.template ?? '')).not.toContain('versions.yml');
     const json = p.outputs.find((o) => o.emit === 'json')!;
     expect(json.items).toEqual([
       { kind: 'val', name: 'meta' },
@@ -213,6 +262,23 @@ describe.each(SPECS)('module $process: main.nf and meta.yml', (spec) => {
     expect(p.script.template).toContain('${args}');
   });
 
+  it('tests/main.nf.test is an nf-test of this process: script, process, a stub test, declared emits only', async () => {
+    const p = await loadModule(spec.dir);
+    const text = await readFile(join(MODULES, spec.dir, 'tests/main.nf.test'), 'utf8');
+    expect(text).toMatch(/^nextflow_process \{$/m);
+    expect(text).toContain('script "../main.nf"');
+    expect(text).toContain(`process "${spec.process}"`);
+    expect(text).toMatch(/test\("stub"\) \{\s+options "-stub"/);
+    const emits = new Set(p.outputs.map((o) => o.emit));
+    const used = [...text.matchAll(/process\.out\.([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!);
+    expect(used.length).toBeGreaterThan(0);
+    for (const emit of used) expect(emits, `process.out.${emit}`).toContain(emit);
+    // every nf-test file reads the base from the config beside it
+    expect(await readFile(join(MODULES, spec.dir, 'tests/nextflow.config'), 'utf8')).toContain(
+      'overlay_test_base',
+    );
+  });
+
   it('meta.yml documents every input and output of main.nf', async () => {
     const p = await loadModule(spec.dir);
     const meta = await readFile(join(MODULES, spec.dir, 'meta.yml'), 'utf8');
@@ -221,11 +287,16 @@ describe.each(SPECS)('module $process: main.nf and meta.yml', (spec) => {
       /^input:\n([\s\S]*?)^output:\n([\s\S]*?)^\S/m.exec(meta) ?? [];
     for (const item of p.inputs.flatMap((i) => i.items))
       expect(inputSection, `input ${item.name}`).toMatch(new RegExp(`^\\s*(- )+${item.name}:$`, 'm'));
+    const topicsSection = /^topics:\n([\s\S]*?)^\S/m.exec(meta)?.[1] ?? '';
     for (const o of p.outputs) {
       expect(outputSection, `output ${o.emit}`).toMatch(new RegExp(`^  ${o.emit}:$`, 'm'));
       for (const item of o.items) {
-        const key = item.kind === 'val' ? `${item.name}:` : `"${item.pattern}":`;
+        const key = metaKey(item);
         expect(outputSection, `output ${o.emit} ${key}`).toContain(key);
+        if (o.topic) {
+          expect(topicsSection, `topics: ${o.topic}`).toMatch(new RegExp(`^  ${o.topic}:$`, 'm'));
+          expect(topicsSection, `topics: ${o.topic} ${key}`).toContain(key);
+        }
       }
     }
   });
@@ -390,6 +461,21 @@ describe('the modules with real images, Apptainer and a shared cache store', () 
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toContain('set task.ext.prefix');
     expect(r.outputs.json).toEqual([]);
+  });
+
+  it('OVERLAY_COMMIT on an image a running container writes to fails at once with 75 (retryable) and E_LOCKED', async () => {
+    const held = join(tmp, 'inputs', 'held.img');
+    await copyFile(envImage, held);
+    const holder = await holdWritable(held, baseSif);
+    try {
+      const r = await task('commit', { inputs: { meta: { id: 'held' }, image: held } });
+      expect(r.exitCode, describeTask(r)).toBe(EXIT_STATUS.retryable);
+      expect(r.stderr).toMatch(/^E_LOCKED: /m);
+      expect((await readJson(join(r.workDir, 'held.commit.json'))).error.code).toBe('E_LOCKED');
+      expect(r.outputs.layer).toEqual([]);
+    } finally {
+      await holder.stop();
+    }
   });
 
   it('OVERLAY_COMMIT freezes the environment into a SquashFS layer that a process reads with --overlay :ro', async () => {

@@ -132,6 +132,28 @@ describe('parseProcess', () => {
     expect(script).toBe('echo "output: not a section" > "s1.img"\ncat <<-END\nx\nEND\n');
     expect(p.stub?.template.trim()).toBe('touch x.img');
   });
+  it("reads nf-core's topic-channel versions: val of a quoted string, eval of a command, topic:", () => {
+    const p = parseProcess(
+      source.replace(
+        'path "versions.yml"           , emit: versions, optional: true',
+        `tuple val("\${task.process}"), val('tool'), eval("tool --version | sed 's/, x//'"), emit: versions_tool, topic: versions`,
+      ),
+    );
+    expect(p.outputs[1]).toMatchObject({
+      emit: 'versions_tool',
+      topic: 'versions',
+      optional: false,
+      items: [
+        { kind: 'val', expr: '"${task.process}"' },
+        { kind: 'val', expr: "'tool'" },
+        { kind: 'eval', pattern: "tool --version | sed 's/, x//'", quote: '"' },
+      ],
+    });
+    expect(evaluate(p.outputs[1]!.items[0]!.expr!, { task: { process: 'DEMO' } })).toBe('DEMO');
+    expect(() => parseProcess(source.replace('val size', 'val size\n    eval x'))).toThrow(
+      /unsupported input/,
+    );
+  });
   it('refuses statements the subset does not cover', () => {
     expect(() => parseProcess(source.replace('// a comment', 'if (x) { error "no" }'))).toThrow(
       /only def x = /,

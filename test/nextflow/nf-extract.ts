@@ -6,6 +6,8 @@
 //   directives     tag "GSTRING" · label 'NAME' · // comments
 //   input lines    tuple val(x), path(y) · val x · path x          (comma-separated items)
 //   output lines   tuple val(meta), path("GLOB"), emit: name · path "GLOB", emit: name [, optional: true]
+//                  tuple val("${task.process}"), val('tool'), eval('CMD'), emit: name, topic: versions
+//                  (nf-core's topic-channel versions: val of a quoted string, eval of a command)
 //   script/stub    `def name = OPERAND [?: OPERAND]…` lines, // comments, then one """ GString """
 //   expressions    a.b.c property paths · 'literal' · "GString" · null · the Elvis operator ?:
 //   GStrings       ${expr} and $a.b.c interpolation; escapes \$ \\ \" \' \n \t \r \b \f and
@@ -26,10 +28,12 @@ export interface InputDecl {
 }
 
 export interface OutputItem {
-  kind: 'val' | 'path';
-  /** val(NAME): the variable; path(...): undefined */
+  kind: 'val' | 'path' | 'eval';
+  /** val(NAME): the variable; otherwise undefined */
   name?: string;
-  /** path("GLOB"): the pattern as written (a GString when double-quoted) */
+  /** val('…') / val("…"): the quoted expression as written */
+  expr?: string;
+  /** path("GLOB"): the pattern as written (a GString when double-quoted); eval('CMD'): the command */
   pattern?: string;
   quote?: '"' | "'";
 }
@@ -37,6 +41,8 @@ export interface OutputDecl {
   text: string;
   items: OutputItem[];
   emit?: string;
+  /** topic: NAME — the items also go to the topic channel NAME (nf-core: `versions`) */
+  topic?: string;
   optional: boolean;
 }
 
@@ -138,7 +144,7 @@ function quoted(text: string): { quote: '"' | "'"; body: string } | null {
 }
 
 function parseItem(text: string): { kind: string; arg: string } {
-  const m = /^(val|path|tuple|env|stdout|file)\b\s*(?:\(([\s\S]*)\)|\s+(.+))?$/.exec(text.trim());
+  const m = /^(val|path|tuple|env|stdout|file|eval)\b\s*(?:\(([\s\S]*)\)|\s+(.+))?$/.exec(text.trim());
   if (!m) throw new NfError(`unsupported declaration item: ${text}`);
   return { kind: m[1]!, arg: (m[2] ?? m[3] ?? '').trim() };
 }
@@ -160,15 +166,20 @@ function parseOutput(line: string): OutputDecl {
     const opt = /^(emit|optional|topic):\s*(.+)$/.exec(part);
     if (opt) {
       if (opt[1] === 'emit') decl.emit = opt[2]!;
+      else if (opt[1] === 'topic') decl.topic = opt[2]!;
       else if (opt[1] === 'optional') decl.optional = opt[2] === 'true';
       continue;
     }
     const { kind, arg } = parseItem(part);
     if (kind === 'val' && IDENT.test(arg)) decl.items.push({ kind, name: arg });
-    else if (kind === 'path' && quoted(arg)) {
+    else if (kind === 'val' && quoted(arg)) decl.items.push({ kind, expr: arg });
+    else if ((kind === 'path' || kind === 'eval') && quoted(arg)) {
       const q = quoted(arg)!;
       decl.items.push({ kind, pattern: q.body, quote: q.quote });
-    } else throw new NfError(`unsupported output item (only val(x) / path("glob")): ${part}`);
+    } else
+      throw new NfError(
+        `unsupported output item (only val(x) / val('…') / path("glob") / eval('cmd')): ${part}`,
+      );
   }
   return decl;
 }

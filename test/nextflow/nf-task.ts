@@ -2,7 +2,7 @@
 // own names) into a fresh work directory, the interpolated script in `.command.sh` run by bash with
 // nf-core's shell options, stdout/stderr kept in `.command.out`/`.command.err`, then the declared
 // outputs collected by their globs (hidden files and staged inputs excluded, as Nextflow does).
-import { readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { readdir, symlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import {
@@ -52,8 +52,10 @@ export interface TaskResult extends CommandResult {
   outputs: Record<string, string[]>;
   /** Declared, not optional, and matched nothing. */
   missing: string[];
-  /** The `val` outputs, by emit name, as Nextflow would emit them. */
+  /** The `val` and `eval` outputs, by emit name, as Nextflow would emit them. */
   values: Record<string, Value[]>;
+  /** What each topic channel received: one tuple (val/eval items) per declaration. */
+  topics: Record<string, Value[][]>;
 }
 
 async function stage(workDir: string, value: Value, input: string): Promise<Value> {
@@ -104,12 +106,27 @@ export async function runTask(spec: TaskSpec): Promise<TaskResult> {
   const entries = (await readdir(workDir)).filter((n) => !n.startsWith('.') && !staged.includes(n));
   const outputs: Record<string, string[]> = {};
   const values: Record<string, Value[]> = {};
+  const topics: Record<string, Value[][]> = {};
   const missing: string[] = [];
-  proc.outputs.forEach((decl, i) => {
+  for (const [i, decl] of proc.outputs.entries()) {
     const emit = decl.emit ?? `out${i}`;
+    const tuple: Value[] = [];
     for (const item of decl.items) {
       if (item.kind === 'val') {
-        values[emit] = [...(values[emit] ?? []), evaluate(item.name!, scope)];
+        const v = evaluate(item.name ?? item.expr!, scope);
+        values[emit] = [...(values[emit] ?? []), v];
+        tuple.push(v);
+        continue;
+      }
+      if (item.kind === 'eval') {
+        // Nextflow runs an eval output's command in the task's shell and directory after the
+        // script, and fails the task when it fails; the value is its stdout without the last newline
+        const command = String(evaluate(`${item.quote}${item.pattern}${item.quote}`, scope));
+        const e = await run(['bash', '-c', command], workDir, spec.env);
+        if (e.exitCode !== 0) missing.push(`${emit}: eval(${command}) exited ${e.exitCode}: ${e.stderr}`);
+        const v = e.stdout.replace(/\n$/, '');
+        values[emit] = [...(values[emit] ?? []), v];
+        tuple.push(v);
         continue;
       }
       // output patterns see the task's inputs, not the script's defs (as in Nextflow)
@@ -119,8 +136,9 @@ export async function runTask(spec: TaskSpec): Promise<TaskResult> {
       if (!matched.length && !decl.optional) missing.push(`${emit}: ${glob}`);
       outputs[emit] = [...(outputs[emit] ?? []), ...matched];
     }
-  });
-  return { ...r, script, workDir, outputs, missing, values };
+    if (decl.topic) topics[decl.topic] = [...(topics[decl.topic] ?? []), tuple];
+  }
+  return { ...r, script, workDir, outputs, missing, values, topics };
 }
 
 /** A one-line account of a task for assertion messages. */
@@ -132,18 +150,22 @@ export function describeTask(r: TaskResult): string {
   ].join('\n');
 }
 
-/** versions.yml as nf-core writes it: `"PROCESS":` then indented `tool: version` lines. */
-export async function readVersions(
-  file: string,
-): Promise<{ process: string; tools: Record<string, string> }> {
-  const lines = (await readFile(file, 'utf8')).split('\n').filter((l) => l.trim() !== '');
-  const head = /^"([^"]+)":$/.exec(lines[0] ?? '');
-  if (!head) throw new Error(`versions.yml does not start with "PROCESS": ${lines[0]}`);
+/**
+ * The `versions` topic as nf-core pipelines collect it: one [process, tool, version] tuple per
+ * declaration, as { tool: version } for the one process that emitted them.
+ */
+export function topicVersions(r: TaskResult): { process: string; tools: Record<string, string> } {
+  const tuples = r.topics.versions ?? [];
+  if (!tuples.length) throw new Error('no tuple reached the versions topic');
   const tools: Record<string, string> = {};
-  for (const line of lines.slice(1)) {
-    const m = /^ {4}([A-Za-z0-9_.-]+): ?(.*)$/.exec(line);
-    if (!m) throw new Error(`versions.yml line is not "    tool: version": ${line}`);
-    tools[m[1]!] = m[2]!.trim();
+  const processes = new Set<string>();
+  for (const t of tuples) {
+    if (t.length !== 3 || !t.every((x) => typeof x === 'string'))
+      throw new Error(`a versions tuple is [process, tool, version] strings: ${JSON.stringify(t)}`);
+    const [proc, tool, version] = t as string[];
+    processes.add(proc!);
+    tools[tool!] = version!;
   }
-  return { process: head[1]!, tools };
+  if (processes.size !== 1) throw new Error(`versions from several processes: ${[...processes].join(', ')}`);
+  return { process: [...processes][0]!, tools };
 }

@@ -28,13 +28,13 @@ function printError(e: unknown, outcome: Outcome): void {
   if (outcome.json) {
     const { code, message, hint, details } = err.toJSON();
     process.stdout.write(`${JSON.stringify({ error: { code, message, hint, details } })}\n`);
-  } else {
-    const oneLine = `${err.code}: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ''}`.replace(
-      /\s*\n\s*/g,
-      ' | ',
-    );
-    process.stderr.write(`${oneLine}\n`);
   }
+  // also with --json: workflow engines keep stdout as a report file and show stderr in their logs
+  const oneLine = `${err.code}: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ''}`.replace(
+    /\s*\n\s*/g,
+    ' | ',
+  );
+  process.stderr.write(`${oneLine}\n`);
 }
 
 function contextFor(json: boolean): TaskContext {

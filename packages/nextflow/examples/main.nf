@@ -55,4 +55,11 @@ workflow {
     layer = OVERLAY_COMMIT.out.layer.map { meta, sqf -> sqf }.first()
     NUMPY_VERSION(layer, Channel.fromList(params.samples.tokenize(',')))
     NUMPY_VERSION.out.view { sample, line -> line.trim() }
+
+    // the version of every tool the overlay modules ran, from the `versions` topic channel
+    // (Nextflow >= 25.04; 24.04 and 24.10 need `nextflow.preview.topic = true`)
+    channel.topic('versions')
+        .unique()
+        .map { process, tool, version -> "${process.tokenize(':').last()}: ${tool} ${version}" }
+        .view()
 }

@@ -4,15 +4,16 @@ import { basename, dirname, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
-import { ContentHash, dataRuns, RUN_MAX } from '../fs/sparse';
+import { ContentHash, contentDigest, type DataRun, dataRuns, type Region, RUN_MAX } from '../fs/sparse';
 import { readHead, requireExt3 } from '../image/format';
+import { usedRegions } from '../image/used';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { nativeLibc } from '../tools/native';
 import { runTool, traced } from '../tools/run';
 import { compressTo, decompressFrom, send, zstdVersion } from './zstd';
 
-/** Bump when the archive layout changes: part of every cache key. */
-export const CACHE_FORMAT_VERSION = 2;
+/** Bump when the archive layout or what it carries changes: part of every cache key. */
+export const CACHE_FORMAT_VERSION = 3;
 /** File name suffix of an archive. */
 export const ARCHIVE_SUFFIX = '.ovc.zst';
 
@@ -20,7 +21,9 @@ export const ARCHIVE_SUFFIX = '.ovc.zst';
  * The archive is one zstd stream (level 3, checksummed, every core; see zstd.ts) holding:
  *   MAGIC, u32 length + header JSON, records, END record, u32 length + trailer JSON
  * where a record is u64 offset, u32 length (1..RUN_MAX), then that many bytes of the image.
- * Records carry only non-zero blocks, in ascending order; everything else is a hole. The trailer
+ * Records carry only non-zero blocks the filesystem has in use (its block bitmaps say which: free
+ * blocks of deleted files are not carried, since v3), in ascending order; everything else is a
+ * hole. The trailer
  * holds the content digest, computed while the records were written (one read of the image).
  * A format of our own instead of tar: pack and unpack each touch the data once, in one process,
  * hashing on the way, which tar --sparse plus a separate digest pass cannot.
@@ -37,7 +40,7 @@ export interface CacheManifest {
   imageName: string;
   sizeBytes: number;
   fsUuid: string;
-  /** ContentHash: sha256 over the non-zero 4 KiB blocks and their offsets, plus the size. */
+  /** ContentHash over the packed blocks (imageContentDigest): non-zero 4 KiB blocks in use, offsets, size. */
   sha256: string;
   /** Bytes of image data in the archive (non-zero blocks). */
   dataBytes: number;
@@ -59,6 +62,30 @@ function recordHead(offset: bigint, length: number): Buffer {
   b.writeBigUInt64BE(offset);
   b.writeUInt32BE(length, 8);
   return b;
+}
+
+/**
+ * What pack carries of an image: the blocks its filesystem has in use (see usedRegions), or the
+ * whole file when the bitmaps cannot be trusted. Sorted, disjoint, 4 KiB aligned.
+ */
+export async function packRegions(image: string): Promise<Region[]> {
+  const size = (await stat(image)).size;
+  const used = await usedRegions(image);
+  if (!used) return [[0, size]];
+  return used.map(([a, b]): Region => [a, Math.min(b, size)]).filter(([a, b]) => b > a);
+}
+
+/**
+ * The image's content as pack carries it: runs of non-zero 4 KiB blocks in use (at most RUN_MAX
+ * bytes each), ascending, reading only data extents. Registry chunking and the archive share it.
+ */
+export async function* packedRuns(image: string, regions?: Region[]): AsyncGenerator<DataRun> {
+  yield* dataRuns(image, regions ?? (await packRegions(image)));
+}
+
+/** The content digest pack records for the image as it is now (equal after a round trip). */
+export async function imageContentDigest(image: string): Promise<string> {
+  return contentDigest(image, await packRegions(image));
 }
 
 /**
@@ -88,7 +115,7 @@ export async function packImage(imagePath: string, archivePath: string): Promise
       compressTo(resolve(archivePath), async (sink) => {
         let dataBytes = 0;
         await send(sink, Buffer.concat([MAGIC, lengthPrefixed(header)]));
-        for await (const run of dataRuns(image)) {
+        for await (const run of packedRuns(image)) {
           hash.update(run.offset, run.data);
           dataBytes += run.data.length;
           await send(sink, recordHead(BigInt(run.offset), run.data.length));

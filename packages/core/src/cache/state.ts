@@ -1,6 +1,6 @@
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { contentDigest } from '../fs/sparse';
+import { imageContentDigest } from './pack';
 import type { CacheStore, RestoreResult, SaveResult } from './store';
 
 /** `.NAME.overlay-cache.json` next to the image: what was restored, for "save only if changed". */
@@ -51,7 +51,7 @@ export async function saveImage(store: CacheStore, key: string, image: string): 
   if (state) {
     if (state.file && state.file === (await fileIdentity(image)))
       return { saved: false, key, reason: 'unchanged', sha256: state.sha256 };
-    const sha256 = await contentDigest(image);
+    const sha256 = await imageContentDigest(image);
     if (state.sha256 === sha256) return { saved: false, key, reason: 'unchanged', sha256 };
   }
   // only a restore records state: saving the same image to another store or key still saves

@@ -9,14 +9,31 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
 let lseek: ((fd: number, offset: bigint | number, whence: number) => bigint | number) | undefined;
 
+/** A byte range [start, end) of a file. */
+export type Region = [number, number];
+
+/** The parts of `a` that are also in `b` (each sorted and disjoint). */
+export function intersectRegions(a: Region[], b: Region[]): Region[] {
+  const out: Region[] = [];
+  let j = 0;
+  for (const [s, e] of a) {
+    while (j < b.length && (b[j] as Region)[1] <= s) j++;
+    for (let k = j; k < b.length && (b[k] as Region)[0] < e; k++) {
+      const [bs, be] = b[k] as Region;
+      out.push([Math.max(s, bs), Math.min(e, be)]);
+    }
+  }
+  return out;
+}
+
 /** Data extents of a file as [start, end) pairs (SEEK_DATA/SEEK_HOLE), so holes are never read. */
-export async function dataExtents(path: string): Promise<Array<[number, number]>> {
+export async function dataExtents(path: string): Promise<Region[]> {
   const { lib } = nativeLibc();
   lseek ??= lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
-    const extents: Array<[number, number]> = [];
+    const extents: Region[] = [];
     let pos = 0;
     while (pos < size) {
       const start = Number(lseek!(fh.fd, pos, SEEK_DATA));
@@ -42,12 +59,14 @@ export const RUN_MAX = 4 * 1024 * 1024;
 /**
  * The file's non-zero content as runs of whole blocks (at most RUN_MAX bytes each), read only
  * from its data extents: holes are never read, zero blocks inside extents are skipped. Each run's
- * buffer is fresh, so a consumer may keep it (e.g. while a pipe drains).
+ * buffer is fresh, so a consumer may keep it (e.g. while a pipe drains). With `within` (sorted,
+ * disjoint, 4 KiB aligned), only those parts of the file are read.
  */
-export async function* dataRuns(path: string): AsyncGenerator<DataRun> {
+export async function* dataRuns(path: string, within?: Region[]): AsyncGenerator<DataRun> {
   const fh = await open(path, 'r');
   try {
-    for (const [start, end] of await dataExtents(path)) {
+    const extents = await dataExtents(path);
+    for (const [start, end] of within ? intersectRegions(extents, within) : extents) {
       for (let pos = start - (start % BLOCK); pos < end; pos += RUN_MAX) {
         const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
@@ -94,10 +113,10 @@ export class ContentHash {
   }
 }
 
-/** The content digest of a file (see ContentHash), reading only its data extents. */
-export async function contentDigest(path: string): Promise<string> {
+/** The content digest of a file (see ContentHash), reading only its data extents (and `within`). */
+export async function contentDigest(path: string, within?: Region[]): Promise<string> {
   const size = (await stat(path)).size;
   const hash = new ContentHash(size);
-  for await (const run of dataRuns(path)) hash.update(run.offset, run.data);
+  for await (const run of dataRuns(path, within)) hash.update(run.offset, run.data);
   return hash.digest();
 }

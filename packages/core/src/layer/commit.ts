@@ -41,7 +41,8 @@ export interface CommitResult {
   warnings: string[];
 }
 
-const escapePseudo = (p: string) => p.replace(/([\\ ])/g, '\\$1');
+/** A path as mksquashfs pseudo definitions spell it (spaces and backslashes escaped). */
+export const escapePseudo = (p: string) => p.replace(/([\\ ])/g, '\\$1');
 
 const isOpaqueByXattr = (dir: string) => OPAQUE_XATTRS.some((x) => readXattr(dir, x)?.toString() === 'y');
 
@@ -186,8 +187,9 @@ export async function commitLayer(o: CommitOptions): Promise<CommitResult> {
               await rm(join(mnt, dir, name), { recursive: true, force: true });
           }
         });
-        const fsck = await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2] });
-        void fsck;
+        // discard punches every free block out of the file: the deleted files' bytes leave the
+        // image (a sparse file again) instead of lingering where pack or a copy would read them
+        await runTool('e2fsck', ['-fy', '-E', 'discard', tmp], { okExitCodes: [1, 2] });
       });
     }
     const bytes = (await stat(o.output)).size;

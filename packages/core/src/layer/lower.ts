@@ -1,25 +1,73 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
-import { resolveBase } from '../runtime/base';
 import { runTool } from '../tools/run';
 
 /** The lower stack's view: directory path ('' = root, 'etc', 'opt/x') -> names it holds. */
 export type LowerListing = Map<string, Set<string>>;
 
-const LLN = /^([dlcbps-])\S*\s+\S+\s+(?:\d+,\s*\d+|\d+)\s+\S+\s+\S+\s+squashfs-root\/(.*?)(?: -> .*)?$/;
+/** One entry of a SquashFS listing (`unsquashfs -lln`), with what a merge needs to rebuild it. */
+export interface SquashEntry {
+  /** Path relative to the layer's root; '' is the root itself. */
+  path: string;
+  /** ls type letter: '-' file, d, l, c, b, p, s. */
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Devices: major, minor. */
+  dev?: [number, number];
+  /** A char 0:0 device: a deletion of the name in the layers below. */
+  whiteout: boolean;
+}
+
+const LLN =
+  /^([-dlcbps])([rwxsStT-]{9})\s+(\d+)\/(\d+)\s+(?:(\d+),\s*(\d+)|\d+)\s+\S+\s+\S+\s+squashfs-root(?:\/(.*))?$/;
+
+/** Permission bits from `rwsr-xr-T`-style text (setuid, setgid and sticky included). */
+export function modeFromPerms(perms: string): number {
+  let mode = 0;
+  const special = [0o4000, 0o2000, 0o1000];
+  for (let i = 0; i < 3; i++) {
+    const [r, w, x] = perms.slice(i * 3, i * 3 + 3);
+    const shift = (2 - i) * 3;
+    if (r === 'r') mode |= 4 << shift;
+    if (w === 'w') mode |= 2 << shift;
+    if (x === 'x' || x === 's' || x === 't') mode |= 1 << shift;
+    if (x === 's' || x === 'S' || x === 't' || x === 'T') mode |= special[i] as number;
+  }
+  return mode;
+}
+
+/** Every entry of a SquashFS file, root first, parents before children (unsquashfs order). */
+export async function squashListing(file: string): Promise<SquashEntry[]> {
+  const { stdout } = await runTool('unsquashfs', ['-lln', file], { timeoutSeconds: 600 });
+  const out: SquashEntry[] = [];
+  for (const line of stdout.split('\n')) {
+    const m = LLN.exec(line);
+    if (!m) continue;
+    const type = m[1] as string;
+    let path = m[7] ?? '';
+    if (type === 'l') path = path.slice(0, path.indexOf(' -> ') < 0 ? undefined : path.indexOf(' -> '));
+    const dev: [number, number] | undefined = m[5] ? [Number(m[5]), Number(m[6])] : undefined;
+    out.push({
+      path,
+      type,
+      mode: modeFromPerms(m[2] as string),
+      uid: Number(m[3]),
+      gid: Number(m[4]),
+      dev,
+      whiteout: type === 'c' && dev?.[0] === 0 && dev[1] === 0,
+    });
+  }
+  return out;
+}
 
 /** Entries of a SquashFS file (path relative to its root, and whether it is a 0:0 whiteout). */
 export async function squashEntries(file: string): Promise<Array<{ path: string; whiteout: boolean }>> {
-  const { stdout } = await runTool('unsquashfs', ['-lln', file], { timeoutSeconds: 600 });
-  const out = [];
-  for (const line of stdout.split('\n')) {
-    const m = LLN.exec(line);
-    if (!m?.[2]) continue;
-    out.push({ path: m[2], whiteout: m[1] === 'c' && /\s0,\s*0\s/.test(line) });
-  }
-  return out;
+  return (await squashListing(file)).filter((e) => e.path !== '');
 }
 
 async function sifEntries(sif: string): Promise<Array<{ path: string; whiteout: boolean }>> {

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { checkImage } from '../image/check';
@@ -10,7 +11,6 @@ import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
 import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
-import { resolveBase } from './base';
 import { type FakerootMode, runInContainer, sameFile } from './exec';
 
 /** Where the build script appears inside the container (a bind: nothing is written to the image). */

@@ -6,9 +6,9 @@ import { PROFILES } from '../image/create';
 import type { ImageInfo } from '../image/info';
 import { MiB } from '../size';
 import { findTool, runTool } from '../tools/run';
+import { findRuntime } from '../tools/runtime';
 import { buildInOverlay, checkBuilt } from './build';
 import { runInContainer } from './exec';
-import { findRuntime } from './find';
 
 /**
  * The main job, end to end and offline (only the machine's Debian mirror is used):

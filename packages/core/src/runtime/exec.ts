@@ -1,16 +1,18 @@
 import { realpathSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
 import { detectFormat, requireExt3 } from '../image/format';
 import { probeLock } from '../lock/ofd';
-import { isSifFile } from '../sif/format';
+import { isSifFile, overlayPartitions, readSif } from '../sif/format';
 import { requireSifLayer } from '../sif/layer';
 import { findSifOverlay, overlayLockRange, partitionDevice } from '../sif/overlay';
-import { runTool } from '../tools/run';
-import { resolveBase } from './base';
+import { findTool, runTool } from '../tools/run';
+import { findRuntime, type Runtime } from '../tools/runtime';
 import { diagnoseRuntimeFailure } from './diagnose';
-import { findRuntime } from './find';
 
 export type FakerootMode = 'auto' | boolean;
 
@@ -47,6 +49,8 @@ export interface RunOptions {
 export interface RunResult {
   exitCode: number;
   fakeroot: boolean;
+  /** What merges the stack: the kernel's overlayfs, or fuse-overlayfs (Apptainer's image driver). */
+  overlayReader: 'kernel' | 'fuse-overlayfs';
   /** The runtime's argv (for logs and --json). */
   argv: string[];
   durationMs: number;
@@ -120,6 +124,33 @@ export function execArgs(o: {
 }
 
 /**
+ * A runtime configuration that stacks overlays with fuse-overlayfs (`enable overlay = driver`),
+ * or undefined when the installation does not allow one (setuid: only root may pass --config) or
+ * fuse-overlayfs is missing. Why: an unprivileged `:ro` stack of an ext3 image is kernel overlayfs
+ * over fuse2fs, and fuse2fs reports no file types in readdir (DT_UNKNOWN), so overlayfs never
+ * checks an entry for being a whiteout: deleted names are listed (and fail to open).
+ * fuse-overlayfs checks every entry. Returns the file and how to remove it.
+ */
+export async function driverOverlayConfig(
+  runtime: Runtime,
+): Promise<{ file: string; cleanup: () => Promise<void> } | undefined> {
+  if (!findTool('fuse-overlayfs')) return undefined;
+  const cfg = await runTool(runtime.name, ['buildcfg'], { timeoutSeconds: 60 }).catch(() => undefined);
+  const conf = /^\w+_CONF_FILE=(.+)$/m.exec(cfg?.stdout ?? '')?.[1];
+  if (!conf || /^\w+_SUID_INSTALL=1$/m.test(cfg?.stdout ?? '')) return undefined;
+  const text = await readFile(conf, 'utf8').catch(() => undefined);
+  if (text === undefined || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return undefined;
+  const line = /^\s*enable overlay\s*=.*$/m;
+  const driver = 'enable overlay = driver';
+  const dir = await mkdtemp(join(tmpdir(), 'overlay-conf-'));
+  const file = join(dir, 'apptainer.conf');
+  await writeFile(file, line.test(text) ? text.replace(line, driver) : `${text}\n${driver}\n`, {
+    mode: 0o644,
+  });
+  return { file, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
  * Run a command in a container with the overlay mounted (writable unless `ro`) over the base and
  * the read-only layers. Output streams live; stderr is also kept, so a runtime failure becomes
  * E_LOCKED / E_RUNTIME_FAILED with a hint. Returns the command's exit status.
@@ -170,6 +201,12 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
         hint: 'Apptainer refuses --overlay with --writable; extract the overlay (overlayctl extract) to use layers',
       },
     );
+  // an unprivileged read-only stack holding an ext3 image: let fuse-overlayfs merge it (see above)
+  const ext3InStack =
+    ro &&
+    process.getuid?.() !== 0 &&
+    (await Promise.all([image, ...layers].map((p) => stackFormat(p)))).some((f) => f.startsWith('ext'));
+  const driver = ext3InStack ? await driverOverlayConfig(runtime) : undefined;
   const args = execArgs({
     image,
     ro,
@@ -182,6 +219,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     command: o.command,
     sifSelf,
   });
+  if (driver) args.unshift('--config', driver.file);
   const stdout = o.stdout ?? 'inherit';
   const onLine = o.onLine ?? ((line: string) => process.stderr.write(`${line}\n`));
   const started = Date.now();
@@ -194,7 +232,10 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     stdin: o.stdin ?? 'inherit',
     stdout: stdout === 'inherit' ? 'inherit' : 'pipe',
     onLine: stdout === 'capture' ? undefined : onLine,
-  }).finally(() => process.off('SIGINT', waitForChild));
+  }).finally(() => {
+    process.off('SIGINT', waitForChild);
+    return driver?.cleanup();
+  });
   const durationMs = Date.now() - started;
   if (result.exitCode === 255) {
     const err = diagnoseRuntimeFailure(result.stderr, { image, runtime: runtime.name });
@@ -206,6 +247,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   return {
     exitCode: result.exitCode,
     fakeroot,
+    overlayReader: driver ? 'fuse-overlayfs' : 'kernel',
     argv: [runtime.name, ...args],
     durationMs,
     stdout: stdout === 'capture' ? result.stdout : undefined,
@@ -219,4 +261,10 @@ export function sameFile(a: string, b: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The format a stack member contributes; a SIF counts as ext3 when it holds an ext3 overlay. */
+async function stackFormat(path: string): Promise<string> {
+  if (!(await isSifFile(path))) return (await detectFormat(path)).format;
+  return overlayPartitions(await readSif(path)).length ? 'ext3' : 'squashfs';
 }

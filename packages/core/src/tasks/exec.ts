@@ -78,7 +78,14 @@ export const execTask = defineTask({
       });
       for (const w of normalized?.warnings ?? []) ctx.warn(w);
     }
-    return { exitCode: r.exitCode, fakeroot: r.fakeroot, durationMs: r.durationMs, argv: r.argv, normalized };
+    return {
+      exitCode: r.exitCode,
+      fakeroot: r.fakeroot,
+      overlayReader: r.overlayReader,
+      durationMs: r.durationMs,
+      argv: r.argv,
+      normalized,
+    };
   },
   // the command's own output is the output
   render: () => '',

@@ -13,9 +13,24 @@ export const squashTask = defineTask({
     layers: z.array(pathSchema).min(1, 'give the layers, earliest first').describe('Layers, earliest first'),
     output: pathSchema.describe('The merged SquashFS layer to write'),
     compression: z.enum(COMPRESSIONS).default('zstd').describe('SquashFS compression'),
+    base: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'Base image under the layers (SIF, sandbox or reference): lets a directory deleted and made again keep hiding its old content',
+      ),
   }),
   run: (input, ctx) =>
-    squashLayers(input.layers, input.output, { compression: input.compression, onProgress: ctx.progress }),
+    squashLayers(input.layers, input.output, {
+      compression: input.compression,
+      base: input.base,
+      onProgress: ctx.progress,
+    }),
   render: (r) =>
-    `${r.layer}: ${formatBytes(r.bytes)} from ${r.layers} layers, ${r.whiteouts} whiteouts kept\nsha256 ${r.sha256}`,
+    [
+      `${r.layer}: ${formatBytes(r.bytes)} from ${r.layers} layers, ${r.whiteouts} whiteouts kept`,
+      `sha256 ${r.sha256}`,
+      ...r.warnings.map((w) => `warning: ${w}`),
+    ].join('\n'),
 });

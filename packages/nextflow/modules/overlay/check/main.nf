@@ -11,7 +11,8 @@ process OVERLAY_CHECK {
 
     output:
     tuple val(meta), path("*.check.json"), emit: json
-    path "versions.yml"                  , emit: versions
+    tuple val("${task.process}"), val('overlayctl'), eval('overlayctl --version'), emit: versions_overlayctl, topic: versions
+    tuple val("${task.process}"), val('e2fsprogs'), eval("e2fsck -V 2>&1 | sed -n '1s/^e2fsck //; 1s/ .*//p'"), emit: versions_e2fsprogs, topic: versions
 
     when:
     task.ext.when == null || task.ext.when
@@ -25,12 +26,6 @@ process OVERLAY_CHECK {
     status=0
     overlayctl check ${images} ${args} --json > "${prefix}.check.json" || status=\$?
 
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
-    END_VERSIONS
-
     if [ "\$status" -ne 0 ]; then
         echo "OVERLAY_CHECK: not every image is clean (exit status \$status):" >&2
         cat -- "${prefix}.check.json" >&2
@@ -42,11 +37,5 @@ process OVERLAY_CHECK {
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo '{"images":[]}' > "${prefix}.check.json"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
-    END_VERSIONS
     """
 }

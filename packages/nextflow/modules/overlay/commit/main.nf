@@ -12,7 +12,8 @@ process OVERLAY_COMMIT {
     output:
     tuple val(meta), path("*.sqf")        , emit: layer
     tuple val(meta), path("*.commit.json"), emit: json
-    path "versions.yml"                   , emit: versions
+    tuple val("${task.process}"), val('overlayctl'), eval('overlayctl --version'), emit: versions_overlayctl, topic: versions
+    tuple val("${task.process}"), val('squashfs-tools'), eval("mksquashfs -version 2>&1 | sed -n '1s/^mksquashfs version //; 1s/ .*//p'"), emit: versions_squashfs_tools, topic: versions
 
     when:
     task.ext.when == null || task.ext.when
@@ -21,17 +22,14 @@ process OVERLAY_COMMIT {
     def args   = task.ext.args   ?: ''
     def prefix = task.ext.prefix ?: "${meta.id}"
     """
-    if ! overlayctl commit "${image}" --output "${prefix}.sqf" ${args} --json > "${prefix}.commit.json"; then
-        echo "OVERLAY_COMMIT: commit failed:" >&2
+    # overlayctl's exit status is kept: 75 (E_LOCKED, E_TIMEOUT) is worth a retry (errorStrategy)
+    status=0
+    overlayctl commit "${image}" --output "${prefix}.sqf" ${args} --json > "${prefix}.commit.json" || status=\$?
+    if [ "\$status" -ne 0 ]; then
+        echo "OVERLAY_COMMIT: commit failed (exit status \$status):" >&2
         cat -- "${prefix}.commit.json" >&2
-        exit 1
+        exit "\$status"
     fi
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        squashfs-tools: \$(mksquashfs -version 2>&1 | awk 'NR == 1 {print \$3}')
-    END_VERSIONS
     """
 
     stub:
@@ -39,11 +37,5 @@ process OVERLAY_COMMIT {
     """
     touch "${prefix}.sqf"
     echo '{"stub":true}' > "${prefix}.commit.json"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        squashfs-tools: \$(mksquashfs -version 2>&1 | awk 'NR == 1 {print \$3}')
-    END_VERSIONS
     """
 }

@@ -11,7 +11,8 @@ process OVERLAY_RESIZE {
     output:
     tuple val(meta), path("*.img")        , emit: image
     tuple val(meta), path("*.resize.json"), emit: json
-    path "versions.yml"                   , emit: versions
+    tuple val("${task.process}"), val('overlayctl'), eval('overlayctl --version'), emit: versions_overlayctl, topic: versions
+    tuple val("${task.process}"), val('e2fsprogs'), eval("e2fsck -V 2>&1 | sed -n '1s/^e2fsck //; 1s/ .*//p'"), emit: versions_e2fsprogs, topic: versions
 
     when:
     task.ext.when == null || task.ext.when
@@ -28,17 +29,14 @@ process OVERLAY_RESIZE {
     # The input is a link to the output of the task that made it: resize a copy, so that task's
     # output (and -resume) stay valid. GNU cp keeps the holes of a sparse image.
     cp -- "${image}" "${prefix}.img"
-    if ! overlayctl resize "${prefix}.img" --size "${size}" ${args} --json > "${prefix}.resize.json"; then
-        echo "OVERLAY_RESIZE: resize failed:" >&2
+    # overlayctl's exit status is kept: 75 (E_LOCKED, E_TIMEOUT) is worth a retry (errorStrategy)
+    status=0
+    overlayctl resize "${prefix}.img" --size "${size}" ${args} --json > "${prefix}.resize.json" || status=\$?
+    if [ "\$status" -ne 0 ]; then
+        echo "OVERLAY_RESIZE: resize failed (exit status \$status):" >&2
         cat -- "${prefix}.resize.json" >&2
-        exit 1
+        exit "\$status"
     fi
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
-    END_VERSIONS
     """
 
     stub:
@@ -46,11 +44,5 @@ process OVERLAY_RESIZE {
     """
     touch "${prefix}.img"
     echo '{"stub":true}' > "${prefix}.resize.json"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        e2fsprogs: \$(e2fsck -V 2>&1 | awk 'NR == 1 {print \$2}')
-    END_VERSIONS
     """
 }

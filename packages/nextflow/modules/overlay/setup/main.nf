@@ -13,7 +13,8 @@ process OVERLAY_SETUP {
     output:
     tuple val(meta), path("*.img")       , emit: image
     tuple val(meta), path("*.setup.json"), emit: json
-    path "versions.yml"                  , emit: versions
+    tuple val("${task.process}"), val('overlayctl'), eval('overlayctl --version'), emit: versions_overlayctl, topic: versions
+    tuple val("${task.process}"), val('apptainer'), eval('{ apptainer --version 2>/dev/null || singularity --version; } | sed "s/.* //"'), emit: versions_apptainer, topic: versions
 
     when:
     task.ext.when == null || task.ext.when
@@ -51,10 +52,12 @@ process OVERLAY_SETUP {
     fi
 
     if [ "\$origin" = build ]; then
-        if ! overlayctl build "\$image" --base "${base}" --script "${env_script}" ${args} --json > build.json; then
-            echo "OVERLAY_SETUP: build failed:" >&2
+        status=0
+        overlayctl build "\$image" --base "${base}" --script "${env_script}" ${args} --json > build.json || status=\$?
+        if [ "\$status" -ne 0 ]; then
+            echo "OVERLAY_SETUP: build failed (exit status \$status):" >&2
             cat build.json >&2
-            exit 1
+            exit "\$status"
         fi
         if [ -n "\$store" ]; then
             if ! overlayctl cache save "\$image" --key "\$key" --store "\$store" --json > save.json; then
@@ -79,12 +82,6 @@ process OVERLAY_SETUP {
         json_or_null info.json
         printf '}\\n'
     } > "${prefix}.setup.json"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        apptainer: \$( { apptainer --version 2>/dev/null || singularity --version; } | awk '{print \$NF}')
-    END_VERSIONS
     """
 
     stub:
@@ -92,11 +89,5 @@ process OVERLAY_SETUP {
     """
     touch "${prefix}.img"
     echo '{"key":"stub","source":"stub","restore":null,"build":null,"save":null,"info":null}' > "${prefix}.setup.json"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        overlayctl: \$(overlayctl --version)
-        apptainer: \$( { apptainer --version 2>/dev/null || singularity --version; } | awk '{print \$NF}')
-    END_VERSIONS
     """
 }

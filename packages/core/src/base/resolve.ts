@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { runTool } from '../tools/run';
-import { findRuntime } from './find';
+import { findRuntime } from '../tools/runtime';
 
 /** Reference schemes pulled with `apptainer pull`; anything else is a local SIF or sandbox dir. */
 export const PULL_SCHEMES = ['docker', 'oras', 'library', 'https', 'http', 'shub'] as const;

@@ -1,5 +1,5 @@
 import { OverlayError } from '../errors';
-import { findTool } from '../tools/run';
+import { findTool } from './run';
 
 export type RuntimeName = 'apptainer' | 'singularity';
 
