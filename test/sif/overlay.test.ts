@@ -3,7 +3,7 @@
 // profile, embed, extract, grow and shrink, refusals, exec; each change followed by `apptainer
 // exec --writable` reading and writing files, and the container partition's sha256 unchanged.
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -131,6 +131,48 @@ describe('info', () => {
     expect(text.stderr).toMatch(/SIF container file/);
     expect(text.stderr).not.toMatch(/E_UNKNOWN_FORMAT/);
     expect(await containerSha(base)).toBe(baseContainer);
+  });
+});
+
+describe('big overlays', () => {
+  it('info and check read only the metadata: they work with a TMPDIR far smaller than the data', async () => {
+    const sif = await sifWithOverlay(base, join(dir, 'big.sif'), 256);
+    const w = await apptainerWritable(sif, 'head -c 120000000 /dev/urandom > /opt/big && echo ok');
+    expect(w.stdout).toBe('ok');
+    const small = join(dir, 'small-tmp');
+    mkdirSync(small);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', small]);
+    try {
+      const env = { TMPDIR: small };
+      const info = await overlayctl(['info', sif, '--json'], { env });
+      expect(info.exitCode, info.stderr).toBe(0);
+      expect(lastJson(info.stdout).usedBytes).toBeGreaterThan(120_000_000);
+      const check = await overlayctl(['check', sif, '--json'], { env });
+      expect(check.exitCode, check.stderr).toBe(0);
+      expect((lastJson(check.stdout).images as Json[])[0].status).toBe('clean');
+    } finally {
+      await execa('umount', [small]);
+    }
+  });
+});
+
+describe('full disk', () => {
+  it('resize that runs out of space: E_NO_SPACE, the SIF byte-identical, no temp file left', async () => {
+    const small = join(dir, 'small-disk');
+    mkdirSync(small);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=160m', 'tmpfs', small]);
+    try {
+      const sif = await sifWithOverlay(base, join(small, 'full.sif'), 64); // allocated: stays allocated
+      const before = fileSha(sif);
+      const r = await ctl(['resize', sif, '--size', '256M']);
+      expect(r.code).toBe(74);
+      expect(r.out.error.code).toBe('E_NO_SPACE');
+      expect(fileSha(sif)).toBe(before);
+      expect(readdirSync(small)).toEqual(['full.sif']);
+      expect((await apptainerWritable(sif, 'echo fine')).stdout).toBe('fine');
+    } finally {
+      await execa('umount', [small]);
+    }
   });
 });
 

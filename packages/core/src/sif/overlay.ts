@@ -10,6 +10,7 @@ import { requireExt3 } from '../image/format';
 import type { ImageInfo } from '../image/info';
 import type { ResizeResult } from '../image/resize';
 import { acquireLock, type Lock, type LockMode, type LockRange, probeLock } from '../lock/ofd';
+import { runTool } from '../tools/run';
 import {
   DATA_SIGNATURE,
   FS_EXT3,
@@ -163,6 +164,22 @@ async function withWorkDir<T>(
   }
 }
 
+/**
+ * A copy of the overlay's metadata only (e2image -r reading at the partition's offset): what info
+ * and a read-only check need, without reading or writing the partition's data blocks (a 50 GB
+ * overlay would otherwise be copied to TMPDIR). Falls back to a full sparse copy when e2image
+ * cannot read the filesystem (a destroyed superblock), as the image check does.
+ */
+async function metadataCopy(path: string, overlay: SifDescriptor, out: string): Promise<void> {
+  try {
+    await runTool('e2image', ['-r', '-o', String(overlay.offset), path, out], { timeoutSeconds: 600 });
+  } catch (e) {
+    if (isOverlayError(e, 'E_TIMEOUT') || isOverlayError(e, 'E_NO_SPACE')) throw e;
+    await rm(out, { force: true });
+    await extractObjectTo(path, overlay, out);
+  }
+}
+
 /** ImageInfo of the embedded overlay, reported for the SIF (path, size and allocation are the SIF's). */
 async function infoFor(
   path: string,
@@ -219,7 +236,7 @@ export async function sifInfo(path: string): Promise<ImageInfo> {
   try {
     return await withWorkDir(path, false, async (dir) => {
       const image = join(dir, 'overlay.img');
-      await extractObjectTo(path, overlay, image);
+      await metadataCopy(path, overlay, image);
       return infoFor(path, overlay, sif, image);
     });
   } finally {
@@ -279,7 +296,9 @@ export async function checkSifOverlay(
     }
     return await withWorkDir(path, !!opts.repair, async (dir) => {
       const image = join(dir, 'overlay.img');
-      await extractObjectTo(path, overlay, image);
+      // a repair needs the data too; a check only the metadata
+      if (opts.repair) await extractObjectTo(path, overlay, image);
+      else await metadataCopy(path, overlay, image);
       let r = await checkImage(image, { repair: opts.repair, lockHeld: true });
       if (!opts.repair && onlyStaleTotals(r)) {
         r = {

@@ -125,6 +125,8 @@ export async function extractObjectTo(
       const extents = mode === 'full' ? [] : await dataExtents(sifPath);
       await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
       await dst.sync();
+    } catch (e) {
+      throw fromFsError(e, out); // a full disk is E_NO_SPACE
     } finally {
       await dst.close();
     }
