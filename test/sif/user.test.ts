@@ -1,7 +1,7 @@
 // The embedded overlay as an unprivileged user (the GitHub runner's situation): SIF files the user
 // made with `apptainer overlay create --fakeroot`, every operation run as that user, each change
 // followed by `apptainer exec --fakeroot --writable` reading and writing files.
-import { chownSync, copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,6 +90,36 @@ describe.skipIf(!hasApptainer() || !isRoot())('SIF embedded overlays as an unpri
     const r = await apptainerWritable(sif, 'cat /opt/built', user);
     expect(r.exitCode, r.stderr).toBe(0);
     expect(r.stdout).toBe('built');
+  });
+
+  it('lock interop as the user: a running --fakeroot --writable session makes resize fail with E_LOCKED', async () => {
+    const sif = await sifWithOverlay(base, join(dir, 'l.sif'), 64, user);
+    const marker = join(dir, 'l.started');
+    const running = runAs(user, [
+      'apptainer',
+      'exec',
+      '--fakeroot',
+      '--writable',
+      sif,
+      'sh',
+      '-c',
+      `touch ${marker}; sleep 20`,
+    ]);
+    try {
+      for (let i = 0; i < 300 && !existsSync(marker); i++) await new Promise((r) => setTimeout(r, 100));
+      const r = await as(['resize', sif, '--size', '128M']);
+      expect(r.code).toBe(75);
+      expect(r.out.error.code).toBe('E_LOCKED');
+    } finally {
+      await running; // the session ends by itself; nothing of it is killed by name
+    }
+    const held = overlayctlAs(user, ['lock', sif, '--', 'sh', '-c', `touch ${marker}.held; sleep 8`], dir);
+    for (let i = 0; i < 300 && !existsSync(`${marker}.held`); i++)
+      await new Promise((r) => setTimeout(r, 100));
+    const refused = await apptainerWritable(sif, 'true', user);
+    expect(refused.exitCode).not.toBe(0);
+    expect(refused.stderr).toMatch(/in use/);
+    expect((await held).exitCode).toBe(0);
   });
 
   it('grow and shrink as the user: data intact, ids kept', async () => {
