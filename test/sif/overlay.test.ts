@@ -156,6 +156,39 @@ describe('big overlays', () => {
   });
 });
 
+describe('concurrent writers', () => {
+  it('two resizes at once: each succeeds or says E_LOCKED, and the SIF ends valid with the data', async () => {
+    const sif = await sifWithOverlay(base, join(dir, 'race.sif'), 64);
+    expect((await apptainerWritable(sif, 'echo race > /opt/race')).exitCode).toBe(0);
+    const ids = (await sifList(sif)).map((o) => o.id);
+    const results = await Promise.all([
+      ctl(['resize', sif, '--size', '160M']),
+      ctl(['resize', sif, '--size', '96M']),
+    ]);
+    for (const r of results)
+      expect(r.code === 0 || r.out.error?.code === 'E_LOCKED', JSON.stringify(r.out)).toBe(true);
+    expect(results.some((r) => r.code === 0)).toBe(true);
+    expect((await sifList(sif)).map((o) => o.id)).toEqual(ids);
+    expect([160, 96].map((m) => m * 2 ** 20)).toContain((await ctl(['info', sif])).out.sizeBytes);
+    expect((await ctl(['check', sif])).out.images[0].status).toBe('clean');
+    expect((await apptainerWritable(sif, 'cat /opt/race')).stdout).toBe('race');
+  });
+
+  it('two creates on one SIF at once: one succeeds, the other says E_LOCKED/E_EXISTS', async () => {
+    const sif = join(dir, 'race-create.sif');
+    copyFileSync(base, sif);
+    const results = await Promise.all([
+      ctl(['create', sif, '--size', '64M']),
+      ctl(['create', sif, '--size', '80M', '--profile', 'small']),
+    ]);
+    // the loser says so: never a reported success whose overlay the other writer threw away
+    expect(results.filter((r) => r.code === 0)).toHaveLength(1);
+    for (const r of results) if (r.code !== 0) expect(['E_LOCKED', 'E_EXISTS']).toContain(r.out.error.code);
+    expect((await sifList(sif)).filter((o) => o.type.includes('Overlay'))).toHaveLength(1);
+    expect((await apptainerWritable(sif, 'echo one > /opt/one && cat /opt/one')).stdout).toBe('one');
+  });
+});
+
 describe('full disk', () => {
   it('resize that runs out of space: E_NO_SPACE, the SIF byte-identical, no temp file left', async () => {
     const small = join(dir, 'small-disk');

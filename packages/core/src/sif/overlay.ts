@@ -121,6 +121,62 @@ export function lockSifOverlay(
   return acquireLock(path, mode, { ...opts, range: overlayLockRange(overlay) });
 }
 
+const fileId = async (path: string) => {
+  const st = await fsp.stat(path);
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+};
+
+/**
+ * Lock the overlay partition and read the SIF again under the lock: another writer may have
+ * replaced the SIF (a resize renames a new file over it) between our read and our lock, and a
+ * descriptor read before the lock must never be used to copy bytes. Retries a few times, then
+ * reports E_LOCKED.
+ */
+export async function lockedSifOverlay(
+  path: string,
+  mode: LockMode,
+): Promise<{ sif: SifFile; overlay: SifDescriptor; lock: Lock }> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const id = await fileId(path);
+    const { overlay } = await findSifOverlay(path);
+    const lock = await lockSifOverlay(path, overlay, mode);
+    try {
+      const again = await findSifOverlay(path);
+      const same =
+        (await fileId(path)) === id &&
+        again.overlay.id === overlay.id &&
+        again.overlay.offset === overlay.offset &&
+        again.overlay.size === overlay.size;
+      if (same) return { ...again, lock };
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    lock.release();
+  }
+  throw new OverlayError('E_LOCKED', `${path} keeps changing under another writer`, {
+    hint: 'wait for the other job to finish, then retry',
+  });
+}
+
+/**
+ * The whole SIF locked against our other writers while an overlay partition is added (a SIF
+ * without an overlay has no partition range to lock; Apptainer takes no lock on such a SIF).
+ */
+async function lockedSifForAdd(path: string): Promise<{ sif: SifFile; lock: Lock }> {
+  await readSifForAdd(path); // refusals first: they say more than a lock would
+  const id = await fileId(path);
+  const lock = await acquireLock(path, 'exclusive');
+  try {
+    if ((await fileId(path)) !== id)
+      throw new OverlayError('E_LOCKED', `${path} was replaced by another writer; retry`);
+    return { sif: await readSifForAdd(path), lock };
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
 /** Who holds a lock on the SIF's overlay partition ('free' | 'read' | 'write'). */
 export async function probeSifOverlayLock(path: string) {
   const { overlay } = await findSifOverlay(path);
@@ -229,15 +285,17 @@ export async function sifInfo(path: string): Promise<ImageInfo> {
       sif: summarizeSif(sif),
     };
   }
-  const lock = await lockSifOverlay(path, overlay, 'shared').catch((e) => {
+  const locked = await lockedSifOverlay(path, 'shared').catch((e) => {
     if (isOverlayError(e, 'E_LOCKED')) return null; // a writer is running: report what is on disk
     throw e;
   });
+  const lock = locked?.lock;
+  const current = locked ?? { sif, overlay };
   try {
     return await withWorkDir(path, false, async (dir) => {
       const image = join(dir, 'overlay.img');
-      await metadataCopy(path, overlay, image);
-      return infoFor(path, overlay, sif, image);
+      await metadataCopy(path, current.overlay, image);
+      return infoFor(path, current.overlay, current.sif, image);
     });
   } finally {
     lock?.release();
@@ -286,10 +344,11 @@ export async function checkSifOverlay(
   let lock: Lock | undefined;
   try {
     await removeStaleTemps(path);
-    const { sif, overlay } = await findSifOverlay(path);
+    let { sif, overlay } = await findSifOverlay(path);
     if (opts.repair) refuseModification(path, sif, 'repair the overlay of');
     try {
-      if (!opts.lockHeld) lock = await lockSifOverlay(path, overlay, opts.repair ? 'exclusive' : 'shared');
+      if (!opts.lockHeld)
+        ({ sif, overlay, lock } = await lockedSifOverlay(path, opts.repair ? 'exclusive' : 'shared'));
     } catch (e) {
       if (isOverlayError(e, 'E_LOCKED')) return fail(e, 'locked');
       throw e;
@@ -336,11 +395,12 @@ export async function resizeSifOverlay(
 ): Promise<ResizeResult> {
   const { assertCanShrinkTo, resizeCopy } = await import('../image/resize');
   await removeStaleTemps(path);
-  const { sif, overlay } = await findSifOverlay(path);
-  refuseModification(path, sif, 'resize the overlay of');
-  const before = overlay.size;
+  const found = await findSifOverlay(path);
+  refuseModification(path, found.sif, 'resize the overlay of');
+  let before = found.overlay.size;
   if (before !== sizeBytes) {
-    const lock = await lockSifOverlay(path, overlay, 'exclusive');
+    const { overlay, lock } = await lockedSifOverlay(path, 'exclusive');
+    before = overlay.size;
     try {
       await withWorkDir(path, true, async (dir) => {
         const image = join(dir, 'overlay.img');
@@ -406,12 +466,16 @@ async function addOverlay(path: string, sif: SifFile, image: string, onProgress?
 export async function createSifOverlay(opts: CreateOptions): Promise<ImageInfo> {
   const { createImage } = await import('../image/create');
   await removeStaleTemps(opts.path);
-  const sif = await readSifForAdd(opts.path);
-  await withWorkDir(opts.path, true, async (dir) => {
-    const image = join(dir, 'overlay.img');
-    await createImage({ ...opts, path: image, force: false });
-    await addOverlay(opts.path, sif, image, opts.onProgress);
-  });
+  const { sif, lock } = await lockedSifForAdd(opts.path);
+  try {
+    await withWorkDir(opts.path, true, async (dir) => {
+      const image = join(dir, 'overlay.img');
+      await createImage({ ...opts, path: image, force: false });
+      await addOverlay(opts.path, sif, image, opts.onProgress);
+    });
+  } finally {
+    lock.release();
+  }
   return sifInfo(opts.path);
 }
 
@@ -423,13 +487,17 @@ export async function embedOverlay(
 ): Promise<ImageInfo> {
   await requireExt3(image);
   await removeStaleTemps(sifPath);
-  const sif = await readSifForAdd(sifPath);
-  // the image must not change while it is copied, nor be in use by a writer
-  const lock = await acquireLock(image, 'shared');
+  const { sif, lock: sifLock } = await lockedSifForAdd(sifPath);
   try {
-    await addOverlay(sifPath, sif, image, opts.onProgress);
+    // the image must not change while it is copied, nor be in use by a writer
+    const lock = await acquireLock(image, 'shared');
+    try {
+      await addOverlay(sifPath, sif, image, opts.onProgress);
+    } finally {
+      lock.release();
+    }
   } finally {
-    lock.release();
+    sifLock.release();
   }
   return sifInfo(sifPath);
 }
@@ -440,10 +508,10 @@ export async function extractOverlay(
   image: string,
   opts: { force?: boolean; onProgress?: (line: string) => void } = {},
 ): Promise<ImageInfo> {
-  const { overlay } = await findSifOverlay(sifPath);
+  await findSifOverlay(sifPath);
   if ((await exists(image)) && !opts.force)
     throw new OverlayError('E_EXISTS', `${image} already exists`, { hint: 'pass --force to replace it' });
-  const lock = await lockSifOverlay(sifPath, overlay, 'shared');
+  const { overlay, lock } = await lockedSifOverlay(sifPath, 'shared');
   try {
     opts.onProgress?.(`copying ${overlay.size} bytes (sparse)`);
     const mode = (await fsp.stat(sifPath)).mode & 0o666;
