@@ -495,6 +495,21 @@ describe('exec and locks', () => {
     expect(other.stdout.trim()).toBe('own');
     const r = await apptainerWritable(sif, 'cat /opt/own');
     expect(r.stdout).toBe('own');
+    const ro = await overlayctl([
+      'exec',
+      sif,
+      '--base',
+      sif,
+      '--ro',
+      '--json',
+      '--',
+      'sh',
+      '-c',
+      'cat /opt/own; touch /opt/no',
+    ]);
+    expect(ro.stdout).toMatch(/^own/);
+    expect(lastJson(ro.stdout).argv).not.toContain('--writable');
+    expect(lastJson(ro.stdout).exitCode).not.toBe(0); // read-only: the write fails
   });
 
   it('a layer wrapped in SIF (the registry form) is accepted by exec --layer', async () => {
