@@ -4,10 +4,9 @@ import { join } from 'node:path';
 import { isOverlayError, OverlayError } from '../errors';
 import { removeStaleTemps, replaceAtomically } from '../fs/atomic';
 import { acquireLock, type Lock } from '../lock/ofd';
-import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { copyImageFile } from './copy';
-import { hasErrorFlag, needsRecovery, requireExt3 } from './format';
+import { hasErrorFlag, isSifFile, needsRecovery, requireExt3 } from './format';
 
 export type CheckStatus = 'clean' | 'repaired' | 'corrupt' | 'locked' | 'error';
 

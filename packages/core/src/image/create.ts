@@ -4,10 +4,9 @@ import { pipeline } from 'node:stream/promises';
 import { fromFsError, OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { withLock } from '../lock/ofd';
-import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { debugfsQuote, runDebugfs } from './debugfs';
-import { requireExt3 } from './format';
+import { isSifFile, requireExt3 } from './format';
 import { type ImageInfo, imageInfo } from './info';
 
 export const PROFILES = {

@@ -1,6 +1,5 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
-import { isSifHead } from '../sif/format';
 
 export type ImageFormat = 'ext2' | 'ext3' | 'ext4' | 'squashfs';
 
@@ -49,6 +48,25 @@ export async function readHead(path: string, bytes = 4096): Promise<Buffer> {
     const buf = Buffer.alloc(bytes);
     const { bytesRead } = await fh.read(buf, 0, bytes, 0);
     return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** True when these first bytes are a SIF container's global header (SIF_MAGIC at offset 32). */
+export function isSifHead(head: Buffer): boolean {
+  return head.length >= 42 && head.toString('latin1', 32, 41) === 'SIF_MAGIC' && head[41] === 0;
+}
+
+/** A SIF file (its embedded overlay is handled by packages/core/src/sif/, see overlay.ts there). */
+export async function isSifFile(path: string): Promise<boolean> {
+  const fh = await fsp.open(path, 'r').catch(() => null);
+  if (!fh) return false;
+  try {
+    if (!(await fh.stat()).isFile()) return false;
+    const head = Buffer.alloc(64);
+    const { bytesRead } = await fh.read(head, 0, 64, 0);
+    return isSifHead(head.subarray(0, bytesRead));
   } finally {
     await fh.close();
   }

@@ -1,12 +1,36 @@
 import { promises as fsp } from 'node:fs';
 import { fromFsError } from '../errors';
 import { removeStaleTemps } from '../fs/atomic';
-import { isSifFile } from '../sif/format';
-import type { SifSummary } from '../sif/overlay';
 import { runTool } from '../tools/run';
 import { statInImage } from './debugfs';
-import { apptainerExt3Problems, detectFormat, type ImageFormat } from './format';
+import { apptainerExt3Problems, detectFormat, type ImageFormat, isSifFile } from './format';
 import { readSuperblock } from './superblock';
+
+/** One object of a SIF file as `info` lists it (packages/core/src/sif/ fills it). */
+export interface SifObjectSummary {
+  id: number;
+  type: string;
+  name: string;
+  groupId: number;
+  linkedId: number;
+  offset: number;
+  size: number;
+  fs?: string;
+  partType?: string;
+  arch?: string;
+}
+
+export interface SifSummary {
+  id: string;
+  arch: string;
+  createdAt: number;
+  modifiedAt: number;
+  signed: boolean;
+  encrypted: boolean;
+  objects: SifObjectSummary[];
+  /** Id of the writable ext3 overlay partition, null when there is none. */
+  overlayId: number | null;
+}
 
 export interface ImageInfo {
   path: string;

@@ -2,10 +2,9 @@ import { stat, truncate } from 'node:fs/promises';
 import { isOverlayError, OverlayError } from '../errors';
 import { replaceAtomically } from '../fs/atomic';
 import { withLock } from '../lock/ofd';
-import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { copyImageFile, isSparseFile } from './copy';
-import { requireExt3 } from './format';
+import { isSifFile, requireExt3 } from './format';
 import { type ImageInfo, imageInfo } from './info';
 import { readSuperblock } from './superblock';
 

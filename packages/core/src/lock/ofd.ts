@@ -1,6 +1,5 @@
 import { closeSync, constants, openSync } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
-import { sifOverlayRange } from '../sif/format';
 import { loadKoffi } from '../tools/native';
 
 /**
@@ -81,11 +80,9 @@ export async function acquireLock(
     throw fromFsError(e, path);
   }
   const deadline = Date.now() + (opts.waitSeconds ?? 0) * 1000;
-  // a SIF: the byte range of its overlay partition, exactly as Apptainer locks it
-  const range = opts.range ?? (await sifOverlayRange(path).catch(() => undefined));
   try {
     for (;;) {
-      if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK, range)) break;
+      if (trySetLock(fd, mode === 'exclusive' ? F_WRLCK : F_RDLCK, opts.range)) break;
       if (Date.now() >= deadline) {
         throw new OverlayError(
           'E_LOCKED',

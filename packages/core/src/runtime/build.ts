@@ -6,10 +6,10 @@ import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { checkImage } from '../image/check';
 import { type CreateOptions, createImage } from '../image/create';
+import { isSifFile } from '../image/format';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
-import { isSifFile } from '../sif/format';
 import { runTool } from '../tools/run';
 import { type FakerootMode, runInContainer, sameFile } from './exec';
 

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
+import { isSifHead } from '../image/format';
 
 /*
  * The SIF container format (Apptainer/Singularity), read and written directly. Layout, as
@@ -153,24 +154,6 @@ const cstr = (b: Buffer, start: number, len: number): string => {
   return s.subarray(0, nul < 0 ? s.length : nul).toString('latin1');
 };
 const i64 = (b: Buffer, at: number): number => Number(b.readBigInt64LE(at));
-
-/** True when these first bytes are a SIF's global header (magic at offset 32). */
-export function isSifHead(head: Buffer): boolean {
-  return head.length >= 42 && head.toString('latin1', 32, 41) === SIF_MAGIC && head[41] === 0;
-}
-
-export async function isSifFile(path: string): Promise<boolean> {
-  const fh = await fsp.open(path, 'r').catch(() => null);
-  if (!fh) return false;
-  try {
-    if (!(await fh.stat()).isFile()) return false;
-    const head = Buffer.alloc(64);
-    const { bytesRead } = await fh.read(head, 0, 64, 0);
-    return isSifHead(head.subarray(0, bytesRead));
-  } finally {
-    await fh.close();
-  }
-}
 
 export function parseHeader(b: Buffer): SifHeader {
   const arch = cstr(b, 45, 3);
@@ -406,11 +389,4 @@ export function updateHeader(
 export function describeObject(d: SifDescriptor) {
   const { raw: _raw, slot: _slot, ...rest } = d;
   return rest;
-}
-
-/** The byte range Apptainer locks in a SIF (its overlay partition); undefined for other files. */
-export async function sifOverlayRange(path: string): Promise<{ start: number; length: number } | undefined> {
-  if (!(await isSifFile(path))) return undefined;
-  const overlay = overlayPartitions(await readSif(path))[0];
-  return overlay ? { start: overlay.offset, length: overlay.size } : undefined;
 }

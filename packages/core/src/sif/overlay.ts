@@ -7,7 +7,7 @@ import { exists, removeStaleTemps, replaceAtomically, tempPathFor } from '../fs/
 import type { CheckResult } from '../image/check';
 import type { CreateOptions } from '../image/create';
 import { requireExt3 } from '../image/format';
-import type { ImageInfo } from '../image/info';
+import type { ImageInfo, SifSummary } from '../image/info';
 import type { ResizeResult } from '../image/resize';
 import { acquireLock, type Lock, type LockMode, type LockRange, probeLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
@@ -24,32 +24,6 @@ import {
   sifRefusals,
 } from './format';
 import { allocatedBytesInRange, extractObjectTo, rewriteSif } from './rewrite';
-
-/** One object of a SIF as `info` lists it. */
-export interface SifObjectSummary {
-  id: number;
-  type: string;
-  name: string;
-  groupId: number;
-  linkedId: number;
-  offset: number;
-  size: number;
-  fs?: string;
-  partType?: string;
-  arch?: string;
-}
-
-export interface SifSummary {
-  id: string;
-  arch: string;
-  createdAt: number;
-  modifiedAt: number;
-  signed: boolean;
-  encrypted: boolean;
-  objects: SifObjectSummary[];
-  /** Id of the writable ext3 overlay partition, null when there is none. */
-  overlayId: number | null;
-}
 
 export function summarizeSif(sif: SifFile): SifSummary {
   const overlay = overlayPartitions(sif)[0];

@@ -1,7 +1,7 @@
 import { z } from 'zod';
+import { isSifFile } from '../image/format';
 import { type NormalizeResult, normalizeImage } from '../layer/normalize';
 import { runInContainer } from '../runtime/exec';
-import { isSifFile } from '../sif/format';
 import { pathSchema } from './common';
 import { defineTask } from './define';
 
