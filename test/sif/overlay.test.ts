@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { wrapLayerInSif } from '../../packages/core/src/sif/index';
+import { lockedSifOverlay, wrapLayerInSif } from '../../packages/core/src/sif/index';
 import { ensureBaseImage } from '../helpers/base-image';
 import { lastJson, makeLayer, overlayctl } from '../runtime/helpers';
 import {
@@ -581,6 +581,16 @@ describe('exec and locks', () => {
     expect(refused.exitCode).not.toBe(0);
     expect(refused.stderr).toMatch(/in use/);
     expect((await held).exitCode).toBe(0);
+    expect((await apptainerWritable(sif, 'true')).exitCode).toBe(0);
+    // the range lock our writers take (on the partition only) is the one Apptainer honours
+    const { lock } = await lockedSifOverlay(sif, 'exclusive');
+    try {
+      const r = await apptainerWritable(sif, 'true');
+      expect(r.exitCode).not.toBe(0);
+      expect(r.stderr).toMatch(/in use/);
+    } finally {
+      lock.release();
+    }
     expect((await apptainerWritable(sif, 'true')).exitCode).toBe(0);
   });
 });
