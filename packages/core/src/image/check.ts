@@ -13,6 +13,7 @@ import {
   type FormatInfo,
   hasErrorFlag,
   type ImageFormat,
+  isSifFile,
   needsRecovery,
   probeImage,
   requireExt3,
@@ -227,6 +228,8 @@ export function checkResult(
  * is `locked`. Never throws: every outcome is a status, so a nightly batch reports every image.
  */
 export async function checkImage(path: string, opts: CheckOptions = {}): Promise<CheckResult> {
+  // the overlay partition inside a SIF: checked (and repaired) through the SIF module
+  if (await isSifFile(path)) return (await import('../sif/overlay')).checkSifOverlay(path, opts);
   const started = Date.now();
   const timeoutSeconds = opts.timeoutSeconds ?? toolTimeoutSeconds('e2fsck');
   let probe: FormatInfo | undefined;

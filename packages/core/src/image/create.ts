@@ -6,7 +6,7 @@ import { exists, replaceAtomically } from '../fs/atomic';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { debugfsQuote, runDebugfs } from './debugfs';
-import { requireExt3 } from './format';
+import { isSifFile, requireExt3 } from './format';
 import { type ImageInfo, imageInfo } from './info';
 
 export const PROFILES = {
@@ -74,6 +74,8 @@ export async function createImage(opts: CreateOptions): Promise<ImageInfo> {
   });
   if (!parentStat.isDirectory()) throw new OverlayError('E_NOT_FOUND', `${parent} is not a directory`);
   const present = await exists(opts.path);
+  // an existing SIF gets an overlay partition, like `apptainer overlay create app.sif`
+  if (present && (await isSifFile(opts.path))) return (await import('../sif/overlay')).createSifOverlay(opts);
   if (present && !opts.force) {
     throw new OverlayError('E_EXISTS', `${opts.path} already exists`, { hint: 'pass --force to replace it' });
   }

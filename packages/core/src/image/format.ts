@@ -66,6 +66,25 @@ async function readHeadAndSize(path: string, bytes: number): Promise<{ head: Buf
   }
 }
 
+/** True when these first bytes are a SIF container's global header (SIF_MAGIC at offset 32). */
+export function isSifHead(head: Buffer): boolean {
+  return head.length >= 42 && head.toString('latin1', 32, 41) === 'SIF_MAGIC' && head[41] === 0;
+}
+
+/** A SIF file (its embedded overlay is handled by packages/core/src/sif/, see overlay.ts there). */
+export async function isSifFile(path: string): Promise<boolean> {
+  const fh = await fsp.open(path, 'r').catch(() => null);
+  if (!fh) return false;
+  try {
+    if (!(await fh.stat()).isFile()) return false;
+    const head = Buffer.alloc(64);
+    const { bytesRead } = await fh.read(head, 0, 64, 0);
+    return isSifHead(head.subarray(0, bytesRead));
+  } finally {
+    await fh.close();
+  }
+}
+
 function extFormat(ext: ExtHeader): ImageFormat {
   if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) return 'ext4';
   if (ext.compat & COMPAT_HAS_JOURNAL) return 'ext3';
@@ -82,6 +101,11 @@ export async function probeImage(path: string): Promise<FormatInfo> {
   if (head.length >= 48 && head.toString('latin1', 0, 4) === 'hsqs') {
     const bytesUsed = Number(head.readBigUInt64LE(40));
     return { format: 'squashfs', fileBytes: size, filesystemBytes: bytesUsed };
+  }
+  if (isSifHead(head)) {
+    throw new OverlayError('E_NOT_EXT3', `${path} is a SIF container file, not a standalone overlay image`, {
+      hint: `info, check, resize, create, exec and build take the SIF itself; for anything else copy its overlay out first: overlayctl extract ${path} overlay.img`,
+    });
   }
   const primary = parseRawSuperblock(head.subarray(SB, SB + 1024));
   const found = primary ? null : await findBackupSuperblock(path).catch(() => null);

@@ -4,14 +4,41 @@ import { removeStaleTemps } from '../fs/atomic';
 import { finishInterruptedEdits } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { statInImage } from './debugfs';
-import { apptainerExt3Problems, type ImageFormat, probeImage } from './format';
+import { apptainerExt3Problems, type ImageFormat, isSifFile, probeImage } from './format';
 import { findBackupSuperblock, readSuperblock, type Superblock, type SuperblockLocation } from './superblock';
 import { findTruncation, type Truncation } from './truncation';
+
+/** One object of a SIF file as `info` lists it (packages/core/src/sif/ fills it). */
+export interface SifObjectSummary {
+  id: number;
+  type: string;
+  name: string;
+  groupId: number;
+  linkedId: number;
+  offset: number;
+  size: number;
+  fs?: string;
+  partType?: string;
+  arch?: string;
+}
+
+export interface SifSummary {
+  id: string;
+  arch: string;
+  createdAt: number;
+  modifiedAt: number;
+  signed: boolean;
+  encrypted: boolean;
+  objects: SifObjectSummary[];
+  /** Id of the writable ext3 overlay partition, null when there is none. */
+  overlayId: number | null;
+}
 
 export interface ImageInfo {
   /** The image path as given. */
   image: string;
-  format: ImageFormat;
+  /** For a SIF: its overlay partition's format, or 'sif' when it has none. */
+  format: ImageFormat | 'sif';
   sizeBytes: number;
   allocatedBytes: number;
   sparse: boolean;
@@ -35,10 +62,13 @@ export interface ImageInfo {
   upper: { uid: number; gid: number } | null;
   /** fuse-overlayfs `.wh.*` markers in upper/ that read-only readers ignore (see normalize). */
   nonPortableMarkers?: { count: number; examples: string[] };
+  /** A SIF file: its objects (the overlay's facts are the fields above). */
+  sif?: SifSummary;
 }
 
 /** Everything about an image without mounting it: superblock via dumpe2fs, upper/ via debugfs. */
 export async function imageInfo(path: string): Promise<ImageInfo> {
+  if (await isSifFile(path)) return (await import('../sif/overlay')).sifInfo(path);
   await removeStaleTemps(path); // what a killed operation left behind
   await finishInterruptedEdits(path);
   const st = await fsp.stat(path).catch((e) => {

@@ -4,7 +4,7 @@ import { replaceAtomically } from '../fs/atomic';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
 import { copyImageFile, isSparseFile } from './copy';
-import { requireExt3 } from './format';
+import { isSifFile, requireExt3 } from './format';
 import { type ImageInfo, imageInfo } from './info';
 import { readSuperblock } from './superblock';
 
@@ -23,6 +23,62 @@ export async function minimumSizeBytes(path: string): Promise<number> {
   return blocks * sb.blockSize;
 }
 
+/** E_SHRINK_TOO_SMALL when the filesystem in `image` needs more than `sizeBytes` (`label` names it). */
+export async function assertCanShrinkTo(image: string, sizeBytes: number, label = image): Promise<void> {
+  const min = await minimumSizeBytes(image);
+  if (sizeBytes < min) {
+    throw new OverlayError(
+      'E_SHRINK_TOO_SMALL',
+      `${label} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
+      { details: { minimumBytes: min, requestedBytes: sizeBytes } },
+    );
+  }
+}
+
+/**
+ * The resize steps on a private copy (`tmp`, `before` bytes): e2fsck -fy, resize2fs, and a clean
+ * e2fsck -fn of the result. Used on the copy next to an image and on a SIF's extracted overlay.
+ */
+export async function resizeCopy(
+  label: string,
+  tmp: string,
+  before: number,
+  sizeBytes: number,
+  opts: { sparse: boolean; onProgress?: (line: string) => void },
+): Promise<void> {
+  opts.onProgress?.('e2fsck -fy (resize2fs needs a checked filesystem)');
+  const fsck = await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+  if (fsck.exitCode === 4)
+    throw new OverlayError('E_INTEGRITY', `${label} has errors e2fsck cannot fix; run check --repair`);
+  const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
+  try {
+    if (sizeBytes > before) {
+      if (opts.sparse) await truncate(tmp, sizeBytes);
+      else await runTool('fallocate', ['-l', String(sizeBytes), tmp]);
+      opts.onProgress?.(`resize2fs ${sizeArg}`);
+      await runTool('resize2fs', [tmp, sizeArg], { timeoutSeconds: 1800 });
+    } else {
+      opts.onProgress?.(`resize2fs ${sizeArg}`);
+      await runTool('resize2fs', [tmp, sizeArg], { timeoutSeconds: 1800 });
+      await truncate(tmp, sizeBytes);
+    }
+  } catch (e) {
+    if (
+      isOverlayError(e, 'E_TOOL_FAILED') &&
+      /smaller than minimum|No space left on device/i.test(e.message)
+    ) {
+      throw new OverlayError('E_SHRINK_TOO_SMALL', `${label} cannot shrink to ${sizeArg}: ${e.message}`);
+    }
+    throw e;
+  }
+  const check = await runTool('e2fsck', ['-fn', tmp], {
+    okExitCodes: [1, 2, 4, 8],
+    timeoutSeconds: 1800,
+  });
+  if (check.exitCode !== 0)
+    throw new OverlayError('E_INTEGRITY', `resized copy of ${label} did not check clean`);
+}
+
 /**
  * Grow or shrink an ext3 overlay. Crash-safe: the work happens on a copy next to the image
  * (sparse stays sparse, allocated stays allocated) that replaces it only once it checks clean,
@@ -33,55 +89,17 @@ export async function resizeImage(
   sizeBytes: number,
   opts: { onProgress?: (line: string) => void } = {},
 ): Promise<ResizeResult> {
+  if (await isSifFile(path)) return (await import('../sif/overlay')).resizeSifOverlay(path, sizeBytes, opts);
   await requireExt3(path);
   const previousSizeBytes = await withLock(path, 'exclusive', async () => {
     const before = (await stat(path)).size;
     if (before === sizeBytes) return before;
-    if (sizeBytes < before) {
-      const min = await minimumSizeBytes(path);
-      if (sizeBytes < min) {
-        throw new OverlayError(
-          'E_SHRINK_TOO_SMALL',
-          `${path} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
-          { details: { minimumBytes: min, requestedBytes: sizeBytes } },
-        );
-      }
-    }
+    if (sizeBytes < before) await assertCanShrinkTo(path, sizeBytes);
     const sparse = await isSparseFile(path);
     await replaceAtomically(path, async (tmp) => {
       opts.onProgress?.('copying the image');
       await copyImageFile(path, tmp);
-      opts.onProgress?.('e2fsck -fy (resize2fs needs a checked filesystem)');
-      const fsck = await runTool('e2fsck', ['-fy', tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      if (fsck.exitCode === 4)
-        throw new OverlayError('E_INTEGRITY', `${path} has errors e2fsck cannot fix; run check --repair`);
-      const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
-      try {
-        if (sizeBytes > before) {
-          if (sparse) await truncate(tmp, sizeBytes);
-          else await runTool('fallocate', ['-l', String(sizeBytes), tmp]);
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool('resize2fs', [tmp, sizeArg], { timeoutSeconds: 1800 });
-        } else {
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool('resize2fs', [tmp, sizeArg], { timeoutSeconds: 1800 });
-          await truncate(tmp, sizeBytes);
-        }
-      } catch (e) {
-        if (
-          isOverlayError(e, 'E_TOOL_FAILED') &&
-          /smaller than minimum|No space left on device/i.test(e.message)
-        ) {
-          throw new OverlayError('E_SHRINK_TOO_SMALL', `${path} cannot shrink to ${sizeArg}: ${e.message}`);
-        }
-        throw e;
-      }
-      const check = await runTool('e2fsck', ['-fn', tmp], {
-        okExitCodes: [1, 2, 4, 8],
-        timeoutSeconds: 1800,
-      });
-      if (check.exitCode !== 0)
-        throw new OverlayError('E_INTEGRITY', `resized copy of ${path} did not check clean`);
+      await resizeCopy(path, tmp, before, sizeBytes, { sparse, onProgress: opts.onProgress });
     });
     return before;
   });

@@ -208,11 +208,11 @@ export function probeLock(path: string, range?: LockRange): LockState {
 export async function awaitLockFree(
   path: string,
   mode: LockMode,
-  opts: { waitSeconds?: number } = {},
+  opts: { waitSeconds?: number; range?: LockRange } = {},
 ): Promise<void> {
   const deadline = Date.now() + waitSecondsFor(opts) * 1000;
   for (;;) {
-    const held = probeLock(path);
+    const held = probeLock(path, opts.range);
     if (held === 'free' || (held === 'read' && mode === 'shared')) return;
     if (Date.now() >= deadline) throw lockedError(path, mode);
     await new Promise((r) => setTimeout(r, 100));

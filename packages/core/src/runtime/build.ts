@@ -6,11 +6,12 @@ import { OverlayError } from '../errors';
 import { exists, replaceAtomically } from '../fs/atomic';
 import { checkImage } from '../image/check';
 import { type CreateOptions, createImage } from '../image/create';
+import { isSifFile } from '../image/format';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { normalizeImage } from '../layer/normalize';
 import { withLock } from '../lock/ofd';
 import { runTool } from '../tools/run';
-import { type FakerootMode, runInContainer } from './exec';
+import { type FakerootMode, runInContainer, sameFile } from './exec';
 
 /** Where the build script appears inside the container (a bind: nothing is written to the image). */
 export const SCRIPT_IN_CONTAINER = '/.overlayctl/build.sh';
@@ -75,6 +76,9 @@ export async function buildInOverlay(o: BuildOptions): Promise<BuildResult> {
     throw new OverlayError('E_NOT_FOUND', `${o.image} does not exist`, { hint: 'create it first' });
   // pull (or check) the base before any image is touched
   const base = await resolveBase(o.base, { onProgress: progress });
+  // a SIF built on itself: the copy is both base and overlay (apptainer exec --writable copy.sif)
+  const sif = !created && (await isSifFile(image));
+  const sifSelf = sif && sameFile(base.path, image);
 
   let tempDir: string | undefined;
   if (o.script !== undefined) {
@@ -95,7 +99,7 @@ export async function buildInOverlay(o: BuildOptions): Promise<BuildResult> {
     const t0 = Date.now();
     const r = await runInContainer({
       image: path,
-      base: base.path,
+      base: sifSelf ? path : base.path,
       layers: o.layers,
       binds,
       env: o.env,
@@ -114,7 +118,7 @@ export async function buildInOverlay(o: BuildOptions): Promise<BuildResult> {
         details: { exitCode: r.exitCode, stderrTail: tail },
       });
     }
-    if (o.normalize !== false) {
+    if (o.normalize !== false && !sif) {
       progress('normalizing deletion markers (portable for every reader)');
       const n = await normalizeImage(path, { base: base.path, layers: o.layers });
       for (const w of n.warnings) progress(`warning: ${w}`);

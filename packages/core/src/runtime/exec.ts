@@ -1,11 +1,15 @@
+import { realpathSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { resolveBase } from '../base/resolve';
 import { OverlayError } from '../errors';
 import { statInImage } from '../image/debugfs';
-import { detectFormat, requireExt3 } from '../image/format';
+import { detectFormat, isSifFile, requireExt3 } from '../image/format';
 import { awaitLockFree, finishInterruptedEdits } from '../lock/ofd';
+import { overlayPartitions, readSif } from '../sif/format';
+import { requireSifLayer } from '../sif/layer';
+import { findSifOverlay, overlayLockRange, partitionDevice } from '../sif/overlay';
 import { findTool, runTool } from '../tools/run';
 import { findRuntime, type Runtime } from '../tools/runtime';
 import { diagnoseRuntimeFailure } from './diagnose';
@@ -95,8 +99,20 @@ export function execArgs(o: {
   pwd?: string;
   base: string;
   command: string[];
+  /** The image is a SIF with an embedded overlay and also the base: Apptainer's `--writable`. */
+  sifSelf?: boolean;
 }): string[] {
   const args = ['exec'];
+  if (o.sifSelf) {
+    for (const layer of o.layers) args.push('--overlay', `${layer}:ro`);
+    if (!o.ro) args.push('--writable'); // without it Apptainer mounts the embedded overlay read-only
+    if (o.fakeroot) args.push('--fakeroot');
+    for (const bind of o.binds) args.push('--bind', bind);
+    for (const [k, v] of Object.entries(o.env)) args.push('--env', `${k}=${v}`);
+    if (o.pwd) args.push('--pwd', o.pwd);
+    args.push(o.image, ...o.command);
+    return args;
+  }
   for (const layer of o.layers) args.push('--overlay', `${layer}:ro`);
   args.push('--overlay', o.ro ? `${o.image}:ro` : o.image);
   if (o.fakeroot) args.push('--fakeroot');
@@ -149,24 +165,42 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
   const layers = (o.layers ?? []).map((l) => checkOverlayPath(l, 'layer'));
   const runtime = findRuntime();
   const ro = o.ro ?? false;
-  if (ro) await detectFormat(image);
+  // a SIF with an embedded overlay: the overlay partition is the image (locked by its byte range)
+  const sifOverlay = (await isSifFile(image)) ? (await findSifOverlay(image)).overlay : null;
+  if (sifOverlay) {
+    // findSifOverlay found an ext3 overlay partition; Apptainer checks its superblock itself
+  } else if (ro) await detectFormat(image);
   else await requireExt3(image);
-  for (const layer of layers) await detectFormat(layer);
-  // Apptainer takes the lock itself: wait (up to --wait) until it can, or fail with E_LOCKED now
-  await awaitLockFree(image, ro ? 'shared' : 'exclusive');
-  await finishInterruptedEdits(image);
+  for (const layer of layers) {
+    if (await isSifFile(layer))
+      await requireSifLayer(layer); // registry layers come as SIFs
+    else await detectFormat(layer);
+  }
+  // Apptainer takes the lock itself (on a SIF: the overlay partition's byte range): wait (up to
+  // --wait) until it can, or fail with E_LOCKED now
+  await awaitLockFree(image, ro ? 'shared' : 'exclusive', {
+    range: sifOverlay ? overlayLockRange(sifOverlay) : undefined,
+  });
+  if (!sifOverlay) await finishInterruptedEdits(image);
   const fakeroot =
     o.fakeroot === undefined || o.fakeroot === 'auto'
-      ? (await chooseFakeroot(image, { ro })).fakeroot
+      ? (await chooseFakeroot((sifOverlay && partitionDevice(image, sifOverlay)) || image, { ro })).fakeroot
       : o.fakeroot;
   const base = await resolveBase(o.base, { onProgress: o.onProgress });
+  const sifSelf = !!sifOverlay && sameFile(base.path, image);
+  if (sifSelf && layers.length && !ro)
+    throw new OverlayError(
+      'E_INVALID_INPUT',
+      'read-only layers cannot be added to a SIF run with its own writable overlay',
+      {
+        hint: 'Apptainer refuses --overlay with --writable; extract the overlay (overlayctl extract) to use layers',
+      },
+    );
   // an unprivileged read-only stack holding an ext3 image: let fuse-overlayfs merge it (see above)
   const ext3InStack =
     ro &&
     process.getuid?.() !== 0 &&
-    (await Promise.all([image, ...layers].map((p) => detectFormat(p)))).some((f) =>
-      f.format.startsWith('ext'),
-    );
+    (await Promise.all([image, ...layers].map((p) => stackFormat(p)))).some((f) => f.startsWith('ext'));
   const driver = ext3InStack ? await driverOverlayConfig(runtime) : undefined;
   const args = execArgs({
     image,
@@ -178,6 +212,7 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     pwd: o.pwd,
     base: base.path,
     command: o.command,
+    sifSelf,
   });
   if (driver) args.unshift('--config', driver.file);
   const stdout = o.stdout ?? 'inherit';
@@ -213,4 +248,18 @@ export async function runInContainer(o: RunOptions): Promise<RunResult> {
     stdout: stdout === 'capture' ? result.stdout : undefined,
     stderr: result.stderr,
   };
+}
+
+export function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+/** The format a stack member contributes; a SIF counts as ext3 when it holds an ext3 overlay. */
+async function stackFormat(path: string): Promise<string> {
+  if (!(await isSifFile(path))) return (await detectFormat(path)).format;
+  return overlayPartitions(await readSif(path)).length ? 'ext3' : 'squashfs';
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { fromFsError, OverlayError } from '../errors';
+import { isSifHead } from '../image/format';
 
 /*
  * The SIF container format (Apptainer/Singularity), read and written directly. Layout, as
@@ -21,6 +22,8 @@ export const DEFAULT_DESCRIPTOR_CAPACITY = 48;
 export const DEFAULT_DESCRIPTORS_OFFSET = 4096;
 export const PARTITION_ALIGNMENT = 4096;
 const GROUP_MASK = 0xf0000000;
+/** Far above any real SIF (Apptainer makes 48); bounds what a hostile header can make us allocate. */
+const MAX_DESCRIPTORS = 65536;
 
 export const SIF_DATA_TYPES = {
   16385: 'deffile',
@@ -152,24 +155,6 @@ const cstr = (b: Buffer, start: number, len: number): string => {
 };
 const i64 = (b: Buffer, at: number): number => Number(b.readBigInt64LE(at));
 
-/** True when these first bytes are a SIF's global header (magic at offset 32). */
-export function isSifHead(head: Buffer): boolean {
-  return head.length >= 42 && head.toString('latin1', 32, 41) === SIF_MAGIC && head[41] === 0;
-}
-
-export async function isSifFile(path: string): Promise<boolean> {
-  const fh = await fsp.open(path, 'r').catch(() => null);
-  if (!fh) return false;
-  try {
-    if (!(await fh.stat()).isFile()) return false;
-    const head = Buffer.alloc(64);
-    const { bytesRead } = await fh.read(head, 0, 64, 0);
-    return isSifHead(head.subarray(0, bytesRead));
-  } finally {
-    await fh.close();
-  }
-}
-
 export function parseHeader(b: Buffer): SifHeader {
   const arch = cstr(b, 45, 3);
   return {
@@ -268,7 +253,7 @@ export async function readSif(path: string): Promise<SifFile> {
         `${path} is SIF version ${header.version}; only 01 is known`,
       );
     const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
-    if (total < 0 || total > 1_000_000 || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
+    if (total < 0 || total > MAX_DESCRIPTORS || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
       throw damaged(path, 'descriptor table fields are inconsistent');
     if (off + size > st.size) throw damaged(path, 'the file ends inside the descriptor table');
     const table = Buffer.alloc(size);

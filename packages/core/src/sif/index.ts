@@ -2,4 +2,5 @@
 // and the embedded ext3 overlay (info, check, repair, resize, create, embed, extract, locks).
 export * from './format';
 export * from './layer';
+export * from './overlay';
 export * from './rewrite';

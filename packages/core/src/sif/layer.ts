@@ -127,3 +127,24 @@ export async function layerFromSif(sif: string, outSqfs: string): Promise<SifLay
   });
   return { path: outSqfs, sizeBytes: d.size, id: file.header.id };
 }
+
+/**
+ * A SIF given as a read-only layer (`--overlay layer.sif:ro`): it must hold an overlay partition
+ * Apptainer can mount (SquashFS or ext3), as wrapLayerInSif and `apptainer overlay create` make.
+ */
+export async function requireSifLayer(path: string): Promise<void> {
+  const file = await readSif(path);
+  const ok = file.descriptors.some(
+    (d) =>
+      d.partition?.partType === PART_OVERLAY &&
+      (d.partition.fsType === FS_SQUASHFS || d.partition.fsType === 2),
+  );
+  if (!ok)
+    throw new OverlayError(
+      'E_NOT_EXT3',
+      `${path} is a SIF without an overlay partition; it cannot be a layer`,
+      {
+        hint: 'a layer SIF holds one SquashFS (or ext3) overlay partition, as registry layers do',
+      },
+    );
+}

@@ -97,11 +97,14 @@ async function openOrThrow(path: string, flags: string): Promise<FileHandle> {
   }
 }
 
+/** Bytes of [start, start+len) of a file that are data extents (not holes). */
+export async function allocatedBytesInRange(path: string, start: number, len: number): Promise<number> {
+  return intersect(await dataExtents(path), start, start + len).reduce((n, [a, b]) => n + b - a, 0);
+}
+
 /** Whether the SIF's bytes [start, start+len) are all allocated (no hole). */
 export async function rangeIsAllocated(path: string, start: number, len: number): Promise<boolean> {
-  if (len === 0) return true;
-  const covered = intersect(await dataExtents(path), start, start + len).reduce((n, [a, b]) => n + b - a, 0);
-  return covered === len;
+  return (await allocatedBytesInRange(path, start, len)) === len;
 }
 
 /**
@@ -122,6 +125,8 @@ export async function extractObjectTo(
       const extents = mode === 'full' ? [] : await dataExtents(sifPath);
       await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
       await dst.sync();
+    } catch (e) {
+      throw fromFsError(e, out); // a full disk is E_NO_SPACE
     } finally {
       await dst.close();
     }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isSifFile } from '../image/format';
 import { type NormalizeResult, normalizeImage } from '../layer/normalize';
 import { runInContainer } from '../runtime/exec';
 import { pathSchema, waitField } from './common';
@@ -72,7 +73,8 @@ export const execTask = defineTask({
       stdout: ctx.json ? 'stderr' : 'inherit',
     });
     let normalized: NormalizeResult | undefined;
-    if (!input.ro && input.normalize) {
+    // a SIF's embedded overlay is not rewritten after each session (see docs/overlay-forms.md)
+    if (!input.ro && input.normalize && !(await isSifFile(input.image))) {
       normalized = await normalizeImage(input.image, {
         base: input.base,
         layers: input.layer,

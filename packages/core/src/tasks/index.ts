@@ -7,7 +7,9 @@ import { commitTask } from './commit';
 import { createTask } from './create';
 import type { TaskDef } from './define';
 import { demoTask } from './demo';
+import { embedTask } from './embed';
 import { execTask } from './exec';
+import { extractTask } from './extract';
 import { infoTask } from './info';
 import { lockTask } from './lock';
 import { normalizeTask } from './normalize';
@@ -26,6 +28,8 @@ export const TASKS: TaskDef[] = [
   infoTask,
   checkTask,
   resizeTask,
+  embedTask,
+  extractTask,
   chownTask,
   lockTask,
   execTask,

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { type ImageInfo, imageInfo } from '../image/info';
 import { truncationMessage } from '../image/truncation';
+import { renderSifObjects } from '../sif/overlay';
 import { pathSchema } from './common';
 import { renderImageSummary } from './create';
 import { defineTask } from './define';
@@ -9,9 +10,14 @@ export const infoTask = defineTask({
   name: 'info',
   summary: 'Show format, sizes, usage, inodes and Apptainer compatibility of an image (no mount)',
   positional: ['image'],
-  input: z.object({ image: pathSchema.describe('Image file (ext3 overlay or SquashFS layer)') }),
+  input: z.object({
+    image: pathSchema.describe(
+      'Image file (ext3 overlay or SquashFS layer), or a SIF (its objects and embedded overlay)',
+    ),
+  }),
   run: (input) => imageInfo(input.image),
-  render: (i) => [renderImageSummary(i), ...damageLines(i)].join('\n'),
+  render: (i) =>
+    [renderImageSummary(i), ...damageLines(i), ...(i.sif ? [renderSifObjects(i.sif)] : [])].join('\n'),
 });
 
 /** Damage info found, said first-hand rather than only as an Apptainer problem. */
