@@ -29810,6 +29810,105 @@ var init_native2 = __esm({
   }
 });
 
+// packages/core/src/fs/sparse.ts
+import { createHash as createHash3 } from "node:crypto";
+import { open as open2, stat as stat3 } from "node:fs/promises";
+function intersectRegions(a2, b) {
+  const out = [];
+  let j = 0;
+  for (const [s, e] of a2) {
+    while (j < b.length && b[j][1] <= s) j++;
+    for (let k = j; k < b.length && b[k][0] < e; k++) {
+      const [bs, be] = b[k];
+      out.push([Math.max(s, bs), Math.min(e, be)]);
+    }
+  }
+  return out;
+}
+async function dataExtents(path6) {
+  const { lib } = nativeLibc();
+  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
+  const fh = await open2(path6, "r");
+  try {
+    const size = (await fh.stat()).size;
+    const extents = [];
+    let pos = 0;
+    while (pos < size) {
+      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
+      if (start < 0) break;
+      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
+      extents.push([start, end]);
+      pos = end;
+    }
+    return extents;
+  } finally {
+    await fh.close();
+  }
+}
+async function* dataRuns(path6, within) {
+  const fh = await open2(path6, "r");
+  try {
+    const extents = await dataExtents(path6);
+    for (const [start, end] of within ? intersectRegions(extents, within) : extents) {
+      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
+        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        let runStart = -1;
+        for (let b = 0; b < bytesRead; b += BLOCK) {
+          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
+          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
+          if (!zero && runStart < 0) runStart = b;
+          else if (zero && runStart >= 0) {
+            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
+            runStart = -1;
+          }
+        }
+        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+async function contentDigest(path6, within) {
+  const size = (await stat3(path6)).size;
+  const hash2 = new ContentHash(size);
+  for await (const run2 of dataRuns(path6, within)) hash2.update(run2.offset, run2.data);
+  return hash2.digest();
+}
+var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
+var init_sparse = __esm({
+  "packages/core/src/fs/sparse.ts"() {
+    "use strict";
+    init_native2();
+    SEEK_DATA = 3;
+    SEEK_HOLE = 4;
+    BLOCK = 4096;
+    ZERO_BLOCK = Buffer.alloc(BLOCK);
+    RUN_MAX = 4 * 1024 * 1024;
+    ContentHash = class {
+      hash = createHash3("sha256");
+      offset = Buffer.alloc(8);
+      constructor(size) {
+        this.hash.update(`size:${size}
+`);
+      }
+      update(offset, data) {
+        for (let b = 0; b < data.length; b += BLOCK) {
+          const block = data.subarray(b, Math.min(b + BLOCK, data.length));
+          if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
+          this.offset.writeBigUInt64BE(BigInt(offset + b));
+          this.hash.update(this.offset);
+          this.hash.update(block);
+        }
+      }
+      digest() {
+        return this.hash.digest("hex");
+      }
+    };
+  }
+});
+
 // packages/core/src/image/superblock.ts
 import { promises as fsp3 } from "node:fs";
 function parseDumpe2fs(text) {
@@ -50406,6 +50505,21 @@ async function readHeadAndSize(path6, bytes) {
     await fh.close();
   }
 }
+function isSifHead(head) {
+  return head.length >= 42 && head.toString("latin1", 32, 41) === "SIF_MAGIC" && head[41] === 0;
+}
+async function isSifFile(path6) {
+  const fh = await fsp4.open(path6, "r").catch(() => null);
+  if (!fh) return false;
+  try {
+    if (!(await fh.stat()).isFile()) return false;
+    const head = Buffer.alloc(64);
+    const { bytesRead } = await fh.read(head, 0, 64, 0);
+    return isSifHead(head.subarray(0, bytesRead));
+  } finally {
+    await fh.close();
+  }
+}
 function extFormat(ext) {
   if (ext.incompat & INCOMPAT_EXT4 || ext.roCompat & RO_EXT4) return "ext4";
   if (ext.compat & COMPAT_HAS_JOURNAL) return "ext3";
@@ -50416,6 +50530,11 @@ async function probeImage(path6) {
   if (head.length >= 48 && head.toString("latin1", 0, 4) === "hsqs") {
     const bytesUsed = Number(head.readBigUInt64LE(40));
     return { format: "squashfs", fileBytes: size, filesystemBytes: bytesUsed };
+  }
+  if (isSifHead(head)) {
+    throw new OverlayError("E_NOT_EXT3", `${path6} is a SIF container file, not a standalone overlay image`, {
+      hint: `info, check, resize, create, exec and build take the SIF itself; for anything else copy its overlay out first: overlayctl extract ${path6} overlay.img`
+    });
   }
   const primary = parseRawSuperblock(head.subarray(SB, SB + 1024));
   const found = primary ? null : await findBackupSuperblock(path6).catch(() => null);
@@ -50862,7 +50981,7 @@ function probeLock(path6, range) {
 async function awaitLockFree(path6, mode, opts = {}) {
   const deadline = Date.now() + waitSecondsFor(opts) * 1e3;
   for (; ; ) {
-    const held = probeLock(path6);
+    const held = probeLock(path6, opts.range);
     if (held === "free" || held === "read" && mode === "shared") return;
     if (Date.now() >= deadline) throw lockedError(path6, mode);
     await new Promise((r) => setTimeout(r, 100));
@@ -51293,9 +51412,1194 @@ var init_normalize2 = __esm({
   }
 });
 
-// packages/core/src/image/check.ts
-import { rm as rm6 } from "node:fs/promises";
+// packages/core/src/sif/format.ts
+import { randomUUID as randomUUID2 } from "node:crypto";
+import { promises as fsp6 } from "node:fs";
+function parseHeader(b) {
+  const arch3 = cstr(b, 45, 3);
+  return {
+    launchScript: cstr(b, 0, 32),
+    version: cstr(b, 42, 3),
+    arch: arch3,
+    archName: sifArchName(arch3),
+    id: formatUuid2(b.subarray(48, 64)),
+    createdAt: i64(b, 64),
+    modifiedAt: i64(b, 72),
+    descriptorsFree: i64(b, 80),
+    descriptorsTotal: i64(b, 88),
+    descriptorsOffset: i64(b, 96),
+    descriptorsSize: i64(b, 104),
+    dataOffset: i64(b, 112),
+    dataSize: i64(b, 120)
+  };
+}
+function parseDescriptor(raw, slot) {
+  if (raw[4] === 0) return null;
+  const dataType = raw.readInt32LE(0);
+  const groupRaw = raw.readUInt32LE(9);
+  const linkRaw = raw.readUInt32LE(13);
+  const d = {
+    slot,
+    dataType,
+    type: SIF_DATA_TYPES[dataType] ?? "unknown",
+    id: raw.readUInt32LE(5),
+    groupId: (groupRaw & ~GROUP_MASK) >>> 0,
+    linkedId: (linkRaw & ~GROUP_MASK) >>> 0,
+    linkedIsGroup: (linkRaw & GROUP_MASK) >>> 0 === GROUP_MASK,
+    offset: i64(raw, 17),
+    size: i64(raw, 25),
+    sizeWithPadding: i64(raw, 33),
+    createdAt: i64(raw, 41),
+    modifiedAt: i64(raw, 49),
+    name: cstr(raw, 73, 128),
+    raw
+  };
+  const extra = 201;
+  if (dataType === DATA_PARTITION) {
+    const fsType = raw.readInt32LE(extra);
+    const partType = raw.readInt32LE(extra + 4);
+    const arch3 = cstr(raw, extra + 8, 3);
+    d.partition = {
+      fsType,
+      fs: SIF_FS_TYPES[fsType] ?? "unknown",
+      partType,
+      part: SIF_PART_TYPES[partType] ?? "unknown",
+      arch: arch3,
+      archName: sifArchName(arch3)
+    };
+  } else if (dataType === DATA_SIGNATURE) {
+    d.signature = { hashType: raw.readInt32LE(extra), entity: cstr(raw, extra + 4, 256) };
+  }
+  return d;
+}
+function formatUuid2(b) {
+  const h2 = b.toString("hex");
+  return `${h2.slice(0, 8)}-${h2.slice(8, 12)}-${h2.slice(12, 16)}-${h2.slice(16, 20)}-${h2.slice(20)}`;
+}
+function uuidBytes(id) {
+  const hex3 = id.replace(/-/g, "");
+  if (!/^[0-9a-f]{32}$/i.test(hex3)) throw new OverlayError("E_INVALID_INPUT", `not a UUID: ${id}`);
+  return Buffer.from(hex3, "hex");
+}
+async function readSif(path6) {
+  let fh;
+  try {
+    fh = await fsp6.open(path6, "r");
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a regular file`);
+    const rawHeader = Buffer.alloc(HEADER_LEN);
+    const { bytesRead } = await fh.read(rawHeader, 0, HEADER_LEN, 0);
+    if (!isSifHead(rawHeader.subarray(0, bytesRead)))
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SIF file`);
+    if (bytesRead < HEADER_LEN) throw damaged(path6, "truncated header");
+    const header = parseHeader(rawHeader);
+    if (header.version !== "01")
+      throw new OverlayError(
+        "E_UNKNOWN_FORMAT",
+        `${path6} is SIF version ${header.version}; only 01 is known`
+      );
+    const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
+    if (total < 0 || total > MAX_DESCRIPTORS || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
+      throw damaged(path6, "descriptor table fields are inconsistent");
+    if (off + size > st.size) throw damaged(path6, "the file ends inside the descriptor table");
+    const table = Buffer.alloc(size);
+    await fh.read(table, 0, size, off);
+    const descriptors2 = [];
+    for (let i2 = 0; i2 < total; i2++) {
+      const d = parseDescriptor(Buffer.from(table.subarray(i2 * DESCRIPTOR_LEN, (i2 + 1) * DESCRIPTOR_LEN)), i2);
+      if (!d) continue;
+      if (d.offset < 0 || d.size < 0 || d.offset + d.size > st.size)
+        throw damaged(path6, `object ${d.id} (${d.type}) extends past the end of the file (truncated)`);
+      descriptors2.push(d);
+    }
+    return { path: path6, fileSize: st.size, header, descriptors: descriptors2, rawHeader };
+  } finally {
+    await fh.close();
+  }
+}
+function sifRefusals(sif) {
+  const why = [];
+  const sigs = sif.descriptors.filter((d) => d.dataType === DATA_SIGNATURE);
+  if (sigs.length) why.push(`it is signed (${sigs.length} signature object${sigs.length > 1 ? "s" : ""})`);
+  const encrypted = sif.descriptors.filter(
+    (d) => d.partition && (d.partition.fsType === 5 || d.partition.fsType === 6)
+  );
+  if (encrypted.length) why.push("its root filesystem is encrypted");
+  return why;
+}
+function overlayPartitions(sif) {
+  const group2 = primaryPartition(sif)?.groupId ?? 0;
+  return sif.descriptors.filter(
+    (d) => d.partition?.partType === PART_OVERLAY && d.partition.fsType === FS_EXT3 && (group2 === 0 || d.groupId === group2)
+  );
+}
+function encodeDescriptor(d) {
+  const raw = Buffer.alloc(DESCRIPTOR_LEN);
+  raw.writeInt32LE(d.dataType, 0);
+  raw[4] = 1;
+  raw.writeUInt32LE(d.id, 5);
+  raw.writeUInt32LE((d.groupId | GROUP_MASK) >>> 0, 9);
+  raw.writeUInt32LE(d.linkedId ?? 0, 13);
+  raw.writeBigInt64LE(BigInt(d.offset), 17);
+  raw.writeBigInt64LE(BigInt(d.size), 25);
+  raw.writeBigInt64LE(BigInt(d.sizeWithPadding), 33);
+  raw.writeBigInt64LE(BigInt(d.time), 41);
+  raw.writeBigInt64LE(BigInt(d.time), 49);
+  if (d.name) raw.write(d.name.slice(0, 127), 73, "latin1");
+  if (d.partition) {
+    raw.writeInt32LE(d.partition.fsType, 201);
+    raw.writeInt32LE(d.partition.partType, 205);
+    raw.write(d.partition.arch.slice(0, 2), 209, "latin1");
+  }
+  return raw;
+}
+function setDescriptorPlace(raw, place) {
+  raw.writeBigInt64LE(BigInt(place.offset), 17);
+  raw.writeBigInt64LE(BigInt(place.size), 25);
+  raw.writeBigInt64LE(BigInt(place.sizeWithPadding), 33);
+  if (place.time !== void 0) raw.writeBigInt64LE(BigInt(place.time), 49);
+}
+function encodeHeader(h2) {
+  const total = h2.descriptorsTotal ?? DEFAULT_DESCRIPTOR_CAPACITY;
+  const b = Buffer.alloc(HEADER_LEN);
+  b.write("#!/usr/bin/env run-singularity\n", 0, "latin1");
+  b.write(SIF_MAGIC, 32, "latin1");
+  b.write("01", 42, "latin1");
+  b.write((h2.arch ?? "00").slice(0, 2), 45, "latin1");
+  uuidBytes(h2.id ?? randomUUID2()).copy(b, 48);
+  b.writeBigInt64LE(BigInt(h2.time), 64);
+  b.writeBigInt64LE(BigInt(h2.time), 72);
+  b.writeBigInt64LE(BigInt(h2.descriptorsFree), 80);
+  b.writeBigInt64LE(BigInt(total), 88);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET), 96);
+  b.writeBigInt64LE(BigInt(total * DESCRIPTOR_LEN), 104);
+  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET + total * DESCRIPTOR_LEN), 112);
+  b.writeBigInt64LE(BigInt(h2.dataSize), 120);
+  return b;
+}
+function updateHeader(raw, h2) {
+  const b = Buffer.from(raw);
+  b.writeBigInt64LE(BigInt(h2.modifiedAt), 72);
+  b.writeBigInt64LE(BigInt(h2.descriptorsFree), 80);
+  b.writeBigInt64LE(BigInt(h2.dataSize), 120);
+  return b;
+}
+var SIF_MAGIC, HEADER_LEN, DESCRIPTOR_LEN, DEFAULT_DESCRIPTOR_CAPACITY, DEFAULT_DESCRIPTORS_OFFSET, PARTITION_ALIGNMENT, GROUP_MASK, MAX_DESCRIPTORS, SIF_DATA_TYPES, DATA_PARTITION, DATA_SIGNATURE, SIF_FS_TYPES, FS_SQUASHFS, FS_EXT3, SIF_PART_TYPES, PART_PRIMARY_SYSTEM, PART_OVERLAY, ARCH_BY_NODE, ARCH_NAMES, hostSifArch, sifArchName, cstr, i64, damaged, primaryPartition;
+var init_format2 = __esm({
+  "packages/core/src/sif/format.ts"() {
+    "use strict";
+    init_errors();
+    init_format();
+    SIF_MAGIC = "SIF_MAGIC";
+    HEADER_LEN = 128;
+    DESCRIPTOR_LEN = 585;
+    DEFAULT_DESCRIPTOR_CAPACITY = 48;
+    DEFAULT_DESCRIPTORS_OFFSET = 4096;
+    PARTITION_ALIGNMENT = 4096;
+    GROUP_MASK = 4026531840;
+    MAX_DESCRIPTORS = 65536;
+    SIF_DATA_TYPES = {
+      16385: "deffile",
+      16386: "envVars",
+      16387: "labels",
+      16388: "partition",
+      16389: "signature",
+      16390: "genericJson",
+      16391: "generic",
+      16392: "cryptoMessage",
+      16393: "sbom",
+      16394: "ociRootIndex",
+      16395: "ociBlob"
+    };
+    DATA_PARTITION = 16388;
+    DATA_SIGNATURE = 16389;
+    SIF_FS_TYPES = {
+      1: "squashfs",
+      2: "ext3",
+      3: "archive",
+      4: "raw",
+      5: "encryptedSquashfs",
+      6: "gocryptfsSquashfs"
+    };
+    FS_SQUASHFS = 1;
+    FS_EXT3 = 2;
+    SIF_PART_TYPES = { 1: "system", 2: "primarySystem", 3: "data", 4: "overlay" };
+    PART_PRIMARY_SYSTEM = 2;
+    PART_OVERLAY = 4;
+    ARCH_BY_NODE = {
+      ia32: "01",
+      x64: "02",
+      arm: "03",
+      arm64: "04",
+      ppc64: "06",
+      // Node's ppc64 is little-endian
+      mips: "07",
+      mipsel: "08",
+      s390x: "11",
+      riscv64: "12",
+      loong64: "13"
+    };
+    ARCH_NAMES = {
+      "00": "unknown",
+      "01": "386",
+      "02": "amd64",
+      "03": "arm",
+      "04": "arm64",
+      "05": "ppc64",
+      "06": "ppc64le",
+      "07": "mips",
+      "08": "mipsle",
+      "09": "mips64",
+      "10": "mips64le",
+      "11": "s390x",
+      "12": "riscv64",
+      "13": "loong64"
+    };
+    hostSifArch = () => ARCH_BY_NODE[process.arch] ?? "00";
+    sifArchName = (code) => ARCH_NAMES[code] ?? "unknown";
+    cstr = (b, start, len) => {
+      const s = b.subarray(start, start + len);
+      const nul = s.indexOf(0);
+      return s.subarray(0, nul < 0 ? s.length : nul).toString("latin1");
+    };
+    i64 = (b, at) => Number(b.readBigInt64LE(at));
+    damaged = (path6, why) => new OverlayError("E_INTEGRITY", `${path6} is a damaged SIF file: ${why}`, {
+      hint: "the SIF header or descriptor table is not usable; restore the file from a copy"
+    });
+    primaryPartition = (sif) => sif.descriptors.find((d) => d.partition?.partType === PART_PRIMARY_SYSTEM);
+  }
+});
+
+// packages/core/src/sif/rewrite.ts
+import { promises as fsp7 } from "node:fs";
+function intersect(extents, start, end) {
+  const out = [];
+  for (const [a2, b] of extents) {
+    const s = Math.max(a2, start);
+    const e = Math.min(b, end);
+    if (s < e) out.push([s, e]);
+  }
+  return out;
+}
+async function copyRange(src, srcExtents, srcStart, length, dst, dstStart, mode) {
+  const end = srcStart + length;
+  const ranges = mode === "full" ? [[srcStart, end]] : intersect(srcExtents, srcStart, end);
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (const [a2, b] of ranges) {
+    const from = mode === "sparse" ? a2 - (a2 - srcStart) % BLOCK2 : a2;
+    for (let pos = from; pos < b; pos += CHUNK) {
+      const want = Math.min(CHUNK, b - pos);
+      const { bytesRead } = await src.read(buf, 0, want, pos);
+      if (bytesRead < want) buf.fill(0, bytesRead, want);
+      const data = buf.subarray(0, want);
+      const at = dstStart + (pos - srcStart);
+      if (mode !== "sparse") {
+        await writeAll(dst, data, at);
+        continue;
+      }
+      let runStart = -1;
+      for (let o2 = 0; o2 < want; o2 += BLOCK2) {
+        const block = data.subarray(o2, Math.min(o2 + BLOCK2, want));
+        const zero = block.length === BLOCK2 ? block.equals(ZERO_BLOCK2) : block.every((x) => x === 0);
+        if (!zero && runStart < 0) runStart = o2;
+        else if (zero && runStart >= 0) {
+          await writeAll(dst, data.subarray(runStart, o2), at + runStart);
+          runStart = -1;
+        }
+      }
+      if (runStart >= 0) await writeAll(dst, data.subarray(runStart, want), at + runStart);
+    }
+  }
+}
+async function writeAll(fh, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+    if (bytesWritten <= 0) throw new OverlayError("E_NO_SPACE", "short write: no space left on device");
+    done += bytesWritten;
+  }
+}
+async function openOrThrow(path6, flags) {
+  try {
+    return await fsp7.open(path6, flags);
+  } catch (e) {
+    throw fromFsError(e, path6);
+  }
+}
+async function allocatedBytesInRange(path6, start, len) {
+  return intersect(await dataExtents(path6), start, start + len).reduce((n2, [a2, b]) => n2 + b - a2, 0);
+}
+async function rangeIsAllocated(path6, start, len) {
+  return await allocatedBytesInRange(path6, start, len) === len;
+}
+async function extractObjectTo(sifPath, d, out, mode = "sparse") {
+  const src = await openOrThrow(sifPath, "r");
+  try {
+    const dst = await openOrThrow(out, "w");
+    try {
+      await dst.truncate(d.size);
+      const extents = mode === "full" ? [] : await dataExtents(sifPath);
+      await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
+      await dst.sync();
+    } catch (e) {
+      throw fromFsError(e, out);
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    await src.close();
+  }
+}
+async function rewriteSif(path6, change, opts = {}) {
+  const sif = await readSif(path6);
+  const st = await fsp7.stat(path6);
+  const byOffset = [...sif.descriptors].sort((a2, b) => a2.offset - b.offset || a2.slot - b.slot);
+  const dataEnd = Math.max(sif.header.dataOffset, ...sif.descriptors.map((d) => d.offset + d.size));
+  const time3 = nowSeconds();
+  const changed = /* @__PURE__ */ new Map();
+  let freeDelta = 0;
+  let start;
+  let newLength;
+  let target;
+  let later = [];
+  let id;
+  let mode = "extents";
+  const sourceSize = change.kind === "remove" ? 0 : (await fsp7.stat(change.source).catch((e) => {
+    throw fromFsError(e, change.source);
+  })).size;
+  if (change.kind === "add") {
+    const used = new Set(sif.descriptors.map((d) => d.slot));
+    let slot = 0;
+    while (used.has(slot)) slot++;
+    if (slot >= sif.header.descriptorsTotal)
+      throw new OverlayError("E_INVALID_INPUT", `${path6} has no free descriptor slot for another object`, {
+        details: { descriptorsTotal: sif.header.descriptorsTotal }
+      });
+    const ids = new Set(sif.descriptors.map((d) => d.id));
+    id = slot + 1;
+    if (ids.has(id)) id = Math.max(...ids) + 1;
+    start = Math.ceil(dataEnd / PARTITION_ALIGNMENT) * PARTITION_ALIGNMENT;
+    newLength = sourceSize;
+    mode = change.mode ?? "extents";
+    changed.set(
+      slot,
+      encodeDescriptor({
+        dataType: change.dataType ?? DATA_PARTITION,
+        id,
+        groupId: change.groupId,
+        offset: start,
+        size: sourceSize,
+        sizeWithPadding: start - dataEnd + sourceSize,
+        time: time3,
+        name: change.name,
+        partition: change.partition
+      })
+    );
+    freeDelta = -1;
+  } else {
+    target = sif.descriptors.find((d) => d.id === change.id);
+    if (!target) throw new OverlayError("E_NOT_FOUND", `${path6} has no object with id ${change.id}`);
+    id = target.id;
+    start = target.offset;
+    newLength = change.kind === "replace" ? sourceSize : 0;
+    const t = target;
+    const overlapping = byOffset.find((d) => d !== t && d.offset < t.offset && d.offset + d.size > t.offset);
+    if (overlapping)
+      throw new OverlayError("E_INTEGRITY", `${path6}: objects ${overlapping.id} and ${t.id} overlap`);
+    later = byOffset.filter((d) => d !== t && d.offset >= t.offset);
+    if (change.kind === "replace") {
+      mode = change.mode ?? (await rangeIsAllocated(path6, t.offset, t.size) ? "full" : "sparse");
+      const raw = Buffer.from(t.raw);
+      setDescriptorPlace(raw, {
+        offset: t.offset,
+        size: sourceSize,
+        sizeWithPadding: t.sizeWithPadding - t.size + sourceSize,
+        time: time3
+      });
+      changed.set(t.slot, raw);
+    } else {
+      changed.set(t.slot, Buffer.alloc(DESCRIPTOR_LEN));
+      freeDelta = 1;
+    }
+  }
+  let cursor = start + newLength;
+  const moves = [];
+  for (const d of later) {
+    const to = placeAfter(cursor, d.offset);
+    moves.push({ d, to });
+    const raw = Buffer.from(d.raw);
+    setDescriptorPlace(raw, { offset: to, size: d.size, sizeWithPadding: to - cursor + d.size });
+    changed.set(d.slot, raw);
+    cursor = to + d.size;
+  }
+  const before = byOffset.filter((d) => d.offset < start && d !== target);
+  const prefixEnd = change.kind === "add" ? Math.min(st.size, start) : start;
+  const finalEnd = Math.max(
+    sif.header.dataOffset,
+    ...before.map((d) => d.offset + d.size),
+    change.kind === "remove" ? 0 : start + newLength,
+    cursor === start ? 0 : cursor
+  );
+  await replaceAtomically(
+    path6,
+    async (tmp) => {
+      const src = await openOrThrow(path6, "r");
+      const dst = await openOrThrow(tmp, "r+");
+      try {
+        const extents = await dataExtents(path6);
+        opts.onProgress?.("copying the SIF header and the objects before the overlay");
+        await copyRange(src, extents, 0, prefixEnd, dst, 0, "extents");
+        await dst.truncate(finalEnd);
+        if (change.kind !== "remove") {
+          opts.onProgress?.(`writing the ${change.kind === "add" ? "new" : "new version of the"} partition`);
+          const source = await openOrThrow(change.source, "r");
+          try {
+            await copyRange(source, await dataExtents(change.source), 0, sourceSize, dst, start, mode);
+          } finally {
+            await source.close();
+          }
+        }
+        for (const { d, to } of moves) await copyRange(src, extents, d.offset, d.size, dst, to, "extents");
+        for (const [slot, raw] of changed)
+          await writeAll(dst, raw, sif.header.descriptorsOffset + slot * DESCRIPTOR_LEN);
+        const header = updateHeader(sif.rawHeader, {
+          modifiedAt: time3,
+          descriptorsFree: sif.header.descriptorsFree + freeDelta,
+          dataSize: finalEnd - sif.header.dataOffset
+        });
+        await writeAll(dst, header, 0);
+        await dst.chmod(st.mode & 4095);
+        if (process.getuid?.() === 0) await dst.chown(st.uid, st.gid);
+      } finally {
+        await dst.close();
+        await src.close();
+      }
+      const check2 = await readSif(tmp);
+      if (check2.header.id !== sif.header.id || check2.descriptors.length !== sif.descriptors.length - freeDelta)
+        throw new OverlayError("E_INTERNAL", `rewritten SIF ${tmp} does not read back as expected`);
+    },
+    { mode: 384 }
+  );
+  return { sif: await readSif(path6), id };
+}
+var CHUNK, BLOCK2, ZERO_BLOCK2, nowSeconds, placeAfter;
+var init_rewrite = __esm({
+  "packages/core/src/sif/rewrite.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_sparse();
+    init_format2();
+    CHUNK = 4 * 1024 * 1024;
+    BLOCK2 = 4096;
+    ZERO_BLOCK2 = Buffer.alloc(BLOCK2);
+    nowSeconds = () => Math.floor(Date.now() / 1e3);
+    placeAfter = (cursor, old) => cursor + ((old - cursor) % PARTITION_ALIGNMENT + PARTITION_ALIGNMENT) % PARTITION_ALIGNMENT;
+  }
+});
+
+// packages/core/src/image/info.ts
+var info_exports = {};
+__export(info_exports, {
+  imageInfo: () => imageInfo
+});
+import { promises as fsp8 } from "node:fs";
+async function imageInfo(path6) {
+  if (await isSifFile(path6)) return (await Promise.resolve().then(() => (init_overlay(), overlay_exports))).sifInfo(path6);
+  await removeStaleTemps(path6);
+  await finishInterruptedEdits(path6);
+  const st = await fsp8.stat(path6).catch((e) => {
+    throw fromFsError(e, path6);
+  });
+  const probe = await probeImage(path6);
+  const { format: format2 } = probe;
+  const truncated = findTruncation(probe);
+  const base = {
+    image: path6,
+    format: format2,
+    sizeBytes: st.size,
+    allocatedBytes: st.blocks * 512,
+    sparse: st.blocks * 512 < st.size,
+    truncated
+  };
+  if (format2 === "squashfs") {
+    const { stdout } = await runTool("unsquashfs", ["-s", path6], { timeoutSeconds: 60 });
+    const blockSize = Number(/Block size (\d+)/.exec(stdout)?.[1] ?? 0) || null;
+    const inodes = Number(/Number of inodes (\d+)/.exec(stdout)?.[1] ?? 0) || null;
+    return {
+      ...base,
+      blockSize,
+      usedBytes: st.size,
+      freeBytes: 0,
+      inodesTotal: inodes,
+      inodesUsed: inodes,
+      inodesUsedPercent: inodes ? 100 : null,
+      inodeRatio: null,
+      reservedPercent: null,
+      uuid: null,
+      clean: null,
+      superblock: null,
+      apptainerCompatible: !truncated,
+      // read-only layer (`--overlay x.sqf:ro`)
+      apptainerProblems: truncated ? ["the file is truncated"] : [],
+      upper: null
+    };
+  }
+  const { sb, superblock } = await readSuperblockOrBackup(path6, probe.superblock);
+  const damaged2 = superblock.primary === "damaged";
+  const problems = apptainerExt3Problems(probe.ext);
+  if (damaged2) problems.push("the primary superblock is damaged (check --repair restores it)");
+  if (truncated) problems.push("the file is truncated");
+  const upper = damaged2 ? null : await statInImage(path6, "/upper").catch(() => null);
+  const inodesUsed = sb.inodeCount - sb.freeInodes;
+  const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
+  const nonPortableMarkers = upper ? await findNonPortableMarkers2(path6).catch(() => void 0) : void 0;
+  return {
+    ...base,
+    blockSize: sb.blockSize,
+    usedBytes: (sb.blockCount - sb.freeBlocks) * sb.blockSize,
+    freeBytes: sb.freeBlocks * sb.blockSize,
+    inodesTotal: sb.inodeCount,
+    inodesUsed,
+    inodesUsedPercent: sb.inodeCount ? Math.round(inodesUsed / sb.inodeCount * 1e4) / 100 : null,
+    inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
+    reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
+    uuid: sb.uuid || null,
+    clean: sb.state === "clean" && !damaged2 && !truncated,
+    superblock,
+    apptainerCompatible: problems.length === 0 && upper !== null,
+    // debugfs cannot be trusted on a damaged or truncated image: no claim about upper/ then
+    apptainerProblems: upper === null && !damaged2 && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
+    upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
+    nonPortableMarkers
+  };
+}
+async function readSuperblockOrBackup(path6, found) {
+  if (found.primary === "damaged" && found.backup)
+    return { sb: await readSuperblock(path6, found.backup), superblock: found };
+  try {
+    return { sb: await readSuperblock(path6), superblock: found };
+  } catch (e) {
+    if (!isOverlayError(e, "E_TOOL_FAILED")) throw e;
+    const b = await findBackupSuperblock(path6).catch(() => null);
+    if (!b)
+      throw new OverlayError(
+        "E_INTEGRITY",
+        `${path6}: the superblock cannot be read (${e.message}) and no backup superblock was found`,
+        { hint: `overlayctl check ${path6} says what e2fsck makes of it` }
+      );
+    const backup = { block: b.block, blockSize: b.blockSize, byteOffset: b.byteOffset };
+    return { sb: await readSuperblock(path6, backup), superblock: { primary: "damaged", backup } };
+  }
+}
+var init_info2 = __esm({
+  "packages/core/src/image/info.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_ofd();
+    init_run();
+    init_debugfs();
+    init_format();
+    init_superblock();
+    init_truncation();
+  }
+});
+
+// packages/core/src/image/resize.ts
+var resize_exports = {};
+__export(resize_exports, {
+  assertCanShrinkTo: () => assertCanShrinkTo,
+  minimumSizeBytes: () => minimumSizeBytes,
+  resizeCopy: () => resizeCopy,
+  resizeImage: () => resizeImage
+});
+import { stat as stat8, truncate } from "node:fs/promises";
+async function minimumSizeBytes(path6) {
+  const sb = await readSuperblock(path6);
+  const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
+  const blocks3 = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
+  if (!Number.isFinite(blocks3))
+    throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path6}`);
+  return blocks3 * sb.blockSize;
+}
+async function assertCanShrinkTo(image, sizeBytes, label = image) {
+  const min = await minimumSizeBytes(image);
+  if (sizeBytes < min) {
+    throw new OverlayError(
+      "E_SHRINK_TOO_SMALL",
+      `${label} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
+      { details: { minimumBytes: min, requestedBytes: sizeBytes } }
+    );
+  }
+}
+async function resizeCopy(label, tmp, before, sizeBytes, opts) {
+  opts.onProgress?.("e2fsck -fy (resize2fs needs a checked filesystem)");
+  const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
+  if (fsck.exitCode === 4)
+    throw new OverlayError("E_INTEGRITY", `${label} has errors e2fsck cannot fix; run check --repair`);
+  const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
+  try {
+    if (sizeBytes > before) {
+      if (opts.sparse) await truncate(tmp, sizeBytes);
+      else await runTool("fallocate", ["-l", String(sizeBytes), tmp]);
+      opts.onProgress?.(`resize2fs ${sizeArg}`);
+      await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+    } else {
+      opts.onProgress?.(`resize2fs ${sizeArg}`);
+      await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
+      await truncate(tmp, sizeBytes);
+    }
+  } catch (e) {
+    if (isOverlayError(e, "E_TOOL_FAILED") && /smaller than minimum|No space left on device/i.test(e.message)) {
+      throw new OverlayError("E_SHRINK_TOO_SMALL", `${label} cannot shrink to ${sizeArg}: ${e.message}`);
+    }
+    throw e;
+  }
+  const check2 = await runTool("e2fsck", ["-fn", tmp], {
+    okExitCodes: [1, 2, 4, 8],
+    timeoutSeconds: 1800
+  });
+  if (check2.exitCode !== 0)
+    throw new OverlayError("E_INTEGRITY", `resized copy of ${label} did not check clean`);
+}
+async function resizeImage(path6, sizeBytes, opts = {}) {
+  if (await isSifFile(path6)) return (await Promise.resolve().then(() => (init_overlay(), overlay_exports))).resizeSifOverlay(path6, sizeBytes, opts);
+  await requireExt3(path6);
+  const previousSizeBytes = await withLock(path6, "exclusive", async () => {
+    const before = (await stat8(path6)).size;
+    if (before === sizeBytes) return before;
+    if (sizeBytes < before) await assertCanShrinkTo(path6, sizeBytes);
+    const sparse = await isSparseFile(path6);
+    await replaceAtomically(path6, async (tmp) => {
+      opts.onProgress?.("copying the image");
+      await copyImageFile(path6, tmp);
+      await resizeCopy(path6, tmp, before, sizeBytes, { sparse, onProgress: opts.onProgress });
+    });
+    return before;
+  });
+  const info2 = await imageInfo(path6);
+  return { ...info2, previousSizeBytes, changed: previousSizeBytes !== sizeBytes };
+}
+var init_resize = __esm({
+  "packages/core/src/image/resize.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_ofd();
+    init_run();
+    init_copy();
+    init_format();
+    init_info2();
+    init_superblock();
+  }
+});
+
+// packages/core/src/image/create.ts
+var create_exports = {};
+__export(create_exports, {
+  PROFILES: () => PROFILES,
+  createImage: () => createImage,
+  currentOwner: () => currentOwner,
+  upperDirsFor: () => upperDirsFor
+});
+import { createWriteStream as createWriteStream2, promises as fsp9 } from "node:fs";
+import { dirname as dirname6 } from "node:path";
+import { pipeline } from "node:stream/promises";
+function currentOwner() {
+  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+}
+function upperDirsFor(createDirs) {
+  const dirs = /* @__PURE__ */ new Set();
+  for (const dir of createDirs) {
+    const parts = dir.split("/").filter(Boolean);
+    for (let i2 = 1; i2 <= parts.length; i2++) dirs.add(`/upper/${parts.slice(0, i2).join("/")}`);
+  }
+  return [...dirs];
+}
+async function allocate(path6, size) {
+  try {
+    await runTool("fallocate", ["-l", String(size), path6], { timeoutSeconds: 600 });
+  } catch (e) {
+    if (e.code === "E_NO_SPACE") throw e;
+    const chunk = Buffer.alloc(4 * 1024 * 1024);
+    async function* zeros() {
+      for (let left = size; left > 0; left -= chunk.length)
+        yield left >= chunk.length ? chunk : chunk.subarray(0, left);
+    }
+    await pipeline(zeros(), createWriteStream2(path6, { flags: "r+" }));
+  }
+}
+async function createImage(opts) {
+  const parent = dirname6(opts.path);
+  const parentStat = await fsp9.stat(parent).catch((e) => {
+    throw fromFsError(e, parent);
+  });
+  if (!parentStat.isDirectory()) throw new OverlayError("E_NOT_FOUND", `${parent} is not a directory`);
+  const present = await exists2(opts.path);
+  if (present && await isSifFile(opts.path)) return (await Promise.resolve().then(() => (init_overlay(), overlay_exports))).createSifOverlay(opts);
+  if (present && !opts.force) {
+    throw new OverlayError("E_EXISTS", `${opts.path} already exists`, { hint: "pass --force to replace it" });
+  }
+  const build2 = () => replaceAtomically(opts.path, async (tmp) => {
+    const { uid, gid } = opts.owner;
+    opts.onProgress?.(`${opts.sparse ? "sizing" : "allocating"} ${opts.sizeBytes} bytes`);
+    if (opts.sparse) await fsp9.truncate(tmp, opts.sizeBytes);
+    else await allocate(tmp, opts.sizeBytes);
+    const extended2 = [`root_owner=${uid}:${gid}`, ...opts.sparse ? [] : ["nodiscard"]];
+    opts.onProgress?.("mkfs.ext3");
+    await runTool("mkfs.ext3", [
+      "-F",
+      "-q",
+      "-b",
+      "4096",
+      "-I",
+      "256",
+      "-i",
+      String(opts.inodeRatio),
+      "-m",
+      String(opts.reservedPercent),
+      "-E",
+      extended2.join(","),
+      tmp
+    ]);
+    const dirs = ["/upper", "/work", ...upperDirsFor(opts.createDirs)];
+    const cmds = [];
+    for (const d of dirs) {
+      const q = debugfsQuote(d);
+      cmds.push(`mkdir ${q}`, `sif ${q} mode 040755`, `sif ${q} uid ${uid}`, `sif ${q} gid ${gid}`);
+    }
+    opts.onProgress?.("debugfs: upper/ work/");
+    await runDebugfs(tmp, cmds, { write: true });
+    await requireExt3(tmp);
+  });
+  if (present) await withLock(opts.path, "exclusive", build2);
+  else await build2();
+  return imageInfo(opts.path);
+}
+var PROFILES;
+var init_create2 = __esm({
+  "packages/core/src/image/create.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_ofd();
+    init_run();
+    init_debugfs();
+    init_format();
+    init_info2();
+    PROFILES = {
+      small: { inodeRatio: 4096, description: "4 KiB per inode: conda environments, Python site-packages" },
+      default: { inodeRatio: 16384, description: "16 KiB per inode: general applications" },
+      large: { inodeRatio: 1048576, description: "1 MiB per inode: reference genomes, databases" }
+    };
+  }
+});
+
+// packages/core/src/sif/overlay.ts
+var overlay_exports = {};
+__export(overlay_exports, {
+  checkSifOverlay: () => checkSifOverlay,
+  createSifOverlay: () => createSifOverlay,
+  embedOverlay: () => embedOverlay,
+  extractOverlay: () => extractOverlay,
+  findSifOverlay: () => findSifOverlay,
+  lockSifOverlay: () => lockSifOverlay,
+  lockedSifOverlay: () => lockedSifOverlay,
+  onlyStaleTotals: () => onlyStaleTotals,
+  overlayLockRange: () => overlayLockRange,
+  partitionDevice: () => partitionDevice,
+  probeSifOverlayLock: () => probeSifOverlayLock,
+  renderSifObjects: () => renderSifObjects,
+  resizeSifOverlay: () => resizeSifOverlay,
+  sifInfo: () => sifInfo,
+  summarizeSif: () => summarizeSif
+});
+import { promises as fsp10 } from "node:fs";
+import { mkdtemp as mkdtemp3, rm as rm6 } from "node:fs/promises";
+import { tmpdir as tmpdir5 } from "node:os";
 import { join as join11 } from "node:path";
+function summarizeSif(sif) {
+  const overlay = overlayPartitions(sif)[0];
+  return {
+    id: sif.header.id,
+    arch: sif.header.archName,
+    createdAt: sif.header.createdAt,
+    modifiedAt: sif.header.modifiedAt,
+    signed: sif.descriptors.some((d) => d.dataType === DATA_SIGNATURE),
+    encrypted: sif.descriptors.some((d) => d.partition?.fsType === 5 || d.partition?.fsType === 6),
+    objects: sif.descriptors.map((d) => ({
+      id: d.id,
+      type: d.type,
+      name: d.name,
+      groupId: d.groupId,
+      linkedId: d.linkedId,
+      offset: d.offset,
+      size: d.size,
+      ...d.partition ? { fs: d.partition.fs, partType: d.partition.part, arch: d.partition.archName } : {}
+    })),
+    overlayId: overlay?.id ?? null
+  };
+}
+async function findSifOverlay(path6) {
+  const sif = await readSif(path6);
+  const overlays = overlayPartitions(sif);
+  if (overlays.length === 0) {
+    const kinds = sif.descriptors.filter((d) => d.partition).map((d) => `${d.partition.fs} ${d.partition.part}`).join(", ");
+    throw new OverlayError(
+      "E_NOT_EXT3",
+      `${path6} is a SIF container without a writable overlay partition (partitions: ${kinds || "none"})`,
+      { hint: addHint(path6), details: { sif: summarizeSif(sif) } }
+    );
+  }
+  if (overlays.length > 1)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${path6} has ${overlays.length} ext3 overlay partitions (ids ${overlays.map((o2) => o2.id).join(", ")}); Apptainer would use only one`,
+      { hint: `remove the extra ones with apptainer sif del ID ${path6}` }
+    );
+  return { sif, overlay: overlays[0] };
+}
+function lockSifOverlay(path6, overlay, mode, opts = {}) {
+  return acquireLock(path6, mode, { ...opts, range: overlayLockRange(overlay) });
+}
+async function lockedSifOverlay(path6, mode) {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const id = await fileId(path6);
+    const { overlay } = await findSifOverlay(path6);
+    const lock = await lockSifOverlay(path6, overlay, mode);
+    try {
+      const again = await findSifOverlay(path6);
+      const same = await fileId(path6) === id && again.overlay.id === overlay.id && again.overlay.offset === overlay.offset && again.overlay.size === overlay.size;
+      if (same) return { ...again, lock };
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    lock.release();
+  }
+  throw new OverlayError("E_LOCKED", `${path6} keeps changing under another writer`, {
+    hint: "wait for the other job to finish, then retry"
+  });
+}
+async function lockedSifForAdd(path6) {
+  await readSifForAdd(path6);
+  const id = await fileId(path6);
+  const lock = await acquireLock(path6, "exclusive");
+  try {
+    if (await fileId(path6) !== id)
+      throw new OverlayError("E_LOCKED", `${path6} was replaced by another writer; retry`);
+    return { sif: await readSifForAdd(path6), lock };
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+async function probeSifOverlayLock(path6) {
+  const { overlay } = await findSifOverlay(path6);
+  return probeLock(path6, overlayLockRange(overlay));
+}
+function partitionDevice(path6, d) {
+  return path6.includes("?") ? null : `${path6}?offset=${d.offset}`;
+}
+function refuseModification(path6, sif, what) {
+  const why = sifRefusals(sif);
+  if (why.length)
+    throw new OverlayError("E_INVALID_INPUT", `cannot ${what} ${path6}: ${why.join(" and ")}`, {
+      hint: "Apptainer refuses this too: a signature would no longer match, an encrypted image cannot be changed; use a standalone overlay image (--overlay) instead"
+    });
+}
+async function withWorkDir(sifPath, nextToSif, fn) {
+  let dir;
+  if (nextToSif) {
+    await removeStaleTemps(sifPath);
+    dir = tempPathFor(sifPath);
+    await fsp10.mkdir(dir, { mode: 448 });
+  } else {
+    dir = await mkdtemp3(join11(tmpdir5(), "overlay-sif-"));
+  }
+  try {
+    return await fn(dir);
+  } finally {
+    await rm6(dir, { recursive: true, force: true });
+  }
+}
+async function metadataCopy(path6, overlay, out) {
+  try {
+    await runTool("e2image", ["-r", "-o", String(overlay.offset), path6, out], { timeoutSeconds: 600 });
+  } catch (e) {
+    if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
+    await rm6(out, { force: true });
+    await extractObjectTo(path6, overlay, out);
+  }
+}
+async function infoFor(path6, overlay, sif, image) {
+  const { imageInfo: imageInfo2 } = await Promise.resolve().then(() => (init_info2(), info_exports));
+  const info2 = await imageInfo2(image);
+  const allocated = await allocatedBytesInRange(path6, overlay.offset, overlay.size);
+  return {
+    ...info2,
+    image: path6,
+    sizeBytes: overlay.size,
+    allocatedBytes: allocated,
+    sparse: allocated < overlay.size,
+    sif: summarizeSif(sif)
+  };
+}
+async function sifInfo(path6) {
+  await removeStaleTemps(path6);
+  const sif = await readSif(path6);
+  const overlay = overlayPartitions(sif)[0];
+  const st = await fsp10.stat(path6);
+  if (!overlay) {
+    return {
+      image: path6,
+      format: "sif",
+      superblock: null,
+      truncated: null,
+      sizeBytes: st.size,
+      allocatedBytes: st.blocks * 512,
+      sparse: st.blocks * 512 < st.size,
+      blockSize: null,
+      usedBytes: null,
+      freeBytes: null,
+      inodesTotal: null,
+      inodesUsed: null,
+      inodesUsedPercent: null,
+      inodeRatio: null,
+      reservedPercent: null,
+      uuid: null,
+      clean: null,
+      apptainerCompatible: false,
+      apptainerProblems: [`no writable overlay partition (${addHint(path6)})`],
+      upper: null,
+      sif: summarizeSif(sif)
+    };
+  }
+  const locked = await lockedSifOverlay(path6, "shared").catch((e) => {
+    if (isOverlayError(e, "E_LOCKED")) return null;
+    throw e;
+  });
+  const lock = locked?.lock;
+  const current = locked ?? { sif, overlay };
+  try {
+    return await withWorkDir(path6, false, async (dir) => {
+      const image = join11(dir, "overlay.img");
+      await metadataCopy(path6, current.overlay, image);
+      return infoFor(path6, current.overlay, current.sif, image);
+    });
+  } finally {
+    lock?.release();
+  }
+}
+async function checkSifOverlay(path6, opts = {}) {
+  const { checkImage: checkImage2, checkResult: checkResult2 } = await Promise.resolve().then(() => (init_check(), check_exports));
+  const started = Date.now();
+  const fail2 = (e, status = "error") => {
+    const err = isOverlayError(e) ? e : new OverlayError("E_TOOL_FAILED", e.message);
+    return checkResult2(path6, started, {
+      status: err.code === "E_INTEGRITY" ? "corrupt" : status,
+      error: { code: err.code, message: err.message }
+    });
+  };
+  let lock;
+  try {
+    await removeStaleTemps(path6);
+    let { sif, overlay } = await findSifOverlay(path6);
+    if (opts.repair) refuseModification(path6, sif, "repair the overlay of");
+    try {
+      if (!opts.lockHeld)
+        ({ sif, overlay, lock } = await lockedSifOverlay(path6, opts.repair ? "exclusive" : "shared"));
+    } catch (e) {
+      if (isOverlayError(e, "E_LOCKED")) return fail2(e, "locked");
+      throw e;
+    }
+    return await withWorkDir(path6, !!opts.repair, async (dir) => {
+      const image = join11(dir, "overlay.img");
+      if (opts.repair) await extractObjectTo(path6, overlay, image);
+      else await metadataCopy(path6, overlay, image);
+      let r = await checkImage2(image, { repair: opts.repair, lockHeld: true });
+      if (!opts.repair && onlyStaleTotals(r)) {
+        r = {
+          ...r,
+          status: "clean",
+          problems: [],
+          warnings: [
+            ...r.warnings,
+            `stale superblock free block/inode totals (${r.problems.filter((p) => p !== "Fix? yes").join(" ")}), left by an unprivileged Apptainer session on the SIF; harmless, check --repair refreshes them`
+          ]
+        };
+      }
+      if (r.status === "repaired") {
+        await requireExt3(image);
+        await rewriteSif(path6, { kind: "replace", id: overlay.id, source: image });
+      }
+      return { ...r, image: path6, durationMs: Date.now() - started };
+    });
+  } catch (e) {
+    return fail2(e);
+  } finally {
+    lock?.release();
+  }
+}
+async function resizeSifOverlay(path6, sizeBytes, opts = {}) {
+  const { assertCanShrinkTo: assertCanShrinkTo2, resizeCopy: resizeCopy2 } = await Promise.resolve().then(() => (init_resize(), resize_exports));
+  await removeStaleTemps(path6);
+  const found = await findSifOverlay(path6);
+  refuseModification(path6, found.sif, "resize the overlay of");
+  let before = found.overlay.size;
+  if (before !== sizeBytes) {
+    const { overlay, lock } = await lockedSifOverlay(path6, "exclusive");
+    before = overlay.size;
+    try {
+      await withWorkDir(path6, true, async (dir) => {
+        const image = join11(dir, "overlay.img");
+        opts.onProgress?.("copying the overlay partition out of the SIF");
+        await extractObjectTo(path6, overlay, image);
+        await requireExt3(image);
+        if (sizeBytes < before) await assertCanShrinkTo2(image, sizeBytes, path6);
+        const sparse = await allocatedBytesInRange(path6, overlay.offset, overlay.size) < overlay.size;
+        await resizeCopy2(path6, image, before, sizeBytes, { sparse: true, onProgress: opts.onProgress });
+        opts.onProgress?.("writing the SIF with the resized overlay");
+        await rewriteSif(path6, {
+          kind: "replace",
+          id: overlay.id,
+          source: image,
+          mode: sparse ? "sparse" : "full"
+        });
+      });
+    } finally {
+      lock.release();
+    }
+  }
+  const info2 = await sifInfo(path6);
+  return { ...info2, previousSizeBytes: before, changed: before !== sizeBytes };
+}
+async function readSifForAdd(path6) {
+  const sif = await readSif(path6);
+  refuseModification(path6, sif, "add an overlay partition to");
+  const existing = overlayPartitions(sif)[0];
+  if (existing)
+    throw new OverlayError(
+      "E_EXISTS",
+      `${path6} already has a writable overlay partition (id ${existing.id}, ${existing.size} bytes)`,
+      {
+        hint: `resize it with overlayctl resize ${path6} --size \u2026, or delete it first: apptainer sif del ${existing.id} ${path6}`
+      }
+    );
+  if (!primaryPartition(sif))
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${path6} has no root filesystem partition to put an overlay on`
+    );
+  return sif;
+}
+async function addOverlay(path6, sif, image, onProgress) {
+  const arch3 = sif.header.arch !== "00" ? sif.header.arch : hostSifArch();
+  onProgress?.("writing the SIF with the overlay partition");
+  const group2 = primaryPartition(sif)?.groupId || 1;
+  const { sif: after } = await rewriteSif(path6, {
+    kind: "add",
+    source: image,
+    groupId: group2,
+    partition: { fsType: FS_EXT3, partType: PART_OVERLAY, arch: arch3 }
+  });
+  return after;
+}
+async function createSifOverlay(opts) {
+  const { createImage: createImage2 } = await Promise.resolve().then(() => (init_create2(), create_exports));
+  await removeStaleTemps(opts.path);
+  const { sif, lock } = await lockedSifForAdd(opts.path);
+  try {
+    await withWorkDir(opts.path, true, async (dir) => {
+      const image = join11(dir, "overlay.img");
+      await createImage2({ ...opts, path: image, force: false });
+      await addOverlay(opts.path, sif, image, opts.onProgress);
+    });
+  } finally {
+    lock.release();
+  }
+  return sifInfo(opts.path);
+}
+async function embedOverlay(image, sifPath, opts = {}) {
+  await requireExt3(image);
+  await removeStaleTemps(sifPath);
+  const { sif, lock: sifLock } = await lockedSifForAdd(sifPath);
+  try {
+    const lock = await acquireLock(image, "shared");
+    try {
+      await addOverlay(sifPath, sif, image, opts.onProgress);
+    } finally {
+      lock.release();
+    }
+  } finally {
+    sifLock.release();
+  }
+  return sifInfo(sifPath);
+}
+async function extractOverlay(sifPath, image, opts = {}) {
+  await findSifOverlay(sifPath);
+  if (await exists2(image) && !opts.force)
+    throw new OverlayError("E_EXISTS", `${image} already exists`, { hint: "pass --force to replace it" });
+  const { overlay, lock } = await lockedSifOverlay(sifPath, "shared");
+  try {
+    opts.onProgress?.(`copying ${overlay.size} bytes (sparse)`);
+    const mode = (await fsp10.stat(sifPath)).mode & 438;
+    await replaceAtomically(image, (tmp) => extractObjectTo(sifPath, overlay, tmp), { mode });
+  } finally {
+    lock.release();
+  }
+  const { imageInfo: imageInfo2 } = await Promise.resolve().then(() => (init_info2(), info_exports));
+  return imageInfo2(image);
+}
+function renderSifObjects(s) {
+  const lines = [`  SIF ${s.id} (${s.arch})${s.signed ? ", signed" : ""}${s.encrypted ? ", encrypted" : ""}`];
+  for (const o2 of s.objects) {
+    const what = o2.fs ? `${o2.fs} ${o2.partType} partition` : o2.type;
+    const mark = o2.id === s.overlayId ? "  <- writable overlay" : "";
+    lines.push(`    id ${o2.id}: ${what}, ${o2.size} bytes at ${o2.offset}, group ${o2.groupId}${mark}`);
+  }
+  return lines.join("\n");
+}
+var addHint, overlayLockRange, fileId, STALE_TOTALS, onlyStaleTotals;
+var init_overlay = __esm({
+  "packages/core/src/sif/overlay.ts"() {
+    "use strict";
+    init_errors();
+    init_atomic();
+    init_format();
+    init_ofd();
+    init_run();
+    init_format2();
+    init_rewrite();
+    addHint = (path6) => `add one: overlayctl create ${path6} --size 1G, or overlayctl embed overlay.img ${path6}`;
+    overlayLockRange = (overlay) => ({
+      start: overlay.offset,
+      length: overlay.size
+    });
+    fileId = async (path6) => {
+      const st = await fsp10.stat(path6);
+      return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+    };
+    STALE_TOTALS = /^(Free (blocks|inodes) count wrong \(\d+, counted=\d+\)\.?( \(repair: fix\))?|Fix\? yes)$/;
+    onlyStaleTotals = (r) => r.status === "corrupt" && r.e2fsckExit === 1 && r.problems.length > 0 && r.problems.every((p) => STALE_TOTALS.test(p));
+  }
+});
+
+// packages/core/src/image/check.ts
+var check_exports = {};
+__export(check_exports, {
+  checkImage: () => checkImage,
+  checkResult: () => checkResult,
+  describeRepairs: () => describeRepairs,
+  requireCleanForReadOnlyMount: () => requireCleanForReadOnlyMount
+});
+import { rm as rm7 } from "node:fs/promises";
+import { join as join12 } from "node:path";
 function describeRepairs(output2, copy, path6) {
   const out = [];
   let pending = [];
@@ -51331,7 +52635,7 @@ function describeRepairs(output2, copy, path6) {
 }
 async function fsckOnCopy(image, probe, timeoutSeconds, progress) {
   const dir = await scratchDir("overlay-check");
-  const copy = join11(dir, "copy.img");
+  const copy = join12(dir, "copy.img");
   const sb = backupSuperblockArgs(probe.superblock?.backup);
   try {
     let method = "metadata-copy";
@@ -51342,7 +52646,7 @@ async function fsckOnCopy(image, probe, timeoutSeconds, progress) {
     } catch (e) {
       if (isOverlayError(e, "E_TIMEOUT") || isOverlayError(e, "E_NO_SPACE")) throw e;
       method = "full-copy";
-      await rm6(copy, { force: true });
+      await rm7(copy, { force: true });
       progress(`${image}: full sparse copy (the metadata could not be read alone)`);
       await runTool("cp", ["--sparse=always", "--", image, copy], { timeoutSeconds });
     }
@@ -51354,7 +52658,7 @@ async function fsckOnCopy(image, probe, timeoutSeconds, progress) {
     return { exit: r.exitCode, output: `${r.stdout}
 ${r.stderr}`, copy, method };
   } finally {
-    await rm6(dir, { recursive: true, force: true });
+    await rm7(dir, { recursive: true, force: true });
   }
 }
 async function repairInPlace(path6, probe, timeoutSeconds) {
@@ -51403,6 +52707,7 @@ function checkResult(image, started, r) {
   };
 }
 async function checkImage(path6, opts = {}) {
+  if (await isSifFile(path6)) return (await Promise.resolve().then(() => (init_overlay(), overlay_exports))).checkSifOverlay(path6, opts);
   const started = Date.now();
   const timeoutSeconds = opts.timeoutSeconds ?? toolTimeoutSeconds("e2fsck");
   let probe;
@@ -51555,199 +52860,116 @@ var init_check = __esm({
   }
 });
 
-// packages/core/src/image/info.ts
-import { promises as fsp6 } from "node:fs";
-async function imageInfo(path6) {
-  await removeStaleTemps(path6);
-  await finishInterruptedEdits(path6);
-  const st = await fsp6.stat(path6).catch((e) => {
+// packages/core/src/sif/layer.ts
+import { createHash as createHash10 } from "node:crypto";
+import { createReadStream as createReadStream5, promises as fsp11 } from "node:fs";
+async function requireSquashfs2(path6) {
+  const fh = await fsp11.open(path6, "r").catch((e) => {
     throw fromFsError(e, path6);
   });
-  const probe = await probeImage(path6);
-  const { format: format2 } = probe;
-  const truncated = findTruncation(probe);
-  const base = {
-    image: path6,
-    format: format2,
-    sizeBytes: st.size,
-    allocatedBytes: st.blocks * 512,
-    sparse: st.blocks * 512 < st.size,
-    truncated
-  };
-  if (format2 === "squashfs") {
-    const { stdout } = await runTool("unsquashfs", ["-s", path6], { timeoutSeconds: 60 });
-    const blockSize = Number(/Block size (\d+)/.exec(stdout)?.[1] ?? 0) || null;
-    const inodes = Number(/Number of inodes (\d+)/.exec(stdout)?.[1] ?? 0) || null;
-    return {
-      ...base,
-      blockSize,
-      usedBytes: st.size,
-      freeBytes: 0,
-      inodesTotal: inodes,
-      inodesUsed: inodes,
-      inodesUsedPercent: inodes ? 100 : null,
-      inodeRatio: null,
-      reservedPercent: null,
-      uuid: null,
-      clean: null,
-      superblock: null,
-      apptainerCompatible: !truncated,
-      // read-only layer (`--overlay x.sqf:ro`)
-      apptainerProblems: truncated ? ["the file is truncated"] : [],
-      upper: null
-    };
-  }
-  const { sb, superblock } = await readSuperblockOrBackup(path6, probe.superblock);
-  const damaged2 = superblock.primary === "damaged";
-  const problems = apptainerExt3Problems(probe.ext);
-  if (damaged2) problems.push("the primary superblock is damaged (check --repair restores it)");
-  if (truncated) problems.push("the file is truncated");
-  const upper = damaged2 ? null : await statInImage(path6, "/upper").catch(() => null);
-  const inodesUsed = sb.inodeCount - sb.freeInodes;
-  const { findNonPortableMarkers: findNonPortableMarkers2 } = await Promise.resolve().then(() => (init_normalize2(), normalize_exports));
-  const nonPortableMarkers = upper ? await findNonPortableMarkers2(path6).catch(() => void 0) : void 0;
-  return {
-    ...base,
-    blockSize: sb.blockSize,
-    usedBytes: (sb.blockCount - sb.freeBlocks) * sb.blockSize,
-    freeBytes: sb.freeBlocks * sb.blockSize,
-    inodesTotal: sb.inodeCount,
-    inodesUsed,
-    inodesUsedPercent: sb.inodeCount ? Math.round(inodesUsed / sb.inodeCount * 1e4) / 100 : null,
-    inodeRatio: sb.inodeCount ? Math.round(sb.blockCount * sb.blockSize / sb.inodeCount) : null,
-    reservedPercent: sb.blockCount ? Math.round(sb.reservedBlocks / sb.blockCount * 1e4) / 100 : null,
-    uuid: sb.uuid || null,
-    clean: sb.state === "clean" && !damaged2 && !truncated,
-    superblock,
-    apptainerCompatible: problems.length === 0 && upper !== null,
-    // debugfs cannot be trusted on a damaged or truncated image: no claim about upper/ then
-    apptainerProblems: upper === null && !damaged2 && !truncated ? [...problems, "no upper/ directory at the root"] : problems,
-    upper: upper ? { uid: upper.uid, gid: upper.gid } : null,
-    nonPortableMarkers
-  };
-}
-async function readSuperblockOrBackup(path6, found) {
-  if (found.primary === "damaged" && found.backup)
-    return { sb: await readSuperblock(path6, found.backup), superblock: found };
   try {
-    return { sb: await readSuperblock(path6), superblock: found };
-  } catch (e) {
-    if (!isOverlayError(e, "E_TOOL_FAILED")) throw e;
-    const b = await findBackupSuperblock(path6).catch(() => null);
-    if (!b)
-      throw new OverlayError(
-        "E_INTEGRITY",
-        `${path6}: the superblock cannot be read (${e.message}) and no backup superblock was found`,
-        { hint: `overlayctl check ${path6} says what e2fsck makes of it` }
-      );
-    const backup = { block: b.block, blockSize: b.blockSize, byteOffset: b.byteOffset };
-    return { sb: await readSuperblock(path6, backup), superblock: { primary: "damaged", backup } };
+    const st = await fh.stat();
+    const head = Buffer.alloc(4);
+    await fh.read(head, 0, 4, 0);
+    if (!st.isFile() || head.toString("latin1") !== "hsqs")
+      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SquashFS layer`);
+    return st.size;
+  } finally {
+    await fh.close();
   }
 }
-var init_info2 = __esm({
-  "packages/core/src/image/info.ts"() {
+async function sha256File2(path6) {
+  const hash2 = createHash10("sha256");
+  for await (const chunk of createReadStream5(path6)) hash2.update(chunk);
+  return hash2.digest();
+}
+async function wrapLayerInSif(layerSqfs, outSif) {
+  const size = await requireSquashfs2(layerSqfs);
+  const digest = await sha256File2(layerSqfs);
+  digest[6] = digest[6] & 15 | 64;
+  digest[8] = digest[8] & 63 | 128;
+  const id = digest.subarray(0, 16).toString("hex");
+  const uuid3 = `${id.slice(0, 8)}-${id.slice(8, 12)}-${id.slice(12, 16)}-${id.slice(16, 20)}-${id.slice(20)}`;
+  const dataOffset = DEFAULT_DESCRIPTORS_OFFSET + DEFAULT_DESCRIPTOR_CAPACITY * DESCRIPTOR_LEN;
+  const offset = Math.ceil(dataOffset / PARTITION_ALIGNMENT) * PARTITION_ALIGNMENT;
+  const header = encodeHeader({
+    id: uuid3,
+    time: 0,
+    descriptorsFree: DEFAULT_DESCRIPTOR_CAPACITY - 1,
+    dataSize: offset + size - dataOffset
+  });
+  const descriptor = encodeDescriptor({
+    dataType: DATA_PARTITION,
+    id: 1,
+    groupId: 1,
+    offset,
+    size,
+    sizeWithPadding: offset - dataOffset + size,
+    time: 0,
+    partition: { fsType: FS_SQUASHFS, partType: PART_OVERLAY, arch: hostSifArch() }
+  });
+  await replaceAtomically(outSif, async (tmp) => {
+    const fh = await fsp11.open(tmp, "r+");
+    try {
+      await fh.write(header, 0, header.length, 0);
+      await fh.write(descriptor, 0, descriptor.length, DEFAULT_DESCRIPTORS_OFFSET);
+      await fh.truncate(offset);
+      let pos = offset;
+      for await (const chunk of createReadStream5(layerSqfs, { highWaterMark: 4 * 1024 * 1024 })) {
+        const b = chunk;
+        await fh.write(b, 0, b.length, pos);
+        pos += b.length;
+      }
+      if (pos !== offset + size)
+        throw new OverlayError("E_TOOL_FAILED", `${layerSqfs} changed while it was read`);
+    } finally {
+      await fh.close();
+    }
+  });
+  return { path: outSif, sizeBytes: (await fsp11.stat(outSif)).size, id: uuid3 };
+}
+async function layerFromSif(sif, outSqfs) {
+  const file2 = await readSif(sif);
+  const layers = file2.descriptors.filter(
+    (d2) => d2.partition?.fsType === FS_SQUASHFS && (d2.partition.partType === PART_OVERLAY || d2.partition.partType === 3)
+  );
+  if (layers.length === 0)
+    throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} holds no SquashFS layer partition`, {
+      hint: "a container SIF is not a layer; layers are SIFs with one SquashFS overlay partition"
+    });
+  if (layers.length > 1)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      `${sif} holds ${layers.length} SquashFS layer partitions; expected one`
+    );
+  const d = layers[0];
+  await replaceAtomically(outSqfs, async (tmp) => {
+    await extractObjectTo(sif, d, tmp, "extents");
+    await requireSquashfs2(tmp);
+  });
+  return { path: outSqfs, sizeBytes: d.size, id: file2.header.id };
+}
+async function requireSifLayer(path6) {
+  const file2 = await readSif(path6);
+  const ok = file2.descriptors.some(
+    (d) => d.partition?.partType === PART_OVERLAY && (d.partition.fsType === FS_SQUASHFS || d.partition.fsType === 2)
+  );
+  if (!ok)
+    throw new OverlayError(
+      "E_NOT_EXT3",
+      `${path6} is a SIF without an overlay partition; it cannot be a layer`,
+      {
+        hint: "a layer SIF holds one SquashFS (or ext3) overlay partition, as registry layers do"
+      }
+    );
+}
+var init_layer = __esm({
+  "packages/core/src/sif/layer.ts"() {
     "use strict";
     init_errors();
     init_atomic();
-    init_ofd();
-    init_run();
-    init_debugfs();
-    init_format();
-    init_superblock();
-    init_truncation();
-  }
-});
-
-// packages/core/src/image/create.ts
-import { createWriteStream as createWriteStream2, promises as fsp7 } from "node:fs";
-import { dirname as dirname7 } from "node:path";
-import { pipeline } from "node:stream/promises";
-function currentOwner() {
-  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
-}
-function upperDirsFor(createDirs) {
-  const dirs = /* @__PURE__ */ new Set();
-  for (const dir of createDirs) {
-    const parts = dir.split("/").filter(Boolean);
-    for (let i2 = 1; i2 <= parts.length; i2++) dirs.add(`/upper/${parts.slice(0, i2).join("/")}`);
-  }
-  return [...dirs];
-}
-async function allocate(path6, size) {
-  try {
-    await runTool("fallocate", ["-l", String(size), path6], { timeoutSeconds: 600 });
-  } catch (e) {
-    if (e.code === "E_NO_SPACE") throw e;
-    const chunk = Buffer.alloc(4 * 1024 * 1024);
-    async function* zeros() {
-      for (let left = size; left > 0; left -= chunk.length)
-        yield left >= chunk.length ? chunk : chunk.subarray(0, left);
-    }
-    await pipeline(zeros(), createWriteStream2(path6, { flags: "r+" }));
-  }
-}
-async function createImage(opts) {
-  const parent = dirname7(opts.path);
-  const parentStat = await fsp7.stat(parent).catch((e) => {
-    throw fromFsError(e, parent);
-  });
-  if (!parentStat.isDirectory()) throw new OverlayError("E_NOT_FOUND", `${parent} is not a directory`);
-  const present = await exists2(opts.path);
-  if (present && !opts.force) {
-    throw new OverlayError("E_EXISTS", `${opts.path} already exists`, { hint: "pass --force to replace it" });
-  }
-  const build2 = () => replaceAtomically(opts.path, async (tmp) => {
-    const { uid, gid } = opts.owner;
-    opts.onProgress?.(`${opts.sparse ? "sizing" : "allocating"} ${opts.sizeBytes} bytes`);
-    if (opts.sparse) await fsp7.truncate(tmp, opts.sizeBytes);
-    else await allocate(tmp, opts.sizeBytes);
-    const extended2 = [`root_owner=${uid}:${gid}`, ...opts.sparse ? [] : ["nodiscard"]];
-    opts.onProgress?.("mkfs.ext3");
-    await runTool("mkfs.ext3", [
-      "-F",
-      "-q",
-      "-b",
-      "4096",
-      "-I",
-      "256",
-      "-i",
-      String(opts.inodeRatio),
-      "-m",
-      String(opts.reservedPercent),
-      "-E",
-      extended2.join(","),
-      tmp
-    ]);
-    const dirs = ["/upper", "/work", ...upperDirsFor(opts.createDirs)];
-    const cmds = [];
-    for (const d of dirs) {
-      const q = debugfsQuote(d);
-      cmds.push(`mkdir ${q}`, `sif ${q} mode 040755`, `sif ${q} uid ${uid}`, `sif ${q} gid ${gid}`);
-    }
-    opts.onProgress?.("debugfs: upper/ work/");
-    await runDebugfs(tmp, cmds, { write: true });
-    await requireExt3(tmp);
-  });
-  if (present) await withLock(opts.path, "exclusive", build2);
-  else await build2();
-  return imageInfo(opts.path);
-}
-var PROFILES;
-var init_create2 = __esm({
-  "packages/core/src/image/create.ts"() {
-    "use strict";
-    init_errors();
-    init_atomic();
-    init_ofd();
-    init_run();
-    init_debugfs();
-    init_format();
-    init_info2();
-    PROFILES = {
-      small: { inodeRatio: 4096, description: "4 KiB per inode: conda environments, Python site-packages" },
-      default: { inodeRatio: 16384, description: "16 KiB per inode: general applications" },
-      large: { inodeRatio: 1048576, description: "1 MiB per inode: reference genomes, databases" }
-    };
+    init_format2();
+    init_rewrite();
   }
 });
 
@@ -51850,9 +53072,10 @@ var init_diagnose = __esm({
 });
 
 // packages/core/src/runtime/exec.ts
-import { mkdtemp as mkdtemp6, readFile as readFile6, rm as rm12, writeFile as writeFile7 } from "node:fs/promises";
-import { tmpdir as tmpdir6 } from "node:os";
-import { join as join16, resolve as resolve7 } from "node:path";
+import { realpathSync as realpathSync2 } from "node:fs";
+import { mkdtemp as mkdtemp7, readFile as readFile6, rm as rm13, writeFile as writeFile7 } from "node:fs/promises";
+import { tmpdir as tmpdir7 } from "node:os";
+import { join as join17, resolve as resolve7 } from "node:path";
 async function chooseFakeroot(image, opts = {}) {
   const uid = opts.uid ?? process.getuid?.() ?? 0;
   if (uid === 0 || opts.ro) return { fakeroot: false, upperUid: null };
@@ -51874,6 +53097,16 @@ function checkOverlayPath(path6, what) {
 }
 function execArgs(o2) {
   const args = ["exec"];
+  if (o2.sifSelf) {
+    for (const layer of o2.layers) args.push("--overlay", `${layer}:ro`);
+    if (!o2.ro) args.push("--writable");
+    if (o2.fakeroot) args.push("--fakeroot");
+    for (const bind of o2.binds) args.push("--bind", bind);
+    for (const [k, v] of Object.entries(o2.env)) args.push("--env", `${k}=${v}`);
+    if (o2.pwd) args.push("--pwd", o2.pwd);
+    args.push(o2.image, ...o2.command);
+    return args;
+  }
   for (const layer of o2.layers) args.push("--overlay", `${layer}:ro`);
   args.push("--overlay", o2.ro ? `${o2.image}:ro` : o2.image);
   if (o2.fakeroot) args.push("--fakeroot");
@@ -51892,14 +53125,14 @@ async function driverOverlayConfig(runtime) {
   if (text === void 0 || /^\s*enable overlay\s*=\s*no\s*$/m.test(text)) return void 0;
   const line = /^\s*enable overlay\s*=.*$/m;
   const driver = "enable overlay = driver";
-  const dir = await mkdtemp6(join16(tmpdir6(), "overlay-conf-"));
-  const file2 = join16(dir, "apptainer.conf");
+  const dir = await mkdtemp7(join17(tmpdir7(), "overlay-conf-"));
+  const file2 = join17(dir, "apptainer.conf");
   await writeFile7(file2, line.test(text) ? text.replace(line, driver) : `${text}
 ${driver}
 `, {
     mode: 420
   });
-  return { file: file2, cleanup: () => rm12(dir, { recursive: true, force: true }) };
+  return { file: file2, cleanup: () => rm13(dir, { recursive: true, force: true }) };
 }
 async function runInContainer(o2) {
   if (!o2.command.length) throw new OverlayError("E_INVALID_INPUT", "no command given (put it after --)");
@@ -51911,16 +53144,31 @@ async function runInContainer(o2) {
   const layers = (o2.layers ?? []).map((l) => checkOverlayPath(l, "layer"));
   const runtime = findRuntime();
   const ro = o2.ro ?? false;
-  if (ro) await detectFormat(image);
+  const sifOverlay = await isSifFile(image) ? (await findSifOverlay(image)).overlay : null;
+  if (sifOverlay) {
+  } else if (ro) await detectFormat(image);
   else await requireExt3(image);
-  for (const layer of layers) await detectFormat(layer);
-  await awaitLockFree(image, ro ? "shared" : "exclusive");
-  await finishInterruptedEdits(image);
-  const fakeroot = o2.fakeroot === void 0 || o2.fakeroot === "auto" ? (await chooseFakeroot(image, { ro })).fakeroot : o2.fakeroot;
+  for (const layer of layers) {
+    if (await isSifFile(layer))
+      await requireSifLayer(layer);
+    else await detectFormat(layer);
+  }
+  await awaitLockFree(image, ro ? "shared" : "exclusive", {
+    range: sifOverlay ? overlayLockRange(sifOverlay) : void 0
+  });
+  if (!sifOverlay) await finishInterruptedEdits(image);
+  const fakeroot = o2.fakeroot === void 0 || o2.fakeroot === "auto" ? (await chooseFakeroot(sifOverlay && partitionDevice(image, sifOverlay) || image, { ro })).fakeroot : o2.fakeroot;
   const base = await resolveBase(o2.base, { onProgress: o2.onProgress });
-  const ext3InStack = ro && process.getuid?.() !== 0 && (await Promise.all([image, ...layers].map((p) => detectFormat(p)))).some(
-    (f) => f.format.startsWith("ext")
-  );
+  const sifSelf = !!sifOverlay && sameFile(base.path, image);
+  if (sifSelf && layers.length && !ro)
+    throw new OverlayError(
+      "E_INVALID_INPUT",
+      "read-only layers cannot be added to a SIF run with its own writable overlay",
+      {
+        hint: "Apptainer refuses --overlay with --writable; extract the overlay (overlayctl extract) to use layers"
+      }
+    );
+  const ext3InStack = ro && process.getuid?.() !== 0 && (await Promise.all([image, ...layers].map((p) => stackFormat(p)))).some((f) => f.startsWith("ext"));
   const driver = ext3InStack ? await driverOverlayConfig(runtime) : void 0;
   const args = execArgs({
     image,
@@ -51931,7 +53179,8 @@ async function runInContainer(o2) {
     env: o2.env ?? {},
     pwd: o2.pwd,
     base: base.path,
-    command: o2.command
+    command: o2.command,
+    sifSelf
   });
   if (driver) args.unshift("--config", driver.file);
   const stdout = o2.stdout ?? "inherit";
@@ -51969,6 +53218,17 @@ async function runInContainer(o2) {
     stderr: result.stderr
   };
 }
+function sameFile(a2, b) {
+  try {
+    return realpathSync2(a2) === realpathSync2(b);
+  } catch {
+    return false;
+  }
+}
+async function stackFormat(path6) {
+  if (!await isSifFile(path6)) return (await detectFormat(path6)).format;
+  return overlayPartitions(await readSif(path6)).length ? "ext3" : "squashfs";
+}
 var UNSAFE_OVERLAY_PATH;
 var init_exec = __esm({
   "packages/core/src/runtime/exec.ts"() {
@@ -51978,6 +53238,9 @@ var init_exec = __esm({
     init_debugfs();
     init_format();
     init_ofd();
+    init_format2();
+    init_layer();
+    init_overlay();
     init_run();
     init_runtime();
     init_diagnose();
@@ -51992,9 +53255,9 @@ __export(build_exports, {
   buildInOverlay: () => buildInOverlay,
   checkBuilt: () => checkBuilt
 });
-import { promises as fsp8 } from "node:fs";
-import { tmpdir as tmpdir7 } from "node:os";
-import { join as join17, resolve as resolve8 } from "node:path";
+import { promises as fsp12 } from "node:fs";
+import { tmpdir as tmpdir8 } from "node:os";
+import { join as join18, resolve as resolve8 } from "node:path";
 async function checkBuilt(path6) {
   const r = await checkImage(path6);
   return { status: r.status, problems: r.problems };
@@ -52009,18 +53272,20 @@ async function buildInOverlay(o2) {
 `));
   let scriptFile = o2.scriptFile === void 0 ? void 0 : resolve8(o2.scriptFile);
   if (scriptFile) {
-    const st = await fsp8.stat(scriptFile).catch(() => null);
+    const st = await fsp12.stat(scriptFile).catch(() => null);
     if (!st?.isFile()) throw new OverlayError("E_NOT_FOUND", `build script ${o2.scriptFile} does not exist`);
   }
   const created = !await exists2(image);
   if (created && !o2.create)
     throw new OverlayError("E_NOT_FOUND", `${o2.image} does not exist`, { hint: "create it first" });
   const base = await resolveBase(o2.base, { onProgress: progress });
+  const sif = !created && await isSifFile(image);
+  const sifSelf = sif && sameFile(base.path, image);
   let tempDir;
   if (o2.script !== void 0) {
-    tempDir = await fsp8.mkdtemp(join17(tmpdir7(), "overlayctl-build-"));
-    scriptFile = join17(tempDir, "build.sh");
-    await fsp8.writeFile(scriptFile, o2.script, { mode: 420 });
+    tempDir = await fsp12.mkdtemp(join18(tmpdir8(), "overlayctl-build-"));
+    scriptFile = join18(tempDir, "build.sh");
+    await fsp12.writeFile(scriptFile, o2.script, { mode: 420 });
   }
   const command = o2.run !== void 0 ? ["/bin/sh", "-e", "-c", o2.run] : ["/bin/sh", "-e", SCRIPT_IN_CONTAINER];
   const binds = [...o2.binds ?? [], ...scriptFile ? [`${scriptFile}:${SCRIPT_IN_CONTAINER}:ro`] : []];
@@ -52033,7 +53298,7 @@ async function buildInOverlay(o2) {
     const t0 = Date.now();
     const r = await runInContainer({
       image: path6,
-      base: base.path,
+      base: sifSelf ? path6 : base.path,
       layers: o2.layers,
       binds,
       env: o2.env,
@@ -52052,7 +53317,7 @@ async function buildInOverlay(o2) {
         details: { exitCode: r.exitCode, stderrTail: tail2 }
       });
     }
-    if (o2.normalize !== false) {
+    if (o2.normalize !== false && !sif) {
       progress("normalizing deletion markers (portable for every reader)");
       const n2 = await normalizeImage(path6, { base: base.path, layers: o2.layers });
       for (const w of n2.warnings) progress(`warning: ${w}`);
@@ -52082,15 +53347,15 @@ async function buildInOverlay(o2) {
         () => replaceAtomically(image, async (tmp) => {
           progress(`copying ${o2.image} (sparse)`);
           await runTool("cp", ["--sparse=always", image, tmp], { timeoutSeconds: 3600 });
-          const st = await fsp8.stat(image);
-          await fsp8.chmod(tmp, st.mode & 4095);
-          if (process.getuid?.() === 0) await fsp8.chown(tmp, st.uid, st.gid);
+          const st = await fsp12.stat(image);
+          await fsp12.chmod(tmp, st.mode & 4095);
+          if (process.getuid?.() === 0) await fsp12.chown(tmp, st.uid, st.gid);
           await buildOn(tmp);
         })
       );
     }
   } finally {
-    if (tempDir) await fsp8.rm(tempDir, { recursive: true, force: true });
+    if (tempDir) await fsp12.rm(tempDir, { recursive: true, force: true });
   }
   return {
     image,
@@ -52112,6 +53377,7 @@ var init_build = __esm({
     init_atomic();
     init_check();
     init_create2();
+    init_format();
     init_info2();
     init_normalize2();
     init_ofd();
@@ -52123,7 +53389,7 @@ var init_build = __esm({
 
 // packages/actions/src/entries/commit-layer.ts
 import { createHash as createHash12 } from "node:crypto";
-import { createReadStream as createReadStream7, promises as fsp14 } from "node:fs";
+import { createReadStream as createReadStream7, promises as fsp15 } from "node:fs";
 
 // node_modules/@actions/core/lib/command.js
 import * as os from "os";
@@ -53471,106 +54737,11 @@ init_errors();
 // packages/core/src/cache/pack.ts
 init_errors();
 init_atomic();
+init_sparse();
+init_format();
 import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3, write } from "node:fs";
 import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
 import { basename as basename4, dirname as dirname5, resolve as resolve4 } from "node:path";
-
-// packages/core/src/fs/sparse.ts
-init_native2();
-import { createHash as createHash3 } from "node:crypto";
-import { open as open2, stat as stat3 } from "node:fs/promises";
-var SEEK_DATA = 3;
-var SEEK_HOLE = 4;
-var BLOCK = 4096;
-var ZERO_BLOCK = Buffer.alloc(BLOCK);
-var lseek;
-function intersectRegions(a2, b) {
-  const out = [];
-  let j = 0;
-  for (const [s, e] of a2) {
-    while (j < b.length && b[j][1] <= s) j++;
-    for (let k = j; k < b.length && b[k][0] < e; k++) {
-      const [bs, be] = b[k];
-      out.push([Math.max(s, bs), Math.min(e, be)]);
-    }
-  }
-  return out;
-}
-async function dataExtents(path6) {
-  const { lib } = nativeLibc();
-  lseek ??= lib.func("int64_t lseek(int fd, int64_t offset, int whence)");
-  const fh = await open2(path6, "r");
-  try {
-    const size = (await fh.stat()).size;
-    const extents = [];
-    let pos = 0;
-    while (pos < size) {
-      const start = Number(lseek(fh.fd, pos, SEEK_DATA));
-      if (start < 0) break;
-      const end = Math.min(Number(lseek(fh.fd, start, SEEK_HOLE)), size);
-      extents.push([start, end]);
-      pos = end;
-    }
-    return extents;
-  } finally {
-    await fh.close();
-  }
-}
-var RUN_MAX = 4 * 1024 * 1024;
-async function* dataRuns(path6, within) {
-  const fh = await open2(path6, "r");
-  try {
-    const extents = await dataExtents(path6);
-    for (const [start, end] of within ? intersectRegions(extents, within) : extents) {
-      for (let pos = start - start % BLOCK; pos < end; pos += RUN_MAX) {
-        const buf = Buffer.allocUnsafe(Math.min(RUN_MAX, end - pos));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-        let runStart = -1;
-        for (let b = 0; b < bytesRead; b += BLOCK) {
-          const block = buf.subarray(b, Math.min(b + BLOCK, bytesRead));
-          const zero = block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0);
-          if (!zero && runStart < 0) runStart = b;
-          else if (zero && runStart >= 0) {
-            yield { offset: pos + runStart, data: buf.subarray(runStart, b) };
-            runStart = -1;
-          }
-        }
-        if (runStart >= 0) yield { offset: pos + runStart, data: buf.subarray(runStart, bytesRead) };
-      }
-    }
-  } finally {
-    await fh.close();
-  }
-}
-var ContentHash = class {
-  hash = createHash3("sha256");
-  offset = Buffer.alloc(8);
-  constructor(size) {
-    this.hash.update(`size:${size}
-`);
-  }
-  update(offset, data) {
-    for (let b = 0; b < data.length; b += BLOCK) {
-      const block = data.subarray(b, Math.min(b + BLOCK, data.length));
-      if (block.length === BLOCK ? block.equals(ZERO_BLOCK) : block.every((x) => x === 0)) continue;
-      this.offset.writeBigUInt64BE(BigInt(offset + b));
-      this.hash.update(this.offset);
-      this.hash.update(block);
-    }
-  }
-  digest() {
-    return this.hash.digest("hex");
-  }
-};
-async function contentDigest(path6, within) {
-  const size = (await stat3(path6)).size;
-  const hash2 = new ContentHash(size);
-  for await (const run2 of dataRuns(path6, within)) hash2.update(run2.offset, run2.data);
-  return hash2.digest();
-}
-
-// packages/core/src/cache/pack.ts
-init_format();
 
 // packages/core/src/image/used.ts
 init_run();
@@ -54690,10 +55861,10 @@ init_check();
 init_format();
 init_truncation();
 init_ofd();
-import { readFile as readFile5, rm as rm7, stat as stat8, writeFile as writeFile4 } from "node:fs/promises";
-import { basename as basename5, dirname as dirname6, join as join12 } from "node:path";
+import { readFile as readFile5, rm as rm8, stat as stat9, writeFile as writeFile4 } from "node:fs/promises";
+import { basename as basename5, dirname as dirname7, join as join13 } from "node:path";
 function statePath(image) {
-  return join12(dirname6(image), `.${basename5(image)}.overlay-cache.json`);
+  return join13(dirname7(image), `.${basename5(image)}.overlay-cache.json`);
 }
 var restoreRecord = external_exports.object({
   /** CacheStore.spec of the store the image came from. */
@@ -54704,7 +55875,7 @@ var restoreRecord = external_exports.object({
   file: external_exports.string()
 });
 async function fileIdentity(image) {
-  const s = await stat8(image, { bigint: true });
+  const s = await stat9(image, { bigint: true });
   return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 async function readRestoreState(image) {
@@ -54720,7 +55891,7 @@ async function writeRestoreState(image, store, key, sha2562) {
   });
 }
 async function forgetRestoreState(image) {
-  await rm7(statePath(image), { force: true });
+  await rm8(statePath(image), { force: true });
 }
 async function unchangedSince(record2, image) {
   if (record2.file === await fileIdentity(image)) return true;
@@ -54742,7 +55913,7 @@ async function restoreImage(store, keys, image, opts = {}) {
     };
   const refusal = opts.accept ? await opts.accept(image, key) : null;
   if (refusal) {
-    await rm7(image, { force: true });
+    await rm8(image, { force: true });
     return { outcome: "miss", warnings: [`cache entry ${key} not used: ${refusal}`] };
   }
   await writeRestoreState(image, store, key, r.manifest.sha256);
@@ -54774,7 +55945,7 @@ async function verifyForSave(image, opts = {}) {
   });
 }
 async function entryVerifies(store, key, near) {
-  const scratch3 = join12(dirname6(near), `.${basename5(near)}.verify-${process.pid}`);
+  const scratch3 = join13(dirname7(near), `.${basename5(near)}.verify-${process.pid}`);
   try {
     const found = await store.fetch(
       { primary: key, restoreKeys: [] },
@@ -54782,7 +55953,7 @@ async function entryVerifies(store, key, near) {
     );
     return found?.key === key && found.value.ok;
   } finally {
-    await rm7(scratch3, { force: true });
+    await rm8(scratch3, { force: true });
   }
 }
 async function saveImage(store, key, image, opts = {}) {
@@ -54844,8 +56015,8 @@ function openStore(spec) {
 init_errors();
 init_scratch();
 init_check();
-import { rm as rm8 } from "node:fs/promises";
-import { join as join13 } from "node:path";
+import { rm as rm9 } from "node:fs/promises";
+import { join as join14 } from "node:path";
 function listableStore(store) {
   if (store instanceof LocalStore) return store;
   throw new OverlayError(
@@ -54862,7 +56033,7 @@ async function verifyStore(store, opts = {}) {
   for (const entry of entries) {
     const started = Date.now();
     const dir = await scratchDir("overlay-verify", opts.workDir);
-    const target = join13(dir, "restored.img");
+    const target = join14(dir, "restored.img");
     const base = { key: entry.key, bytes: entry.bytes, image: entry.archive };
     const failed = (status, problems, error63) => ({
       ...checkResult(entry.archive, started, {
@@ -54885,7 +56056,7 @@ async function verifyStore(store, opts = {}) {
       const err = isOverlayError(e) ? e : new OverlayError("E_CACHE", e.message);
       verdict = err.code === "E_NOT_FOUND" || err.code === "E_CACHE" ? failed("corrupt", [err.message], err) : failed("error", [], err);
     } finally {
-      await rm8(dir, { recursive: true, force: true });
+      await rm9(dir, { recursive: true, force: true });
     }
     let removed = false;
     if (opts.removeBad && verdict.status === "corrupt") removed = await store.delete(entry.key);
@@ -54899,6 +56070,7 @@ async function verifyStore(store, opts = {}) {
 // packages/core/src/index.ts
 init_errors();
 init_atomic();
+init_sparse();
 init_check();
 
 // packages/core/src/image/chown.ts
@@ -54971,80 +56143,7 @@ init_create2();
 init_debugfs();
 init_format();
 init_info2();
-
-// packages/core/src/image/resize.ts
-init_errors();
-init_atomic();
-init_ofd();
-init_run();
-init_copy();
-init_format();
-init_info2();
-init_superblock();
-import { stat as stat9, truncate } from "node:fs/promises";
-async function minimumSizeBytes(path6) {
-  const sb = await readSuperblock(path6);
-  const { stdout } = await runTool("resize2fs", ["-P", path6], { timeoutSeconds: 600 });
-  const blocks3 = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(stdout)?.[1]);
-  if (!Number.isFinite(blocks3))
-    throw new OverlayError("E_TOOL_FAILED", `resize2fs -P gave no estimate for ${path6}`);
-  return blocks3 * sb.blockSize;
-}
-async function resizeImage(path6, sizeBytes, opts = {}) {
-  await requireExt3(path6);
-  const previousSizeBytes = await withLock(path6, "exclusive", async () => {
-    const before = (await stat9(path6)).size;
-    if (before === sizeBytes) return before;
-    if (sizeBytes < before) {
-      const min = await minimumSizeBytes(path6);
-      if (sizeBytes < min) {
-        throw new OverlayError(
-          "E_SHRINK_TOO_SMALL",
-          `${path6} needs at least ${Math.ceil(min / 2 ** 20)} MiB; cannot shrink to ${Math.floor(sizeBytes / 2 ** 20)} MiB`,
-          { details: { minimumBytes: min, requestedBytes: sizeBytes } }
-        );
-      }
-    }
-    const sparse = await isSparseFile(path6);
-    await replaceAtomically(path6, async (tmp) => {
-      opts.onProgress?.("copying the image");
-      await copyImageFile(path6, tmp);
-      opts.onProgress?.("e2fsck -fy (resize2fs needs a checked filesystem)");
-      const fsck = await runTool("e2fsck", ["-fy", tmp], { okExitCodes: [1, 2, 4], timeoutSeconds: 1800 });
-      if (fsck.exitCode === 4)
-        throw new OverlayError("E_INTEGRITY", `${path6} has errors e2fsck cannot fix; run check --repair`);
-      const sizeArg = `${Math.floor(sizeBytes / 1024)}K`;
-      try {
-        if (sizeBytes > before) {
-          if (sparse) await truncate(tmp, sizeBytes);
-          else await runTool("fallocate", ["-l", String(sizeBytes), tmp]);
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
-        } else {
-          opts.onProgress?.(`resize2fs ${sizeArg}`);
-          await runTool("resize2fs", [tmp, sizeArg], { timeoutSeconds: 1800 });
-          await truncate(tmp, sizeBytes);
-        }
-      } catch (e) {
-        if (isOverlayError(e, "E_TOOL_FAILED") && /smaller than minimum|No space left on device/i.test(e.message)) {
-          throw new OverlayError("E_SHRINK_TOO_SMALL", `${path6} cannot shrink to ${sizeArg}: ${e.message}`);
-        }
-        throw e;
-      }
-      const check2 = await runTool("e2fsck", ["-fn", tmp], {
-        okExitCodes: [1, 2, 4, 8],
-        timeoutSeconds: 1800
-      });
-      if (check2.exitCode !== 0)
-        throw new OverlayError("E_INTEGRITY", `resized copy of ${path6} did not check clean`);
-    });
-    return before;
-  });
-  const info2 = await imageInfo(path6);
-  return { ...info2, previousSizeBytes, changed: previousSizeBytes !== sizeBytes };
-}
-
-// packages/core/src/index.ts
+init_resize();
 init_superblock();
 init_truncation();
 
@@ -55060,17 +56159,17 @@ init_native2();
 init_run();
 import { createHash as createHash9 } from "node:crypto";
 import { createReadStream as createReadStream4, lstatSync } from "node:fs";
-import { mkdtemp as mkdtemp4, readdir as readdir6, rm as rm10, stat as stat10, writeFile as writeFile5 } from "node:fs/promises";
-import { tmpdir as tmpdir5 } from "node:os";
-import { join as join14 } from "node:path";
+import { mkdtemp as mkdtemp5, readdir as readdir6, rm as rm11, stat as stat10, writeFile as writeFile5 } from "node:fs/promises";
+import { tmpdir as tmpdir6 } from "node:os";
+import { join as join15 } from "node:path";
 
 // packages/core/src/layer/fuse.ts
 init_atomic();
 init_run();
-import { mkdtemp as mkdtemp3, rm as rm9 } from "node:fs/promises";
+import { mkdtemp as mkdtemp4, rm as rm10 } from "node:fs/promises";
 async function withFuse2fs(image, mode, fn) {
   await clearStaleMounts();
-  const mnt = await mkdtemp3(mountDirPrefix());
+  const mnt = await mkdtemp4(mountDirPrefix());
   const kernel = process.getuid?.() === 0 && !process.env.OVERLAY_FORCE_FUSE;
   try {
     if (kernel) {
@@ -55081,7 +56180,7 @@ async function withFuse2fs(image, mode, fn) {
       await runTool("fuse2fs", ["-o", `${mode},fakeroot`, image, mnt], { timeoutSeconds: 120 });
     }
   } catch (e) {
-    await rm9(mnt, { recursive: true, force: true }).catch(() => {
+    await rm10(mnt, { recursive: true, force: true }).catch(() => {
     });
     throw e;
   }
@@ -55094,7 +56193,7 @@ async function withFuse2fs(image, mode, fn) {
       () => runTool(unmount, lazy2).catch(() => {
       })
     );
-    await rm9(mnt, { recursive: true, force: true }).catch(() => {
+    await rm10(mnt, { recursive: true, force: true }).catch(() => {
     });
   }
 }
@@ -55112,7 +56211,7 @@ async function planLayer(upper, lower) {
   let files = 0;
   let whiteouts = 0;
   const walk = async (rel) => {
-    const dir = rel ? join14(upper, rel) : upper;
+    const dir = rel ? join15(upper, rel) : upper;
     const entries = [];
     for (const d of await readdir6(dir, { withFileTypes: true })) {
       let kind = "other";
@@ -55122,7 +56221,7 @@ async function planLayer(upper, lower) {
       else if (d.isSymbolicLink()) kind = "symlink";
       else if (d.isCharacterDevice()) {
         kind = "chardev";
-        whiteoutDevice = lstatSync(join14(dir, d.name)).rdev === 0;
+        whiteoutDevice = lstatSync(join15(dir, d.name)).rdev === 0;
       }
       entries.push({ name: d.name, kind, whiteoutDevice });
     }
@@ -55206,18 +56305,18 @@ async function commitLayer(o2) {
     o2.onProgress?.(`e2fsck -fn ${o2.image} (it must be clean to be read)`);
     await requireCleanForReadOnlyMount(o2.image);
     const lower = o2.base || o2.layers.length ? await lowerListing(o2.base, o2.layers) : void 0;
-    const work = await mkdtemp4(join14(tmpdir5(), "overlay-commit-"));
+    const work = await mkdtemp5(join15(tmpdir6(), "overlay-commit-"));
     let planned;
     try {
       await withFuse2fs(o2.image, "ro", async (mnt) => {
-        const upper = join14(mnt, "upper");
+        const upper = join15(mnt, "upper");
         if (!(await stat10(upper).catch(() => null))?.isDirectory()) {
           throw new OverlayError("E_NOT_EXT3", `${o2.image} has no upper/ directory`);
         }
         o2.onProgress?.("planning whiteouts");
         planned = await planLayer(upper, lower);
-        const excludeFile = join14(work, "exclude");
-        const pseudoFile = join14(work, "pseudo");
+        const excludeFile = join15(work, "exclude");
+        const pseudoFile = join15(work, "pseudo");
         await writeFile5(excludeFile, planned.exclude.map((p) => `${p}
 `).join(""));
         await writeFile5(pseudoFile, planned.pseudo.map((p) => `${p}
@@ -55240,7 +56339,7 @@ async function commitLayer(o2) {
         });
       });
     } finally {
-      await rm10(work, { recursive: true, force: true });
+      await rm11(work, { recursive: true, force: true });
     }
     if (o2.reset) {
       o2.onProgress?.("reset: emptying upper/ and work/");
@@ -55248,8 +56347,8 @@ async function commitLayer(o2) {
         await copyImageFile(o2.image, tmp);
         await withFuse2fs(tmp, "rw", async (mnt) => {
           for (const dir of ["upper", "work"]) {
-            for (const name of await readdir6(join14(mnt, dir)))
-              await rm10(join14(mnt, dir, name), { recursive: true, force: true });
+            for (const name of await readdir6(join15(mnt, dir)))
+              await rm11(join15(mnt, dir, name), { recursive: true, force: true });
           }
         });
         await runTool("e2fsck", ["-fy", "-E", "discard", tmp], { okExitCodes: [1, 2] });
@@ -55281,8 +56380,8 @@ init_normalize2();
 init_atomic();
 init_format();
 init_run();
-import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp5, readdir as readdir7, rm as rm11, writeFile as writeFile6 } from "node:fs/promises";
-import { dirname as dirname8, join as join15 } from "node:path";
+import { chmod as chmod3, lstat as lstat3, mkdir as mkdir3, mkdtemp as mkdtemp6, readdir as readdir7, rm as rm12, writeFile as writeFile6 } from "node:fs/promises";
+import { dirname as dirname8, join as join16 } from "node:path";
 init_lower();
 var parentOf = (path6) => path6.includes("/") ? path6.slice(0, path6.lastIndexOf("/")) : "";
 function mergeListings(listings) {
@@ -55328,7 +56427,7 @@ async function openUp(root) {
   await chmod3(root, 448);
   for (const d of await readdir7(root, { recursive: true, withFileTypes: true })) {
     if (d.isSymbolicLink()) continue;
-    const p = join15(d.parentPath, d.name);
+    const p = join16(d.parentPath, d.name);
     const want = d.isDirectory() ? 448 : d.isFile() ? 384 : 0;
     if (!want) continue;
     const { mode } = await lstat3(p);
@@ -55355,16 +56454,16 @@ async function squashLayers(layers, output2, opts) {
       `${[...recreated].map((p) => `/${p}`).join(", ")} deleted and made again in a later layer: give --base so the merged layer keeps hiding the base image's old content there`
     );
   }
-  const staging = await mkdtemp5(join15(dirname8(output2), ".squash-"));
+  const staging = await mkdtemp6(join16(dirname8(output2), ".squash-"));
   try {
-    const tree = join15(staging, "root");
+    const tree = join16(staging, "root");
     for (const [i2, layer] of layers.entries()) {
       const exclude = listings[i2].filter((e) => e.path !== "").filter((e) => {
         const m = merged.get(e.path);
         if (m?.type === "d" && e.type === "d") return false;
         return m?.layer !== i2 || DEVICE_TYPES.has(e.type);
       }).map((e) => e.path);
-      const excludeFile = join15(staging, `exclude-${i2}`);
+      const excludeFile = join16(staging, `exclude-${i2}`);
       await writeFile6(excludeFile, exclude.map((p) => `${p}
 `).join(""));
       opts.onProgress?.(`extracting ${layer}`);
@@ -55398,7 +56497,7 @@ async function squashLayers(layers, output2, opts) {
         pseudo.push(`${name} m ${octal(e.mode)} ${e.uid} ${e.gid}`);
       }
     }
-    const pseudoFile = join15(staging, "pseudo");
+    const pseudoFile = join16(staging, "pseudo");
     await writeFile6(pseudoFile, pseudo.map((p) => `${p}
 `).join(""));
     const top = merged.get("");
@@ -55429,7 +56528,7 @@ async function squashLayers(layers, output2, opts) {
       warnings
     };
   } finally {
-    await rm11(staging, { recursive: true, force: true });
+    await rm12(staging, { recursive: true, force: true });
   }
 }
 
@@ -55447,8 +56546,8 @@ init_run();
 init_runtime();
 init_build();
 init_exec();
-import { promises as fsp9 } from "node:fs";
-import { join as join18, resolve as resolve9 } from "node:path";
+import { promises as fsp13 } from "node:fs";
+import { join as join19, resolve as resolve9 } from "node:path";
 var PACKAGES = ["python3", "python3-yaml", "python3-jinja2", "python3-requests", "python3-numpy"];
 var INSTALL_SH = `# The demo's build: a Python environment from Debian packages, installed into the overlay.
 # apt's package lists and downloaded .debs are bind-mounted from the demo directory, and its
@@ -55470,10 +56569,10 @@ async function hostMirror() {
   const dir = "/etc/apt/sources.list.d";
   const files = [
     "/etc/apt/sources.list",
-    ...(await fsp9.readdir(dir).catch(() => [])).map((f) => join18(dir, f))
+    ...(await fsp13.readdir(dir).catch(() => [])).map((f) => join19(dir, f))
   ];
   for (const file2 of files) {
-    const text = await fsp9.readFile(file2, "utf8").catch(() => "");
+    const text = await fsp13.readFile(file2, "utf8").catch(() => "");
     for (const m of text.matchAll(/^(?:URIs:|deb(?:\s+\[[^\]]*\])?)\s+(\S+)/gm)) {
       if (/^https?:\/\//.test(m[1]) && !/security/.test(m[1])) return m[1];
     }
@@ -55481,14 +56580,14 @@ async function hostMirror() {
   return "http://deb.debian.org/debian";
 }
 async function demoBase(dir, log2) {
-  const sif = join18(dir, "base.sif");
-  const def = join18(dir, "base.def");
+  const sif = join19(dir, "base.sif");
+  const def = join19(dir, "base.def");
   const recipe = `Bootstrap: debootstrap
 OSVersion: bookworm
 MirrorURL: ${await hostMirror()}
 `;
   const t0 = Date.now();
-  if (await exists2(sif) && await fsp9.readFile(def, "utf8").catch(() => "") === recipe) {
+  if (await exists2(sif) && await fsp13.readFile(def, "utf8").catch(() => "") === recipe) {
     return { path: sif, built: false, durationMs: 0 };
   }
   if (!findTool("debootstrap") && process.getuid?.() === 0 && findTool("apt-get")) {
@@ -55496,7 +56595,7 @@ MirrorURL: ${await hostMirror()}
     await runTool("apt-get", ["install", "-y", "-q", "--no-install-recommends", "debootstrap"]);
   }
   const runtime = findRuntime();
-  await fsp9.writeFile(def, recipe);
+  await fsp13.writeFile(def, recipe);
   log2(`building base.sif: Debian bookworm minbase from ${recipe.split("MirrorURL: ")[1].trim()}`);
   const fakeroot = process.getuid?.() === 0 ? [] : ["--fakeroot"];
   await replaceAtomically(
@@ -55509,17 +56608,17 @@ MirrorURL: ${await hostMirror()}
 async function runDemo(o2) {
   const started = Date.now();
   const dir = resolve9(o2.dir);
-  await fsp9.mkdir(join18(dir, "apt/archives/partial"), { recursive: true });
-  await fsp9.mkdir(join18(dir, "apt/lists/partial"), { recursive: true });
+  await fsp13.mkdir(join19(dir, "apt/archives/partial"), { recursive: true });
+  await fsp13.mkdir(join19(dir, "apt/lists/partial"), { recursive: true });
   o2.info(`demo: artefacts in ${dir}`);
   o2.info("1/4 base image");
   const base = await demoBase(dir, o2.progress);
   o2.info(`2/4 overlay env.img (small profile) + install ${PACKAGES.join(" ")}`);
-  const image = join18(dir, "env.img");
-  await fsp9.rm(image, { force: true });
+  const image = join19(dir, "env.img");
+  await fsp13.rm(image, { force: true });
   await removeStaleTemps(image);
-  const script = join18(dir, "install.sh");
-  await fsp9.writeFile(script, INSTALL_SH);
+  const script = join19(dir, "install.sh");
+  await fsp13.writeFile(script, INSTALL_SH);
   let packagesInstalled = 0;
   const built = await buildInOverlay({
     image,
@@ -55553,7 +56652,7 @@ async function runDemo(o2) {
     });
   return {
     dir,
-    base: { ...base, sizeBytes: (await fsp9.stat(base.path)).size },
+    base: { ...base, sizeBytes: (await fsp13.stat(base.path)).size },
     image: built.info,
     packages: PACKAGES,
     packagesInstalled,
@@ -55572,402 +56671,11 @@ async function runDemo(o2) {
 init_diagnose();
 init_exec();
 
-// packages/core/src/sif/format.ts
-init_errors();
-import { randomUUID as randomUUID2 } from "node:crypto";
-import { promises as fsp10 } from "node:fs";
-var SIF_MAGIC = "SIF_MAGIC";
-var HEADER_LEN = 128;
-var DESCRIPTOR_LEN = 585;
-var DEFAULT_DESCRIPTOR_CAPACITY = 48;
-var DEFAULT_DESCRIPTORS_OFFSET = 4096;
-var PARTITION_ALIGNMENT = 4096;
-var GROUP_MASK = 4026531840;
-var SIF_DATA_TYPES = {
-  16385: "deffile",
-  16386: "envVars",
-  16387: "labels",
-  16388: "partition",
-  16389: "signature",
-  16390: "genericJson",
-  16391: "generic",
-  16392: "cryptoMessage",
-  16393: "sbom",
-  16394: "ociRootIndex",
-  16395: "ociBlob"
-};
-var DATA_PARTITION = 16388;
-var DATA_SIGNATURE = 16389;
-var SIF_FS_TYPES = {
-  1: "squashfs",
-  2: "ext3",
-  3: "archive",
-  4: "raw",
-  5: "encryptedSquashfs",
-  6: "gocryptfsSquashfs"
-};
-var FS_SQUASHFS = 1;
-var SIF_PART_TYPES = { 1: "system", 2: "primarySystem", 3: "data", 4: "overlay" };
-var PART_OVERLAY = 4;
-var ARCH_BY_NODE = {
-  ia32: "01",
-  x64: "02",
-  arm: "03",
-  arm64: "04",
-  ppc64: "06",
-  // Node's ppc64 is little-endian
-  mips: "07",
-  mipsel: "08",
-  s390x: "11",
-  riscv64: "12",
-  loong64: "13"
-};
-var ARCH_NAMES = {
-  "00": "unknown",
-  "01": "386",
-  "02": "amd64",
-  "03": "arm",
-  "04": "arm64",
-  "05": "ppc64",
-  "06": "ppc64le",
-  "07": "mips",
-  "08": "mipsle",
-  "09": "mips64",
-  "10": "mips64le",
-  "11": "s390x",
-  "12": "riscv64",
-  "13": "loong64"
-};
-var hostSifArch = () => ARCH_BY_NODE[process.arch] ?? "00";
-var sifArchName = (code) => ARCH_NAMES[code] ?? "unknown";
-var cstr = (b, start, len) => {
-  const s = b.subarray(start, start + len);
-  const nul = s.indexOf(0);
-  return s.subarray(0, nul < 0 ? s.length : nul).toString("latin1");
-};
-var i64 = (b, at) => Number(b.readBigInt64LE(at));
-function isSifHead(head) {
-  return head.length >= 42 && head.toString("latin1", 32, 41) === SIF_MAGIC && head[41] === 0;
-}
-function parseHeader(b) {
-  const arch3 = cstr(b, 45, 3);
-  return {
-    launchScript: cstr(b, 0, 32),
-    version: cstr(b, 42, 3),
-    arch: arch3,
-    archName: sifArchName(arch3),
-    id: formatUuid2(b.subarray(48, 64)),
-    createdAt: i64(b, 64),
-    modifiedAt: i64(b, 72),
-    descriptorsFree: i64(b, 80),
-    descriptorsTotal: i64(b, 88),
-    descriptorsOffset: i64(b, 96),
-    descriptorsSize: i64(b, 104),
-    dataOffset: i64(b, 112),
-    dataSize: i64(b, 120)
-  };
-}
-function parseDescriptor(raw, slot) {
-  if (raw[4] === 0) return null;
-  const dataType = raw.readInt32LE(0);
-  const groupRaw = raw.readUInt32LE(9);
-  const linkRaw = raw.readUInt32LE(13);
-  const d = {
-    slot,
-    dataType,
-    type: SIF_DATA_TYPES[dataType] ?? "unknown",
-    id: raw.readUInt32LE(5),
-    groupId: (groupRaw & ~GROUP_MASK) >>> 0,
-    linkedId: (linkRaw & ~GROUP_MASK) >>> 0,
-    linkedIsGroup: (linkRaw & GROUP_MASK) >>> 0 === GROUP_MASK,
-    offset: i64(raw, 17),
-    size: i64(raw, 25),
-    sizeWithPadding: i64(raw, 33),
-    createdAt: i64(raw, 41),
-    modifiedAt: i64(raw, 49),
-    name: cstr(raw, 73, 128),
-    raw
-  };
-  const extra = 201;
-  if (dataType === DATA_PARTITION) {
-    const fsType = raw.readInt32LE(extra);
-    const partType = raw.readInt32LE(extra + 4);
-    const arch3 = cstr(raw, extra + 8, 3);
-    d.partition = {
-      fsType,
-      fs: SIF_FS_TYPES[fsType] ?? "unknown",
-      partType,
-      part: SIF_PART_TYPES[partType] ?? "unknown",
-      arch: arch3,
-      archName: sifArchName(arch3)
-    };
-  } else if (dataType === DATA_SIGNATURE) {
-    d.signature = { hashType: raw.readInt32LE(extra), entity: cstr(raw, extra + 4, 256) };
-  }
-  return d;
-}
-function formatUuid2(b) {
-  const h2 = b.toString("hex");
-  return `${h2.slice(0, 8)}-${h2.slice(8, 12)}-${h2.slice(12, 16)}-${h2.slice(16, 20)}-${h2.slice(20)}`;
-}
-function uuidBytes(id) {
-  const hex3 = id.replace(/-/g, "");
-  if (!/^[0-9a-f]{32}$/i.test(hex3)) throw new OverlayError("E_INVALID_INPUT", `not a UUID: ${id}`);
-  return Buffer.from(hex3, "hex");
-}
-var damaged = (path6, why) => new OverlayError("E_INTEGRITY", `${path6} is a damaged SIF file: ${why}`, {
-  hint: "the SIF header or descriptor table is not usable; restore the file from a copy"
-});
-async function readSif(path6) {
-  let fh;
-  try {
-    fh = await fsp10.open(path6, "r");
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a regular file`);
-    const rawHeader = Buffer.alloc(HEADER_LEN);
-    const { bytesRead } = await fh.read(rawHeader, 0, HEADER_LEN, 0);
-    if (!isSifHead(rawHeader.subarray(0, bytesRead)))
-      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SIF file`);
-    if (bytesRead < HEADER_LEN) throw damaged(path6, "truncated header");
-    const header = parseHeader(rawHeader);
-    if (header.version !== "01")
-      throw new OverlayError(
-        "E_UNKNOWN_FORMAT",
-        `${path6} is SIF version ${header.version}; only 01 is known`
-      );
-    const { descriptorsOffset: off, descriptorsTotal: total, descriptorsSize: size } = header;
-    if (total < 0 || total > 1e6 || size !== total * DESCRIPTOR_LEN || off < HEADER_LEN)
-      throw damaged(path6, "descriptor table fields are inconsistent");
-    if (off + size > st.size) throw damaged(path6, "the file ends inside the descriptor table");
-    const table = Buffer.alloc(size);
-    await fh.read(table, 0, size, off);
-    const descriptors2 = [];
-    for (let i2 = 0; i2 < total; i2++) {
-      const d = parseDescriptor(Buffer.from(table.subarray(i2 * DESCRIPTOR_LEN, (i2 + 1) * DESCRIPTOR_LEN)), i2);
-      if (!d) continue;
-      if (d.offset < 0 || d.size < 0 || d.offset + d.size > st.size)
-        throw damaged(path6, `object ${d.id} (${d.type}) extends past the end of the file (truncated)`);
-      descriptors2.push(d);
-    }
-    return { path: path6, fileSize: st.size, header, descriptors: descriptors2, rawHeader };
-  } finally {
-    await fh.close();
-  }
-}
-function encodeDescriptor(d) {
-  const raw = Buffer.alloc(DESCRIPTOR_LEN);
-  raw.writeInt32LE(d.dataType, 0);
-  raw[4] = 1;
-  raw.writeUInt32LE(d.id, 5);
-  raw.writeUInt32LE((d.groupId | GROUP_MASK) >>> 0, 9);
-  raw.writeUInt32LE(d.linkedId ?? 0, 13);
-  raw.writeBigInt64LE(BigInt(d.offset), 17);
-  raw.writeBigInt64LE(BigInt(d.size), 25);
-  raw.writeBigInt64LE(BigInt(d.sizeWithPadding), 33);
-  raw.writeBigInt64LE(BigInt(d.time), 41);
-  raw.writeBigInt64LE(BigInt(d.time), 49);
-  if (d.name) raw.write(d.name.slice(0, 127), 73, "latin1");
-  if (d.partition) {
-    raw.writeInt32LE(d.partition.fsType, 201);
-    raw.writeInt32LE(d.partition.partType, 205);
-    raw.write(d.partition.arch.slice(0, 2), 209, "latin1");
-  }
-  return raw;
-}
-function encodeHeader(h2) {
-  const total = h2.descriptorsTotal ?? DEFAULT_DESCRIPTOR_CAPACITY;
-  const b = Buffer.alloc(HEADER_LEN);
-  b.write("#!/usr/bin/env run-singularity\n", 0, "latin1");
-  b.write(SIF_MAGIC, 32, "latin1");
-  b.write("01", 42, "latin1");
-  b.write((h2.arch ?? "00").slice(0, 2), 45, "latin1");
-  uuidBytes(h2.id ?? randomUUID2()).copy(b, 48);
-  b.writeBigInt64LE(BigInt(h2.time), 64);
-  b.writeBigInt64LE(BigInt(h2.time), 72);
-  b.writeBigInt64LE(BigInt(h2.descriptorsFree), 80);
-  b.writeBigInt64LE(BigInt(total), 88);
-  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET), 96);
-  b.writeBigInt64LE(BigInt(total * DESCRIPTOR_LEN), 104);
-  b.writeBigInt64LE(BigInt(DEFAULT_DESCRIPTORS_OFFSET + total * DESCRIPTOR_LEN), 112);
-  b.writeBigInt64LE(BigInt(h2.dataSize), 120);
-  return b;
-}
-
-// packages/core/src/sif/layer.ts
-init_errors();
-init_atomic();
-import { createHash as createHash10 } from "node:crypto";
-import { createReadStream as createReadStream5, promises as fsp12 } from "node:fs";
-
-// packages/core/src/sif/rewrite.ts
-init_errors();
-init_atomic();
-import { promises as fsp11 } from "node:fs";
-var CHUNK = 4 * 1024 * 1024;
-var BLOCK2 = 4096;
-var ZERO_BLOCK2 = Buffer.alloc(BLOCK2);
-function intersect(extents, start, end) {
-  const out = [];
-  for (const [a2, b] of extents) {
-    const s = Math.max(a2, start);
-    const e = Math.min(b, end);
-    if (s < e) out.push([s, e]);
-  }
-  return out;
-}
-async function copyRange(src, srcExtents, srcStart, length, dst, dstStart, mode) {
-  const end = srcStart + length;
-  const ranges = mode === "full" ? [[srcStart, end]] : intersect(srcExtents, srcStart, end);
-  const buf = Buffer.allocUnsafe(CHUNK);
-  for (const [a2, b] of ranges) {
-    const from = mode === "sparse" ? a2 - (a2 - srcStart) % BLOCK2 : a2;
-    for (let pos = from; pos < b; pos += CHUNK) {
-      const want = Math.min(CHUNK, b - pos);
-      const { bytesRead } = await src.read(buf, 0, want, pos);
-      if (bytesRead < want) buf.fill(0, bytesRead, want);
-      const data = buf.subarray(0, want);
-      const at = dstStart + (pos - srcStart);
-      if (mode !== "sparse") {
-        await writeAll(dst, data, at);
-        continue;
-      }
-      let runStart = -1;
-      for (let o2 = 0; o2 < want; o2 += BLOCK2) {
-        const block = data.subarray(o2, Math.min(o2 + BLOCK2, want));
-        const zero = block.length === BLOCK2 ? block.equals(ZERO_BLOCK2) : block.every((x) => x === 0);
-        if (!zero && runStart < 0) runStart = o2;
-        else if (zero && runStart >= 0) {
-          await writeAll(dst, data.subarray(runStart, o2), at + runStart);
-          runStart = -1;
-        }
-      }
-      if (runStart >= 0) await writeAll(dst, data.subarray(runStart, want), at + runStart);
-    }
-  }
-}
-async function writeAll(fh, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-    if (bytesWritten <= 0) throw new OverlayError("E_NO_SPACE", "short write: no space left on device");
-    done += bytesWritten;
-  }
-}
-async function openOrThrow(path6, flags) {
-  try {
-    return await fsp11.open(path6, flags);
-  } catch (e) {
-    throw fromFsError(e, path6);
-  }
-}
-async function extractObjectTo(sifPath, d, out, mode = "sparse") {
-  const src = await openOrThrow(sifPath, "r");
-  try {
-    const dst = await openOrThrow(out, "w");
-    try {
-      await dst.truncate(d.size);
-      const extents = mode === "full" ? [] : await dataExtents(sifPath);
-      await copyRange(src, extents, d.offset, d.size, dst, 0, mode);
-      await dst.sync();
-    } finally {
-      await dst.close();
-    }
-  } finally {
-    await src.close();
-  }
-}
-
-// packages/core/src/sif/layer.ts
-async function requireSquashfs2(path6) {
-  const fh = await fsp12.open(path6, "r").catch((e) => {
-    throw fromFsError(e, path6);
-  });
-  try {
-    const st = await fh.stat();
-    const head = Buffer.alloc(4);
-    await fh.read(head, 0, 4, 0);
-    if (!st.isFile() || head.toString("latin1") !== "hsqs")
-      throw new OverlayError("E_UNKNOWN_FORMAT", `${path6} is not a SquashFS layer`);
-    return st.size;
-  } finally {
-    await fh.close();
-  }
-}
-async function sha256File2(path6) {
-  const hash2 = createHash10("sha256");
-  for await (const chunk of createReadStream5(path6)) hash2.update(chunk);
-  return hash2.digest();
-}
-async function wrapLayerInSif(layerSqfs, outSif) {
-  const size = await requireSquashfs2(layerSqfs);
-  const digest = await sha256File2(layerSqfs);
-  digest[6] = digest[6] & 15 | 64;
-  digest[8] = digest[8] & 63 | 128;
-  const id = digest.subarray(0, 16).toString("hex");
-  const uuid3 = `${id.slice(0, 8)}-${id.slice(8, 12)}-${id.slice(12, 16)}-${id.slice(16, 20)}-${id.slice(20)}`;
-  const dataOffset = DEFAULT_DESCRIPTORS_OFFSET + DEFAULT_DESCRIPTOR_CAPACITY * DESCRIPTOR_LEN;
-  const offset = Math.ceil(dataOffset / PARTITION_ALIGNMENT) * PARTITION_ALIGNMENT;
-  const header = encodeHeader({
-    id: uuid3,
-    time: 0,
-    descriptorsFree: DEFAULT_DESCRIPTOR_CAPACITY - 1,
-    dataSize: offset + size - dataOffset
-  });
-  const descriptor = encodeDescriptor({
-    dataType: DATA_PARTITION,
-    id: 1,
-    groupId: 1,
-    offset,
-    size,
-    sizeWithPadding: offset - dataOffset + size,
-    time: 0,
-    partition: { fsType: FS_SQUASHFS, partType: PART_OVERLAY, arch: hostSifArch() }
-  });
-  await replaceAtomically(outSif, async (tmp) => {
-    const fh = await fsp12.open(tmp, "r+");
-    try {
-      await fh.write(header, 0, header.length, 0);
-      await fh.write(descriptor, 0, descriptor.length, DEFAULT_DESCRIPTORS_OFFSET);
-      await fh.truncate(offset);
-      let pos = offset;
-      for await (const chunk of createReadStream5(layerSqfs, { highWaterMark: 4 * 1024 * 1024 })) {
-        const b = chunk;
-        await fh.write(b, 0, b.length, pos);
-        pos += b.length;
-      }
-      if (pos !== offset + size)
-        throw new OverlayError("E_TOOL_FAILED", `${layerSqfs} changed while it was read`);
-    } finally {
-      await fh.close();
-    }
-  });
-  return { path: outSif, sizeBytes: (await fsp12.stat(outSif)).size, id: uuid3 };
-}
-async function layerFromSif(sif, outSqfs) {
-  const file2 = await readSif(sif);
-  const layers = file2.descriptors.filter(
-    (d2) => d2.partition?.fsType === FS_SQUASHFS && (d2.partition.partType === PART_OVERLAY || d2.partition.partType === 3)
-  );
-  if (layers.length === 0)
-    throw new OverlayError("E_UNKNOWN_FORMAT", `${sif} holds no SquashFS layer partition`, {
-      hint: "a container SIF is not a layer; layers are SIFs with one SquashFS overlay partition"
-    });
-  if (layers.length > 1)
-    throw new OverlayError(
-      "E_INVALID_INPUT",
-      `${sif} holds ${layers.length} SquashFS layer partitions; expected one`
-    );
-  const d = layers[0];
-  await replaceAtomically(outSqfs, async (tmp) => {
-    await extractObjectTo(sif, d, tmp, "extents");
-    await requireSquashfs2(tmp);
-  });
-  return { path: outSqfs, sizeBytes: d.size, id: file2.header.id };
-}
+// packages/core/src/sif/index.ts
+init_format2();
+init_layer();
+init_overlay();
+init_rewrite();
 
 // packages/core/src/index.ts
 init_size();
@@ -56098,7 +56806,7 @@ function parseTaskInput(task, raw, nameStyle = (f) => `--${kebab(f)}`) {
 // packages/core/src/tasks/setup.ts
 init_zod();
 init_resolve();
-import { promises as fsp13 } from "node:fs";
+import { promises as fsp14 } from "node:fs";
 init_errors();
 init_atomic();
 init_check();
@@ -56106,6 +56814,7 @@ init_copy();
 init_create2();
 init_debugfs();
 init_info2();
+init_resize();
 init_ofd();
 init_size();
 init_run();
@@ -56290,7 +56999,7 @@ async function reconcile(path6, input2, ctx, done) {
 }
 async function allocateAll(path6, ctx) {
   ctx.progress(`allocating every block of ${path6} (sparse: false)`);
-  await runTool("fallocate", ["-l", String((await fsp13.stat(path6)).size), path6], { timeoutSeconds: 1800 });
+  await runTool("fallocate", ["-l", String((await fsp14.stat(path6)).size), path6], { timeoutSeconds: 1800 });
 }
 async function setupOverlay(input2, ctx) {
   if (await exists2(input2.path)) {
@@ -56415,7 +57124,7 @@ async function setupOverlay(input2, ctx) {
   }
 }
 async function discard(path6) {
-  await fsp13.rm(path6, { force: true });
+  await fsp14.rm(path6, { force: true });
   await forgetRestoreState(path6);
 }
 async function saveOverlay(opts, store, ctx) {
@@ -56737,6 +57446,7 @@ init_size();
 
 // packages/core/src/tasks/exec.ts
 init_zod();
+init_format();
 init_normalize2();
 init_exec();
 var textSchema = external_exports.string().min(1).refine((s) => !/[\0\n\r]/.test(s), "may not contain NUL or newline characters");
@@ -56783,7 +57493,7 @@ var execTask = defineTask({
       stdout: ctx.json ? "stderr" : "inherit"
     });
     let normalized;
-    if (!input2.ro && input2.normalize) {
+    if (!input2.ro && input2.normalize && !await isSifFile(input2.image)) {
       normalized = await normalizeImage(input2.image, {
         base: input2.base,
         layers: input2.layer,
@@ -56890,17 +57600,55 @@ var demoTask = defineTask({
   render
 });
 
+// packages/core/src/tasks/embed.ts
+init_zod();
+init_overlay();
+var embedTask = defineTask({
+  name: "embed",
+  summary: "Add an ext3 overlay image to a SIF as its writable overlay partition (Apptainer's --writable)",
+  positional: ["image", "sif"],
+  input: external_exports.object({
+    image: pathSchema.describe("The ext3 overlay image to embed (left as it is)"),
+    sif: pathSchema.describe(
+      "The SIF container; refused when signed, encrypted or already holding an overlay"
+    )
+  }),
+  run: (input2, ctx) => embedOverlay(input2.image, input2.sif, { onProgress: ctx.progress }),
+  render: renderImageSummary
+});
+
+// packages/core/src/tasks/extract.ts
+init_zod();
+init_overlay();
+var extractTask = defineTask({
+  name: "extract",
+  summary: "Copy a SIF's embedded overlay out as a standalone ext3 image (sparse); the SIF is left as it is",
+  positional: ["sif", "image"],
+  input: external_exports.object({
+    sif: pathSchema.describe("The SIF container with an overlay partition"),
+    image: pathSchema.describe("Path of the standalone image to write"),
+    force: external_exports.boolean().default(false).describe("Replace an existing file")
+  }),
+  run: (input2, ctx) => extractOverlay(input2.sif, input2.image, { force: input2.force, onProgress: ctx.progress }),
+  render: renderImageSummary
+});
+
 // packages/core/src/tasks/info.ts
 init_zod();
 init_info2();
 init_truncation();
+init_overlay();
 var infoTask = defineTask({
   name: "info",
   summary: "Show format, sizes, usage, inodes and Apptainer compatibility of an image (no mount)",
   positional: ["image"],
-  input: external_exports.object({ image: pathSchema.describe("Image file (ext3 overlay or SquashFS layer)") }),
+  input: external_exports.object({
+    image: pathSchema.describe(
+      "Image file (ext3 overlay or SquashFS layer), or a SIF (its objects and embedded overlay)"
+    )
+  }),
   run: (input2) => imageInfo(input2.image),
-  render: (i2) => [renderImageSummary(i2), ...damageLines(i2)].join("\n")
+  render: (i2) => [renderImageSummary(i2), ...damageLines(i2), ...i2.sif ? [renderSifObjects(i2.sif)] : []].join("\n")
 });
 function damageLines(i2) {
   const lines = [];
@@ -56991,10 +57739,11 @@ import { resolve as resolve11 } from "node:path";
 
 // packages/core/src/transfer/image.ts
 import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5, write as write2 } from "node:fs";
-import { open as open5, readFile as readFile7, rename as rename3, rm as rm13, stat as stat11, writeFile as writeFile8 } from "node:fs/promises";
-import { basename as basename6, dirname as dirname9, join as join19, resolve as resolve10 } from "node:path";
+import { open as open5, readFile as readFile7, rename as rename3, rm as rm14, stat as stat11, writeFile as writeFile8 } from "node:fs/promises";
+import { basename as basename6, dirname as dirname9, join as join20, resolve as resolve10 } from "node:path";
 init_errors();
 init_atomic();
+init_sparse();
 init_format();
 init_ofd();
 init_run();
@@ -57040,7 +57789,7 @@ function windowEnd(offset, l, size) {
 }
 async function compressBatch(raws) {
   return withScratchDir("chunks", async (dir) => {
-    const files = raws.map((_, i2) => join19(dir, `w${i2}`));
+    const files = raws.map((_, i2) => join20(dir, `w${i2}`));
     await Promise.all(raws.map((r, i2) => writeFile8(files[i2], r)));
     await runTool("zstd", ["-3", "-q", "--", ...files], { timeoutSeconds: 600 });
     return Promise.all(files.map((f) => readFile7(`${f}.zst`)));
@@ -57049,7 +57798,7 @@ async function compressBatch(raws) {
 var BATCH_WINDOWS = 8;
 async function decompressBatch(blobs) {
   return withScratchDir("chunks", async (dir) => {
-    const files = blobs.map((_, i2) => join19(dir, `w${i2}`));
+    const files = blobs.map((_, i2) => join20(dir, `w${i2}`));
     await Promise.all(blobs.map((b, i2) => writeFile8(`${files[i2]}.zst`, b)));
     await runTool("zstd", ["-d", "-q", "--", ...files.map((f) => `${f}.zst`)], { timeoutSeconds: 600 });
     return Promise.all(files.map((f) => readFile7(f)));
@@ -57478,7 +58227,7 @@ async function pullImage(client, manifestBody, manifestDigest, targetPath, opts)
     if (fdOpen) closeSync5(fd);
     await old?.fh.close();
     lock?.release();
-    await rm13(tmp, { force: true });
+    await rm14(tmp, { force: true });
   }
 }
 async function openOld(path6) {
@@ -57513,7 +58262,8 @@ init_atomic();
 import { createHash as createHash11 } from "node:crypto";
 import { createReadStream as createReadStream6 } from "node:fs";
 import { open as open6, stat as stat12 } from "node:fs/promises";
-import { basename as basename7, join as join20 } from "node:path";
+import { basename as basename7, join as join21 } from "node:path";
+init_layer();
 var SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json";
 var SIF_LAYER_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif";
 var LAYER_DIGEST = "org.overlay-action.layer.sha256";
@@ -57527,7 +58277,7 @@ async function fileDigest2(path6) {
 var scratch2 = (fn) => withScratchDir("sif", fn);
 async function pushLayer(client, layer, tag, opts = {}) {
   return scratch2(async (dir) => {
-    const sif = join20(dir, `${basename7(layer).replace(/\.(sqfs|squashfs|img)$/, "")}.sif`);
+    const sif = join21(dir, `${basename7(layer).replace(/\.(sqfs|squashfs|img)$/, "")}.sif`);
     opts.onProgress?.("wrapping the layer in a SIF");
     await wrapLayerInSif(layer, sif);
     const [sifDigest, layerSha256, st] = await Promise.all([fileDigest2(sif), fileDigest2(layer), stat12(sif)]);
@@ -57563,7 +58313,7 @@ function isSifManifest(m) {
 }
 async function pullLayer(client, manifest, manifestDigest, target, opts) {
   return scratch2(async (dir) => {
-    const sif = join20(dir, "layer.sif");
+    const sif = join21(dir, "layer.sif");
     const blob = manifest.layers[0];
     opts.onProgress?.(`downloading ${(blob.size / 2 ** 20).toFixed(1)} MiB`);
     const fh = await open6(sif, "w");
@@ -57742,6 +58492,7 @@ ${r.chunksDownloaded}/${r.chunks} chunks downloaded (${formatBytes(r.bytesDownlo
 
 // packages/core/src/tasks/resize.ts
 init_zod();
+init_resize();
 init_size();
 var resizeTask = defineTask({
   name: "resize",
@@ -57996,7 +58747,7 @@ async function main() {
     () => commitTask.run(input2, actionContext())
   );
   const layer = out?.layer ?? out?.output ?? input2.output;
-  const bytes = (await fsp14.stat(layer)).size;
+  const bytes = (await fsp15.stat(layer)).size;
   setOutputs({ layer, bytes, sha256: out?.sha256 ?? await sha256(layer) });
   const seconds = since(start);
   await writeSummary("commit-layer", [
