@@ -507,7 +507,8 @@ describe('exec and locks', () => {
       '-c',
       'cat /opt/own; touch /opt/no',
     ]);
-    expect(ro.stdout).toMatch(/^own/);
+    // with --json the command's own output goes to stderr: stdout is the one result object
+    expect(ro.stderr).toMatch(/^own/m);
     expect(lastJson(ro.stdout).argv).not.toContain('--writable');
     expect(lastJson(ro.stdout).exitCode).not.toBe(0); // read-only: the write fails
   });
