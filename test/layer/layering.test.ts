@@ -48,6 +48,10 @@ const KNOWN_UPWARD = new Set([
   'image/info.ts: image -> sif',
   'image/resize.ts: image -> sif',
   'image/create.ts: image -> sif',
+  // taking a lock on an image first finishes or rolls back an in-place edit (exec's xattr strip)
+  // that a killed process left, so no holder of the lock ever sees a half-edited image
+  'lock/ofd.ts: lock -> fs',
+  'lock/ofd.ts: lock -> image',
 ]);
 
 /** Every relative import in packages/core/src as [fromFolder, toFolder, file]. */
