@@ -12,7 +12,8 @@ hints:
     packages:
       overlayctl:
         specs: ["https://github.com/org/overlay-action"]
-baseCommand: [overlayctl, setup, --json]
+# --no-save: overlay-setup.cwl saves in a step of its own, once the image is a workflow output
+baseCommand: [overlayctl, setup, --json, --no-save]
 inputs:
   image_name:
     type: string
@@ -40,7 +41,7 @@ inputs:
       - type: array
         items: string
         inputBinding:
-          prefix: --create-dirs
+          prefix: --create-dir
     doc: Directories to create under upper/ in a new image
   fakeroot:
     type: boolean

@@ -103,7 +103,11 @@ describe('cache save carries only blocks in use', () => {
     );
     // the same digest for the original and its restore: "unchanged" saves stay a no-op
     expect(await imageContentDigest(out)).toBe(await imageContentDigest(img));
-    expect((await ctl(['cache', 'save', out, '--key', 'other', '--store', store])).reason).toBe('unchanged');
+    expect((await ctl(['cache', 'save', out, '--key', 'deleted', '--store', store])).reason).toBe(
+      'unchanged',
+    );
+    // another key is another entry: saved, whatever the digest
+    expect((await ctl(['cache', 'save', out, '--key', 'other', '--store', store])).saved).toBe(true);
   });
 
   it('an image whose journal still holds writes is packed whole (its bitmaps may lag)', async () => {

@@ -171,10 +171,10 @@ describe('CWL tools, run by real cwltool', () => {
     expect(r.all).toMatch(/exited with status: 1/);
     expect(r.all).toMatch(/completed permanentFail/);
     const report = await readJson(r.out.report.path);
-    const bad = report.images.find((i: Json) => i.path.endsWith('bad.img'));
+    const bad = report.images.find((i: Json) => i.image.endsWith('bad.img'));
     expect(['corrupt', 'error']).toContain(bad.status);
     expect(bad.problems.length).toBeGreaterThan(0);
-    expect(report.images.find((i: Json) => i.path.endsWith('a.img')).status).toBe('clean');
+    expect(report.images.find((i: Json) => i.image.endsWith('a.img')).status).toBe('clean');
   });
 
   it('overlay-resize.cwl: resizes a copy; the input is untouched', async () => {

@@ -23,7 +23,7 @@ describe('scripts/gen-workflows.mjs', () => {
   it('takes retryable statuses and codes from the table', async () => {
     const vals = gen.values({ ERROR_CODES, EXIT_STATUS });
     expect(vals.retryable.text).toBe(String(EXIT_STATUS.retryable));
-    expect(vals['retryable-codes'].text).toBe('("E_LOCKED", "E_TIMEOUT")');
+    expect(vals['retryable-codes'].text).toBe('("E_LOCKED", "E_TIMEOUT", "E_REGISTRY")');
     // another table, other values: nothing is hard-wired
     const other = gen.values({
       ERROR_CODES: {

@@ -102,7 +102,7 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
     const report2 = await readJson(join(second, 'env.setup.json'));
     expect(report2.setup).toMatchObject({ cacheHit: true, created: false, built: false });
     expect(report2.setup.cacheKey).toBe(report1.setup.cacheKey);
-    expect(report2.save).toBeNull();
+    expect(report2.save).toMatchObject({ saved: false, reason: 'hit' });
     expect(await readFile(join(second, 'logs/setup.log'), 'utf8')).toContain('cache hit');
     expect(await readThrough([join(second, 'env.img')], '/opt/env/greeting')).toBe('built-by-setup');
 
@@ -120,7 +120,8 @@ describe('Snakemake wrappers, run by real Snakemake', () => {
     const report3 = await readJson(join(third, 'env.setup.json'));
     expect(report3.setup).toMatchObject({ cacheHit: false, built: true });
     expect(report3.setup.cacheKey).not.toBe(report1.setup.cacheKey);
-    expect(report3.save).toMatchObject({ saved: true, key: report3.setup.cacheKey });
+    expect(report3.save).toMatchObject({ saved: true, reason: 'saved' });
+    expect(report3.setup.saved.message).toContain(report3.setup.cacheKey);
   });
 
   it('overlay/check: two clean images give a clean JSON report and a successful job', async () => {

@@ -52661,12 +52661,14 @@ ${r.stderr}`, copy, method };
     await rm7(dir, { recursive: true, force: true });
   }
 }
-async function repairInPlace(path17, probe, timeoutSeconds) {
+async function repairInPlace(path17, probe, timeoutSeconds, progress) {
   await replaceAtomically(path17, async (tmp) => {
+    progress(`${path17}: repair: copying the image`);
     await copyImageFile(path17, tmp);
     let sb = backupSuperblockArgs(probe.superblock?.backup);
     let last = -1;
     for (let run2 = 0; run2 < 3; run2++) {
+      progress(`${path17}: repair: e2fsck -fy on the copy${run2 ? ` (run ${run2 + 1})` : ""}`);
       const fix = await runTool("e2fsck", ["-fy", ...sb, tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds });
       if (fix.exitCode >= 8)
         throw new OverlayError("E_INTEGRITY", `e2fsck could not repair ${path17} (exit ${fix.exitCode})`);
@@ -52786,8 +52788,8 @@ async function checkImage(path17, opts = {}) {
       });
     }
     try {
-      opts.onProgress?.(`${path17}: repairing a full copy (e2fsck -fy)`);
-      await repairInPlace(path17, probe, timeoutSeconds);
+      await repairInPlace(path17, probe, timeoutSeconds, opts.onProgress ?? (() => {
+      }));
     } catch (e) {
       if (!isOverlayError(e, "E_INTEGRITY")) throw e;
       return result({

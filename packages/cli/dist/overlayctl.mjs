@@ -33545,12 +33545,14 @@ ${r.stderr}`, copy, method };
     await rm6(dir, { recursive: true, force: true });
   }
 }
-async function repairInPlace(path7, probe, timeoutSeconds) {
+async function repairInPlace(path7, probe, timeoutSeconds, progress) {
   await replaceAtomically(path7, async (tmp) => {
+    progress(`${path7}: repair: copying the image`);
     await copyImageFile(path7, tmp);
     let sb = backupSuperblockArgs(probe.superblock?.backup);
     let last = -1;
     for (let run = 0; run < 3; run++) {
+      progress(`${path7}: repair: e2fsck -fy on the copy${run ? ` (run ${run + 1})` : ""}`);
       const fix = await runTool("e2fsck", ["-fy", ...sb, tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds });
       if (fix.exitCode >= 8)
         throw new OverlayError("E_INTEGRITY", `e2fsck could not repair ${path7} (exit ${fix.exitCode})`);
@@ -33670,8 +33672,8 @@ async function checkImage(path7, opts = {}) {
       });
     }
     try {
-      opts.onProgress?.(`${path7}: repairing a full copy (e2fsck -fy)`);
-      await repairInPlace(path7, probe, timeoutSeconds);
+      await repairInPlace(path7, probe, timeoutSeconds, opts.onProgress ?? (() => {
+      }));
     } catch (e) {
       if (!isOverlayError(e, "E_INTEGRITY")) throw e;
       return result({

@@ -163,12 +163,19 @@ async function fsckOnCopy(
  * Repair a full copy of the image and rename it into place only when it then passes `e2fsck -fn`.
  * Some damage takes e2fsck more than one run (e2fsprogs' own tests show it), so up to three.
  */
-async function repairInPlace(path: string, probe: FormatInfo, timeoutSeconds: number): Promise<void> {
+async function repairInPlace(
+  path: string,
+  probe: FormatInfo,
+  timeoutSeconds: number,
+  progress: (line: string) => void,
+): Promise<void> {
   await replaceAtomically(path, async (tmp) => {
+    progress(`${path}: repair: copying the image`);
     await copyImageFile(path, tmp);
     let sb = backupSuperblockArgs(probe.superblock?.backup);
     let last = -1;
     for (let run = 0; run < 3; run++) {
+      progress(`${path}: repair: e2fsck -fy on the copy${run ? ` (run ${run + 1})` : ''}`);
       const fix = await runTool('e2fsck', ['-fy', ...sb, tmp], { okExitCodes: [1, 2, 4, 8], timeoutSeconds });
       if (fix.exitCode >= 8)
         throw new OverlayError('E_INTEGRITY', `e2fsck could not repair ${path} (exit ${fix.exitCode})`);
@@ -316,8 +323,7 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
       });
     }
     try {
-      opts.onProgress?.(`${path}: repairing a full copy (e2fsck -fy)`);
-      await repairInPlace(path, probe, timeoutSeconds);
+      await repairInPlace(path, probe, timeoutSeconds, opts.onProgress ?? (() => {}));
     } catch (e) {
       if (!isOverlayError(e, 'E_INTEGRITY')) throw e;
       return result({

@@ -82,7 +82,7 @@ args = ["setup", image, "--size", p.get("size", "1G"), "--profile", p.get("profi
 if p.get("fakeroot", False):
     args.append("--fakeroot")
 for d in p.get("create_dirs", []):
-    args += ["--create-dirs", d]
+    args += ["--create-dir", d]
 if p.get("base"):
     args += ["--base", p.get("base")]
 script = named(snakemake.input, "script")
@@ -100,13 +100,10 @@ else:
     args.append("--no-cache")
 status, setup = overlayctl(*args)
 fail_on_error(status, setup)
-report = {"setup": setup, "save": None}
+# with a store, setup saves a new image itself (verified first; an exact hit saves nothing)
+report = {"setup": setup, "save": setup.get("saved")}
 say(f"{image}: cache {setup['cacheOutcome']}, created {setup['created']}, built {setup['built']}")
-if store and not setup["cacheHit"]:
-    status, save = overlayctl("cache", "save", image, "--key", setup["cacheKey"], "--store", store)
-    if "error" in save:
-        # the image is fine; the next run builds it again
-        say(f"overlay/setup: not saved to the cache: {save['error']['code']}: {save['error']['message']}")
-    report["save"] = save
+if report["save"]:
+    say(f"overlay/setup: {report['save'].get('message', '')}")
 if "json" in snakemake.output.keys():
     write_json(snakemake.output.json, report)
