@@ -2,7 +2,7 @@ import { replaceAtomically } from '../fs/atomic';
 import { copyImageFile } from '../image/copy';
 import { debugfsQuote, runDebugfs } from '../image/debugfs';
 import { requireExt3 } from '../image/format';
-import { canEditInPlace, editInPlace } from '../image/inplace';
+import { canEditInPlace, editInPlace, type InodeBlocks, parseInodeBlocks } from '../image/inplace';
 import { acquireLock } from '../lock/ofd';
 import { type LowerListing, lowerListing } from './lower';
 import { OPAQUE_XATTRS, planDirectory, STRIP_XATTR_PREFIXES, type UpperEntry } from './whiteouts';
@@ -20,6 +20,19 @@ const S_IFMT = 0o170000;
 /** Split `debugfs -f` output into one block per command (it echoes each as `debugfs: CMD`). */
 function blocks(out: string): string[] {
   return out.split(/^debugfs: .*$/m).slice(1);
+}
+
+/** The attribute names in the `Extended attributes:` section of debugfs `ea_list` or `stat` output. */
+function xattrNames(out: string): string[] {
+  const at = out.indexOf('Extended attributes:\n');
+  if (at < 0) return [];
+  const names: string[] = [];
+  for (const line of out.slice(at).split('\n').slice(1)) {
+    const m = /^\s+(\S+) \(\d+\)/.exec(line);
+    if (!m) break;
+    names.push(m[1]!);
+  }
+  return names;
 }
 
 /** Every entry under upper/ with its path, breadth-first, one debugfs run per depth. */
@@ -97,23 +110,31 @@ export interface NonPortableMarkers {
 async function scan(image: string, lower: LowerListing | undefined) {
   const { dirs, all, children } = await walkUpper(image);
   const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
-  // device numbers and xattrs in one debugfs run
+  // device numbers and xattrs in one debugfs run; directories (few, and where a root exec leaves
+  // its attributes) with `imap` + `stat`, so an in-place strip of theirs needs no further run
+  const isDir = (n: Node) => (n.mode & S_IFMT) === 0o040000;
   const out = blocks(
     await runDebugfs(image, [
       ...chardevs.map((n) => `stat <${n.ino}>`),
-      ...all.map((n) => `ea_list <${n.ino}>`),
+      ...all.flatMap((n) => (isDir(n) ? [`imap <${n.ino}>`, `stat <${n.ino}>`] : [`ea_list <${n.ino}>`])),
     ]),
   );
   const devOut = out.slice(0, chardevs.length);
-  const eaOut = out.slice(chardevs.length);
   const zeroDev = new Set(
     chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino),
   );
   const xattrs = new Map<number, string[]>();
-  all.forEach((n, i) => {
-    const names = [...(eaOut[i] ?? '').matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]!);
+  const known = new Map<number, InodeBlocks>();
+  let k = chardevs.length;
+  for (const n of all) {
+    if (isDir(n)) {
+      const facts = parseInodeBlocks(out[k] ?? '', out[k + 1] ?? '');
+      if (facts) known.set(n.ino, facts);
+      k++;
+    }
+    const names = xattrNames(out[k++] ?? '');
     if (names.length) xattrs.set(n.ino, names);
-  });
+  }
   const cmds: string[] = [];
   const warnings: string[] = [];
   const examples: string[] = [];
@@ -191,7 +212,7 @@ async function scan(image: string, lower: LowerListing | undefined) {
       }
     }
   }
-  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
+  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped, known };
 }
 
 /** Writer-specific markers (fuse-overlayfs `.wh.*` files, opaque markers) that read-only readers ignore. */
@@ -229,7 +250,7 @@ export async function normalizeImage(
         : 'copy';
     if (rewrite !== 'none')
       progress(`normalize: ${plan.cmds.length} edits, ${rewrite === 'in-place' ? 'in place' : 'on a copy'}`);
-    if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd });
+    if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd, known: plan.known });
     if (rewrite === 'copy') {
       await replaceAtomically(image, async (tmp) => {
         await copyImageFile(image, tmp);
