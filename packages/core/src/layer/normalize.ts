@@ -35,34 +35,63 @@ function xattrNames(out: string): string[] {
   return names;
 }
 
-/** Every entry under upper/ with its path, breadth-first, one debugfs run per depth. */
+const S_IFDIR = 0o040000;
+const S_IFCHR = 0o020000;
+
+/**
+ * What scan reads about an entry: directories `imap` + `stat` (xattrs, and where an in-place
+ * strip writes), character devices `stat` (device numbers, xattrs), the rest `ea_list`.
+ */
+function factCmds(n: Node, ref: string): string[] {
+  const t = n.mode & S_IFMT;
+  if (t === S_IFDIR) return [`imap ${ref}`, `stat ${ref}`];
+  return [t === S_IFCHR ? `stat ${ref}` : `ea_list ${ref}`];
+}
+
+/**
+ * Every entry under upper/ with its path, breadth-first, one debugfs run per depth. With `facts`,
+ * each run also reads the `factCmds` of the entries the run before found (one run fewer than a
+ * separate pass; none more when the deepest level is empty).
+ */
 async function walkUpper(
   image: string,
-): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
-  // the first level is listed by path: its `.` entry gives upper/'s inode (one debugfs run fewer)
-  const first = blocks(await runDebugfs(image, ['ls -p /upper']));
-  const dot = (first[0] ?? '')
-    .split('\n')
-    .map((l) => LS_LINE.exec(l))
-    .find((m) => m?.[3] === '.');
-  const rootNode: Node = { ino: Number(dot?.[1]), path: '', name: 'upper', mode: 0o040755 };
+  opts: { facts?: boolean } = {},
+): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]>; facts: Map<number, string[]> }> {
+  const rootNode: Node = { ino: 0, path: '', name: 'upper', mode: 0o040755 };
   const dirs: Node[] = [rootNode];
   const all: Node[] = [rootNode];
   const children = new Map<string, Node[]>();
+  const facts = new Map<number, string[]>();
+  const seenDirs = new Set<number>();
   let level = [rootNode];
-  const seenDirs = new Set<number>([rootNode.ino]);
-  let pending: string[] | undefined = first;
-  while (level.length) {
-    const out =
-      pending ??
-      blocks(
-        await runDebugfs(
-          image,
-          level.map((d) => `ls -p <${d.ino}>`),
-        ),
-      );
-    pending = undefined;
+  let pending = opts.facts ? [rootNode] : [];
+  // the first level is listed by path: its `.` entry gives upper/'s inode (one debugfs run fewer)
+  let first = true;
+  while (level.length || pending.length) {
+    const ref = (n: Node) => (first ? '/upper' : `<${n.ino}>`);
+    const out = blocks(
+      await runDebugfs(image, [
+        ...level.map((d) => `ls -p ${ref(d)}`),
+        ...pending.flatMap((n) => factCmds(n, ref(n))),
+      ]),
+    );
+    if (first) {
+      const dot = (out[0] ?? '')
+        .split('\n')
+        .map((l) => LS_LINE.exec(l))
+        .find((m) => m?.[3] === '.');
+      rootNode.ino = Number(dot?.[1]);
+      seenDirs.add(rootNode.ino);
+      first = false;
+    }
+    let k = level.length;
+    for (const n of pending) {
+      const count = factCmds(n, '').length;
+      facts.set(n.ino, out.slice(k, k + count));
+      k += count;
+    }
     const next: Node[] = [];
+    const found: Node[] = [];
     level.forEach((dir, i) => {
       const kids: Node[] = [];
       for (const line of (out[i] ?? '').split('\n')) {
@@ -76,8 +105,9 @@ async function walkUpper(
         };
         kids.push(node);
         all.push(node);
+        found.push(node);
         // a damaged image can link a directory into itself: visit each directory inode once
-        if ((node.mode & S_IFMT) === 0o040000 && !seenDirs.has(node.ino)) {
+        if ((node.mode & S_IFMT) === S_IFDIR && !seenDirs.has(node.ino)) {
           seenDirs.add(node.ino);
           next.push(node);
         }
@@ -86,8 +116,9 @@ async function walkUpper(
     });
     dirs.push(...next);
     level = next;
+    pending = opts.facts ? found.filter((n) => !facts.has(n.ino)) : [];
   }
-  return { dirs, all, children };
+  return { dirs, all, children, facts };
 }
 
 export interface NormalizeResult {
@@ -108,31 +139,19 @@ export interface NonPortableMarkers {
 }
 
 async function scan(image: string, lower: LowerListing | undefined) {
-  const { dirs, all, children } = await walkUpper(image);
-  const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
-  // device numbers and xattrs in one debugfs run; directories (few, and where a root exec leaves
-  // its attributes) with `imap` + `stat`, so an in-place strip of theirs needs no further run
-  const isDir = (n: Node) => (n.mode & S_IFMT) === 0o040000;
-  const out = blocks(
-    await runDebugfs(image, [
-      ...chardevs.map((n) => `stat <${n.ino}>`),
-      ...all.flatMap((n) => (isDir(n) ? [`imap <${n.ino}>`, `stat <${n.ino}>`] : [`ea_list <${n.ino}>`])),
-    ]),
-  );
-  const devOut = out.slice(0, chardevs.length);
-  const zeroDev = new Set(
-    chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino),
-  );
+  const { dirs, all, children, facts } = await walkUpper(image, { facts: true });
+  const zeroDev = new Set<number>();
   const xattrs = new Map<number, string[]>();
   const known = new Map<number, InodeBlocks>();
-  let k = chardevs.length;
   for (const n of all) {
-    if (isDir(n)) {
-      const facts = parseInodeBlocks(out[k] ?? '', out[k + 1] ?? '');
-      if (facts) known.set(n.ino, facts);
-      k++;
+    const f = facts.get(n.ino) ?? [];
+    const t = n.mode & S_IFMT;
+    if (t === S_IFDIR) {
+      const where = parseInodeBlocks(f[0] ?? '', f[1] ?? '');
+      if (where) known.set(n.ino, where);
     }
-    const names = xattrNames(out[k++] ?? '');
+    if (t === S_IFCHR && /major\/minor number:\s*00:00/.test(f[0] ?? '')) zeroDev.add(n.ino);
+    const names = xattrNames(f.at(-1) ?? '');
     if (names.length) xattrs.set(n.ino, names);
   }
   const cmds: string[] = [];
