@@ -6,7 +6,6 @@ import { createHash } from 'node:crypto';
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
 
 const root = join(dirname(new URL(import.meta.url).pathname), '..');
@@ -18,7 +17,8 @@ const koffiNative = join(
 const koffiData = readFileSync(koffiNative);
 const koffiId = createHash('sha256').update(koffiData).digest('hex').slice(0, 16);
 // keep in step with KOFFI_PAYLOAD_MARKER in packages/core/src/tools/native.ts
-const koffiLine = `\n// overlay-koffi-gz-base64 ${koffiId} ${gzipSync(koffiData, { level: 9 }).toString('base64')}\n`;
+// not compressed: zlib's output differs between builds of it, and check-dist needs the same bytes
+const koffiLine = `\n// overlay-koffi-base64 ${koffiId} ${koffiData.toString('base64')}\n`;
 
 // zod's classic API re-exports every locale (~360 kB of the bundle, parsed on every run); we use
 // its default English messages only, which zod imports on its own.

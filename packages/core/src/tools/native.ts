@@ -4,31 +4,27 @@ import { createRequire } from 'node:module';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { gunzipSync } from 'node:zlib';
 import { OverlayError } from '../errors';
 
 // Where the native koffi module comes from: next to a bundled action (koffi.node beside the
 // .mjs), embedded in the single-file CLI bundle (written once to a cache dir), or the koffi
-// package in a source checkout. The CLI bundle carries it gzipped and base64-encoded in a comment
-// on its last line (scripts/bundle.mjs), not in a string literal: 1.5 MB that V8 would otherwise
-// scan, intern and keep for every run, though only a cache miss ever reads it.
+// package in a source checkout. The CLI bundle carries it base64-encoded in a comment
+// on its last line (scripts/bundle.mjs), not in a string literal: V8 would otherwise build and keep
+// a 1.5 MB string on every run, though only a cache miss ever reads it.
 declare const __OVERLAY_KOFFI_ID__: string | undefined;
 
 /** The marker that starts the bundle's last line; keep in step with scripts/bundle.mjs. */
-export const KOFFI_PAYLOAD_MARKER = '// overlay-koffi-gz-base64 ';
+export const KOFFI_PAYLOAD_MARKER = '// overlay-koffi-base64 ';
 
 /** The module embedded at the end of this bundle; E_INTEGRITY when it is missing or altered. */
 function embeddedPayload(id: string): Buffer {
   const self = fileURLToPath(import.meta.url);
   const text = readFileSync(self, 'latin1');
   const at = text.lastIndexOf(`\n${KOFFI_PAYLOAD_MARKER}${id} `);
-  let data: Buffer | undefined;
-  try {
-    if (at >= 0)
-      data = gunzipSync(
-        Buffer.from(text.slice(at + KOFFI_PAYLOAD_MARKER.length + id.length + 2).trim(), 'base64'),
-      );
-  } catch {}
+  const data =
+    at >= 0
+      ? Buffer.from(text.slice(at + KOFFI_PAYLOAD_MARKER.length + id.length + 2).trim(), 'base64')
+      : null;
   // the name is the hash of the content: a file edited after the build is refused, not loaded
   if (!data || sha16(data) !== id)
     throw new OverlayError(
