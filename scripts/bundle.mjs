@@ -1,7 +1,9 @@
 // Bundle the CLI and every action into self-contained ESM files (committed, checked by check-dist).
-// koffi's native module (fcntl locks) cannot be inlined: it is copied next to each bundle, where
-// packages/core/src/lock/ofd.ts looks for it first.
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+// koffi's native module (fcntl locks) cannot be inlined: it is copied next to each action bundle,
+// where packages/core/src/tools/native.ts looks for it first; the CLI carries it in a comment on
+// its last line (read only when the cached copy is missing, never parsed as code).
+import { createHash } from 'node:crypto';
+import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { build } from 'esbuild';
@@ -12,6 +14,29 @@ const koffiNative = join(
   dirname(require.resolve('@koromix/koffi-linux-x64/package.json')),
   'linux_x64/koffi.node',
 );
+const koffiData = readFileSync(koffiNative);
+const koffiId = createHash('sha256').update(koffiData).digest('hex').slice(0, 16);
+// keep in step with KOFFI_PAYLOAD_MARKER in packages/core/src/tools/native.ts
+// not compressed: zlib's output differs between builds of it, and check-dist needs the same bytes
+const koffiLine = `\n// overlay-koffi-base64 ${koffiId} ${koffiData.toString('base64')}\n`;
+
+// zod's classic API re-exports every locale (~360 kB of the bundle, parsed on every run); we use
+// its default English messages only, which zod imports on its own.
+const zodEnglishOnly = {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      args.importer.includes('/node_modules/zod/')
+        ? { path: args.importer, namespace: 'zod-locales' }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: `export { default as en } from '../locales/en.js';`,
+      resolveDir: dirname(args.path),
+      loader: 'js',
+    }));
+  },
+};
 const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
 
 const common = {
@@ -20,6 +45,7 @@ const common = {
   format: 'esm',
   target: 'node20',
   external: ['koffi'],
+  plugins: [zodEnglishOnly],
   legalComments: 'none',
   logLevel: 'warning',
   define: { OVERLAYCTL_VERSION: JSON.stringify(version) },
@@ -58,11 +84,10 @@ for (const t of targets) {
     banner: { js: [t.banner, common.banner.js].filter(Boolean).join('\n') },
     define: {
       ...common.define,
-      ...(t.embedKoffi
-        ? { __OVERLAY_KOFFI_B64__: JSON.stringify(readFileSync(koffiNative).toString('base64')) }
-        : {}),
+      ...(t.embedKoffi ? { __OVERLAY_KOFFI_ID__: JSON.stringify(koffiId) } : {}),
     },
   });
-  if (!t.embedKoffi) copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));
+  if (t.embedKoffi) appendFileSync(outfile, koffiLine);
+  else copyFileSync(koffiNative, join(dirname(outfile), 'koffi.node'));
   console.log(`bundled ${t.out}`);
 }

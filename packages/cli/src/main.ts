@@ -116,6 +116,18 @@ function addTaskCommand(program: Command, task: TaskDef, outcome: Outcome): void
   });
 }
 
+/**
+ * The tasks to define for this argv: only the invoked one when the leading words name a task
+ * (defining all of them costs every run, exec included); all of them for help, --version and
+ * anything unknown, so commander's listings and errors stay the same.
+ */
+function tasksFor(argv: string[]): readonly TaskDef[] {
+  const firstOption = argv.findIndex((a) => a.startsWith('-'));
+  const words = firstOption < 0 ? argv : argv.slice(0, firstOption);
+  const hit = TASKS.filter((t) => t.name.split(' ').every((w, i) => words[i] === w));
+  return hit.length === 1 ? hit : TASKS;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const outcome: Outcome = {
     json: argv.includes('--json') && !argv.slice(0, argv.indexOf('--json')).includes('--'),
@@ -126,7 +138,7 @@ export async function main(argv: string[]): Promise<void> {
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: () => {} });
-  for (const task of TASKS) addTaskCommand(program, task, outcome);
+  for (const task of tasksFor(argv)) addTaskCommand(program, task, outcome);
   program.commands.forEach(function override(c: Command) {
     c.exitOverride().configureOutput({ writeErr: () => {} });
     c.commands.forEach(override);

@@ -45,17 +45,37 @@ function targetsOf(cmds: string[]): Target[] {
 
 const blocks = (out: string) => out.split(/^debugfs: .*$/m).slice(1);
 
-/** Every block `ea_rm` on these inodes may write (see the comment at the top). */
+/** Where an inode sits in the inode table and its xattr block (0: none), from debugfs `imap` and `stat`. */
+export interface InodeBlocks {
+  table: number;
+  acl: number;
+}
+
+export function parseInodeBlocks(imapOut: string, statOut: string): InodeBlocks | null {
+  const at = /located at block (\d+)/.exec(imapOut)?.[1];
+  const acl = /File ACL:\s*(\d+)/.exec(statOut)?.[1];
+  return at && acl ? { table: Number(at), acl: Number(acl) } : null;
+}
+
+/**
+ * Every block `ea_rm` on these inodes may write (see the comment at the top). `known` holds what
+ * the caller already read under the same lock (normalize's scan stats directories): those inodes
+ * cost no second debugfs run.
+ */
 export async function blocksAtRisk(
   image: string,
   inodes: number[],
+  known: ReadonlyMap<number, InodeBlocks> = new Map(),
 ): Promise<{ blockSize: number; blocks: number[] }> {
+  const unknown = inodes.filter((i) => !known.has(i));
   const [{ stdout }, inodeOut] = await Promise.all([
     runTool('dumpe2fs', [image], { timeoutSeconds: 600 }),
-    runDebugfs(
-      image,
-      inodes.flatMap((i) => [`imap <${i}>`, `stat <${i}>`]),
-    ),
+    unknown.length
+      ? runDebugfs(
+          image,
+          unknown.flatMap((i) => [`imap <${i}>`, `stat <${i}>`]),
+        )
+      : '',
   ]);
   const blockSize = Number(/^Block size:\s+(\d+)/m.exec(stdout)?.[1]);
   if (!blockSize) throw new Error(`dumpe2fs gave no block size for ${image}`);
@@ -71,29 +91,35 @@ export async function blocksAtRisk(
   // the superblock sits at byte 1024: in block 0 (4 KiB blocks) or block 1 (1 KiB blocks)
   set.add(Math.floor(1024 / blockSize));
   const out = blocks(inodeOut);
-  inodes.forEach((_, k) => {
-    const at = /located at block (\d+)/.exec(out[2 * k] ?? '')?.[1];
-    if (!at) throw new Error(`debugfs imap gave no inode table block for inode ${inodes[k]}`);
-    set.add(Number(at));
-    const acl = Number(/File ACL:\s*(\d+)/.exec(out[2 * k + 1] ?? '')?.[1] ?? 0);
-    if (acl) set.add(acl);
+  const facts = new Map(known);
+  unknown.forEach((ino, k) => {
+    const f = parseInodeBlocks(out[2 * k] ?? '', out[2 * k + 1] ?? '');
+    if (!f) throw new Error(`debugfs imap/stat gave no inode table block for inode ${ino}`);
+    facts.set(ino, f);
   });
+  for (const ino of inodes) {
+    const f = facts.get(ino)!;
+    set.add(f.table);
+    if (f.acl) set.add(f.acl);
+  }
   return { blockSize, blocks: [...set] };
 }
 
 /**
  * Run the edit on the image itself, under an undo log. `lockFd` is the caller's open descriptor
  * holding the image's write lock: debugfs inherits it, so the lock lasts as long as debugfs does.
+ * `known`: inode locations read under that same lock (see blocksAtRisk).
  */
 export async function editInPlace(
   image: string,
   cmds: string[],
-  opts: { lockFd?: number } = {},
+  opts: { lockFd?: number; known?: ReadonlyMap<number, InodeBlocks> } = {},
 ): Promise<void> {
   const targets = targetsOf(cmds);
   const risk = await blocksAtRisk(
     image,
     targets.map((t) => t.ino),
+    opts.known,
   );
   const log = await writeUndoLog(image, risk.blockSize, risk.blocks, { targets });
   try {

@@ -2,7 +2,7 @@ import { replaceAtomically } from '../fs/atomic';
 import { copyImageFile } from '../image/copy';
 import { debugfsQuote, runDebugfs } from '../image/debugfs';
 import { requireExt3 } from '../image/format';
-import { canEditInPlace, editInPlace } from '../image/inplace';
+import { canEditInPlace, editInPlace, type InodeBlocks, parseInodeBlocks } from '../image/inplace';
 import { acquireLock } from '../lock/ofd';
 import { type LowerListing, lowerListing } from './lower';
 import { OPAQUE_XATTRS, planDirectory, STRIP_XATTR_PREFIXES, type UpperEntry } from './whiteouts';
@@ -22,34 +22,76 @@ function blocks(out: string): string[] {
   return out.split(/^debugfs: .*$/m).slice(1);
 }
 
-/** Every entry under upper/ with its path, breadth-first, one debugfs run per depth. */
+/** The attribute names in the `Extended attributes:` section of debugfs `ea_list` or `stat` output. */
+function xattrNames(out: string): string[] {
+  const at = out.indexOf('Extended attributes:\n');
+  if (at < 0) return [];
+  const names: string[] = [];
+  for (const line of out.slice(at).split('\n').slice(1)) {
+    const m = /^\s+(\S+) \(\d+\)/.exec(line);
+    if (!m) break;
+    names.push(m[1]!);
+  }
+  return names;
+}
+
+const S_IFDIR = 0o040000;
+const S_IFCHR = 0o020000;
+
+/**
+ * What scan reads about an entry: directories `imap` + `stat` (xattrs, and where an in-place
+ * strip writes), character devices `stat` (device numbers, xattrs), the rest `ea_list`.
+ */
+function factCmds(n: Node, ref: string): string[] {
+  const t = n.mode & S_IFMT;
+  if (t === S_IFDIR) return [`imap ${ref}`, `stat ${ref}`];
+  return [t === S_IFCHR ? `stat ${ref}` : `ea_list ${ref}`];
+}
+
+/**
+ * Every entry under upper/ with its path, breadth-first, one debugfs run per depth. With `facts`,
+ * each run also reads the `factCmds` of the entries the run before found (one run fewer than a
+ * separate pass; none more when the deepest level is empty).
+ */
 async function walkUpper(
   image: string,
-): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]> }> {
-  // the first level is listed by path: its `.` entry gives upper/'s inode (one debugfs run fewer)
-  const first = blocks(await runDebugfs(image, ['ls -p /upper']));
-  const dot = (first[0] ?? '')
-    .split('\n')
-    .map((l) => LS_LINE.exec(l))
-    .find((m) => m?.[3] === '.');
-  const rootNode: Node = { ino: Number(dot?.[1]), path: '', name: 'upper', mode: 0o040755 };
+  opts: { facts?: boolean } = {},
+): Promise<{ dirs: Node[]; all: Node[]; children: Map<string, Node[]>; facts: Map<number, string[]> }> {
+  const rootNode: Node = { ino: 0, path: '', name: 'upper', mode: 0o040755 };
   const dirs: Node[] = [rootNode];
   const all: Node[] = [rootNode];
   const children = new Map<string, Node[]>();
+  const facts = new Map<number, string[]>();
+  const seenDirs = new Set<number>();
   let level = [rootNode];
-  const seenDirs = new Set<number>([rootNode.ino]);
-  let pending: string[] | undefined = first;
-  while (level.length) {
-    const out =
-      pending ??
-      blocks(
-        await runDebugfs(
-          image,
-          level.map((d) => `ls -p <${d.ino}>`),
-        ),
-      );
-    pending = undefined;
+  let pending = opts.facts ? [rootNode] : [];
+  // the first level is listed by path: its `.` entry gives upper/'s inode (one debugfs run fewer)
+  let first = true;
+  while (level.length || pending.length) {
+    const ref = (n: Node) => (first ? '/upper' : `<${n.ino}>`);
+    const out = blocks(
+      await runDebugfs(image, [
+        ...level.map((d) => `ls -p ${ref(d)}`),
+        ...pending.flatMap((n) => factCmds(n, ref(n))),
+      ]),
+    );
+    if (first) {
+      const dot = (out[0] ?? '')
+        .split('\n')
+        .map((l) => LS_LINE.exec(l))
+        .find((m) => m?.[3] === '.');
+      rootNode.ino = Number(dot?.[1]);
+      seenDirs.add(rootNode.ino);
+      first = false;
+    }
+    let k = level.length;
+    for (const n of pending) {
+      const count = factCmds(n, '').length;
+      facts.set(n.ino, out.slice(k, k + count));
+      k += count;
+    }
     const next: Node[] = [];
+    const found: Node[] = [];
     level.forEach((dir, i) => {
       const kids: Node[] = [];
       for (const line of (out[i] ?? '').split('\n')) {
@@ -63,8 +105,9 @@ async function walkUpper(
         };
         kids.push(node);
         all.push(node);
+        found.push(node);
         // a damaged image can link a directory into itself: visit each directory inode once
-        if ((node.mode & S_IFMT) === 0o040000 && !seenDirs.has(node.ino)) {
+        if ((node.mode & S_IFMT) === S_IFDIR && !seenDirs.has(node.ino)) {
           seenDirs.add(node.ino);
           next.push(node);
         }
@@ -73,8 +116,9 @@ async function walkUpper(
     });
     dirs.push(...next);
     level = next;
+    pending = opts.facts ? found.filter((n) => !facts.has(n.ino)) : [];
   }
-  return { dirs, all, children };
+  return { dirs, all, children, facts };
 }
 
 export interface NormalizeResult {
@@ -95,25 +139,21 @@ export interface NonPortableMarkers {
 }
 
 async function scan(image: string, lower: LowerListing | undefined) {
-  const { dirs, all, children } = await walkUpper(image);
-  const chardevs = all.filter((n) => (n.mode & S_IFMT) === 0o020000);
-  // device numbers and xattrs in one debugfs run
-  const out = blocks(
-    await runDebugfs(image, [
-      ...chardevs.map((n) => `stat <${n.ino}>`),
-      ...all.map((n) => `ea_list <${n.ino}>`),
-    ]),
-  );
-  const devOut = out.slice(0, chardevs.length);
-  const eaOut = out.slice(chardevs.length);
-  const zeroDev = new Set(
-    chardevs.filter((_, i) => /major\/minor number:\s*00:00/.test(devOut[i] ?? '')).map((n) => n.ino),
-  );
+  const { dirs, all, children, facts } = await walkUpper(image, { facts: true });
+  const zeroDev = new Set<number>();
   const xattrs = new Map<number, string[]>();
-  all.forEach((n, i) => {
-    const names = [...(eaOut[i] ?? '').matchAll(/^\s+(\S+) \(\d+\)/gm)].map((m) => m[1]!);
+  const known = new Map<number, InodeBlocks>();
+  for (const n of all) {
+    const f = facts.get(n.ino) ?? [];
+    const t = n.mode & S_IFMT;
+    if (t === S_IFDIR) {
+      const where = parseInodeBlocks(f[0] ?? '', f[1] ?? '');
+      if (where) known.set(n.ino, where);
+    }
+    if (t === S_IFCHR && /major\/minor number:\s*00:00/.test(f[0] ?? '')) zeroDev.add(n.ino);
+    const names = xattrNames(f.at(-1) ?? '');
     if (names.length) xattrs.set(n.ino, names);
-  });
+  }
   const cmds: string[] = [];
   const warnings: string[] = [];
   const examples: string[] = [];
@@ -191,7 +231,7 @@ async function scan(image: string, lower: LowerListing | undefined) {
       }
     }
   }
-  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped };
+  return { cmds, warnings, examples, deletions, opaqueDirs, explicit, stripped, known };
 }
 
 /** Writer-specific markers (fuse-overlayfs `.wh.*` files, opaque markers) that read-only readers ignore. */
@@ -229,7 +269,7 @@ export async function normalizeImage(
         : 'copy';
     if (rewrite !== 'none')
       progress(`normalize: ${plan.cmds.length} edits, ${rewrite === 'in-place' ? 'in place' : 'on a copy'}`);
-    if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd });
+    if (rewrite === 'in-place') await editInPlace(image, plan.cmds, { lockFd, known: plan.known });
     if (rewrite === 'copy') {
       await replaceAtomically(image, async (tmp) => {
         await copyImageFile(image, tmp);
