@@ -29832,6 +29832,7 @@ var init_native2 = __esm({
 
 // packages/core/src/fs/sparse.ts
 import { createHash as createHash3 } from "node:crypto";
+import { write } from "node:fs";
 import { open as open2, stat as stat3 } from "node:fs/promises";
 function intersectRegions(a2, b) {
   const out = [];
@@ -29895,6 +29896,16 @@ async function contentDigest(path6, within) {
   const hash2 = new ContentHash(size);
   for await (const run2 of dataRuns(path6, within)) hash2.update(run2.offset, run2.data);
   return hash2.digest();
+}
+async function writeFully(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
 }
 var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
 var init_sparse = __esm({
@@ -46948,7 +46959,7 @@ init_errors();
 init_atomic();
 init_sparse();
 init_format();
-import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3, write } from "node:fs";
+import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3 } from "node:fs";
 import { rename as rename2, rm as rm2, stat as stat4 } from "node:fs/promises";
 import { basename as basename4, dirname as dirname5, resolve as resolve4 } from "node:path";
 
@@ -47156,16 +47167,6 @@ function startWriteback(fd) {
 }
 var ArchiveError = class extends Error {
 };
-async function writeFully(fd, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const n2 = await new Promise(
-      (ok, fail2) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
-    );
-    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
-    done += n2;
-  }
-}
 async function decode3(stream, fd) {
   const reader = new ByteReader(stream);
   const magic = await reader.take(MAGIC2.length);
@@ -47386,14 +47387,14 @@ var LocalStore = class {
     }
     return had;
   }
-  async put(key, write3, opts = {}) {
+  async put(key, write4, opts = {}) {
     validateKey(key);
     await this.ensureWritable();
     const { archive, meta: meta3 } = this.paths(key);
     if (!opts.replace && await exists2(meta3)) return { status: "exists" };
     const tmp = tempPathFor(archive);
     try {
-      await write3(tmp);
+      await write4(tmp);
     } catch (e) {
       await rm3(tmp, { force: true });
       throw e;
@@ -48008,12 +48009,12 @@ var RegistryStore = class {
       return { key, value: await use(archive, key) };
     });
   }
-  async put(key, write3, opts = {}) {
+  async put(key, write4, opts = {}) {
     validateKey(key);
     if (!opts.replace && await this.has(key)) return { status: "exists" };
     return scratch(async (dir) => {
       const archive = join8(dir, "entry.ovc.zst");
-      await write3(archive);
+      await write4(archive);
       const [digest, st] = await Promise.all([fileDigest(archive), stat6(archive)]);
       if (!await this.client.hasBlob(digest)) await this.client.uploadFile(archive, st.size, digest);
       if (!await this.client.hasBlob(EMPTY_CONFIG.digest)) await this.client.uploadBlob(Buffer.from("{}"));
@@ -49947,7 +49948,7 @@ init_format();
 import { resolve as resolve11 } from "node:path";
 
 // packages/core/src/transfer/image.ts
-import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5, write as write2 } from "node:fs";
+import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5 } from "node:fs";
 import { open as open5, readFile as readFile7, rename as rename3, rm as rm14, stat as stat11, writeFile as writeFile8 } from "node:fs/promises";
 import { basename as basename6, dirname as dirname9, join as join20, resolve as resolve10 } from "node:path";
 init_errors();
@@ -50273,16 +50274,6 @@ function parseImageManifest(body, where) {
     }
   };
 }
-async function writeFully2(fd, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const n2 = await new Promise(
-      (ok, fail2) => write2(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail2(e) : ok(bytes))
-    );
-    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
-    done += n2;
-  }
-}
 function inRegions(regions, offset) {
   let lo = 0;
   let hi = regions.length - 1;
@@ -50381,7 +50372,7 @@ async function pullImage(client, manifestBody, manifestDigest, targetPath, opts)
             hint: "the registry holds a damaged chunk; push the image again"
           });
         for (const r of decodeRecords(raw, s, e)) {
-          await writeFully2(fd, r.data, r.offset);
+          await writeFully(fd, r.data, r.offset);
           hash2.update(r.offset, r.data);
           dataBytes += r.data.length;
         }

@@ -10719,6 +10719,7 @@ var init_native2 = __esm({
 
 // packages/core/src/fs/sparse.ts
 import { createHash as createHash3 } from "node:crypto";
+import { write } from "node:fs";
 import { open, stat as stat2 } from "node:fs/promises";
 function intersectRegions(a2, b) {
   const out = [];
@@ -10782,6 +10783,16 @@ async function contentDigest(path7, within) {
   const hash2 = new ContentHash(size);
   for await (const run of dataRuns(path7, within)) hash2.update(run.offset, run.data);
   return hash2.digest();
+}
+async function writeFully(fd, data, position) {
+  let done = 0;
+  while (done < data.length) {
+    const n2 = await new Promise(
+      (ok, fail) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail(e) : ok(bytes))
+    );
+    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += n2;
+  }
 }
 var SEEK_DATA, SEEK_HOLE, BLOCK, ZERO_BLOCK, lseek, RUN_MAX, ContentHash;
 var init_sparse = __esm({
@@ -27271,7 +27282,7 @@ init_errors();
 init_atomic();
 init_sparse();
 init_format();
-import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3, write } from "node:fs";
+import { closeSync as closeSync3, fdatasyncSync, ftruncateSync, openSync as openSync3 } from "node:fs";
 import { rename, rm, stat as stat3 } from "node:fs/promises";
 import { basename as basename4, dirname as dirname5, resolve as resolve4 } from "node:path";
 
@@ -27479,16 +27490,6 @@ function startWriteback(fd) {
 }
 var ArchiveError = class extends Error {
 };
-async function writeFully(fd, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const n2 = await new Promise(
-      (ok, fail) => write(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail(e) : ok(bytes))
-    );
-    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
-    done += n2;
-  }
-}
 async function decode3(stream, fd) {
   const reader = new ByteReader(stream);
   const magic = await reader.take(MAGIC2.length);
@@ -27709,14 +27710,14 @@ var LocalStore = class {
     }
     return had;
   }
-  async put(key, write3, opts = {}) {
+  async put(key, write4, opts = {}) {
     validateKey(key);
     await this.ensureWritable();
     const { archive, meta: meta3 } = this.paths(key);
     if (!opts.replace && await exists(meta3)) return { status: "exists" };
     const tmp = tempPathFor(archive);
     try {
-      await write3(tmp);
+      await write4(tmp);
     } catch (e) {
       await rm2(tmp, { force: true });
       throw e;
@@ -28331,12 +28332,12 @@ var RegistryStore = class {
       return { key, value: await use(archive, key) };
     });
   }
-  async put(key, write3, opts = {}) {
+  async put(key, write4, opts = {}) {
     validateKey(key);
     if (!opts.replace && await this.has(key)) return { status: "exists" };
     return scratch(async (dir) => {
       const archive = join8(dir, "entry.ovc.zst");
-      await write3(archive);
+      await write4(archive);
       const [digest, st] = await Promise.all([fileDigest(archive), stat5(archive)]);
       if (!await this.client.hasBlob(digest)) await this.client.uploadFile(archive, st.size, digest);
       if (!await this.client.hasBlob(EMPTY_CONFIG.digest)) await this.client.uploadBlob(Buffer.from("{}"));
@@ -30270,7 +30271,7 @@ init_format();
 import { resolve as resolve11 } from "node:path";
 
 // packages/core/src/transfer/image.ts
-import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5, write as write2 } from "node:fs";
+import { closeSync as closeSync5, fdatasyncSync as fdatasyncSync2, ftruncateSync as ftruncateSync2, openSync as openSync5 } from "node:fs";
 import { open as open4, readFile as readFile7, rename as rename2, rm as rm13, stat as stat10, writeFile as writeFile7 } from "node:fs/promises";
 import { basename as basename6, dirname as dirname9, join as join20, resolve as resolve10 } from "node:path";
 init_errors();
@@ -30596,16 +30597,6 @@ function parseImageManifest(body, where) {
     }
   };
 }
-async function writeFully2(fd, data, position) {
-  let done = 0;
-  while (done < data.length) {
-    const n2 = await new Promise(
-      (ok, fail) => write2(fd, data, done, data.length - done, position + done, (e, bytes) => e ? fail(e) : ok(bytes))
-    );
-    if (n2 === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
-    done += n2;
-  }
-}
 function inRegions(regions, offset) {
   let lo = 0;
   let hi = regions.length - 1;
@@ -30704,7 +30695,7 @@ async function pullImage(client, manifestBody, manifestDigest, targetPath, opts)
             hint: "the registry holds a damaged chunk; push the image again"
           });
         for (const r of decodeRecords(raw, s, e)) {
-          await writeFully2(fd, r.data, r.offset);
+          await writeFully(fd, r.data, r.offset);
           hash2.update(r.offset, r.data);
           dataBytes += r.data.length;
         }
@@ -32274,7 +32265,7 @@ var Command = class _Command extends EventEmitter2 {
     this._outputConfiguration = {
       writeOut: (str) => process10.stdout.write(str),
       writeErr: (str) => process10.stderr.write(str),
-      outputError: (str, write3) => write3(str),
+      outputError: (str, write4) => write4(str),
       getOutHelpWidth: () => process10.stdout.isTTY ? process10.stdout.columns : void 0,
       getErrHelpWidth: () => process10.stderr.isTTY ? process10.stderr.columns : void 0,
       getOutHasColors: () => useColor() ?? (process10.stdout.isTTY && process10.stdout.hasColors?.()),
@@ -34259,11 +34250,11 @@ Expecting one of '${allowedValues.join("', '")}'`);
       hasColors2 = this._outputConfiguration.getOutHasColors();
       helpWidth = this._outputConfiguration.getOutHelpWidth();
     }
-    const write3 = (str) => {
+    const write4 = (str) => {
       if (!hasColors2) str = this._outputConfiguration.stripColor(str);
       return baseWrite(str);
     };
-    return { error: error2, write: write3, hasColors: hasColors2, helpWidth };
+    return { error: error2, write: write4, hasColors: hasColors2, helpWidth };
   }
   /**
    * Output help information for this command.
@@ -34490,15 +34481,15 @@ function printError(e, outcome) {
 `);
 }
 function contextFor(json2) {
-  const write3 = (prefix) => (m) => process.stderr.write(`${prefix}${m}
+  const write4 = (prefix) => (m) => process.stderr.write(`${prefix}${m}
 `);
   const quiet = process.env.OVERLAYCTL_QUIET === "1";
   return {
     info: quiet ? () => {
-    } : write3(""),
-    warn: write3("warning: "),
+    } : write4(""),
+    warn: write4("warning: "),
     progress: quiet || json2 && !process.stderr.isTTY ? () => {
-    } : write3("  \u2026 "),
+    } : write4("  \u2026 "),
     json: json2
   };
 }

@@ -4,7 +4,15 @@ import { basename, dirname, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor } from '../fs/atomic';
-import { ContentHash, contentDigest, type DataRun, dataRuns, type Region, RUN_MAX } from '../fs/sparse';
+import {
+  ContentHash,
+  contentDigest,
+  type DataRun,
+  dataRuns,
+  type Region,
+  RUN_MAX,
+  writeFully,
+} from '../fs/sparse';
 import { readHead, requireExt3 } from '../image/format';
 import { usedRegions } from '../image/used';
 import { acquireLock, type Lock } from '../lock/ofd';
@@ -180,18 +188,6 @@ function startWriteback(fd: number): void {
 }
 
 class ArchiveError extends Error {}
-
-/** pwrite all of `data` at `position` (a write may be short, e.g. just before ENOSPC). */
-async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const n = await new Promise<number>((ok, fail) =>
-      write(fd, data, done, data.length - done, position + done, (e, bytes) => (e ? fail(e) : ok(bytes))),
-    );
-    if (n === 0) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
-    done += n;
-  }
-}
 
 /** Decode the archive stream into the file `fd`; returns the manifest it carried and what we computed. */
 async function decode(stream: Readable, fd: number): Promise<{ manifest: CacheManifest; computed: Trailer }> {

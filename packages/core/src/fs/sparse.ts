@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { write } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { nativeLibc } from '../tools/native';
 
@@ -119,4 +120,16 @@ export async function contentDigest(path: string, within?: Region[]): Promise<st
   const hash = new ContentHash(size);
   for await (const run of dataRuns(path, within)) hash.update(run.offset, run.data);
   return hash.digest();
+}
+
+/** pwrite all of `data` at `position` (a write may be short, e.g. just before ENOSPC). */
+export async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const n = await new Promise<number>((ok, fail) =>
+      write(fd, data, done, data.length - done, position + done, (e, bytes) => (e ? fail(e) : ok(bytes))),
+    );
+    if (n === 0) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+    done += n;
+  }
 }

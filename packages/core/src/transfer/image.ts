@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { packedRuns, packRegions } from '../cache/pack';
 import { fromFsError, isOverlayError, OverlayError } from '../errors';
 import { exists, fsyncPath, removeStaleTemps, tempPathFor, withScratchDir } from '../fs/atomic';
-import { ContentHash, type Region } from '../fs/sparse';
+import { ContentHash, type Region, writeFully } from '../fs/sparse';
 import { detectFormat, readHead, requireExt3 } from '../image/format';
 import { acquireLock, type Lock } from '../lock/ofd';
 import { EMPTY_CONFIG, OCI_MANIFEST, type RegistryClient, sha256Digest } from '../registry/client';
@@ -460,18 +460,6 @@ export function parseImageManifest(body: Buffer, where: string): ImageManifest &
       chunks: m.layers.length,
     },
   };
-}
-
-/** pwrite all of `data` at `position`. */
-async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const n = await new Promise<number>((ok, fail) =>
-      write(fd, data, done, data.length - done, position + done, (e, bytes) => (e ? fail(e) : ok(bytes))),
-    );
-    if (n === 0) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
-    done += n;
-  }
 }
 
 /** Is the block at `offset` inside one of the sorted `regions`? */
