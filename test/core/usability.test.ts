@@ -2,12 +2,13 @@
 // exit statuses, --wait on every writer, and --json keeping stdout to one object. Real CLI bundle,
 // real e2fsprogs/squashfs-tools; locks are real OFD locks held by this process.
 import { existsSync, statSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireLock, ERROR_CODES, EXIT_STATUS, TASKS, taskFields } from '../../packages/core/src/index';
+import { ensureTestUser, makeUserDir, runAs } from '../helpers/users';
 
 const CLI = join(import.meta.dirname, '../../packages/cli/dist/overlayctl.mjs');
 let dir: string;
@@ -225,5 +226,33 @@ describe('progress on long operations', () => {
     const n = await execa(process.execPath, [CLI, 'normalize', p], { env, reject: false });
     expect(n.stderr).toMatch(/… normalize: scanning /);
     expect(n.stderr).toMatch(/… normalize: 1 edits, in place/);
+  });
+});
+
+describe('a file this user may not read or write', () => {
+  it('is E_PERMISSION naming it (exit 77), never E_INTERNAL, and nothing is touched', async () => {
+    if (process.getuid?.() !== 0) return; // needs root to make the file and run as the test user
+    const user = await ensureTestUser();
+    const home = await makeUserDir(user, 'ov-perm-');
+    try {
+      const img = join(home, 'root-only.img');
+      expect((await ctl(['create', img, '--size', '64'])).exitCode).toBe(0);
+      await chmod(img, 0o600); // root's, unreadable to the user
+      const before = statSync(img).mtimeMs;
+      for (const args of [
+        ['cache', 'save', img, '--key', 'k', '--store', join(home, 'store')],
+        ['info', img],
+        ['resize', img, '--size', '128'],
+      ]) {
+        const r = await runAs(user, [process.execPath, CLI, ...args, '--json']);
+        expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(ERROR_CODES.E_PERMISSION.exit);
+        expect(JSON.parse(r.stdout.trim().split('\n').at(-1)!)).toMatchObject({
+          error: { code: 'E_PERMISSION', message: expect.stringContaining('root-only.img') },
+        });
+      }
+      expect(statSync(img).mtimeMs).toBe(before);
+    } finally {
+      await rm(home, { recursive: true, force: true });
+    }
   });
 });

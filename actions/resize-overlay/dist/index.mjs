@@ -19190,6 +19190,11 @@ function fromFsError(e, path6) {
         cause: e
       }
     );
+  if (code === "EACCES" || code === "EPERM")
+    return new OverlayError("E_PERMISSION", `${path6}: permission denied for this user`, {
+      hint: "run as the owner of the file (or its directory), or change its permissions",
+      cause: e
+    });
   if (code === "ENOSPC" || code === "EDQUOT")
     return new OverlayError("E_NO_SPACE", `${path6}: no space left on device`, { cause: e });
   return e;
@@ -19259,6 +19264,10 @@ var init_errors = __esm({
       E_WRONG_ARTIFACT: {
         exit: 2,
         meaning: "The registry artifact is not the kind expected (image, layer, cache entry)."
+      },
+      E_PERMISSION: {
+        exit: 77,
+        meaning: "This user may not read or write a file or directory the operation needs; the message names it."
       },
       E_UNSAFE_PATH: {
         exit: 2,

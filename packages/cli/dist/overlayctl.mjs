@@ -77,6 +77,11 @@ function fromFsError(e, path7) {
         cause: e
       }
     );
+  if (code === "EACCES" || code === "EPERM")
+    return new OverlayError("E_PERMISSION", `${path7}: permission denied for this user`, {
+      hint: "run as the owner of the file (or its directory), or change its permissions",
+      cause: e
+    });
   if (code === "ENOSPC" || code === "EDQUOT")
     return new OverlayError("E_NO_SPACE", `${path7}: no space left on device`, { cause: e });
   return e;
@@ -146,6 +151,10 @@ var init_errors = __esm({
       E_WRONG_ARTIFACT: {
         exit: 2,
         meaning: "The registry artifact is not the kind expected (image, layer, cache entry)."
+      },
+      E_PERMISSION: {
+        exit: 77,
+        meaning: "This user may not read or write a file or directory the operation needs; the message names it."
       },
       E_UNSAFE_PATH: {
         exit: 2,
@@ -34464,8 +34473,17 @@ var program = new Command();
 
 // packages/cli/src/main.ts
 var version2 = true ? "0.1.0" : "0.0.0-dev";
+function asOverlayError(e) {
+  if (isOverlayError(e)) return e;
+  const errno = e;
+  if (errno?.code && typeof errno.path === "string") {
+    const mapped = fromFsError(e, errno.path);
+    if (isOverlayError(mapped)) return mapped;
+  }
+  return new OverlayError("E_INTERNAL", e instanceof Error ? e.message : String(e), { cause: e });
+}
 function printError(e, outcome) {
-  const err = isOverlayError(e) ? e : new OverlayError("E_INTERNAL", e instanceof Error ? e.message : String(e), { cause: e });
+  const err = asOverlayError(e);
   if (process.env.OVERLAYCTL_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}
 `);
   if (outcome.json) {
@@ -34592,7 +34610,7 @@ async function main(argv) {
 function exitCodeFor(e, argv) {
   const command = argv.find((a2) => !a2.startsWith("-"));
   if (command === "exec" || command === "lock") return EXIT_STATUS.execOwnFailure;
-  return exitStatusFor(isOverlayError(e) ? e.code : "E_INTERNAL");
+  return exitStatusFor(asOverlayError(e).code);
 }
 
 // packages/cli/src/bin.ts

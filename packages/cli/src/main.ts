@@ -2,6 +2,7 @@ import {
   coerceRawInput,
   EXIT_STATUS,
   exitStatusFor,
+  fromFsError,
   isOverlayError,
   kebab,
   OverlayError,
@@ -20,10 +21,19 @@ interface Outcome {
   json: boolean;
 }
 
+/** Anything that is not an OverlayError: a file-system error a user can cause keeps its own code. */
+function asOverlayError(e: unknown): OverlayError {
+  if (isOverlayError(e)) return e;
+  const errno = e as NodeJS.ErrnoException | undefined;
+  if (errno?.code && typeof errno.path === 'string') {
+    const mapped = fromFsError(e, errno.path);
+    if (isOverlayError(mapped)) return mapped;
+  }
+  return new OverlayError('E_INTERNAL', e instanceof Error ? e.message : String(e), { cause: e });
+}
+
 function printError(e: unknown, outcome: Outcome): void {
-  const err = isOverlayError(e)
-    ? e
-    : new OverlayError('E_INTERNAL', e instanceof Error ? e.message : String(e), { cause: e });
+  const err = asOverlayError(e);
   if (process.env.OVERLAYCTL_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
   if (outcome.json) {
     const { code, message, hint, details } = err.toJSON();
@@ -164,7 +174,7 @@ export async function main(argv: string[]): Promise<void> {
 function exitCodeFor(e: unknown, argv: string[]): number {
   const command = argv.find((a) => !a.startsWith('-'));
   if (command === 'exec' || command === 'lock') return EXIT_STATUS.execOwnFailure;
-  return exitStatusFor(isOverlayError(e) ? e.code : 'E_INTERNAL');
+  return exitStatusFor(asOverlayError(e).code);
 }
 
 export { kebab };

@@ -68,6 +68,10 @@ export const ERROR_CODES = {
     exit: 2,
     meaning: 'The registry artifact is not the kind expected (image, layer, cache entry).',
   },
+  E_PERMISSION: {
+    exit: 77,
+    meaning: 'This user may not read or write a file or directory the operation needs; the message names it.',
+  },
   E_UNSAFE_PATH: {
     exit: 2,
     meaning: 'A path is unsafe (symlink planted in a shared directory, world-writable store, escape).',
@@ -132,6 +136,11 @@ export function fromFsError(e: unknown, path: string): unknown {
         cause: e,
       },
     );
+  if (code === 'EACCES' || code === 'EPERM')
+    return new OverlayError('E_PERMISSION', `${path}: permission denied for this user`, {
+      hint: 'run as the owner of the file (or its directory), or change its permissions',
+      cause: e,
+    });
   if (code === 'ENOSPC' || code === 'EDQUOT')
     return new OverlayError('E_NO_SPACE', `${path}: no space left on device`, { cause: e });
   return e;
