@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { build } from 'esbuild';
 
 const root = join(dirname(new URL(import.meta.url).pathname), '..');
@@ -27,12 +27,13 @@ const zodEnglishOnly = {
   setup(b) {
     b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
       args.importer.includes('/node_modules/zod/')
-        ? { path: args.importer, namespace: 'zod-locales' }
+        ? // a path relative to the repository: the bundle names it, and must not depend on the checkout
+          { path: relative(root, args.importer), namespace: 'zod-locales' }
         : undefined,
     );
     b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
       contents: `export { default as en } from '../locales/en.js';`,
-      resolveDir: dirname(args.path),
+      resolveDir: dirname(join(root, args.path)),
       loader: 'js',
     }));
   },

@@ -34985,13 +34985,13 @@ var init_en = __esm({
   }
 });
 
-// zod-locales:/work/wt/int/node_modules/zod/v4/core/index.js
+// zod-locales:node_modules/zod/v4/core/index.js
 var core_exports2 = {};
 __export(core_exports2, {
   en: () => en_default
 });
 var init_core3 = __esm({
-  "zod-locales:/work/wt/int/node_modules/zod/v4/core/index.js"() {
+  "zod-locales:node_modules/zod/v4/core/index.js"() {
     init_en();
   }
 });
@@ -42261,13 +42261,13 @@ var init_in_out = __esm({
   }
 });
 
-// zod-locales:/work/wt/int/node_modules/zod/v4/classic/external.js
+// zod-locales:node_modules/zod/v4/classic/external.js
 var external_exports = {};
 __export(external_exports, {
   en: () => en_default
 });
 var init_external = __esm({
-  "zod-locales:/work/wt/int/node_modules/zod/v4/classic/external.js"() {
+  "zod-locales:node_modules/zod/v4/classic/external.js"() {
     init_en();
   }
 });
