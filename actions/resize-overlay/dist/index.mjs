@@ -44981,22 +44981,25 @@ async function checkImage(path6, opts = {}) {
         `e2fsck could not examine the image (exit ${first.exit}): ${tail2}`
       );
     const problems = describeRepairs(first.output, first.copy, path6);
+    const unrepaired = (error3) => result({
+      status: "corrupt",
+      problems,
+      e2fsckExit: first.exit,
+      method: first.method,
+      apptainerCompatible: false,
+      apptainerProblems: ["the filesystem is damaged"],
+      error: error3
+    });
     if (damaged2) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
     if (first.exit === 4) problems.push("e2fsck could not correct everything on the first run");
     if (first.exit >= 8) {
       problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail2})`);
-      return result({
-        status: "corrupt",
-        problems,
-        e2fsckExit: first.exit,
-        method: first.method,
-        apptainerCompatible: false,
-        apptainerProblems: ["the filesystem is damaged"],
-        error: opts.repair ? {
+      return unrepaired(
+        opts.repair ? {
           code: "E_INTEGRITY",
           message: `e2fsck cannot repair ${path6}; restore it from a cache or a backup`
         } : void 0
-      });
+      );
     }
     const corrupt = damaged2 || first.exit !== 0;
     if (!corrupt || !opts.repair) {
@@ -45016,15 +45019,7 @@ async function checkImage(path6, opts = {}) {
       }));
     } catch (e) {
       if (!isOverlayError(e, "E_INTEGRITY")) throw e;
-      return result({
-        status: "corrupt",
-        problems,
-        e2fsckExit: first.exit,
-        method: first.method,
-        apptainerCompatible: false,
-        apptainerProblems: ["the filesystem is damaged"],
-        error: { code: e.code, message: e.message }
-      });
+      return unrepaired({ code: e.code, message: e.message });
     }
     const found = probe.superblock ?? null;
     probe = await probeImage(path6);
@@ -48926,6 +48921,9 @@ function ownerFrom(v) {
   return currentOwner();
 }
 var waitField = external_exports2.number().min(0).max(86400).optional().describe("Seconds to wait while the image is in use (default: fail at once with E_LOCKED)");
+var fsckTimeoutField = external_exports2.number().int().min(1).max(86400).optional().describe(
+  "Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT); an image over it is `error`"
+);
 var containerDirSchema = external_exports2.string().refine((p) => p.startsWith("/") && p.length > 1, "must be an absolute path such as /opt/env").refine((p) => !p.split("/").some((s) => s === ".." || s === "."), "may not contain . or .. components").refine((p) => !/["\0\n\r\\]/.test(p), "may not contain quotes, backslashes or control characters");
 
 // packages/core/src/tasks/define.ts
@@ -49538,9 +49536,7 @@ var checkTask = defineTask({
     requireApptainer: external_exports2.boolean().default(false).describe(
       "Count an image Apptainer cannot use as a writable overlay as a finding (exit 1, failed step)"
     ),
-    timeout: external_exports2.number().int().min(1).max(86400).optional().describe(
-      "Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT); an image over it is `error`"
-    ),
+    timeout: fsckTimeoutField,
     wait: waitField
   }),
   run: (input2, ctx) => checkImages(input2.images, {
@@ -49563,7 +49559,7 @@ var cacheVerifyTask = defineTask({
   input: external_exports2.object({
     store: storeField,
     removeBad: external_exports2.boolean().default(false).describe("Delete entries that fail verification (the next restore misses and rebuilds)"),
-    timeout: external_exports2.number().int().min(1).max(86400).optional().describe("Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT)")
+    timeout: fsckTimeoutField
   }),
   async run(input2, ctx) {
     const store = listableStore(openStore(input2.store));

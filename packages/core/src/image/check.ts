@@ -288,24 +288,29 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
         `e2fsck could not examine the image (exit ${first.exit}): ${tail}`,
       );
     const problems = describeRepairs(first.output, first.copy, path);
-    if (damaged) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
-    if (first.exit === 4) problems.push('e2fsck could not correct everything on the first run');
-    if (first.exit >= 8) {
-      problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail})`);
-      return result({
+    // damage e2fsck could not (or may not) repair: the verdict, with why when a repair was asked
+    const unrepaired = (error?: CheckResult['error']) =>
+      result({
         status: 'corrupt',
         problems,
         e2fsckExit: first.exit,
         method: first.method,
         apptainerCompatible: false,
         apptainerProblems: ['the filesystem is damaged'],
-        error: opts.repair
+        error,
+      });
+    if (damaged) problems.unshift(`${damagedSuperblockMessage(probe)} (repair: restore it from the backup)`);
+    if (first.exit === 4) problems.push('e2fsck could not correct everything on the first run');
+    if (first.exit >= 8) {
+      problems.push(`e2fsck cannot repair this filesystem (it stopped with exit ${first.exit}: ${tail})`);
+      return unrepaired(
+        opts.repair
           ? {
               code: 'E_INTEGRITY',
               message: `e2fsck cannot repair ${path}; restore it from a cache or a backup`,
             }
           : undefined,
-      });
+      );
     }
     const corrupt = damaged || first.exit !== 0;
     if (!corrupt || !opts.repair) {
@@ -326,15 +331,7 @@ export async function checkImage(path: string, opts: CheckOptions = {}): Promise
       await repairInPlace(path, probe, timeoutSeconds, opts.onProgress ?? (() => {}));
     } catch (e) {
       if (!isOverlayError(e, 'E_INTEGRITY')) throw e;
-      return result({
-        status: 'corrupt',
-        problems,
-        e2fsckExit: first.exit,
-        method: first.method,
-        apptainerCompatible: false,
-        apptainerProblems: ['the filesystem is damaged'],
-        error: { code: e.code, message: e.message },
-      });
+      return unrepaired({ code: e.code, message: e.message });
     }
     const found = probe.superblock ?? null;
     probe = await probeImage(path);

@@ -4,6 +4,7 @@ import { type EntryVerdict, listableStore, verifyStore } from '../cache/verify';
 import { EXIT_STATUS } from '../errors';
 import { storeField } from './cache';
 import { renderCheckResult } from './check';
+import { fsckTimeoutField } from './common';
 import { defineTask } from './define';
 
 export interface VerifyStoreReport {
@@ -24,13 +25,7 @@ export const cacheVerifyTask = defineTask({
       .boolean()
       .default(false)
       .describe('Delete entries that fail verification (the next restore misses and rebuilds)'),
-    timeout: z
-      .number()
-      .int()
-      .min(1)
-      .max(86400)
-      .optional()
-      .describe('Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT)'),
+    timeout: fsckTimeoutField,
   }),
   async run(input, ctx): Promise<VerifyStoreReport> {
     const store = listableStore(openStore(input.store));

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { EXIT_STATUS } from '../errors';
 import { type CheckResult, checkImage } from '../image/check';
-import { pathSchema, waitField } from './common';
+import { fsckTimeoutField, pathSchema, waitField } from './common';
 import { defineTask } from './define';
 
 export interface CheckBatchReport {
@@ -76,15 +76,7 @@ export const checkTask = defineTask({
       .describe(
         'Count an image Apptainer cannot use as a writable overlay as a finding (exit 1, failed step)',
       ),
-    timeout: z
-      .number()
-      .int()
-      .min(1)
-      .max(86400)
-      .optional()
-      .describe(
-        'Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT); an image over it is `error`',
-      ),
+    timeout: fsckTimeoutField,
     wait: waitField,
   }),
   run: (input, ctx) =>

@@ -50,6 +50,17 @@ export const waitField = z
   .optional()
   .describe('Seconds to wait while the image is in use (default: fail at once with E_LOCKED)');
 
+/** The bound on each e2fsck (and copy) run of check and cache verify. */
+export const fsckTimeoutField = z
+  .number()
+  .int()
+  .min(1)
+  .max(86400)
+  .optional()
+  .describe(
+    'Bound on each e2fsck run, seconds (default 1800 or $OVERLAY_TOOL_TIMEOUT); an image over it is `error`',
+  );
+
 /** A directory path inside the container for --create-dir: absolute, no `..`, no quotes. */
 export const containerDirSchema = z
   .string()
